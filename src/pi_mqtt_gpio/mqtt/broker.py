@@ -1,0 +1,990 @@
+"""The broker core: MQTT 3.1.1 and 5.0 semantics without sockets or clocks.
+
+The transport (``server/broker.py``) calls ``open_connection``, ``data_received``,
+``connection_lost``, ``auth_complete`` and ``on_timer`` with the current time, and after each
+call writes ``conn.data_to_send()`` for every connection in ``take_dirty()``, closes those
+marked ``closing``, runs pending ``auth_requests`` and hands ``take_internal()`` deliveries to
+in-process clients. Spec references are to MQTT 5.0 (``MQTT-x.y.z-n``) unless marked 3.1.1.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pi_mqtt_gpio.mqtt.codec import decode_frame, encode_publish, peek_protocol_level
+from pi_mqtt_gpio.mqtt.connection import Connection, ConnState
+from pi_mqtt_gpio.mqtt.errors import MQTTError, ProtocolError
+from pi_mqtt_gpio.mqtt.hooks import (
+    AuthRequest,
+    AuthResult,
+    BrokerHooks,
+    ClientInfo,
+    Decision,
+)
+from pi_mqtt_gpio.mqtt.packets import (
+    PROTOCOL_50,
+    PROTOCOL_311,
+    RC,
+    Auth,
+    ConnAck,
+    Connect,
+    Disconnect,
+    PingReq,
+    Prop,
+    Properties,
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+    PubRel,
+    SubAck,
+    Subscribe,
+    Subscription,
+    UnsubAck,
+    Unsubscribe,
+)
+from pi_mqtt_gpio.mqtt.retain import RetainedStore
+from pi_mqtt_gpio.mqtt.session import (
+    NEVER_EXPIRES,
+    Inflight,
+    Message,
+    Pending,
+    Session,
+    SubEntry,
+)
+from pi_mqtt_gpio.mqtt.timers import Timers
+from pi_mqtt_gpio.mqtt.topic_tree import SubscriptionTree, TopicNode, parse_shared
+
+__all__ = ["BrokerCore", "BrokerLimits", "InternalClient"]
+
+log = logging.getLogger("pi_mqtt_gpio.broker")
+
+_FORWARD_DROP = (Prop.TOPIC_ALIAS, Prop.SUBSCRIPTION_IDENTIFIER, Prop.MESSAGE_EXPIRY_INTERVAL)
+
+
+@dataclass(slots=True, frozen=True)
+class BrokerLimits:
+    max_connections: int = 256
+    max_packet_size: int = 262_144
+    max_queued_messages: int = 1000
+    max_keepalive: int = 600
+    receive_maximum: int = 1024  # inbound QoS 1/2 the client may have unacknowledged
+    max_inflight_out: int = 1024  # cap on the client's Receive Maximum for our deliveries
+    topic_alias_maximum: int = 64  # inbound aliases a 5.0 client may use
+    connect_timeout: float = 10.0  # seconds to complete CONNECT (and authentication)
+    max_subscriptions_per_client: int = 1000
+    max_session_expiry: int = NEVER_EXPIRES
+
+
+@dataclass(slots=True)
+class _Stats:
+    messages_in: int = 0
+    messages_out: int = 0
+    dropped_queue_full: int = 0
+    dropped_too_large: int = 0
+    dropped_expired: int = 0
+    dropped_congested: int = 0
+    protocol_errors: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class _Acc:
+    """What one session gets from the non-shared subscriptions that match a message."""
+
+    __slots__ = ("qos", "rap", "sub_ids")
+
+    def __init__(self, qos: int, rap: bool, sub_ids: list[int]) -> None:
+        self.qos = qos
+        self.rap = rap
+        self.sub_ids = sub_ids
+
+
+class InternalClient:
+    """A client inside the broker's process: publishes and subscribes without a socket.
+
+    Messages for it are collected by the core and handed out by ``take_internal()``; the
+    transport calls ``on_message`` outside of routing, so a handler may publish in turn.
+    Internal clients bypass authorisation (they are the gatekeeper itself).
+    """
+
+    def __init__(
+        self, core: BrokerCore, client_id: str, on_message: Callable[[Message, list[int]], None]
+    ) -> None:
+        self._core = core
+        self.client_id = client_id
+        self.on_message = on_message
+        self.info = ClientInfo(
+            client_id, None, "internal", PROTOCOL_50, "internal", "in-process", internal=True
+        )
+        self._sub_id = itertools.count(1)
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        now: float,
+        qos: int = 0,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> None:
+        msg = Message(topic, payload, qos, retain, dict(properties or {}), None, self.client_id)
+        expiry = msg.properties.pop(Prop.MESSAGE_EXPIRY_INTERVAL, None)
+        if expiry is not None:
+            msg.expires_at = now + expiry
+        self._core.publish(msg, now)
+
+    def subscribe(self, topic_filter: str, *, now: float, qos: int = 1) -> int:
+        """Subscribe; returns the subscription identifier reported with each message."""
+        sub_id = next(self._sub_id)
+        self._core.subscribe_internal(self, Subscription(topic_filter, qos), sub_id, now)
+        return sub_id
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        self._core.unsubscribe_internal(self, topic_filter)
+
+
+class BrokerCore:
+    def __init__(
+        self,
+        limits: BrokerLimits | None = None,
+        hooks: list[BrokerHooks] | None = None,
+    ) -> None:
+        self.limits = limits or BrokerLimits()
+        self.hooks: list[BrokerHooks] = list(hooks or [])
+        self.sessions: dict[str, Session] = {}
+        self.connections: dict[int, Connection] = {}
+        self.subscriptions: SubscriptionTree[SubEntry] = SubscriptionTree()
+        self.retained: RetainedStore[Message] = RetainedStore()
+        self.timers = Timers()
+        self.stats = _Stats()
+        self.auth_requests: list[tuple[Connection, AuthRequest]] = []
+        self._dirty: set[Connection] = set()
+        self._internal_out: list[tuple[InternalClient, Message, list[int]]] = []
+        self._internal: dict[str, InternalClient] = {}
+        self._conn_ids = itertools.count(1)
+        self._assigned_ids = itertools.count(1)
+        self.accepting = True
+
+    # ------------------------------------------------------------------ transport interface
+    def open_connection(
+        self, transport: str, peer: str, now: float, cert_cn: str | None = None
+    ) -> Connection:
+        conn = Connection(
+            next(self._conn_ids), transport, peer, self.limits.max_packet_size, now, cert_cn
+        )
+        self.connections[conn.id] = conn
+        self.timers.push(now + self.limits.connect_timeout, "connect", conn)
+        if len(self.connections) > self.limits.max_connections or not self.accepting:
+            # Answered once the CONNECT arrives (we need its version for the CONNACK format).
+            conn.disconnect_reason = "server busy"
+        return conn
+
+    def data_received(self, conn: Connection, data: bytes, now: float) -> None:
+        if conn.state is ConnState.CLOSED or conn.closing:
+            return
+        conn.last_rx = now
+        reader = conn.reader
+        try:
+            reader.feed(data)
+            if conn.state is ConnState.AUTHENTICATING:
+                if reader.buffered > 2 * self.limits.max_packet_size:
+                    raise ProtocolError("too much data before CONNACK", RC.QUOTA_EXCEEDED)
+                return
+            self._process(conn, now)
+        except MQTTError as exc:
+            self.stats.protocol_errors += 1
+            self._protocol_violation(conn, exc, now)
+        except Exception:
+            log.exception("internal error handling %r; closing it", conn)
+            self._close(conn, now, RC.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
+
+    def _process(self, conn: Connection, now: float) -> None:
+        reader = conn.reader
+        while conn.state is not ConnState.CLOSED and not conn.closing:
+            if conn.state is ConnState.AUTHENTICATING:
+                return
+            frame = reader.next_frame()
+            if frame is None:
+                return
+            first, body = frame
+            if conn.state is ConnState.NEW:
+                if first >> 4 != 1:
+                    # MQTT-3.1.0-1: the first packet must be CONNECT; close without reply.
+                    self._close(conn, now, None, "first packet was not CONNECT")
+                    return
+                if peek_protocol_level(body) == PROTOCOL_50:
+                    conn.version = PROTOCOL_50  # so a malformed CONNECT gets a 5.0 CONNACK
+                self._on_connect(conn, body, first, now)
+                continue
+            self._dispatch(conn, first, body, now)
+
+    def connection_lost(self, conn: Connection, now: float) -> None:
+        """The network connection is gone (closed by either side)."""
+        if conn.state is ConnState.CLOSED:
+            return
+        if not conn.disconnect_reason:
+            conn.disconnect_reason = "connection lost"
+        self._teardown(conn, now, publish_will=True)
+
+    def on_timer(self, now: float) -> None:
+        for kind, ref in self.timers.pop_due(now):
+            try:
+                self._fire(kind, ref, now)
+            except Exception:
+                log.exception("timer %s failed", kind)
+
+    def next_deadline(self) -> float | None:
+        return self.timers.next_deadline()
+
+    def take_dirty(self) -> list[Connection]:
+        dirty = list(self._dirty)
+        self._dirty.clear()
+        return dirty
+
+    def take_internal(self) -> list[tuple[InternalClient, Message, list[int]]]:
+        out = self._internal_out
+        self._internal_out = []
+        return out
+
+    def take_auth_requests(self) -> list[tuple[Connection, AuthRequest]]:
+        out = self.auth_requests
+        self.auth_requests = []
+        return out
+
+    def abort(self, conn: Connection, now: float, reason: str) -> None:
+        """Drop ``conn`` without a goodbye (e.g. it stopped reading); its Will is published."""
+        conn.disconnect_reason = reason
+        self._close(conn, now, None, reason)
+
+    def shutdown(self, now: float) -> None:
+        """Disconnect everyone with 0x8B (5.0); wills are published as for a lost connection."""
+        self.accepting = False
+        for conn in list(self.connections.values()):
+            self._close(conn, now, RC.SERVER_SHUTTING_DOWN, "server shutting down")
+
+    # ------------------------------------------------------------------ internal clients
+    def connect_internal(
+        self, client_id: str, on_message: Callable[[Message, list[int]], None]
+    ) -> InternalClient:
+        client = InternalClient(self, client_id, on_message)
+        session = Session(client_id)
+        session.expiry_interval = NEVER_EXPIRES
+
+        def handler(msg: Message, sub_ids: list[int]) -> None:
+            self._internal_out.append((client, msg, sub_ids))
+
+        session.internal_handler = handler
+        self.sessions[client_id] = session
+        self._internal[client_id] = client
+        return client
+
+    def subscribe_internal(
+        self, client: InternalClient, sub: Subscription, sub_id: int, now: float
+    ) -> None:
+        session = self.sessions[client.client_id]
+        self._add_subscription(session, sub, sub_id, None, sub.topic_filter, now)
+
+    def unsubscribe_internal(self, client: InternalClient, topic_filter: str) -> None:
+        session = self.sessions.get(client.client_id)
+        if session is not None:
+            self._remove_subscription(session, topic_filter)
+
+    def publish(self, msg: Message, now: float) -> int:
+        """Route ``msg`` (and retain it if flagged); returns the number of receivers."""
+        self.stats.messages_in += 1
+        if msg.retain:
+            # MQTT-3.3.1-5/6: store, or delete on an empty payload.
+            self.retained.set(msg.topic, msg if msg.payload else None)
+        return self._route(msg, now)
+
+    # ------------------------------------------------------------------ closing
+    def _protocol_violation(self, conn: Connection, exc: MQTTError, now: float) -> None:
+        log.info("closing %r: %s (0x%02x)", conn, exc.message, exc.reason_code)
+        if conn.state is ConnState.NEW or (
+            conn.state is ConnState.AUTHENTICATING and conn.connect is None
+        ):
+            if conn.v5:
+                # MQTT 5.0 section 4.13.1: MAY send CONNACK with the reason code before closing.
+                conn.send(ConnAck(False, exc.reason_code, self._reason(conn, exc.message)))
+                self._dirty.add(conn)
+            self._close(conn, now, None, exc.message)
+            return
+        self._close(conn, now, exc.reason_code, exc.message)
+
+    def _reason(self, conn: Connection, text: str) -> Properties:
+        # MQTT-3.1.2-29: no Reason String when the client set Request Problem Information to 0
+        # (CONNACK and DISCONNECT are exempt; we honour it everywhere else).
+        return {Prop.REASON_STRING: text} if conn.v5 and text else {}
+
+    def _close(
+        self, conn: Connection, now: float, reason_code: int | None, text: str,
+        publish_will: bool = True,
+    ) -> None:
+        """Close ``conn``: 5.0 DISCONNECT with ``reason_code`` when connected, then teardown."""
+        if conn.state is ConnState.CLOSED:
+            return
+        if reason_code is not None and conn.v5 and conn.state is ConnState.CONNECTED:
+            conn.send(Disconnect(reason_code, self._reason(conn, text)))  # MQTT-4.13.2-1
+        conn.disconnect_reason = conn.disconnect_reason or text
+        conn.closing = True
+        self._dirty.add(conn)
+        self._teardown(conn, now, publish_will)
+
+    def _teardown(self, conn: Connection, now: float, publish_will: bool) -> None:
+        was_connected = conn.state is ConnState.CONNECTED
+        conn.state = ConnState.CLOSED
+        self.connections.pop(conn.id, None)
+        session = conn.session
+        if session is None or session.conn is not conn:
+            return
+        session.conn = None
+        will = conn.will if publish_will else None
+        conn.will = None
+        if session.expiry_interval == 0:
+            self._end_session(session, now, will)
+        else:
+            if session.expiry_interval != NEVER_EXPIRES:
+                session.expires_at = now + session.expiry_interval
+                self.timers.push(session.expires_at, "session", session)
+            if will is not None:
+                delay = min(conn.will_delay, session.expiry_interval)
+                if delay <= 0:
+                    self.publish(will, now)
+                else:
+                    session.will = will
+                    session.will_at = now + delay
+                    self.timers.push(session.will_at, "will", session)
+        if was_connected and conn.client is not None:
+            for hook in self.hooks:
+                try:
+                    hook.on_disconnected(conn.client, conn.disconnect_reason)
+                except Exception:
+                    log.exception("on_disconnected hook failed")
+
+    def _end_session(self, session: Session, now: float, will: Message | None = None) -> None:
+        """The session ends: publish a pending Will (MQTT-3.1.3-9), drop all state."""
+        if self.sessions.get(session.client_id) is session:
+            del self.sessions[session.client_id]
+        for entry in list(session.subscriptions.values()):
+            self.subscriptions.remove(entry.topic_filter, session.client_id, entry.group)
+        session.subscriptions.clear()
+        pending = will or session.will
+        session.will = None
+        if pending is not None:
+            self.publish(pending, now)
+
+    def _fire(self, kind: str, ref: object, now: float) -> None:
+        if kind == "keepalive":
+            assert isinstance(ref, Connection)
+            conn = ref
+            if conn.state is not ConnState.CONNECTED or not conn.keep_alive:
+                return
+            deadline = conn.last_rx + conn.keep_alive * 1.5  # MQTT-3.1.2-22 (1.5x)
+            if now >= deadline:
+                self._close(conn, now, RC.KEEP_ALIVE_TIMEOUT, "keep alive timeout")
+            else:
+                self.timers.push(deadline, "keepalive", conn)
+        elif kind == "connect":
+            assert isinstance(ref, Connection)
+            if ref.state in (ConnState.NEW, ConnState.AUTHENTICATING):
+                self._close(ref, now, None, "CONNECT not completed in time")
+        elif kind == "will":
+            assert isinstance(ref, Session)
+            if ref.will is not None and ref.will_at is not None and now >= ref.will_at:
+                will, ref.will = ref.will, None
+                self.publish(will, now)
+        elif kind == "session":
+            assert isinstance(ref, Session)
+            if ref.conn is None and ref.expires_at is not None and now >= ref.expires_at:
+                self._end_session(ref, now)
+
+    # ------------------------------------------------------------------ CONNECT
+    def _on_connect(self, conn: Connection, body: bytes, first: int, now: float) -> None:
+        packet = decode_frame(first, body, conn.version)
+        assert isinstance(packet, Connect)
+        level, name = packet.protocol_level, packet.protocol_name
+        if level not in (PROTOCOL_311, PROTOCOL_50) or name != "MQTT":
+            # MQTT-3.1.2-2 (3.1.1: return code 0x01), 5.0: 0x84; then close.
+            conn.version = PROTOCOL_50 if level == PROTOCOL_50 else PROTOCOL_311
+            conn.send(ConnAck(False, RC.UNSUPPORTED_PROTOCOL_VERSION))
+            self._dirty.add(conn)
+            self._close(conn, now, None, f"unsupported protocol {name!r} level {level}")
+            return
+        conn.version = level
+        conn.connect = packet
+        props = packet.properties
+        if conn.disconnect_reason == "server busy":
+            self._refuse(conn, RC.SERVER_BUSY, "too many connections", now)
+            return
+        if Prop.AUTHENTICATION_METHOD in props:
+            self._refuse(conn, RC.BAD_AUTHENTICATION_METHOD, "enhanced auth not supported", now)
+            return
+        client_id = packet.client_id
+        if not client_id:
+            if level == PROTOCOL_311 and not packet.clean_start:
+                # 3.1.1 MQTT-3.1.3-8: zero-length id with CleanSession=0 -> 0x02, close.
+                self._refuse(conn, RC.CLIENT_IDENTIFIER_NOT_VALID, "empty client id", now)
+                return
+            client_id = f"auto-{next(self._assigned_ids):x}-{conn.id:x}"
+            conn.client_id = client_id
+            props_assigned = level == PROTOCOL_50
+        else:
+            conn.client_id = client_id
+            props_assigned = False
+        if client_id in self._internal:
+            self._refuse(conn, RC.CLIENT_IDENTIFIER_NOT_VALID, "client id reserved", now)
+            return
+        conn.problem_info = bool(props.get(Prop.REQUEST_PROBLEM_INFORMATION, 1))
+        conn.state = ConnState.AUTHENTICATING
+        if props_assigned:
+            conn.connect.properties[Prop.ASSIGNED_CLIENT_IDENTIFIER] = client_id
+        self.auth_requests.append(
+            (
+                conn,
+                AuthRequest(
+                    client_id, packet.username, packet.password, level, conn.transport,
+                    conn.peer, conn.cert_cn,
+                ),
+            )
+        )
+
+    def _refuse(self, conn: Connection, code: int, text: str, now: float) -> None:
+        props = self._reason(conn, text) if conn.v5 else {}
+        conn.send(ConnAck(False, code, props))
+        self._dirty.add(conn)
+        self._close(conn, now, None, text)
+
+    def auth_complete(self, conn: Connection, result: AuthResult, now: float) -> None:
+        """The security hooks have decided on ``conn``'s CONNECT."""
+        if conn.state is not ConnState.AUTHENTICATING or conn.connect is None:
+            return
+        try:
+            if result.decision is not Decision.ALLOW:
+                code = result.reason_code
+                self._refuse(conn, code, "not authorized" if code == RC.NOT_AUTHORIZED
+                             else "bad user name or password", now)
+                return
+            self._establish(conn, result, now)
+            self._process(conn, now)
+        except MQTTError as exc:
+            self.stats.protocol_errors += 1
+            self._protocol_violation(conn, exc, now)
+        except Exception:
+            log.exception("internal error establishing %r", conn)
+            self._close(conn, now, RC.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
+
+    def _establish(self, conn: Connection, result: AuthResult, now: float) -> None:
+        packet = conn.connect
+        assert packet is not None
+        props = packet.properties
+        v5 = conn.v5
+        client_id = conn.client_id
+        limits = self.limits
+        conn.client = ClientInfo(
+            client_id, result.username, result.role, conn.version, conn.transport, conn.peer
+        )
+        # Keep alive and the server cap (MQTT-3.2.2-21: the client uses Server Keep Alive).
+        ack_props: Properties = {}
+        keep_alive = packet.keep_alive
+        if v5 and (keep_alive == 0 or keep_alive > limits.max_keepalive):
+            keep_alive = limits.max_keepalive
+            ack_props[Prop.SERVER_KEEP_ALIVE] = keep_alive
+        conn.keep_alive = keep_alive
+        # Session expiry: 3.1.1 CleanSession=0 keeps the session with no expiry.
+        if v5:
+            expiry = min(props.get(Prop.SESSION_EXPIRY_INTERVAL, 0), limits.max_session_expiry)
+            if expiry != props.get(Prop.SESSION_EXPIRY_INTERVAL, 0):
+                ack_props[Prop.SESSION_EXPIRY_INTERVAL] = expiry
+        else:
+            expiry = 0 if packet.clean_start else NEVER_EXPIRES
+        conn.receive_max_out = min(props.get(Prop.RECEIVE_MAXIMUM, 65535), limits.max_inflight_out)
+        conn.max_packet_out = props.get(Prop.MAXIMUM_PACKET_SIZE, 0)
+        conn.alias_out_max = props.get(Prop.TOPIC_ALIAS_MAXIMUM, 0)
+        # Session takeover (MQTT-3.1.4-3): the existing connection is closed (0x8E on 5.0).
+        session = self.sessions.get(client_id)
+        if session is not None and session.conn is not None:
+            old = session.conn
+            self._close(old, now, RC.SESSION_TAKEN_OVER, "session taken over")
+            session = self.sessions.get(client_id)  # may have ended with the old connection
+        session_present = False
+        if session is not None and packet.clean_start:
+            self._end_session(session, now)  # MQTT-3.1.2-4: discard the existing session
+            session = None
+        if session is None:
+            session = Session(client_id)
+            self.sessions[client_id] = session
+        else:
+            session_present = True
+            session.will = None  # MQTT-3.1.3-9: reconnected before the Will Delay passed
+        session.expiry_interval = expiry
+        session.expires_at = None
+        session.conn = conn
+        conn.session = session
+        # The Will (published on an unclean close, after its delay).
+        if packet.will is not None:
+            will = packet.will
+            wprops = dict(will.properties)
+            conn.will_delay = wprops.pop(Prop.WILL_DELAY_INTERVAL, 0)
+            mei = wprops.pop(Prop.MESSAGE_EXPIRY_INTERVAL, None)
+            conn.will = Message(
+                will.topic, will.payload, will.qos, will.retain, wprops, None, client_id,
+                result.username, result.role,
+            )
+            if mei is not None:
+                conn.will.expires_at = now + mei  # counted from publication; approximated
+        # CONNACK properties (5.0).
+        if v5:
+            if Prop.ASSIGNED_CLIENT_IDENTIFIER in props:
+                ack_props[Prop.ASSIGNED_CLIENT_IDENTIFIER] = client_id
+            if limits.receive_maximum < 65535:
+                ack_props[Prop.RECEIVE_MAXIMUM] = limits.receive_maximum
+            ack_props[Prop.MAXIMUM_PACKET_SIZE] = limits.max_packet_size
+            if limits.topic_alias_maximum:
+                ack_props[Prop.TOPIC_ALIAS_MAXIMUM] = limits.topic_alias_maximum
+            if props.get(Prop.REQUEST_RESPONSE_INFORMATION):
+                for hook in self.hooks:
+                    info = hook.response_information(conn.client)
+                    if info:
+                        ack_props[Prop.RESPONSE_INFORMATION] = info
+                        break
+        conn.state = ConnState.CONNECTED
+        conn.send(ConnAck(session_present, RC.SUCCESS, ack_props))
+        self._dirty.add(conn)
+        if keep_alive:
+            self.timers.push(now + keep_alive * 1.5, "keepalive", conn)
+        # Resume: resend unacknowledged deliveries with DUP (MQTT-4.4.0-1), then the queue.
+        for pid, item in session.inflight.items():
+            if item.released:
+                conn.send(PubRel(pid))
+            else:
+                self._send_publish(conn, item.message, item.qos, item.retain, pid, True,
+                                   item.subscription_ids, now)
+        self._drain_queue(session, now)
+        for hook in self.hooks:
+            try:
+                hook.on_connected(conn.client)
+            except Exception:
+                log.exception("on_connected hook failed")
+
+    # ------------------------------------------------------------------ dispatch
+    def _dispatch(self, conn: Connection, first: int, body: bytes, now: float) -> None:
+        packet = decode_frame(first, body, conn.version)
+        if isinstance(packet, Publish):
+            self._on_publish(conn, packet, now)
+        elif isinstance(packet, PubAck):
+            self._on_puback(conn, packet.packet_id, 1, now)
+        elif isinstance(packet, PubRec):
+            self._on_pubrec(conn, packet, now)
+        elif isinstance(packet, PubRel):
+            self._on_pubrel(conn, packet.packet_id)
+        elif isinstance(packet, PubComp):
+            self._on_puback(conn, packet.packet_id, 2, now)
+        elif isinstance(packet, PingReq):
+            conn.write(b"\xd0\x00")
+            self._dirty.add(conn)
+        elif isinstance(packet, Subscribe):
+            self._on_subscribe(conn, packet, now)
+        elif isinstance(packet, Unsubscribe):
+            self._on_unsubscribe(conn, packet)
+        elif isinstance(packet, Disconnect):
+            self._on_disconnect(conn, packet, now)
+        elif isinstance(packet, Connect):
+            raise ProtocolError("second CONNECT")  # MQTT-3.1.0-2
+        elif isinstance(packet, Auth):
+            raise ProtocolError("AUTH without enhanced authentication")  # MQTT-4.12.0-1
+        else:
+            raise ProtocolError(f"{type(packet).__name__} is not sent by clients")
+
+    # ------------------------------------------------------------------ PUBLISH in
+    def _on_publish(self, conn: Connection, p: Publish, now: float) -> None:
+        props = p.properties
+        topic = p.topic
+        session = conn.session
+        assert session is not None and conn.client is not None
+        if conn.v5 and props:
+            alias = props.get(Prop.TOPIC_ALIAS)
+            if alias is not None:
+                if alias > self.limits.topic_alias_maximum:
+                    # MQTT-3.3.2-9/10
+                    raise ProtocolError("topic alias out of range", RC.TOPIC_ALIAS_INVALID)
+                if topic:
+                    conn.alias_in[alias] = topic
+                else:
+                    known = conn.alias_in.get(alias)
+                    if known is None:
+                        raise ProtocolError("unknown topic alias")  # MQTT-3.3.4-? (0x82)
+                    topic = known
+        qos = p.qos
+        pid = p.packet_id
+        if qos == 2 and pid in session.awaiting_rel:
+            # Duplicate of a QoS 2 message not yet released: acknowledge, do not route again.
+            conn.send(PubRec(pid))
+            self._dirty.add(conn)
+            return
+        if qos == 2 and len(session.awaiting_rel) >= self.limits.receive_maximum:
+            raise ProtocolError("Receive Maximum exceeded", RC.RECEIVE_MAXIMUM_EXCEEDED)
+        code: int = RC.SUCCESS
+        if conn.v5 and props.get(Prop.PAYLOAD_FORMAT_INDICATOR) == 1:
+            try:
+                p.payload.decode("utf-8")
+            except UnicodeDecodeError:
+                code = RC.PAYLOAD_FORMAT_INVALID
+        if code == RC.SUCCESS and self._authorize_publish(conn.client, topic, qos, p.retain) \
+                is not Decision.ALLOW:
+            # 5.0: 0x87 in PUBACK/PUBREC; 3.1.1 MQTT-3.3.5-2: positive ack, message dropped.
+            code = RC.NOT_AUTHORIZED if conn.v5 else RC.SUCCESS
+            log.info("publish to %r by %r denied", topic, conn.client_id)
+            routed = -1
+        elif code == RC.SUCCESS:
+            fwd: Properties = props
+            expires_at = None
+            if props:
+                fwd = {k: v for k, v in props.items() if k not in _FORWARD_DROP}
+                mei = props.get(Prop.MESSAGE_EXPIRY_INTERVAL)
+                if mei is not None:
+                    expires_at = now + mei
+            msg = Message(topic, p.payload, qos, p.retain, fwd, expires_at, conn.client_id,
+                          conn.client.username, conn.client.role)
+            routed = self.publish(msg, now)
+        else:
+            routed = -1
+        if qos == 1:
+            if conn.v5 and code == RC.SUCCESS and routed == 0:
+                code = RC.NO_MATCHING_SUBSCRIBERS
+            conn.send(PubAck(pid, code))  # type: ignore[arg-type]
+            self._dirty.add(conn)
+        elif qos == 2:
+            if conn.v5 and code == RC.SUCCESS and routed == 0:
+                code = RC.NO_MATCHING_SUBSCRIBERS
+            if code < 0x80:
+                session.awaiting_rel.add(pid)  # type: ignore[arg-type]
+            conn.send(PubRec(pid, code))  # type: ignore[arg-type]
+            self._dirty.add(conn)
+
+    def _authorize_publish(self, client: ClientInfo, topic: str, qos: int, retain: bool) -> Decision:
+        for hook in self.hooks:
+            decision = hook.authorize_publish(client, topic, qos, retain)
+            if decision is not Decision.DEFER:
+                return decision
+        return Decision.DENY
+
+    def _authorize_subscribe(self, client: ClientInfo, topic_filter: str, qos: int) -> Decision:
+        for hook in self.hooks:
+            decision = hook.authorize_subscribe(client, topic_filter, qos)
+            if decision is not Decision.DEFER:
+                return decision
+        return Decision.DENY
+
+    def _on_pubrel(self, conn: Connection, pid: int) -> None:
+        session = conn.session
+        assert session is not None
+        if pid in session.awaiting_rel:
+            session.awaiting_rel.discard(pid)
+            conn.send(PubComp(pid))
+        else:
+            conn.send(PubComp(pid, RC.PACKET_IDENTIFIER_NOT_FOUND))
+        self._dirty.add(conn)
+
+    # ------------------------------------------------------------------ acknowledgements out
+    def _on_puback(self, conn: Connection, pid: int, qos: int, now: float) -> None:
+        session = conn.session
+        assert session is not None
+        item = session.inflight.get(pid)
+        if item is None or item.qos != qos or (qos == 2 and not item.released):
+            return  # unknown or out of order: ignore (5.0 section 4.3)
+        del session.inflight[pid]
+        if session.queue:
+            self._drain_queue(session, now)
+
+    def _on_pubrec(self, conn: Connection, p: PubRec, now: float) -> None:
+        session = conn.session
+        assert session is not None
+        item = session.inflight.get(p.packet_id)
+        if item is None or item.qos != 2:
+            conn.send(PubRel(p.packet_id, RC.PACKET_IDENTIFIER_NOT_FOUND))
+            self._dirty.add(conn)
+            return
+        if p.reason_code >= 0x80:
+            del session.inflight[p.packet_id]  # MQTT-4.3.3-? the flow ends on an error PUBREC
+            self._drain_queue(session, now)
+            return
+        item.released = True
+        conn.send(PubRel(p.packet_id))
+        self._dirty.add(conn)
+
+    # ------------------------------------------------------------------ SUBSCRIBE
+    def _on_subscribe(self, conn: Connection, p: Subscribe, now: float) -> None:
+        session = conn.session
+        client = conn.client
+        assert session is not None and client is not None
+        sub_ids = p.properties.get(Prop.SUBSCRIPTION_IDENTIFIER)
+        sub_id = sub_ids[0] if sub_ids else None
+        codes: list[int] = []
+        retained: list[tuple[Message, int, list[int]]] = []
+        for sub in p.subscriptions:
+            parsed = parse_shared(sub.topic_filter)
+            if parsed is None:
+                codes.append(RC.TOPIC_FILTER_INVALID)
+                continue
+            group, plain = parsed
+            if group is not None and sub.no_local:
+                raise ProtocolError("No Local on a shared subscription")  # MQTT-3.8.3-4
+            if self._authorize_subscribe(client, sub.topic_filter, sub.qos) is not Decision.ALLOW:
+                log.info("subscribe to %r by %r denied", sub.topic_filter, conn.client_id)
+                codes.append(RC.NOT_AUTHORIZED)
+                continue
+            if (sub.topic_filter not in session.subscriptions
+                    and len(session.subscriptions) >= self.limits.max_subscriptions_per_client):
+                codes.append(RC.QUOTA_EXCEEDED)
+                continue
+            existed = self._add_subscription(session, sub, sub_id, group, plain, now)
+            codes.append(sub.qos)
+            # Retained messages (MQTT-3.3.1-9/10/11); never for shared subscriptions.
+            if group is None and (
+                sub.retain_handling == 0 or (sub.retain_handling == 1 and not existed)
+            ):
+                for msg in self.retained.match(plain):
+                    retained.append((msg, min(msg.qos, sub.qos), [sub_id] if sub_id else []))
+        conn.send(SubAck(p.packet_id, codes))
+        self._dirty.add(conn)
+        for msg, qos, ids in retained:
+            if msg.expires_at is not None and msg.expires_at <= now:
+                self.retained.set(msg.topic, None)  # expired while retained
+                continue
+            self._deliver(session, msg, qos, True, ids, now)  # MQTT-3.3.1-8: retain flag 1
+
+    def _add_subscription(
+        self, session: Session, sub: Subscription, sub_id: int | None, group: str | None,
+        plain: str, now: float,
+    ) -> bool:
+        entry = SubEntry(session.client_id, plain, sub, sub_id, group)
+        existed = sub.topic_filter in session.subscriptions
+        session.subscriptions[sub.topic_filter] = entry  # MQTT-3.8.4-3: replaces
+        self.subscriptions.add(plain, session.client_id, entry, group)
+        return existed
+
+    def _remove_subscription(self, session: Session, topic_filter: str) -> bool:
+        entry = session.subscriptions.pop(topic_filter, None)
+        if entry is None:
+            return False
+        self.subscriptions.remove(entry.topic_filter, session.client_id, entry.group)
+        return True
+
+    def _on_unsubscribe(self, conn: Connection, p: Unsubscribe) -> None:
+        session = conn.session
+        assert session is not None
+        codes = [
+            RC.SUCCESS if self._remove_subscription(session, f) else RC.NO_SUBSCRIPTION_EXISTED
+            for f in p.topic_filters
+        ]
+        conn.send(UnsubAck(p.packet_id, codes))  # type: ignore[arg-type]
+        self._dirty.add(conn)
+
+    def _on_disconnect(self, conn: Connection, p: Disconnect, now: float) -> None:
+        session = conn.session
+        assert session is not None
+        new_expiry = p.properties.get(Prop.SESSION_EXPIRY_INTERVAL)
+        if new_expiry is not None:
+            if session.expiry_interval == 0 and new_expiry != 0:
+                raise ProtocolError("session expiry set in DISCONNECT after 0")  # MQTT-3.14.2-2
+            session.expiry_interval = min(new_expiry, self.limits.max_session_expiry)
+        # MQTT-3.14.4-3: a normal DISCONNECT discards the Will; 0x04 asks for it.
+        publish_will = p.reason_code == RC.DISCONNECT_WITH_WILL
+        conn.disconnect_reason = "client disconnected"
+        conn.closing = True
+        self._dirty.add(conn)
+        self._teardown(conn, now, publish_will)
+
+    # ------------------------------------------------------------------ routing
+    def _route(self, msg: Message, now: float) -> int:
+        nodes = self.subscriptions.match(msg.topic)
+        if not nodes:
+            return 0
+        sessions = self.sessions
+        sender = msg.sender
+        # One delivery per session for its non-shared subscriptions: the highest QoS among
+        # them and every Subscription Identifier (MQTT-3.3.4-2/3/4/5; 3.1.1 MQTT-3.3.5-1).
+        per_client: dict[str, _Acc] = {}
+        shared: list[tuple[TopicNode[SubEntry], str, dict[str, SubEntry]]] = []
+        for node in nodes:
+            for cid, entry in node.subs.items():
+                opts = entry.options
+                if opts.no_local and cid == sender:
+                    continue  # MQTT-3.8.3-3
+                acc = per_client.get(cid)
+                sid = entry.subscription_id
+                if acc is None:
+                    per_client[cid] = _Acc(opts.qos, opts.retain_as_published, [sid] if sid else [])
+                else:
+                    if opts.qos > acc.qos:
+                        acc.qos = opts.qos
+                    if opts.retain_as_published:
+                        acc.rap = True
+                    if sid:
+                        acc.sub_ids.append(sid)
+            if node.shared:
+                for group, members in node.shared.items():
+                    shared.append((node, group, members))
+        count = 0
+        cache: dict[tuple[int, bool], bytes] = {}
+        for cid, acc in per_client.items():
+            session = sessions.get(cid)
+            if session is None:
+                continue
+            qos = msg.qos if msg.qos < acc.qos else acc.qos
+            retain = msg.retain and acc.rap  # MQTT-3.3.1-12/13
+            self._deliver(session, msg, qos, retain, acc.sub_ids, now, cache)
+            count += 1
+        for node, group, members in shared:
+            picked = self._pick_shared(node, group, members)
+            if picked is None:
+                continue
+            session = sessions.get(picked.client_id)
+            if session is None:
+                continue
+            ids = [picked.subscription_id] if picked.subscription_id else []
+            qos = min(msg.qos, picked.options.qos)
+            self._deliver(session, msg, qos, False, ids, now)
+            count += 1
+        return count
+
+    def _pick_shared(
+        self, node: TopicNode[SubEntry], group: str, members: dict[str, SubEntry]
+    ) -> SubEntry | None:
+        """Round robin over the group's members, preferring those that are connected."""
+        entries = list(members.values())
+        if not entries:
+            return None
+        rr = node.share_cursor
+        start = rr.get(group, 0)
+        n = len(entries)
+        chosen: SubEntry | None = None
+        for i in range(n):
+            entry = entries[(start + i) % n]
+            session = self.sessions.get(entry.client_id)
+            if session is not None and (session.conn is not None or session.internal_handler):
+                chosen = entry
+                rr[group] = (start + i + 1) % n
+                break
+        if chosen is None:
+            chosen = entries[start % n]
+            rr[group] = (start + 1) % n
+        return chosen
+
+    def _deliver(
+        self, session: Session, msg: Message, qos: int, retain: bool, sub_ids: list[int],
+        now: float, cache: dict[tuple[int, bool], bytes] | None = None,
+    ) -> None:
+        if session.internal_handler is not None:
+            session.internal_handler(msg, sub_ids)
+            return
+        conn = session.conn
+        if conn is None or conn.state is not ConnState.CONNECTED:
+            if qos == 0:
+                return  # QoS 0 is not queued for offline sessions (MQTT 5.0 section 3.1.2.4)
+            self._enqueue(session, Pending(msg, qos, retain, sub_ids))
+            return
+        if qos == 0:
+            if conn.congested:
+                self.stats.dropped_congested += 1  # QoS 0 may be lost; a stuck reader loses it
+                return
+            # Fast path: identical bytes for every plain QoS 0 receiver of one version.
+            if (cache is not None and not sub_ids and not conn.alias_out_max
+                    and msg.expires_at is None and not conn.max_packet_out):
+                key = (conn.version, retain)
+                data = cache.get(key)
+                if data is None:
+                    data = cache[key] = encode_publish(
+                        msg.topic, msg.payload, 0, retain, False, None, msg.properties,
+                        conn.version,
+                    )
+                conn.write(data)
+                self._dirty.add(conn)
+                self.stats.messages_out += 1
+                return
+            self._send_publish(conn, msg, 0, retain, None, False, sub_ids, now)
+            return
+        if len(session.inflight) >= conn.receive_max_out or session.queue:
+            self._enqueue(session, Pending(msg, qos, retain, sub_ids))  # MQTT-3.3.4-7/8
+            return
+        pid = session.allocate_pid()
+        if self._send_publish(conn, msg, qos, retain, pid, False, sub_ids, now):
+            session.inflight[pid] = Inflight(msg, qos, retain, sub_ids)
+
+    def _enqueue(self, session: Session, item: Pending) -> None:
+        queue = session.queue
+        if len(queue) >= self.limits.max_queued_messages:
+            queue.popleft()
+            self.stats.dropped_queue_full += 1
+            if self.stats.dropped_queue_full % 1000 == 1:
+                log.warning(
+                    "queue of %r full (%d): dropping oldest (%d dropped so far)",
+                    session.client_id, self.limits.max_queued_messages,
+                    self.stats.dropped_queue_full,
+                )
+        queue.append(item)
+
+    def _drain_queue(self, session: Session, now: float) -> None:
+        conn = session.conn
+        if conn is None or conn.state is not ConnState.CONNECTED:
+            return
+        queue = session.queue
+        while queue and len(session.inflight) < conn.receive_max_out:
+            item = queue.popleft()
+            if item.qos == 0:
+                self._send_publish(conn, item.message, 0, item.retain, None, False,
+                                   item.subscription_ids, now)
+                continue
+            pid = session.allocate_pid()
+            if self._send_publish(conn, item.message, item.qos, item.retain, pid, False,
+                                  item.subscription_ids, now):
+                session.inflight[pid] = Inflight(item.message, item.qos, item.retain,
+                                                 item.subscription_ids)
+
+    def _send_publish(
+        self, conn: Connection, msg: Message, qos: int, retain: bool, pid: int | None,
+        dup: bool, sub_ids: list[int], now: float,
+    ) -> bool:
+        """Encode and queue one PUBLISH; False when it was dropped (expired or too large)."""
+        topic = msg.topic
+        props: Properties | None = None
+        new_alias: str | None = None
+        if conn.v5:
+            props = msg.properties
+            if msg.expires_at is not None or sub_ids or conn.alias_out_max:
+                props = dict(props)
+                if msg.expires_at is not None:
+                    remaining = math.ceil(msg.expires_at - now)
+                    if remaining <= 0:
+                        self.stats.dropped_expired += 1
+                        return False  # MQTT-3.3.2-5: expired, not delivered
+                    props[Prop.MESSAGE_EXPIRY_INTERVAL] = remaining  # MQTT-3.3.2-6
+                if sub_ids:
+                    props[Prop.SUBSCRIPTION_IDENTIFIER] = sub_ids
+                if conn.alias_out_max:
+                    alias = conn.alias_out.get(topic)
+                    if alias is not None:
+                        props[Prop.TOPIC_ALIAS] = alias
+                        topic = ""
+                    elif len(conn.alias_out) < conn.alias_out_max:
+                        new_alias = topic
+                        conn.alias_out[topic] = props[Prop.TOPIC_ALIAS] = len(conn.alias_out) + 1
+        elif msg.expires_at is not None and msg.expires_at <= now:
+            self.stats.dropped_expired += 1
+            return False
+        data = encode_publish(topic, msg.payload, qos, retain, dup, pid, props, conn.version)
+        if conn.max_packet_out and len(data) > conn.max_packet_out:
+            # MQTT-3.1.2-25: discard as if sent; forget an alias the client never saw.
+            if new_alias is not None:
+                del conn.alias_out[new_alias]
+            self.stats.dropped_too_large += 1
+            return False
+        conn.write(data)
+        self._dirty.add(conn)
+        self.stats.messages_out += 1
+        return True

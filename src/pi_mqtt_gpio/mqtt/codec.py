@@ -1,0 +1,837 @@
+"""MQTT 3.1.1 and 5.0 wire codec: bytes in, packets out, and back. No I/O, no clock.
+
+``FrameReader`` cuts a byte stream into packets and enforces the maximum packet size from the
+fixed header, before any body is buffered. ``decode`` turns one frame into a packet of
+``packets.py``; ``encode`` does the reverse. Every violation raises an ``MQTTError`` whose
+message names the rule and whose ``reason_code`` is what a 5.0 server sends back.
+
+Why our own codec for 5.0 as well (and not only for 3.1.1): the ``mqtt5`` package (0.8) panics
+with a ``BaseException`` on invalid UTF-8 and accepts reserved CONNECT flags, a Will QoS without
+a Will, packet id 0 and wildcards in topic names, so every packet would have to be re-checked
+anyway; one codec for both versions gives one packet model and one table of exact errors. The
+test-suite uses ``mqtt5`` as an independent oracle for our 5.0 encodings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pi_mqtt_gpio.mqtt.errors import MalformedPacket, PacketTooLarge, ProtocolError
+from pi_mqtt_gpio.mqtt.packets import (
+    PROTOCOL_50,
+    RC,
+    Auth,
+    ConnAck,
+    Connect,
+    Disconnect,
+    Packet,
+    PacketType,
+    PingReq,
+    PingResp,
+    Prop,
+    Properties,
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+    PubRel,
+    SubAck,
+    Subscribe,
+    Subscription,
+    UnsubAck,
+    Unsubscribe,
+    Will,
+)
+
+__all__ = [
+    "FrameReader",
+    "connack_code_311",
+    "decode",
+    "decode_frame",
+    "encode",
+    "encode_publish",
+    "encode_varint",
+    "peek_protocol_level",
+    "validate_topic_name",
+]
+
+_WILL = 0  # pseudo packet type for Will Properties
+
+# --- property table (MQTT 5.0 section 2.2.2.2) -------------------------------------------------
+_BYTE, _TWO, _FOUR, _VARINT, _UTF8, _BINARY, _PAIR = range(7)
+_T = PacketType
+
+
+def _kinds(*kinds: int) -> int:
+    mask = 0
+    for kind in kinds:
+        mask |= 1 << kind
+    return mask
+
+
+_ALL = _kinds(*range(16))
+_PROPS: dict[int, tuple[int, int]] = {
+    Prop.PAYLOAD_FORMAT_INDICATOR: (_BYTE, _kinds(_T.PUBLISH, _WILL)),
+    Prop.MESSAGE_EXPIRY_INTERVAL: (_FOUR, _kinds(_T.PUBLISH, _WILL)),
+    Prop.CONTENT_TYPE: (_UTF8, _kinds(_T.PUBLISH, _WILL)),
+    Prop.RESPONSE_TOPIC: (_UTF8, _kinds(_T.PUBLISH, _WILL)),
+    Prop.CORRELATION_DATA: (_BINARY, _kinds(_T.PUBLISH, _WILL)),
+    Prop.SUBSCRIPTION_IDENTIFIER: (_VARINT, _kinds(_T.PUBLISH, _T.SUBSCRIBE)),
+    Prop.SESSION_EXPIRY_INTERVAL: (_FOUR, _kinds(_T.CONNECT, _T.CONNACK, _T.DISCONNECT)),
+    Prop.ASSIGNED_CLIENT_IDENTIFIER: (_UTF8, _kinds(_T.CONNACK)),
+    Prop.SERVER_KEEP_ALIVE: (_TWO, _kinds(_T.CONNACK)),
+    Prop.AUTHENTICATION_METHOD: (_UTF8, _kinds(_T.CONNECT, _T.CONNACK, _T.AUTH)),
+    Prop.AUTHENTICATION_DATA: (_BINARY, _kinds(_T.CONNECT, _T.CONNACK, _T.AUTH)),
+    Prop.REQUEST_PROBLEM_INFORMATION: (_BYTE, _kinds(_T.CONNECT)),
+    Prop.WILL_DELAY_INTERVAL: (_FOUR, _kinds(_WILL)),
+    Prop.REQUEST_RESPONSE_INFORMATION: (_BYTE, _kinds(_T.CONNECT)),
+    Prop.RESPONSE_INFORMATION: (_UTF8, _kinds(_T.CONNACK)),
+    Prop.SERVER_REFERENCE: (_UTF8, _kinds(_T.CONNACK, _T.DISCONNECT)),
+    Prop.REASON_STRING: (
+        _UTF8,
+        _kinds(
+            _T.CONNACK, _T.PUBACK, _T.PUBREC, _T.PUBREL, _T.PUBCOMP, _T.SUBACK, _T.UNSUBACK,
+            _T.DISCONNECT, _T.AUTH,
+        ),
+    ),
+    Prop.RECEIVE_MAXIMUM: (_TWO, _kinds(_T.CONNECT, _T.CONNACK)),
+    Prop.TOPIC_ALIAS_MAXIMUM: (_TWO, _kinds(_T.CONNECT, _T.CONNACK)),
+    Prop.TOPIC_ALIAS: (_TWO, _kinds(_T.PUBLISH)),
+    Prop.MAXIMUM_QOS: (_BYTE, _kinds(_T.CONNACK)),
+    Prop.RETAIN_AVAILABLE: (_BYTE, _kinds(_T.CONNACK)),
+    Prop.USER_PROPERTY: (_PAIR, _ALL),
+    Prop.MAXIMUM_PACKET_SIZE: (_FOUR, _kinds(_T.CONNECT, _T.CONNACK)),
+    Prop.WILDCARD_SUBSCRIPTION_AVAILABLE: (_BYTE, _kinds(_T.CONNACK)),
+    Prop.SUBSCRIPTION_IDENTIFIER_AVAILABLE: (_BYTE, _kinds(_T.CONNACK)),
+    Prop.SHARED_SUBSCRIPTION_AVAILABLE: (_BYTE, _kinds(_T.CONNACK)),
+}
+# Properties whose value must be 0 or 1.
+_BOOLEAN_PROPS = frozenset(
+    {
+        Prop.PAYLOAD_FORMAT_INDICATOR,
+        Prop.REQUEST_PROBLEM_INFORMATION,
+        Prop.REQUEST_RESPONSE_INFORMATION,
+        Prop.MAXIMUM_QOS,
+        Prop.RETAIN_AVAILABLE,
+        Prop.WILDCARD_SUBSCRIPTION_AVAILABLE,
+        Prop.SUBSCRIPTION_IDENTIFIER_AVAILABLE,
+        Prop.SHARED_SUBSCRIPTION_AVAILABLE,
+    }
+)
+# Properties where 0 is a protocol error.
+_NONZERO_PROPS = frozenset(
+    {
+        Prop.RECEIVE_MAXIMUM,  # MQTT-3.1.2-? / 3.2.2.3.3
+        Prop.MAXIMUM_PACKET_SIZE,  # 3.1.2.11.4
+        Prop.TOPIC_ALIAS,  # MQTT-3.3.2-8
+        Prop.SUBSCRIPTION_IDENTIFIER,  # MQTT-3.8.2.1.2 (1 to 268,435,455)
+    }
+)
+_LISTS = frozenset({Prop.USER_PROPERTY, Prop.SUBSCRIPTION_IDENTIFIER})
+
+
+# --- primitive readers -------------------------------------------------------------------------
+def _utf8(raw: bytes, what: str) -> str:
+    try:
+        text = raw.decode("utf-8")  # strict: rejects overlongs and surrogates (MQTT-1.5.4-1)
+    except UnicodeDecodeError:
+        raise MalformedPacket(f"{what} is not valid UTF-8") from None
+    if "\x00" in text:
+        raise MalformedPacket(f"{what} contains U+0000")  # MQTT-1.5.4-2
+    return text
+
+
+def _read_str(buf: bytes, pos: int, end: int, what: str) -> tuple[str, int]:
+    if pos + 2 > end:
+        raise MalformedPacket(f"{what} length missing")
+    n = (buf[pos] << 8) | buf[pos + 1]
+    pos += 2
+    if pos + n > end:
+        raise MalformedPacket(f"{what} longer than the packet")
+    return _utf8(buf[pos : pos + n], what), pos + n
+
+
+def _read_bin(buf: bytes, pos: int, end: int, what: str) -> tuple[bytes, int]:
+    if pos + 2 > end:
+        raise MalformedPacket(f"{what} length missing")
+    n = (buf[pos] << 8) | buf[pos + 1]
+    pos += 2
+    if pos + n > end:
+        raise MalformedPacket(f"{what} longer than the packet")
+    return bytes(buf[pos : pos + n]), pos + n
+
+
+def _read_u16(buf: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
+    if pos + 2 > end:
+        raise MalformedPacket(f"{what} missing")
+    return (buf[pos] << 8) | buf[pos + 1], pos + 2
+
+
+def _read_varint(buf: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
+    value = 0
+    shift = 0
+    for i in range(4):
+        if pos >= end:
+            raise MalformedPacket(f"{what} truncated")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            if i and byte == 0:
+                raise MalformedPacket(f"{what} not minimally encoded")  # MQTT-1.5.5-1
+            return value, pos
+        shift += 7
+    raise MalformedPacket(f"{what} longer than 4 bytes")
+
+
+def _read_props(buf: bytes, pos: int, end: int, kind: int) -> tuple[Properties, int]:
+    length, pos = _read_varint(buf, pos, end, "property length")
+    stop = pos + length
+    if stop > end:
+        raise MalformedPacket("property length exceeds the packet")
+    props: Properties = {}
+    if not length:
+        return props, pos
+    kind_bit = 1 << kind
+    while pos < stop:
+        pid, pos = _read_varint(buf, pos, stop, "property identifier")
+        spec = _PROPS.get(pid)
+        if spec is None:
+            raise MalformedPacket(f"unknown property 0x{pid:02x}")
+        ptype, allowed = spec
+        if not allowed & kind_bit:
+            raise MalformedPacket(f"property {Prop(pid).name} not allowed here")
+        value: Any
+        if ptype == _BYTE:
+            if pos >= stop:
+                raise MalformedPacket(f"property {Prop(pid).name} truncated")
+            value = buf[pos]
+            pos += 1
+        elif ptype == _TWO:
+            if pos + 2 > stop:
+                raise MalformedPacket(f"property {Prop(pid).name} truncated")
+            value = (buf[pos] << 8) | buf[pos + 1]
+            pos += 2
+        elif ptype == _FOUR:
+            if pos + 4 > stop:
+                raise MalformedPacket(f"property {Prop(pid).name} truncated")
+            value = int.from_bytes(buf[pos : pos + 4], "big")
+            pos += 4
+        elif ptype == _VARINT:
+            value, pos = _read_varint(buf, pos, stop, f"property {Prop(pid).name}")
+        elif ptype == _UTF8:
+            value, pos = _read_str(buf, pos, stop, f"property {Prop(pid).name}")
+        elif ptype == _BINARY:
+            value, pos = _read_bin(buf, pos, stop, f"property {Prop(pid).name}")
+        else:
+            key, pos = _read_str(buf, pos, stop, "user property name")
+            val, pos = _read_str(buf, pos, stop, "user property value")
+            value = (key, val)
+        if pid in _BOOLEAN_PROPS and value > 1:
+            raise ProtocolError(f"property {Prop(pid).name} must be 0 or 1")
+        if pid in _NONZERO_PROPS and value == 0:
+            raise ProtocolError(f"property {Prop(pid).name} must not be 0")
+        if pid in _LISTS:
+            props.setdefault(pid, []).append(value)
+        elif pid in props:
+            raise ProtocolError(f"property {Prop(pid).name} included twice")  # 2.2.2.2
+        else:
+            props[pid] = value
+    if pos != stop:
+        raise MalformedPacket("property length does not match the properties")
+    return props, pos
+
+
+# --- framing -----------------------------------------------------------------------------------
+class FrameReader:
+    """Cuts a byte stream into (first byte, body) frames.
+
+    The maximum packet size (whole packet: fixed header included) is checked as soon as the
+    remaining length is known, so an oversize claim never makes us buffer its body.
+    """
+
+    __slots__ = ("_buf", "_pos", "max_packet_size")
+
+    def __init__(self, max_packet_size: int = 268_435_460) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+        self.max_packet_size = max_packet_size
+
+    def feed(self, data: bytes) -> None:
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def next_frame(self) -> tuple[int, bytes] | None:
+        """The next complete frame, or None when more bytes are needed."""
+        buf = self._buf
+        pos = self._pos
+        end = len(buf)
+        if end - pos < 2:
+            return None
+        first = buf[pos]
+        byte = buf[pos + 1]
+        if byte < 0x80:
+            length = byte
+            hdr = 2
+        else:
+            length = byte & 0x7F
+            shift = 7
+            hdr = 2
+            while True:
+                if pos + hdr >= end:
+                    if hdr >= 5:
+                        raise MalformedPacket("remaining length longer than 4 bytes")
+                    return None
+                byte = buf[pos + hdr]
+                hdr += 1
+                length |= (byte & 0x7F) << shift
+                if byte < 0x80:
+                    if byte == 0:
+                        raise MalformedPacket("remaining length not minimally encoded")
+                    break
+                if hdr >= 5:
+                    raise MalformedPacket("remaining length longer than 4 bytes")
+                shift += 7
+        if hdr + length > self.max_packet_size:
+            raise PacketTooLarge(
+                f"packet of {hdr + length} bytes exceeds the maximum of {self.max_packet_size}"
+            )
+        stop = pos + hdr + length
+        if stop > end:
+            return None
+        body = bytes(buf[pos + hdr : stop])
+        self._pos = stop
+        if stop == end:
+            buf.clear()
+            self._pos = 0
+        return first, body
+
+
+# --- decoding ----------------------------------------------------------------------------------
+def peek_protocol_level(body: bytes) -> int:
+    """The protocol level byte of a CONNECT body (0 when the body is too short to tell)."""
+    if len(body) < 2:
+        return 0
+    n = (body[0] << 8) | body[1]
+    return body[2 + n] if len(body) > 2 + n else 0
+
+
+def _check_flags(first: int, expected: int, name: str) -> None:
+    if first & 0x0F != expected:
+        raise MalformedPacket(f"reserved flags of {name} must be {expected:#x}")  # MQTT-2.2.2-2
+
+
+def _packet_id(body: bytes, pos: int, end: int) -> tuple[int, int]:
+    pid, pos = _read_u16(body, pos, end, "packet identifier")
+    if pid == 0:
+        raise MalformedPacket("packet identifier must not be 0")  # MQTT-2.2.1-3
+    return pid, pos
+
+
+def _decode_connect(first: int, body: bytes) -> Connect:
+    _check_flags(first, 0, "CONNECT")
+    end = len(body)
+    name, pos = _read_str(body, 0, end, "protocol name")
+    if pos >= end:
+        raise MalformedPacket("protocol level missing")
+    level = body[pos]
+    pos += 1
+    if pos >= end:
+        raise MalformedPacket("connect flags missing")
+    flags = body[pos]
+    pos += 1
+    if flags & 0x01:
+        raise MalformedPacket("reserved connect flag must be 0")  # MQTT-3.1.2-3
+    keep_alive, pos = _read_u16(body, pos, end, "keep alive")
+    v5 = level == PROTOCOL_50
+    props: Properties = {}
+    if v5:
+        props, pos = _read_props(body, pos, end, PacketType.CONNECT)
+    will_flag = bool(flags & 0x04)
+    will_qos = (flags >> 3) & 0x03
+    will_retain = bool(flags & 0x20)
+    if will_qos == 3:
+        raise MalformedPacket("will QoS must not be 3")  # MQTT-3.1.2-14
+    if not will_flag and (will_qos or will_retain):
+        raise MalformedPacket("will QoS and retain must be 0 without a will")  # MQTT-3.1.2-11/13
+    has_user = bool(flags & 0x80)
+    has_pass = bool(flags & 0x40)
+    if not v5 and has_pass and not has_user:
+        raise MalformedPacket("password flag set without user name flag")  # MQTT-3.1.2-22
+    client_id, pos = _read_str(body, pos, end, "client identifier")
+    will = None
+    if will_flag:
+        will_props: Properties = {}
+        if v5:
+            will_props, pos = _read_props(body, pos, end, _WILL)
+        topic, pos = _read_str(body, pos, end, "will topic")
+        validate_topic_name(topic)
+        payload, pos = _read_bin(body, pos, end, "will payload")
+        will = Will(topic, payload, will_qos, will_retain, will_props)
+    username = None
+    password = None
+    if has_user:
+        username, pos = _read_str(body, pos, end, "user name")
+    if has_pass:
+        password, pos = _read_bin(body, pos, end, "password")
+    if pos != end:
+        raise MalformedPacket("unexpected bytes after the CONNECT payload")
+    return Connect(
+        client_id=client_id,
+        protocol_level=level,
+        protocol_name=name,
+        clean_start=bool(flags & 0x02),
+        keep_alive=keep_alive,
+        will=will,
+        username=username,
+        password=password,
+        properties=props,
+    )
+
+
+def validate_topic_name(topic: str) -> None:
+    """A topic name in a PUBLISH or Will: no wildcards (MQTT-3.3.2-2)."""
+    if "+" in topic or "#" in topic:
+        raise ProtocolError("topic name contains a wildcard", RC.TOPIC_NAME_INVALID)
+
+
+def _decode_publish(first: int, body: bytes, version: int) -> Publish:
+    qos = (first >> 1) & 0x03
+    if qos == 3:
+        raise MalformedPacket("PUBLISH QoS must not be 3")  # MQTT-3.3.1-4
+    dup = bool(first & 0x08)
+    if dup and not qos:
+        raise MalformedPacket("DUP must be 0 for QoS 0")  # MQTT-3.3.1-2
+    end = len(body)
+    if end < 2:
+        raise MalformedPacket("topic name length missing")
+    n = (body[0] << 8) | body[1]
+    pos = 2 + n
+    if pos > end:
+        raise MalformedPacket("topic name longer than the packet")
+    raw = body[2:pos]
+    try:
+        topic = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedPacket("topic name is not valid UTF-8") from None
+    if "\x00" in topic:
+        raise MalformedPacket("topic name contains U+0000")
+    if "+" in topic or "#" in topic:
+        raise ProtocolError("topic name contains a wildcard", RC.TOPIC_NAME_INVALID)
+    packet_id = None
+    if qos:
+        if pos + 2 > end:
+            raise MalformedPacket("packet identifier missing")
+        packet_id = (body[pos] << 8) | body[pos + 1]
+        if not packet_id:
+            raise MalformedPacket("packet identifier must not be 0")  # MQTT-2.2.1-3
+        pos += 2
+    props: Properties
+    if version == PROTOCOL_50:
+        if pos < end and body[pos] == 0:
+            props = {}
+            pos += 1
+        else:
+            props, pos = _read_props(body, pos, end, PacketType.PUBLISH)
+            if Prop.SUBSCRIPTION_IDENTIFIER in props:
+                # MQTT-3.3.4-6: a client must not send Subscription Identifiers.
+                raise ProtocolError("PUBLISH from a client carries a subscription identifier")
+    else:
+        props = {}
+    if not topic and Prop.TOPIC_ALIAS not in props:
+        raise ProtocolError("empty topic name without a topic alias", RC.TOPIC_NAME_INVALID)
+    return Publish(topic, body[pos:], qos, bool(first & 0x01), dup, packet_id, props)
+
+
+def _decode_ack(cls: Any, kind: PacketType, body: bytes, version: int) -> Any:
+    end = len(body)
+    pid, pos = _packet_id(body, 0, end)
+    if version != PROTOCOL_50:
+        if end != 2:
+            raise MalformedPacket(f"{kind.name} remaining length must be 2")
+        return cls(pid)
+    if end == 2:
+        return cls(pid)
+    code = body[pos]
+    pos += 1
+    props: Properties = {}
+    if pos < end:
+        props, pos = _read_props(body, pos, end, kind)
+    if pos != end:
+        raise MalformedPacket(f"unexpected bytes after the {kind.name} properties")
+    return cls(pid, code, props)
+
+
+def _decode_subscribe(first: int, body: bytes, version: int) -> Subscribe:
+    _check_flags(first, 2, "SUBSCRIBE")  # MQTT-3.8.1-1
+    end = len(body)
+    pid, pos = _packet_id(body, 0, end)
+    props: Properties = {}
+    if version == PROTOCOL_50:
+        props, pos = _read_props(body, pos, end, PacketType.SUBSCRIBE)
+        if len(props.get(Prop.SUBSCRIPTION_IDENTIFIER, ())) > 1:
+            raise ProtocolError("property SUBSCRIPTION_IDENTIFIER included twice")
+    subs: list[Subscription] = []
+    while pos < end:
+        topic_filter, pos = _read_str(body, pos, end, "topic filter")
+        if pos >= end:
+            raise MalformedPacket("subscription options missing")
+        opts = body[pos]
+        pos += 1
+        qos = opts & 0x03
+        if qos == 3:
+            raise MalformedPacket("subscription QoS must not be 3")  # MQTT-3.8.3-4
+        if version == PROTOCOL_50:
+            if opts & 0xC0:
+                raise MalformedPacket("reserved subscription option bits must be 0")  # MQTT-3.8.3-5
+            rh = (opts >> 4) & 0x03
+            if rh == 3:
+                raise ProtocolError("retain handling must not be 3")
+            subs.append(Subscription(topic_filter, qos, bool(opts & 0x04), bool(opts & 0x08), rh))
+        else:
+            if opts & 0xFC:
+                raise MalformedPacket("reserved subscription option bits must be 0")  # MQTT-3-8.3-4
+            subs.append(Subscription(topic_filter, qos))
+    if not subs:
+        raise ProtocolError("SUBSCRIBE without a topic filter")  # MQTT-3.8.3-3
+    return Subscribe(pid, subs, props)
+
+
+def _decode_unsubscribe(first: int, body: bytes, version: int) -> Unsubscribe:
+    _check_flags(first, 2, "UNSUBSCRIBE")  # MQTT-3.10.1-1
+    end = len(body)
+    pid, pos = _packet_id(body, 0, end)
+    props: Properties = {}
+    if version == PROTOCOL_50:
+        props, pos = _read_props(body, pos, end, PacketType.UNSUBSCRIBE)
+    filters: list[str] = []
+    while pos < end:
+        topic_filter, pos = _read_str(body, pos, end, "topic filter")
+        filters.append(topic_filter)
+    if not filters:
+        raise ProtocolError("UNSUBSCRIBE without a topic filter")  # MQTT-3.10.3-2
+    return Unsubscribe(pid, filters, props)
+
+
+def _decode_reason_and_props(
+    body: bytes, version: int, kind: PacketType
+) -> tuple[int, Properties]:
+    end = len(body)
+    if version != PROTOCOL_50:
+        if end:
+            raise MalformedPacket(f"{kind.name} remaining length must be 0")
+        return RC.SUCCESS, {}
+    if not end:
+        return RC.SUCCESS, {}
+    code = body[0]
+    props: Properties = {}
+    pos = 1
+    if end > 1:
+        props, pos = _read_props(body, 1, end, kind)
+    if pos != end:
+        raise MalformedPacket(f"unexpected bytes after the {kind.name} properties")
+    return code, props
+
+
+def _decode_connack(body: bytes, version: int) -> ConnAck:
+    end = len(body)
+    if end < 2:
+        raise MalformedPacket("CONNACK too short")
+    if body[0] & 0xFE:
+        raise MalformedPacket("reserved CONNACK flags must be 0")
+    props: Properties = {}
+    if version == PROTOCOL_50:
+        props, pos = _read_props(body, 2, end, PacketType.CONNACK)
+        if pos != end:
+            raise MalformedPacket("unexpected bytes after the CONNACK properties")
+    elif end != 2:
+        raise MalformedPacket("CONNACK remaining length must be 2")
+    return ConnAck(bool(body[0] & 1), body[1], props)
+
+
+def _decode_suback(body: bytes, version: int, kind: PacketType) -> tuple[int, list[int], Properties]:
+    end = len(body)
+    pid, pos = _packet_id(body, 0, end)
+    props: Properties = {}
+    if version == PROTOCOL_50:
+        props, pos = _read_props(body, pos, end, kind)
+    return pid, list(body[pos:]), props
+
+
+def decode_frame(first: int, body: bytes, version: int) -> Packet:
+    """Decode one frame from ``FrameReader`` for a connection speaking ``version``.
+
+    A CONNECT is decoded whatever ``version`` says (it carries its own protocol level).
+    """
+    ptype = first >> 4
+    if ptype == 3:
+        return _decode_publish(first, body, version)
+    if ptype == 4:
+        _check_flags(first, 0, "PUBACK")
+        return _decode_ack(PubAck, PacketType.PUBACK, body, version)  # type: ignore[no-any-return]
+    if ptype == 5:
+        _check_flags(first, 0, "PUBREC")
+        return _decode_ack(PubRec, PacketType.PUBREC, body, version)  # type: ignore[no-any-return]
+    if ptype == 6:
+        _check_flags(first, 2, "PUBREL")  # MQTT-3.6.1-1
+        return _decode_ack(PubRel, PacketType.PUBREL, body, version)  # type: ignore[no-any-return]
+    if ptype == 7:
+        _check_flags(first, 0, "PUBCOMP")
+        return _decode_ack(PubComp, PacketType.PUBCOMP, body, version)  # type: ignore[no-any-return]
+    if ptype == 12:
+        _check_flags(first, 0, "PINGREQ")
+        if body:
+            raise MalformedPacket("PINGREQ remaining length must be 0")
+        return PingReq()
+    if ptype == 13:
+        _check_flags(first, 0, "PINGRESP")
+        if body:
+            raise MalformedPacket("PINGRESP remaining length must be 0")
+        return PingResp()
+    if ptype == 8:
+        return _decode_subscribe(first, body, version)
+    if ptype == 10:
+        return _decode_unsubscribe(first, body, version)
+    if ptype == 14:
+        _check_flags(first, 0, "DISCONNECT")
+        code, props = _decode_reason_and_props(body, version, PacketType.DISCONNECT)
+        return Disconnect(code, props)
+    if ptype == 1:
+        return _decode_connect(first, body)
+    if ptype == 2:
+        _check_flags(first, 0, "CONNACK")
+        return _decode_connack(body, version)
+    if ptype == 9:
+        _check_flags(first, 0, "SUBACK")
+        pid, codes, props = _decode_suback(body, version, PacketType.SUBACK)
+        return SubAck(pid, codes, props)
+    if ptype == 11:
+        _check_flags(first, 0, "UNSUBACK")
+        pid, codes, props = _decode_suback(body, version, PacketType.UNSUBACK)
+        if version != PROTOCOL_50 and codes:
+            raise MalformedPacket("UNSUBACK remaining length must be 2")
+        return UnsubAck(pid, codes, props)
+    if ptype == 15 and version == PROTOCOL_50:
+        _check_flags(first, 0, "AUTH")
+        code, props = _decode_reason_and_props(body, version, PacketType.AUTH)
+        return Auth(code, props)
+    raise MalformedPacket(f"reserved packet type {ptype}")  # MQTT-2.2.2 / 3.1.1 table 2.1
+
+
+def decode(data: bytes, version: int = PROTOCOL_50) -> tuple[Packet, int] | None:
+    """Decode the first packet of ``data``: (packet, bytes used), or None if incomplete."""
+    reader = FrameReader()
+    reader.feed(data)
+    frame = reader.next_frame()
+    if frame is None:
+        return None
+    return decode_frame(frame[0], frame[1], version), len(data) - reader.buffered
+
+
+# --- encoding ----------------------------------------------------------------------------------
+def encode_varint(value: int) -> bytes:
+    if value < 0x80:
+        return bytes((value,))
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _str(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return len(raw).to_bytes(2, "big") + raw
+
+
+def _bin(raw: bytes) -> bytes:
+    return len(raw).to_bytes(2, "big") + raw
+
+
+def _encode_props(props: Properties) -> bytes:
+    if not props:
+        return b"\x00"
+    out = bytearray()
+    for pid, value in props.items():
+        ptype = _PROPS[pid][0]
+        values = value if pid in _LISTS else (value,)
+        for item in values:
+            out += encode_varint(pid)
+            if ptype == _BYTE:
+                out.append(item)
+            elif ptype == _TWO:
+                out += item.to_bytes(2, "big")
+            elif ptype == _FOUR:
+                out += item.to_bytes(4, "big")
+            elif ptype == _VARINT:
+                out += encode_varint(item)
+            elif ptype == _UTF8:
+                out += _str(item)
+            elif ptype == _BINARY:
+                out += _bin(item)
+            else:
+                out += _str(item[0]) + _str(item[1])
+    return encode_varint(len(out)) + out
+
+
+def _frame(first: int, body: bytes) -> bytes:
+    return bytes((first,)) + encode_varint(len(body)) + body
+
+
+def encode_publish(
+    topic: str,
+    payload: bytes,
+    qos: int,
+    retain: bool,
+    dup: bool,
+    packet_id: int | None,
+    props: Properties | None,
+    version: int,
+) -> bytes:
+    """Encode a PUBLISH; the fan-out path calls this once per (QoS, properties) group."""
+    raw = topic.encode("utf-8")
+    first = 0x30 | (qos << 1) | (0x08 if dup else 0) | (0x01 if retain else 0)
+    parts = [len(raw).to_bytes(2, "big"), raw]
+    if qos:
+        parts.append((packet_id or 0).to_bytes(2, "big"))
+    if version == PROTOCOL_50:
+        parts.append(_encode_props(props) if props else b"\x00")
+    parts.append(payload)
+    body = b"".join(parts)
+    return bytes((first,)) + encode_varint(len(body)) + body
+
+
+def _encode_connect(p: Connect) -> bytes:
+    v5 = p.protocol_level == PROTOCOL_50
+    flags = 0
+    if p.clean_start:
+        flags |= 0x02
+    if p.will is not None:
+        flags |= 0x04 | (p.will.qos << 3) | (0x20 if p.will.retain else 0)
+    if p.password is not None:
+        flags |= 0x40
+    if p.username is not None:
+        flags |= 0x80
+    body = bytearray(_str(p.protocol_name))
+    body.append(p.protocol_level)
+    body.append(flags)
+    body += p.keep_alive.to_bytes(2, "big")
+    if v5:
+        body += _encode_props(p.properties)
+    body += _str(p.client_id)
+    if p.will is not None:
+        if v5:
+            body += _encode_props(p.will.properties)
+        body += _str(p.will.topic) + _bin(p.will.payload)
+    if p.username is not None:
+        body += _str(p.username)
+    if p.password is not None:
+        body += _bin(p.password)
+    return _frame(0x10, bytes(body))
+
+
+_ACK_FIRST: dict[type, int] = {PubAck: 0x40, PubRec: 0x50, PubRel: 0x62, PubComp: 0x70}
+
+
+def encode(packet: Packet, version: int = PROTOCOL_50) -> bytes:
+    """Encode any packet for a connection speaking ``version``."""
+    v5 = version == PROTOCOL_50
+    if isinstance(packet, Publish):
+        return encode_publish(
+            packet.topic, packet.payload, packet.qos, packet.retain, packet.dup,
+            packet.packet_id, packet.properties, version,
+        )
+    if isinstance(packet, PubAck | PubRec | PubRel | PubComp):
+        first = _ACK_FIRST[type(packet)]
+        pid = packet.packet_id.to_bytes(2, "big")
+        if not v5 or (packet.reason_code == RC.SUCCESS and not packet.properties):
+            return bytes((first, 2)) + pid
+        if not packet.properties:
+            return bytes((first, 3)) + pid + bytes((packet.reason_code,))
+        return _frame(first, pid + bytes((packet.reason_code,)) + _encode_props(packet.properties))
+    if isinstance(packet, ConnAck):
+        body = bytes((1 if packet.session_present else 0, _connack_code(packet.reason_code, v5)))
+        if v5:
+            body += _encode_props(packet.properties)
+        return _frame(0x20, body)
+    if isinstance(packet, SubAck):
+        codes = packet.reason_codes
+        if not v5:
+            codes = [c if c < 0x80 else 0x80 for c in codes]
+        body = packet.packet_id.to_bytes(2, "big")
+        if v5:
+            body += _encode_props(packet.properties)
+        return _frame(0x90, body + bytes(codes))
+    if isinstance(packet, UnsubAck):
+        body = packet.packet_id.to_bytes(2, "big")
+        if v5:
+            body += _encode_props(packet.properties) + bytes(packet.reason_codes)
+        return _frame(0xB0, body)
+    if isinstance(packet, PingReq):
+        return b"\xc0\x00"
+    if isinstance(packet, PingResp):
+        return b"\xd0\x00"
+    if isinstance(packet, Disconnect | Auth):
+        first = 0xE0 if isinstance(packet, Disconnect) else 0xF0
+        if not v5 or (packet.reason_code == RC.SUCCESS and not packet.properties):
+            return bytes((first, 0))
+        return _frame(first, bytes((packet.reason_code,)) + _encode_props(packet.properties))
+    if isinstance(packet, Subscribe):
+        sbody = bytearray(packet.packet_id.to_bytes(2, "big"))
+        if v5:
+            sbody += _encode_props(packet.properties)
+        for sub in packet.subscriptions:
+            opts = sub.qos
+            if v5:
+                opts |= (
+                    (0x04 if sub.no_local else 0)
+                    | (0x08 if sub.retain_as_published else 0)
+                    | (sub.retain_handling << 4)
+                )
+            sbody += _str(sub.topic_filter) + bytes((opts,))
+        return _frame(0x82, bytes(sbody))
+    if isinstance(packet, Unsubscribe):
+        ubody = bytearray(packet.packet_id.to_bytes(2, "big"))
+        if v5:
+            ubody += _encode_props(packet.properties)
+        for topic_filter in packet.topic_filters:
+            ubody += _str(topic_filter)
+        return _frame(0xA2, bytes(ubody))
+    if isinstance(packet, Connect):
+        return _encode_connect(packet)
+    raise TypeError(f"cannot encode {packet!r}")
+
+
+# 3.1.1 CONNACK return codes (section 3.2.2.3) for the 5.0 reason codes a server uses.
+_CONNACK_311: dict[int, int] = {
+    RC.SUCCESS: 0x00,
+    RC.UNSUPPORTED_PROTOCOL_VERSION: 0x01,
+    RC.CLIENT_IDENTIFIER_NOT_VALID: 0x02,
+    RC.SERVER_UNAVAILABLE: 0x03,
+    RC.SERVER_BUSY: 0x03,
+    RC.BAD_USER_NAME_OR_PASSWORD: 0x04,
+    RC.NOT_AUTHORIZED: 0x05,
+    RC.BANNED: 0x05,
+}
+
+
+def _connack_code(code: int, v5: bool) -> int:
+    if v5:
+        return code
+    return _CONNACK_311.get(code, 0x03)
+
+
+def connack_code_311(code: int) -> int:
+    """The 3.1.1 return code for a 5.0 CONNACK reason code."""
+    return _connack_code(code, False)
+

@@ -1,0 +1,112 @@
+"""Per-connection protocol state: framing, negotiated version and limits, topic aliases, and
+the outbox of bytes the transport has to write. No I/O: the transport feeds bytes to the broker
+core and takes ``data_to_send()``; ``closing`` tells it to close once the outbox is written."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from pi_mqtt_gpio.mqtt.codec import FrameReader, encode
+from pi_mqtt_gpio.mqtt.hooks import ClientInfo
+from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, PROTOCOL_311, Connect, Packet
+
+if TYPE_CHECKING:
+    from pi_mqtt_gpio.mqtt.session import Message, Session
+
+__all__ = ["ConnState", "Connection"]
+
+
+class ConnState(Enum):
+    NEW = "new"  # waiting for CONNECT
+    AUTHENTICATING = "authenticating"  # CONNECT received, hooks deciding
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+class Connection:
+    __slots__ = (
+        "_out",
+        "_out_size",
+        "alias_in",
+        "alias_out",
+        "alias_out_max",
+        "cert_cn",
+        "client",
+        "client_id",
+        "closing",
+        "congested",
+        "connect",
+        "disconnect_reason",
+        "id",
+        "keep_alive",
+        "last_rx",
+        "max_packet_out",
+        "peer",
+        "problem_info",
+        "reader",
+        "receive_max_out",
+        "session",
+        "state",
+        "transport",
+        "version",
+        "will",
+        "will_delay",
+    )
+
+    def __init__(
+        self, conn_id: int, transport: str, peer: str, max_packet_size: int, now: float,
+        cert_cn: str | None = None,
+    ) -> None:
+        self.id = conn_id
+        self.transport = transport
+        self.peer = peer
+        self.cert_cn = cert_cn
+        self.reader = FrameReader(max_packet_size)
+        self.state = ConnState.NEW
+        self.version = PROTOCOL_311  # until CONNECT says otherwise
+        self.client_id = ""
+        self.client: ClientInfo | None = None
+        self.session: Session | None = None
+        self.connect: Connect | None = None
+        self.keep_alive = 0
+        self.last_rx = now
+        self.will: Message | None = None
+        self.will_delay = 0
+        self.receive_max_out = 65535  # the client's Receive Maximum
+        self.max_packet_out = 0  # the client's Maximum Packet Size (0: no limit)
+        self.alias_out_max = 0  # the client's Topic Alias Maximum
+        self.alias_out: dict[str, int] = {}
+        self.alias_in: dict[int, str] = {}
+        self.problem_info = True
+        self.closing = False
+        self.congested = False  # set by the transport while the client is not reading
+        self.disconnect_reason = ""
+        self._out: list[bytes] = []
+        self._out_size = 0
+
+    @property
+    def v5(self) -> bool:
+        return self.version == PROTOCOL_50
+
+    def send(self, packet: Packet) -> None:
+        self.write(encode(packet, self.version))
+
+    def write(self, data: bytes) -> None:
+        self._out.append(data)
+        self._out_size += len(data)
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._out_size
+
+    def data_to_send(self) -> list[bytes]:
+        """Take the bytes queued for the network (the transport writes them in order)."""
+        out = self._out
+        if out:
+            self._out = []
+            self._out_size = 0
+        return out
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id} {self.client_id!r} {self.peer} {self.state.value}>"

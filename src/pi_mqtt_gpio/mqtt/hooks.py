@@ -1,0 +1,91 @@
+"""Hooks through which the gatekeeper and its security layer steer the broker core.
+
+Every answer is allow / deny / defer. Hooks are asked in order; the first answer that is not
+``DEFER`` wins; if every hook defers, the answer is deny (Mosquitto's ``security.c``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+
+__all__ = [
+    "AuthRequest",
+    "AuthResult",
+    "BrokerHooks",
+    "ClientInfo",
+    "Decision",
+    "first_decision",
+]
+
+
+class Decision(Enum):
+    ALLOW = "allow"
+    DENY = "deny"
+    DEFER = "defer"
+
+
+def first_decision(decisions: Iterable[Decision]) -> Decision:
+    """The first non-defer decision; ``DENY`` when all defer (or there are none)."""
+    for decision in decisions:
+        if decision is not Decision.DEFER:
+            return decision
+    return Decision.DENY
+
+
+@dataclass(slots=True, frozen=True)
+class AuthRequest:
+    """What a client presented in CONNECT, plus what the transport knows about it."""
+
+    client_id: str
+    username: str | None
+    password: bytes | None
+    protocol_version: int
+    transport: str  # "tcp", "tls", "websocket", "websocket+tls"
+    peer: str  # "host:port"
+    cert_cn: str | None = None  # subject CN of a verified client certificate
+
+
+@dataclass(slots=True, frozen=True)
+class AuthResult:
+    decision: Decision
+    # On ALLOW: the identity the broker records (None for anonymous) and its role.
+    username: str | None = None
+    role: str | None = None
+    # On DENY: 0x86 bad user name or password (default) or 0x87 not authorized.
+    reason_code: int = 0x86
+
+
+@dataclass(slots=True)
+class ClientInfo:
+    """A connected client as the broker saw it after authentication."""
+
+    client_id: str
+    username: str | None
+    role: str | None
+    protocol_version: int
+    transport: str
+    peer: str
+    internal: bool = False
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class BrokerHooks:
+    """Base class: every method defers or does nothing. Override what you need."""
+
+    def authorize_publish(self, client: ClientInfo, topic: str, qos: int, retain: bool) -> Decision:
+        return Decision.DEFER
+
+    def authorize_subscribe(self, client: ClientInfo, topic_filter: str, qos: int) -> Decision:
+        return Decision.DEFER
+
+    def response_information(self, client: ClientInfo) -> str | None:
+        """Response Information for a 5.0 client that asked for it (Request Response Info)."""
+        return None
+
+    def on_connected(self, client: ClientInfo) -> None:
+        return None
+
+    def on_disconnected(self, client: ClientInfo, reason: str) -> None:
+        return None

@@ -1,0 +1,113 @@
+"""Session state that outlives a network connection (MQTT 5.0 section 4.1).
+
+A session holds the client's subscriptions, its in-flight outgoing QoS 1/2 messages, the
+QoS 2 packet ids it has sent us and not yet released, messages queued while it is offline or
+over its Receive Maximum, a delayed Will and its expiry time.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from pi_mqtt_gpio.mqtt.packets import Properties, Subscription
+
+if TYPE_CHECKING:
+    from pi_mqtt_gpio.mqtt.connection import Connection
+
+__all__ = ["NEVER_EXPIRES", "Inflight", "Message", "Pending", "Session", "SubEntry"]
+
+NEVER_EXPIRES = 0xFFFFFFFF
+
+
+@dataclass(slots=True, eq=False)
+class Message:
+    """An application message as routed by the broker. Never mutated once created."""
+
+    topic: str
+    payload: bytes
+    qos: int = 0
+    retain: bool = False
+    properties: Properties = field(default_factory=dict)  # forwarded untouched
+    expires_at: float | None = None  # from Message Expiry Interval, on the broker's clock
+    sender: str | None = None  # publishing client id (No Local)
+    username: str | None = None  # publishing client's authenticated user name
+    role: str | None = None
+
+
+@dataclass(slots=True)
+class SubEntry:
+    """A subscription held by a session; ``group`` is set for ``$share/group/...``."""
+
+    client_id: str
+    topic_filter: str  # the plain filter, without "$share/group/"
+    options: Subscription
+    subscription_id: int | None
+    group: str | None = None
+
+
+@dataclass(slots=True)
+class Pending:
+    """A delivery waiting for the client (offline, or over its Receive Maximum)."""
+
+    message: Message
+    qos: int
+    retain: bool
+    subscription_ids: list[int]
+
+
+@dataclass(slots=True)
+class Inflight:
+    """An outgoing QoS 1/2 delivery awaiting PUBACK (1), PUBREC (2) or PUBCOMP (2, released)."""
+
+    message: Message
+    qos: int
+    retain: bool
+    subscription_ids: list[int]
+    released: bool = False  # QoS 2: PUBREC received, PUBREL sent, awaiting PUBCOMP
+
+
+class Session:
+    __slots__ = (
+        "awaiting_rel",
+        "client_id",
+        "conn",
+        "expires_at",
+        "expiry_interval",
+        "inflight",
+        "internal_handler",
+        "next_pid",
+        "queue",
+        "subscriptions",
+        "will",
+        "will_at",
+    )
+
+    def __init__(self, client_id: str) -> None:
+        self.client_id = client_id
+        self.subscriptions: dict[str, SubEntry] = {}  # key: filter as subscribed
+        self.inflight: dict[int, Inflight] = {}
+        self.queue: deque[Pending] = deque()
+        self.awaiting_rel: set[int] = set()
+        self.next_pid = 1
+        self.expiry_interval = 0
+        self.conn: Connection | None = None
+        self.expires_at: float | None = None
+        self.will: Message | None = None  # a Will waiting for its delay to pass
+        self.will_at: float | None = None
+        self.internal_handler: Callable[[Message, list[int]], None] | None = None
+
+    def allocate_pid(self) -> int:
+        """A packet identifier not in use by an in-flight message (MQTT-2.2.1-3)."""
+        pid = self.next_pid
+        inflight = self.inflight
+        for _ in range(65535):
+            if pid not in inflight:
+                break
+            pid = pid % 65535 + 1
+        else:  # pragma: no cover - Receive Maximum caps in-flight at 65535
+            raise RuntimeError("no free packet identifier")
+        self.next_pid = pid % 65535 + 1
+        return pid

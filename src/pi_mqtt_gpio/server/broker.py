@@ -1,0 +1,372 @@
+"""asyncio transports around the sans-io broker core: TCP, TLS and MQTT over WebSocket.
+
+The transports feed bytes and the loop's monotonic time to ``BrokerCore`` and, after every
+call, write what it queued (``_pump``). One timer is kept armed at the core's next deadline.
+A client that does not read its socket is first spared QoS 0 messages (``congested``) and then,
+past a hard limit on buffered bytes, disconnected: nothing a client does grows memory without
+bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from websockets.asyncio.server import Server as WsServer
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from pi_mqtt_gpio.mqtt.broker import BrokerCore, InternalClient
+from pi_mqtt_gpio.mqtt.connection import Connection
+from pi_mqtt_gpio.mqtt.hooks import AuthRequest, AuthResult, Decision
+from pi_mqtt_gpio.mqtt.session import Message
+from pi_mqtt_gpio.server.config import ListenerConfig
+
+__all__ = ["BrokerServer"]
+
+log = logging.getLogger("pi_mqtt_gpio.broker")
+
+Authenticate = Callable[[AuthRequest], Awaitable[AuthResult]]
+
+_HIGH_WATER = 256 * 1024  # above this a client is congested: QoS 0 deliveries are dropped
+
+
+class _Link:
+    """The transport side of one connection."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def write(self, chunks: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def buffered(self) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        self.close()
+
+
+class _TcpLink(_Link, asyncio.Protocol):
+    __slots__ = ("kind", "server", "transport")
+
+    def __init__(self, server: BrokerServer, kind: str) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.kind = kind
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        self.transport.set_write_buffer_limits(high=_HIGH_WATER)  # type: ignore[union-attr]
+        peer = transport.get_extra_info("peername")
+        peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        cert_cn = _cert_cn(transport.get_extra_info("peercert"))
+        server = self.server
+        self.conn = server.core.open_connection(self.kind, peer_text, server.now(), cert_cn)
+        server.links[self.conn.id] = self
+        server.pump()
+
+    def data_received(self, data: bytes) -> None:
+        server = self.server
+        server.core.data_received(self.conn, data, server.now())
+        server.pump()
+
+    def eof_received(self) -> bool | None:
+        return None  # let the transport close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        server = self.server
+        conn = getattr(self, "conn", None)
+        if conn is None:
+            return
+        server.links.pop(conn.id, None)
+        server.core.connection_lost(conn, server.now())
+        server.pump()
+
+    def pause_writing(self) -> None:
+        self.conn.congested = True
+
+    def resume_writing(self) -> None:
+        self.conn.congested = False
+
+    def write(self, chunks: list[bytes]) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            if len(chunks) == 1:
+                self.transport.write(chunks[0])
+            else:
+                self.transport.write(b"".join(chunks))
+
+    def buffered(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport else 0
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class _WsLink(_Link):
+    __slots__ = ("_closing", "_pending", "_size", "_wake", "ws")
+
+    def __init__(self, ws: ServerConnection, conn: Connection) -> None:
+        self.ws = ws
+        self.conn = conn
+        self._pending: list[bytes] = []
+        self._size = 0
+        self._wake = asyncio.Event()
+        self._closing = False
+
+    def write(self, chunks: list[bytes]) -> None:
+        self._pending.extend(chunks)
+        self._size += sum(len(c) for c in chunks)
+        self.conn.congested = self._size > _HIGH_WATER
+        self._wake.set()
+
+    def buffered(self) -> int:
+        return self._size
+
+    def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+
+    async def writer(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                if self._pending:
+                    data = b"".join(self._pending)
+                    self._pending = []
+                    self._size = 0
+                    self.conn.congested = False
+                    await self.ws.send(data)
+                if self._closing:
+                    await self.ws.close()
+                    return
+        except ConnectionClosed:
+            return
+
+
+def _cert_cn(cert: Any) -> str | None:
+    if not cert:
+        return None
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
+def _ssl_context(listener: ListenerConfig) -> ssl.SSLContext | None:
+    if not listener.certfile or not listener.keyfile:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(listener.certfile, listener.keyfile)
+    if listener.cafile:
+        ctx.load_verify_locations(listener.cafile)
+        ctx.verify_mode = ssl.CERT_REQUIRED if listener.require_certificate else ssl.CERT_OPTIONAL
+    return ctx
+
+
+class BrokerServer:
+    """Runs the listeners and pumps bytes, timers, authentication and in-process deliveries
+    between them and the core. Everything here runs on the event loop thread."""
+
+    def __init__(
+        self,
+        core: BrokerCore,
+        authenticate: Authenticate,
+        listeners: list[ListenerConfig],
+        *,
+        hard_limit: int | None = None,
+    ) -> None:
+        self.core = core
+        self.authenticate = authenticate
+        self.listener_configs = listeners
+        self.links: dict[int, _Link] = {}
+        self.hard_limit = hard_limit or max(8 * 1024 * 1024, 4 * core.limits.max_packet_size)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._servers: list[asyncio.base_events.Server | WsServer] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._pumping = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.bound: list[tuple[str, str, int]] = []  # (type, host, port) actually listening
+
+    def now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for listener in self.listener_configs:
+            ctx = _ssl_context(listener)
+            if listener.type in ("tcp", "tls"):
+                kind = "tls" if ctx else "tcp"
+
+                def factory(kind: str = kind) -> _TcpLink:
+                    return _TcpLink(self, kind)
+
+                server = await self._loop.create_server(
+                    factory, listener.host, listener.port, ssl=ctx, reuse_address=True,
+                    backlog=1024,
+                )
+                self._servers.append(server)
+                sock = server.sockets[0].getsockname()
+            else:
+                kind = "websocket+tls" if ctx else "websocket"
+                ws_server = await serve(
+                    lambda ws, kind=kind: self._ws_handler(ws, kind),  # type: ignore[misc]
+                    listener.host, listener.port, ssl=ctx, subprotocols=["mqtt"],  # type: ignore[list-item]
+                    max_size=max(2 * self.core.limits.max_packet_size, 65536),
+                    compression=None, process_request=None,
+                )
+                self._servers.append(ws_server)
+                sock = next(iter(ws_server.sockets)).getsockname()
+            self.bound.append((kind, sock[0], sock[1]))
+            log.info("listening: %s on %s:%d", kind, sock[0], sock[1])
+
+    def port(self, kind: str = "tcp") -> int:
+        for k, _, port in self.bound:
+            if k == kind:
+                return port
+        raise LookupError(kind)
+
+    async def stop(self) -> None:
+        """Stop listening, disconnect every client (0x8B on 5.0), flush, close."""
+        for server in self._servers:
+            server.close()
+        if self._loop is not None:
+            self.core.shutdown(self.now())
+            self.pump()
+        for server in self._servers:
+            try:
+                await asyncio.wait_for(server.wait_closed(), 2.0)
+            except (TimeoutError, Exception):
+                pass
+        for link in list(self.links.values()):
+            link.abort()
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+
+    # ------------------------------------------------------------------ websocket
+    async def _ws_handler(self, ws: ServerConnection, kind: str) -> None:
+        peer = ws.remote_address
+        peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        cert_cn = _cert_cn(ws.transport.get_extra_info("peercert"))
+        conn = self.core.open_connection(kind, peer_text, self.now(), cert_cn)
+        link = _WsLink(ws, conn)
+        self.links[conn.id] = link
+        writer = asyncio.create_task(link.writer())
+        self.pump()
+        try:
+            async for message in ws:
+                if isinstance(message, str):
+                    log.info("closing %r: text frame over MQTT WebSocket", conn)  # MQTT-6.0.0-1
+                    break
+                self.core.data_received(conn, message, self.now())
+                self.pump()
+                if conn.closing:
+                    break
+        except ConnectionClosed:
+            pass
+        finally:
+            self.links.pop(conn.id, None)
+            self.core.connection_lost(conn, self.now())
+            self.pump()
+            link.close()
+            try:
+                await asyncio.wait_for(writer, 2.0)
+            except (TimeoutError, Exception):
+                writer.cancel()
+
+    # ------------------------------------------------------------------ the pump
+    def pump(self) -> None:
+        """Write what the core queued, start authentications, deliver to in-process clients,
+        and re-arm the timer. Re-entrant calls (a handler publishing) fold into the running one."""
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            core = self.core
+            for _ in range(1000):
+                internal = core.take_internal()
+                for client, msg, sub_ids in internal:
+                    self._deliver_internal(client, msg, sub_ids)
+                for conn, req in core.take_auth_requests():
+                    self._spawn(self._authenticate(conn, req))
+                dirty = core.take_dirty()
+                for conn in dirty:
+                    self._flush(conn)
+                if not internal and not dirty:
+                    break
+            self._arm_timer()
+        finally:
+            self._pumping = False
+
+    def _flush(self, conn: Connection) -> None:
+        link = self.links.get(conn.id)
+        data = conn.data_to_send()
+        if link is None:
+            return
+        if data:
+            link.write(data)
+            if link.buffered() > self.hard_limit:
+                log.warning("disconnecting %r: %d bytes unread (slow consumer)",
+                            conn, link.buffered())
+                self.core.abort(conn, self.now(), "slow consumer")
+                link.abort()
+                return
+        if conn.closing:
+            link.close()
+
+    def _deliver_internal(self, client: InternalClient, msg: Message, sub_ids: list[int]) -> None:
+        try:
+            client.on_message(msg, sub_ids)
+        except Exception:
+            log.exception("in-process client %r failed on %r", client.client_id, msg.topic)
+
+    async def _authenticate(self, conn: Connection, req: AuthRequest) -> None:
+        try:
+            result = await self.authenticate(req)
+        except Exception:
+            log.exception("authentication hook failed")
+            result = AuthResult(Decision.DENY, reason_code=0x87)
+        self.core.auth_complete(conn, result, self.now())
+        self.pump()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _arm_timer(self) -> None:
+        deadline = self.core.next_deadline()
+        if deadline is None or self._loop is None:
+            return
+        if self._timer is not None and self._timer_at is not None and self._timer_at <= deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.core.on_timer(self.now())
+        self.pump()

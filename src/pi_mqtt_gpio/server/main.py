@@ -1,0 +1,94 @@
+"""CLI entry point ``pi-mqtt-gatekeeper``.
+
+    pi-mqtt-gatekeeper --config FILE [--simulate] [--log-level LEVEL]
+    pi-mqtt-gatekeeper check-config --config FILE
+    pi-mqtt-gatekeeper hash-password [--stdin]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import sys
+from collections.abc import Sequence
+
+from pi_mqtt_gpio.server.config import ConfigError, load_config
+
+__all__ = ["main"]
+
+
+def _setup_logging(level: str) -> None:
+    # journald adds its own timestamps; "<level>name: message" keeps lines short and greppable.
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _run_loop(coro: object) -> int:
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        runner = asyncio.Runner()
+    with runner:
+        return int(runner.run(coro))  # type: ignore[arg-type]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pi-mqtt-gatekeeper",
+        description="Raspberry Pi GPIO Gatekeeper with an embedded MQTT 3.1.1/5.0 broker",
+    )
+    parser.add_argument("--config", help="YAML config file")
+    parser.add_argument("--simulate", action="store_true",
+                        help="simulated pins (gpiozero MockFactory) instead of real GPIO")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command")
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("--config", dest="check_config", required=True)
+    hashp = sub.add_parser("hash-password", help="print an argon2id hash for auth.users")
+    hashp.add_argument("--stdin", action="store_true", help="read the password from stdin")
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+
+    if args.command == "hash-password":
+        from pi_mqtt_gpio.server.security import hash_password
+
+        if args.stdin:
+            password = sys.stdin.readline().rstrip("\r\n")
+        else:
+            password = getpass.getpass("Password: ")
+            if password != getpass.getpass("Again: "):
+                print("passwords differ", file=sys.stderr)
+                return 1
+        if not password:
+            print("empty password refused", file=sys.stderr)
+            return 1
+        print(hash_password(password))
+        return 0
+
+    path = args.check_config if args.command == "check-config" else args.config
+    if not path:
+        parser.error("--config FILE is required")
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        print("ok")
+        return 0
+
+    from pi_mqtt_gpio.server.daemon import run
+
+    return _run_loop(run(config, simulate=args.simulate or config.hardware.pin_factory == "mock"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

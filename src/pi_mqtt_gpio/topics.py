@@ -1,0 +1,62 @@
+"""The one place where topic strings are built and parsed (DESIGN section 3).
+
+Shared by the server and the client stub. ``{root}`` is ``<base_topic>/<node_id>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Topics"]
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    base_topic: str
+    node_id: str
+
+    @property
+    def root(self) -> str:
+        return f"{self.base_topic}/{self.node_id}"
+
+    @property
+    def status(self) -> str:
+        return f"{self.root}/status"
+
+    @property
+    def devices(self) -> str:
+        return f"{self.root}/devices"
+
+    @property
+    def lease(self) -> str:
+        return f"{self.root}/lease"
+
+    @property
+    def lease_call(self) -> str:
+        return f"{self.root}/lease/call"
+
+    @property
+    def health(self) -> str:
+        return f"{self.root}/system/health"
+
+    @property
+    def audit(self) -> str:
+        return f"{self.root}/audit"
+
+    def device(self, name: str, leaf: str) -> str:
+        """``{root}/device/<name>/<leaf>`` with leaf one of state, event, set, call."""
+        return f"{self.root}/device/{name}/{leaf}"
+
+    def reply_prefix(self, client_id: str) -> str:
+        """Where a client's RPC replies go (its Response Information on MQTT 5)."""
+        return f"{self.root}/reply/{client_id}"
+
+    def parse_device(self, topic: str) -> tuple[str, str] | None:
+        """(device name, leaf) for ``{root}/device/<name>/<leaf>``, else None."""
+        prefix = f"{self.root}/device/"
+        if not topic.startswith(prefix):
+            return None
+        name, sep, leaf = topic[len(prefix):].partition("/")
+        if not sep or not name or "/" in leaf:
+            return None
+        return name, leaf
