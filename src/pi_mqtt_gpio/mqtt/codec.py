@@ -401,7 +401,7 @@ def validate_topic_name(topic: str) -> None:
         raise ProtocolError("topic name contains a wildcard", RC.TOPIC_NAME_INVALID)
 
 
-def _decode_publish(first: int, body: bytes, version: int) -> Publish:
+def _decode_publish(first: int, body: bytes, version: int, from_client: bool) -> Publish:
     qos = (first >> 1) & 0x03
     if qos == 3:
         raise MalformedPacket("PUBLISH QoS must not be 3")  # MQTT-3.3.1-4
@@ -439,7 +439,7 @@ def _decode_publish(first: int, body: bytes, version: int) -> Publish:
             pos += 1
         else:
             props, pos = _read_props(body, pos, end, PacketType.PUBLISH)
-            if Prop.SUBSCRIPTION_IDENTIFIER in props:
+            if from_client and Prop.SUBSCRIPTION_IDENTIFIER in props:
                 # MQTT-3.3.4-6: a client must not send Subscription Identifiers.
                 raise ProtocolError("PUBLISH from a client carries a subscription identifier")
     else:
@@ -564,14 +564,16 @@ def _decode_suback(body: bytes, version: int, kind: PacketType) -> tuple[int, li
     return pid, list(body[pos:]), props
 
 
-def decode_frame(first: int, body: bytes, version: int) -> Packet:
+def decode_frame(first: int, body: bytes, version: int, *, from_client: bool = True) -> Packet:
     """Decode one frame from ``FrameReader`` for a connection speaking ``version``.
 
     A CONNECT is decoded whatever ``version`` says (it carries its own protocol level).
+    ``from_client=False`` decodes what a server sends (PUBLISH may then carry Subscription
+    Identifiers).
     """
     ptype = first >> 4
     if ptype == 3:
-        return _decode_publish(first, body, version)
+        return _decode_publish(first, body, version, from_client)
     if ptype == 4:
         _check_flags(first, 0, "PUBACK")
         return _decode_ack(PubAck, PacketType.PUBACK, body, version)  # type: ignore[no-any-return]
@@ -624,14 +626,17 @@ def decode_frame(first: int, body: bytes, version: int) -> Packet:
     raise MalformedPacket(f"reserved packet type {ptype}")  # MQTT-2.2.2 / 3.1.1 table 2.1
 
 
-def decode(data: bytes, version: int = PROTOCOL_50) -> tuple[Packet, int] | None:
+def decode(
+    data: bytes, version: int = PROTOCOL_50, *, from_client: bool = True
+) -> tuple[Packet, int] | None:
     """Decode the first packet of ``data``: (packet, bytes used), or None if incomplete."""
     reader = FrameReader()
     reader.feed(data)
     frame = reader.next_frame()
     if frame is None:
         return None
-    return decode_frame(frame[0], frame[1], version), len(data) - reader.buffered
+    packet = decode_frame(frame[0], frame[1], version, from_client=from_client)
+    return packet, len(data) - reader.buffered
 
 
 # --- encoding ----------------------------------------------------------------------------------
