@@ -122,7 +122,9 @@ def test_mqtt5_encodings_decode_identically() -> None:
         "x/y", b"data", qos=mqtt5.QoS.AT_LEAST_ONCE, packet_id=12, response_topic="resp",
         correlation_data=b"c", user_properties=[("a", "1")], message_expiry_interval=30,
     )
-    packet, used = decode(theirs.write(), PROTOCOL_50)  # type: ignore[misc]
+    raw = theirs.write()
+    packet, used = decode(raw, PROTOCOL_50)  # type: ignore[misc]
+    assert used == len(raw)
     assert packet == Publish("x/y", b"data", 1, False, False, 12, {
         Prop.MESSAGE_EXPIRY_INTERVAL: 30, Prop.RESPONSE_TOPIC: "resp",
         Prop.CORRELATION_DATA: b"c", Prop.USER_PROPERTY: [("a", "1")]})

@@ -208,15 +208,16 @@ class BrokerCore:
         while conn.state is not ConnState.CLOSED and not conn.closing:
             if conn.state is ConnState.AUTHENTICATING:
                 return
+            if conn.state is ConnState.NEW and reader.peek_first() not in (None, 0x10):
+                # MQTT-3.1.0-1: the first packet must be CONNECT; close without reply, and
+                # without waiting for the rest of whatever this is.
+                self._close(conn, now, None, "first packet was not CONNECT")
+                return
             frame = reader.next_frame()
             if frame is None:
                 return
             first, body = frame
             if conn.state is ConnState.NEW:
-                if first >> 4 != 1:
-                    # MQTT-3.1.0-1: the first packet must be CONNECT; close without reply.
-                    self._close(conn, now, None, "first packet was not CONNECT")
-                    return
                 if peek_protocol_level(body) == PROTOCOL_50:
                     conn.version = PROTOCOL_50  # so a malformed CONNECT gets a 5.0 CONNACK
                 self._on_connect(conn, body, first, now)

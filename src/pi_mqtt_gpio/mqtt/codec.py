@@ -267,6 +267,10 @@ class FrameReader:
     def buffered(self) -> int:
         return len(self._buf) - self._pos
 
+    def peek_first(self) -> int | None:
+        """The first byte of the next frame, if any byte is buffered."""
+        return self._buf[self._pos] if len(self._buf) > self._pos else None
+
     def next_frame(self) -> tuple[int, bytes] | None:
         """The next complete frame, or None when more bytes are needed."""
         buf = self._buf

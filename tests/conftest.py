@@ -1,0 +1,222 @@
+"""Shared fixtures: the real daemon in a subprocess on ephemeral ports, and paho helpers."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+ROOT = Path(__file__).resolve().parent.parent
+READY = re.compile(r"pi-mqtt-gatekeeper ready: (\S+) on (.*)$")
+
+
+@dataclass
+class Gatekeeper:
+    proc: subprocess.Popen[str]
+    root: str
+    ports: dict[str, int]
+    config_path: Path
+    log: list[str] = field(default_factory=list)
+    host: str = "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return self.ports["tcp"]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def rss_kib(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+
+def start_gatekeeper(tmp: Path, config: dict[str, Any], *, extra_args: list[str] | None = None,
+                     timeout: float = 20.0) -> Gatekeeper:
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "pi_mqtt_gpio.server.main", "--config", str(path),
+           "--simulate", *(extra_args or [])]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=tmp, env=env)
+    lines: list[str] = []
+    found: queue.Queue[tuple[str, dict[str, int]] | None] = queue.Queue()
+
+    def reader() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            m = READY.search(line)
+            if m:
+                ports: dict[str, int] = {}
+                for part in m.group(2).split(", "):
+                    kind, addr = part.split(" ")
+                    ports.setdefault(kind, int(addr.rsplit(":", 1)[1]))
+                found.put((m.group(1), ports))
+        found.put(None)
+
+    threading.Thread(target=reader, daemon=True).start()
+    try:
+        result = found.get(timeout=timeout)
+    except queue.Empty:
+        proc.kill()
+        raise RuntimeError("gatekeeper did not start:\n" + "\n".join(lines)) from None
+    if result is None:
+        raise RuntimeError("gatekeeper exited:\n" + "\n".join(lines))
+    return Gatekeeper(proc, result[0], result[1], path, lines)
+
+
+def broker_config(**overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "node_id": "test",
+        "broker": {"listeners": [{"type": "tcp", "host": "127.0.0.1", "port": 0},
+                                 {"type": "websocket", "host": "127.0.0.1", "port": 0}]},
+        "auth": {"allow_anonymous": True, "anonymous_role": "everyone",
+                 "roles": {"everyone": {"subscribe": ["#"], "publish": ["#"]}}},
+        "devices": {},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatekeeper]:
+    """One plain broker shared by the tests that do not need their own config."""
+    gk = start_gatekeeper(tmp_path_factory.mktemp("broker"), broker_config())
+    yield gk
+    assert gk.alive(), "the shared broker died during the tests:\n" + "\n".join(gk.log[-50:])
+    assert gk.stop() == 0
+
+
+@pytest.fixture(params=[mqtt.MQTTv311, mqtt.MQTTv5], ids=["v311", "v5"])
+def version(request: pytest.FixtureRequest) -> int:
+    return int(request.param)
+
+
+class Client:
+    """A paho client with queues for what arrives, for tests."""
+
+    _n = 0
+
+    def __init__(self, port: int, version: int, *, client_id: str | None = None,
+                 transport: str = "tcp", clean: bool = True, **connect: Any) -> None:
+        Client._n += 1
+        self.client_id = client_id if client_id is not None else f"t{Client._n}-{os.getpid()}"
+        self.version = version
+        kwargs: dict[str, Any] = {}
+        if version != mqtt.MQTTv5:
+            kwargs["clean_session"] = clean
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             protocol=version, transport=transport, **kwargs)
+        self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self.connack: queue.Queue[tuple[Any, Any]] = queue.Queue()
+        self.disconnects: queue.Queue[Any] = queue.Queue()
+        self.c.on_message = lambda c, u, m: self.messages.put(m)
+        self.c.on_connect = lambda c, u, f, rc, p: self.connack.put((rc, p))
+        self.c.on_disconnect = lambda c, u, f, rc, p: self.disconnects.put(rc)
+        self.port = port
+        self.connect_kwargs = connect
+        self.clean = clean
+
+    def connect(self, *, wait: bool = True, **kw: Any) -> Any:
+        args: dict[str, Any] = dict(self.connect_kwargs)
+        args.update(kw)
+        keepalive = args.pop("keepalive", 30)
+        if self.version == mqtt.MQTTv5:
+            args.setdefault("clean_start", self.clean)
+        self.c.connect("127.0.0.1", self.port, keepalive, **args)
+        self.c.loop_start()
+        if wait:
+            rc, props = self.connack.get(timeout=10)
+            return rc, props
+        return None
+
+    def subscribe(self, topic: str, qos: int = 0, **kw: Any) -> Any:
+        done: queue.Queue[Any] = queue.Queue()
+        self.c.on_subscribe = lambda c, u, mid, rcs, p: done.put(rcs)
+        self.c.subscribe(topic, qos, **kw)
+        return done.get(timeout=10)
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False,
+                properties: Properties | None = None) -> mqtt.MQTTMessageInfo:
+        info = self.c.publish(topic, payload, qos, retain, properties=properties)
+        if qos:
+            info.wait_for_publish(10)
+        return info
+
+    def get(self, timeout: float = 5.0) -> mqtt.MQTTMessage:
+        return self.messages.get(timeout=timeout)
+
+    def nothing(self, timeout: float = 0.3) -> bool:
+        try:
+            m = self.messages.get(timeout=timeout)
+        except queue.Empty:
+            return True
+        raise AssertionError(f"unexpected message on {m.topic}: {m.payload!r}")
+
+    def close(self) -> None:
+        try:
+            self.c.disconnect()
+        finally:
+            self.c.loop_stop()
+
+
+def v5_props(**values: Any) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)
+    for key, value in values.items():
+        setattr(props, key, value)
+    return props
+
+
+@pytest.fixture
+def clients() -> Iterator[list[Client]]:
+    made: list[Client] = []
+    yield made
+    for c in made:
+        try:
+            c.close()
+        except Exception:
+            pass
+
+
+def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
