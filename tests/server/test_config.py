@@ -1,0 +1,108 @@
+"""Config loading: typed and frozen, every problem listed with key path and line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from pi_mqtt_gpio.server.config import ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_configs_are_valid() -> None:
+    for name in ("broker-only.yaml", "demo.yaml"):
+        cfg = load_config(ROOT / "deploy" / name)
+        assert cfg.broker.mode == "embedded"
+    assert load_config(ROOT / "broker-only.yaml").node_id == "broker"
+
+
+def test_defaults() -> None:
+    cfg = parse_config("node_id: pi\n")
+    assert cfg.root == "gatekeeper/pi"
+    assert cfg.broker.listeners[0].port == 1883
+    assert cfg.broker.limits.max_packet_size == 262144
+    assert cfg.auth.allow_anonymous is False
+    with pytest.raises(ValidationError):
+        cfg.node_id = "other"  # type: ignore[misc]  # frozen
+
+
+def test_every_problem_listed_with_lines() -> None:
+    text = """\
+node_id: pi
+broker:
+  listeners:
+    - {type: tcp, port: 70000}
+    - {type: tls, port: 8883}
+  limits: {max_keepalive: 0, bogus: 1}
+auth:
+  allow_anonymous: yes
+  anonymous_role: nobody
+unknown_top: 1
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "x.yaml")
+    problems = info.value.problems
+    joined = "\n".join(problems)
+    assert "line 4: broker.listeners[0].port: Input should be less than or equal to 65535 (got 70000)" in joined
+    assert "line 5: broker.listeners[1]: a tls listener needs certfile and keyfile" in joined
+    assert "line 6: broker.limits.max_keepalive: Input should be greater than or equal to 1 (got 0)" in joined
+    assert "line 6: broker.limits.bogus: unknown key" in joined
+    assert "line 10: unknown_top: unknown key" in joined
+    assert len(problems) == 5
+
+
+def test_semantic_checks() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config("auth: {allow_anonymous: true, anonymous_role: nobody}\n")
+    assert "anonymous_role 'nobody' is not a role" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        parse_config("node_id: a/b\n")
+    assert "node_id must not contain '/'" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        parse_config("broker:\n  listeners:\n    - {type: tcp, port: 1}\n    - {type: websocket, port: 1}\n")
+    assert "two listeners on 0.0.0.0:1" in str(info.value)
+
+
+def test_yaml_errors_and_duplicates() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config("a: [1,\n")
+    assert "not valid YAML" in info.value.problems[0]
+    with pytest.raises(ConfigError) as info:
+        parse_config("node_id: a\nnode_id: b\n")
+    assert info.value.problems == ["line 2: node_id: key given twice"]
+    with pytest.raises(ConfigError) as info:
+        parse_config("- 1\n")
+    assert "must be a mapping" in info.value.problems[0]
+
+
+def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pi_mqtt_gpio.server.main", *args],
+                          capture_output=True, text=True, input=stdin, timeout=30)
+
+
+def test_cli_check_config(tmp_path: Path) -> None:
+    ok = _cli("check-config", "--config", str(ROOT / "deploy" / "broker-only.yaml"))
+    assert ok.returncode == 0 and ok.stdout.strip() == "ok"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("node_id: x\nbroker: {mode: cloud}\n")
+    res = _cli("check-config", "--config", str(bad))
+    assert res.returncode == 2
+    assert "line 2: broker.mode: Input should be 'embedded' or 'external'" in res.stderr
+    missing = _cli("check-config", "--config", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+def test_cli_hash_password() -> None:
+    from pi_mqtt_gpio.server.security import verify_password
+
+    res = _cli("hash-password", "--stdin", stdin="hunter2\n")
+    assert res.returncode == 0
+    digest = res.stdout.strip()
+    assert digest.startswith("$argon2id$")
+    assert verify_password(digest, b"hunter2") and not verify_password(digest, b"x")
+    assert _cli("hash-password", "--stdin", stdin="\n").returncode == 1
