@@ -644,13 +644,13 @@ class BrokerCore:
         elif code == RC.SUCCESS:
             fwd: Properties = props
             expires_at = None
-            if props:
+            if props and p.raw_properties is None:
                 fwd = {k: v for k, v in props.items() if k not in _FORWARD_DROP}
                 mei = props.get(Prop.MESSAGE_EXPIRY_INTERVAL)
                 if mei is not None:
                     expires_at = now + mei
             msg = Message(topic, p.payload, qos, p.retain, fwd, expires_at, conn.client_id,
-                          conn.client.username, conn.client.role)
+                          conn.client.username, conn.client.role, p.raw_properties)
             routed = self.publish(msg, now)
         else:
             routed = -1
@@ -902,7 +902,7 @@ class BrokerCore:
                 if data is None:
                     data = cache[key] = encode_publish(
                         msg.topic, msg.payload, 0, retain, False, None, msg.properties,
-                        conn.version,
+                        conn.version, msg.raw_props,
                     )
                 conn.write(data)
                 self._dirty.add(conn)
@@ -978,7 +978,9 @@ class BrokerCore:
         elif msg.expires_at is not None and msg.expires_at <= now:
             self.stats.dropped_expired += 1
             return False
-        data = encode_publish(topic, msg.payload, qos, retain, dup, pid, props, conn.version)
+        block = msg.raw_props if props is msg.properties else None
+        data = encode_publish(topic, msg.payload, qos, retain, dup, pid, props, conn.version,
+                              block)
         if conn.max_packet_out and len(data) > conn.max_packet_out:
             # MQTT-3.1.2-25: discard as if sent; forget an alias the client never saw.
             if new_alias is not None:

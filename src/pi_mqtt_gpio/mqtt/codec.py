@@ -128,6 +128,19 @@ _NONZERO_PROPS = frozenset(
     }
 )
 _LISTS = frozenset({Prop.USER_PROPERTY, Prop.SUBSCRIPTION_IDENTIFIER})
+_CHECK_BOOL, _CHECK_NONZERO, _CHECK_LIST = 1, 2, 4
+# pid -> (type, allowed packet kinds, checks, name for messages): one lookup per property.
+_SPEC: dict[int, tuple[int, int, int, str]] = {
+    pid: (
+        ptype,
+        allowed,
+        (_CHECK_BOOL if pid in _BOOLEAN_PROPS else 0)
+        | (_CHECK_NONZERO if pid in _NONZERO_PROPS else 0)
+        | (_CHECK_LIST if pid in _LISTS else 0),
+        f"property {Prop(pid).name}",
+    )
+    for pid, (ptype, allowed) in _PROPS.items()
+}
 
 
 # --- primitive readers -------------------------------------------------------------------------
@@ -193,50 +206,53 @@ def _read_props(buf: bytes, pos: int, end: int, kind: int) -> tuple[Properties, 
     if not length:
         return props, pos
     kind_bit = 1 << kind
+    spec_of = _SPEC.get
     while pos < stop:
-        pid, pos = _read_varint(buf, pos, stop, "property identifier")
-        spec = _PROPS.get(pid)
+        pid = buf[pos]  # every identifier in use fits in one varint byte
+        pos += 1
+        spec = spec_of(pid)
         if spec is None:
             raise MalformedPacket(f"unknown property 0x{pid:02x}")
-        ptype, allowed = spec
+        ptype, allowed, checks, name = spec
         if not allowed & kind_bit:
-            raise MalformedPacket(f"property {Prop(pid).name} not allowed here")
+            raise MalformedPacket(f"{name} not allowed here")
         value: Any
-        if ptype == _BYTE:
+        if ptype == _UTF8:
+            value, pos = _read_str(buf, pos, stop, name)
+        elif ptype == _BINARY:
+            value, pos = _read_bin(buf, pos, stop, name)
+        elif ptype == _BYTE:
             if pos >= stop:
-                raise MalformedPacket(f"property {Prop(pid).name} truncated")
+                raise MalformedPacket(f"{name} truncated")
             value = buf[pos]
             pos += 1
         elif ptype == _TWO:
             if pos + 2 > stop:
-                raise MalformedPacket(f"property {Prop(pid).name} truncated")
+                raise MalformedPacket(f"{name} truncated")
             value = (buf[pos] << 8) | buf[pos + 1]
             pos += 2
         elif ptype == _FOUR:
             if pos + 4 > stop:
-                raise MalformedPacket(f"property {Prop(pid).name} truncated")
+                raise MalformedPacket(f"{name} truncated")
             value = int.from_bytes(buf[pos : pos + 4], "big")
             pos += 4
         elif ptype == _VARINT:
-            value, pos = _read_varint(buf, pos, stop, f"property {Prop(pid).name}")
-        elif ptype == _UTF8:
-            value, pos = _read_str(buf, pos, stop, f"property {Prop(pid).name}")
-        elif ptype == _BINARY:
-            value, pos = _read_bin(buf, pos, stop, f"property {Prop(pid).name}")
+            value, pos = _read_varint(buf, pos, stop, name)
         else:
             key, pos = _read_str(buf, pos, stop, "user property name")
             val, pos = _read_str(buf, pos, stop, "user property value")
             value = (key, val)
-        if pid in _BOOLEAN_PROPS and value > 1:
-            raise ProtocolError(f"property {Prop(pid).name} must be 0 or 1")
-        if pid in _NONZERO_PROPS and value == 0:
-            raise ProtocolError(f"property {Prop(pid).name} must not be 0")
-        if pid in _LISTS:
-            props.setdefault(pid, []).append(value)
-        elif pid in props:
-            raise ProtocolError(f"property {Prop(pid).name} included twice")  # 2.2.2.2
-        else:
-            props[pid] = value
+        if checks:
+            if checks & _CHECK_BOOL and value > 1:
+                raise ProtocolError(f"{name} must be 0 or 1")
+            if checks & _CHECK_NONZERO and value == 0:
+                raise ProtocolError(f"{name} must not be 0")
+            if checks & _CHECK_LIST:
+                props.setdefault(pid, []).append(value)
+                continue
+        if pid in props:
+            raise ProtocolError(f"{name} included twice")  # 2.2.2.2
+        props[pid] = value
     if pos != stop:
         raise MalformedPacket("property length does not match the properties")
     return props, pos
@@ -437,20 +453,25 @@ def _decode_publish(first: int, body: bytes, version: int, from_client: bool) ->
             raise MalformedPacket("packet identifier must not be 0")  # MQTT-2.2.1-3
         pos += 2
     props: Properties
+    raw: bytes | None = None
     if version == PROTOCOL_50:
         if pos < end and body[pos] == 0:
             props = {}
             pos += 1
         else:
+            start = pos
             props, pos = _read_props(body, pos, end, PacketType.PUBLISH)
             if from_client and Prop.SUBSCRIPTION_IDENTIFIER in props:
                 # MQTT-3.3.4-6: a client must not send Subscription Identifiers.
                 raise ProtocolError("PUBLISH from a client carries a subscription identifier")
+            if not (Prop.TOPIC_ALIAS in props or Prop.MESSAGE_EXPIRY_INTERVAL in props
+                    or Prop.SUBSCRIPTION_IDENTIFIER in props):
+                raw = body[start:pos]
     else:
         props = {}
     if not topic and Prop.TOPIC_ALIAS not in props:
         raise ProtocolError("empty topic name without a topic alias", RC.TOPIC_NAME_INVALID)
-    return Publish(topic, body[pos:], qos, bool(first & 0x01), dup, packet_id, props)
+    return Publish(topic, body[pos:], qos, bool(first & 0x01), dup, packet_id, props, raw)
 
 
 def _decode_ack(cls: Any, kind: PacketType, body: bytes, version: int) -> Any:
@@ -706,15 +727,22 @@ def encode_publish(
     packet_id: int | None,
     props: Properties | None,
     version: int,
+    props_block: bytes | None = None,
 ) -> bytes:
-    """Encode a PUBLISH; the fan-out path calls this once per (QoS, properties) group."""
+    """Encode a PUBLISH; the fan-out path calls this once per (QoS, properties) group.
+
+    ``props_block``, when given, is the already encoded property block (5.0) to use as is.
+    """
     raw = topic.encode("utf-8")
     first = 0x30 | (qos << 1) | (0x08 if dup else 0) | (0x01 if retain else 0)
     parts = [len(raw).to_bytes(2, "big"), raw]
     if qos:
         parts.append((packet_id or 0).to_bytes(2, "big"))
     if version == PROTOCOL_50:
-        parts.append(_encode_props(props) if props else b"\x00")
+        if props_block is not None:
+            parts.append(props_block)
+        else:
+            parts.append(_encode_props(props) if props else b"\x00")
     parts.append(payload)
     body = b"".join(parts)
     return bytes((first,)) + encode_varint(len(body)) + body

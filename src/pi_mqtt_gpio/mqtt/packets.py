@@ -184,6 +184,9 @@ class Publish:
     dup: bool = False
     packet_id: int | None = None
     properties: Properties = field(default_factory=dict)
+    # The encoded property block as received, when it can be forwarded verbatim (no Topic
+    # Alias, Message Expiry or Subscription Identifier in it). Set by the decoder only.
+    raw_properties: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)

@@ -35,6 +35,7 @@ class Message:
     sender: str | None = None  # publishing client id (No Local)
     username: str | None = None  # publishing client's authenticated user name
     role: str | None = None
+    raw_props: bytes | None = None  # ``properties`` as encoded by the publisher (5.0)
 
 
 @dataclass(slots=True)

@@ -1,0 +1,361 @@
+"""Broker benchmark: our embedded broker and, when installed, Debian's mosquitto, same run.
+
+    .venv/bin/python benchmarks/broker.py [--quick] [--only ours|mosquitto]
+
+Scenarios (loopback, clients are raw sockets in separate processes so that the broker, not a
+Python MQTT client library, is what is measured):
+  qos0      1 publisher -> 1 subscriber, QoS 0, 64-byte payloads: delivered msg/s
+  qos1      1 -> 1, QoS 1 both legs (publisher keeps a window of 20 unacked): msg/s
+  fanout    1 -> 50 subscribers, QoS 0: deliveries/s
+  rr        MQTT 5 request/response through the broker (Response Topic + Correlation Data),
+            sequential round trips: p50 / p99 in microseconds
+  idle      1,000 connected idle clients: time to connect them all, broker RSS added
+Prints numbers; asserts nothing about speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import resource
+import select
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from pi_mqtt_gpio.mqtt.codec import FrameReader, decode_frame, encode  # noqa: E402
+from pi_mqtt_gpio.mqtt.packets import (  # noqa: E402
+    PROTOCOL_50,
+    PROTOCOL_311,
+    Connect,
+    Prop,
+    Publish,
+    Subscribe,
+    Subscription,
+)
+
+HOST = "127.0.0.1"
+
+
+# --- brokers -------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+class Broker:
+    def __init__(self, name: str, proc: subprocess.Popen[bytes], port: int) -> None:
+        self.name, self.proc, self.port = name, proc, port
+
+    def rss_kib(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def wait_port(port: int, timeout: float = 15) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            socket.create_connection((HOST, port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def start_ours(tmp: Path) -> Broker:
+    port = free_port()
+    cfg = tmp / "ours.yaml"
+    cfg.write_text(
+        "node_id: bench\n"
+        "broker:\n"
+        f"  listeners: [{{type: tcp, host: {HOST}, port: {port}}}]\n"
+        "  limits: {max_connections: 5000}\n"
+        "auth: {allow_anonymous: true, anonymous_role: all,\n"
+        "       roles: {all: {subscribe: ['#'], publish: ['#']}}}\n"
+    )
+    exe = ROOT / ".venv" / "bin" / "pi-mqtt-gatekeeper"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "pi_mqtt_gpio.server.main"]
+    proc = subprocess.Popen([*cmd, "--config", str(cfg), "--simulate", "--log-level", "warning"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return Broker("ours", proc, port)
+
+
+def start_mosquitto(tmp: Path) -> Broker | None:
+    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if exe is None:
+        return None
+    port = free_port()
+    cfg = tmp / "mosquitto.conf"
+    cfg.write_text(f"listener {port} {HOST}\nallow_anonymous true\nmax_connections -1\n"
+                   "persistence false\nlog_type none\n")
+    proc = subprocess.Popen([exe, "-c", str(cfg)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return Broker("mosquitto", proc, port)
+
+
+# --- raw clients ---------------------------------------------------------------------------------
+def connect(port: int, cid: str, version: int = PROTOCOL_311) -> socket.socket:
+    s = socket.create_connection((HOST, port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.sendall(encode(Connect(cid, version, keep_alive=600), version))
+    data = b""
+    while len(data) < 4:
+        chunk = s.recv(4096)
+        if not chunk:
+            raise RuntimeError("closed during CONNECT")
+        data += chunk
+    return s
+
+
+def subscribe(s: socket.socket, topic: str, qos: int, version: int = PROTOCOL_311) -> None:
+    s.sendall(encode(Subscribe(1, [Subscription(topic, qos)]), version))
+    reader = FrameReader()
+    while True:
+        reader.feed(s.recv(4096))
+        frame = reader.next_frame()
+        if frame is not None and frame[0] >> 4 == 9:
+            return
+
+
+def count_messages(s: socket.socket, expected: int, ack: bool, timeout: float) -> tuple[int, float]:
+    """Read PUBLISH packets until ``expected`` arrived (or timeout); returns (count, t_last)."""
+    reader = FrameReader()
+    count = 0
+    last = time.monotonic()
+    s.settimeout(timeout)
+    while count < expected:
+        try:
+            data = s.recv(1 << 20)
+        except TimeoutError:
+            break
+        if not data:
+            break
+        reader.feed(data)
+        acks = []
+        while (frame := reader.next_frame()) is not None:
+            first, body = frame
+            if first >> 4 == 3:
+                count += 1
+                if ack and (first >> 1) & 3:
+                    n = (body[0] << 8) | body[1]
+                    acks.append(b"\x40\x02" + body[2 + n : 4 + n])
+        if acks:
+            s.sendall(b"".join(acks))
+        last = time.monotonic()
+    return count, last
+
+
+def _subscriber_proc(port: int, topic: str, qos: int, expected: int, conn: Any, n_subs: int
+                     ) -> None:
+    socks = [connect(port, f"sub{i}-{os.getpid()}") for i in range(n_subs)]
+    for s in socks:
+        subscribe(s, topic, qos)
+    conn.send("ready")
+    if n_subs == 1:
+        count, last = count_messages(socks[0], expected, qos > 0, timeout=10)
+        conn.send((count, last))
+        return
+    readers = {s.fileno(): (s, FrameReader()) for s in socks}
+    total = expected * n_subs
+    count = 0
+    last = time.monotonic()
+    while count < total:
+        ready, _, _ = select.select(list(readers), [], [], 10)
+        if not ready:
+            break
+        for fd in ready:
+            s, reader = readers[fd]
+            data = s.recv(1 << 20)
+            if not data:
+                continue
+            reader.feed(data)
+            while (frame := reader.next_frame()) is not None:
+                if frame[0] >> 4 == 3:
+                    count += 1
+        last = time.monotonic()
+    conn.send((count, last))
+
+
+def throughput(port: int, qos: int, n: int, n_subs: int = 1) -> dict[str, float]:
+    topic = f"bench/{qos}/{n_subs}"
+    parent, child = mp.Pipe()
+    proc = mp.Process(target=_subscriber_proc, args=(port, topic, qos, n, child, n_subs))
+    proc.start()
+    assert parent.recv() == "ready"
+    pub = connect(port, f"pub-{os.getpid()}")
+    payload = b"x" * 64
+    start = time.monotonic()
+    if qos == 0:
+        packet = encode(Publish(topic, payload, 0), PROTOCOL_311)
+        batch = packet * 1000
+        for _ in range(n // 1000):
+            pub.sendall(batch)
+    else:
+        window = 20
+        reader = FrameReader()
+        sent = acked = 0
+        while acked < n:
+            burst = []
+            while sent < n and sent - acked < window:
+                sent += 1
+                burst.append(encode(Publish(topic, payload, 1, packet_id=sent % 65535 + 1),
+                                    PROTOCOL_311))
+            if burst:
+                pub.sendall(b"".join(burst))
+            reader.feed(pub.recv(65536))
+            while (frame := reader.next_frame()) is not None:
+                if frame[0] >> 4 == 4:
+                    acked += 1
+    count, last = parent.recv()
+    proc.join()
+    pub.close()
+    elapsed = max(last - start, 1e-9)
+    return {"delivered": count, "offered": n * n_subs, "rate": count / elapsed,
+            "seconds": elapsed}
+
+
+def _responder_proc(port: int, conn: Any) -> None:
+    s = connect(port, f"responder-{os.getpid()}", PROTOCOL_50)
+    subscribe(s, "svc/req", 0, PROTOCOL_50)
+    conn.send("ready")
+    reader = FrameReader()
+    while True:
+        data = s.recv(65536)
+        if not data:
+            return
+        reader.feed(data)
+        out = []
+        while (frame := reader.next_frame()) is not None:
+            if frame[0] >> 4 != 3:
+                continue
+            req = decode_frame(frame[0], frame[1], PROTOCOL_50, from_client=False)
+            assert isinstance(req, Publish)
+            out.append(encode(Publish(req.properties[Prop.RESPONSE_TOPIC], req.payload, 0,
+                                      properties={Prop.CORRELATION_DATA:
+                                                  req.properties[Prop.CORRELATION_DATA]}),
+                              PROTOCOL_50))
+        if out:
+            s.sendall(b"".join(out))
+
+
+def request_response(port: int, n: int) -> dict[str, float]:
+    parent, child = mp.Pipe()
+    proc = mp.Process(target=_responder_proc, args=(port, child), daemon=True)
+    proc.start()
+    assert parent.recv() == "ready"
+    s = connect(port, f"requester-{os.getpid()}", PROTOCOL_50)
+    subscribe(s, "svc/resp/me", 0, PROTOCOL_50)
+    reader = FrameReader()
+    samples = []
+    for i in range(n):
+        corr = i.to_bytes(4, "big")
+        req = encode(Publish("svc/req", b"ping", 0, properties={
+            Prop.RESPONSE_TOPIC: "svc/resp/me", Prop.CORRELATION_DATA: corr}), PROTOCOL_50)
+        t0 = time.perf_counter()
+        s.sendall(req)
+        got = False
+        while not got:
+            reader.feed(s.recv(65536))
+            while (frame := reader.next_frame()) is not None:
+                if frame[0] >> 4 == 3:
+                    got = True
+        samples.append((time.perf_counter() - t0) * 1e6)
+    s.close()
+    proc.terminate()
+    samples.sort()
+    return {"p50_us": statistics.median(samples),
+            "p99_us": samples[int(len(samples) * 0.99) - 1], "n": n}
+
+
+def idle_clients(broker: Broker, n: int) -> dict[str, float]:
+    before = broker.rss_kib()
+    socks = []
+    start = time.monotonic()
+    for i in range(n):
+        s = socket.create_connection((HOST, broker.port))
+        s.sendall(encode(Connect(f"idle{i}", PROTOCOL_311, keep_alive=600), PROTOCOL_311))
+        socks.append(s)
+    for s in socks:
+        s.settimeout(10)
+        if s.recv(4) != b"\x20\x02\x00\x00":
+            raise RuntimeError("idle client refused")
+    elapsed = time.monotonic() - start
+    time.sleep(0.5)
+    added = (broker.rss_kib() - before) / 1024
+    for s in socks:
+        s.close()
+    return {"connect_s": elapsed, "rss_added_mib": added}
+
+
+def run_all(broker: Broker, quick: bool) -> dict[str, dict[str, float]]:
+    scale = 0.2 if quick else 1.0
+    results = {}
+    results["qos0"] = throughput(broker.port, 0, int(200_000 * scale) // 1000 * 1000)
+    results["qos1"] = throughput(broker.port, 1, int(40_000 * scale))
+    results["fanout"] = throughput(broker.port, 0, int(4000 * scale) // 1000 * 1000 or 1000, 50)
+    results["rr"] = request_response(broker.port, int(5000 * scale))
+    results["idle"] = idle_clients(broker, 1000)
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="fewer messages")
+    parser.add_argument("--only", choices=["ours", "mosquitto"])
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(soft, 8192), hard), hard))
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        runs: dict[str, dict[str, dict[str, float]]] = {}
+        for name in ("ours", "mosquitto"):
+            if args.only and args.only != name:
+                continue
+            broker = start_ours(tmp) if name == "ours" else start_mosquitto(tmp)
+            if broker is None:
+                print("mosquitto not installed (apt-get install mosquitto): comparison skipped")
+                continue
+            try:
+                runs[name] = run_all(broker, args.quick)
+            finally:
+                broker.stop()
+    print(f"\n{'scenario':<10} {'metric':<14} " + " ".join(f"{n:>12}" for n in runs) +
+          ("   ratio" if len(runs) == 2 else ""))
+    metrics = [("qos0", "rate"), ("qos0", "delivered"), ("qos1", "rate"), ("fanout", "rate"),
+               ("fanout", "delivered"), ("rr", "p50_us"), ("rr", "p99_us"),
+               ("idle", "connect_s"), ("idle", "rss_added_mib")]
+    for scenario, metric in metrics:
+        values = [runs[n][scenario][metric] for n in runs]
+        line = f"{scenario:<10} {metric:<14} " + " ".join(f"{v:>12.1f}" for v in values)
+        if len(values) == 2 and values[1]:
+            line += f"   {values[0] / values[1]:.2f}x"
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
