@@ -435,9 +435,8 @@ def _decode_publish(first: int, body: bytes, version: int, from_client: bool) ->
     pos = 2 + n
     if pos > end:
         raise MalformedPacket("topic name longer than the packet")
-    raw = body[2:pos]
     try:
-        topic = raw.decode("utf-8")
+        topic = body[2:pos].decode("utf-8")
     except UnicodeDecodeError:
         raise MalformedPacket("topic name is not valid UTF-8") from None
     if "\x00" in topic:
@@ -453,7 +452,7 @@ def _decode_publish(first: int, body: bytes, version: int, from_client: bool) ->
             raise MalformedPacket("packet identifier must not be 0")  # MQTT-2.2.1-3
         pos += 2
     props: Properties
-    raw: bytes | None = None
+    raw = None
     if version == PROTOCOL_50:
         if pos < end and body[pos] == 0:
             props = {}
