@@ -31,7 +31,12 @@ stamp=.venv/.pi-mqtt-installed
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setting up .venv (one time; installs from PyPI)..." >&2
-  .venv/bin/python -m pip install --quiet --upgrade pip >&2
-  .venv/bin/python -m pip install --quiet -e ".[dev]" >&2
+  # (grep drops pip's notes about local index mirrors some machines configure)
+  .venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  .venv/bin/python -m pip install --quiet -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  if ! .venv/bin/python -c "import pi_mqtt_gpio, paho.mqtt, pytest" 2>/dev/null; then
+    echo "installing into .venv failed (see the messages above)" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 fi

@@ -133,9 +133,6 @@ class InternalClient:
         properties: Properties | None = None,
     ) -> None:
         msg = Message(topic, payload, qos, retain, dict(properties or {}), None, self.client_id)
-        expiry = msg.properties.pop(Prop.MESSAGE_EXPIRY_INTERVAL, None)
-        if expiry is not None:
-            msg.expires_at = now + expiry
         self._core.publish(msg, now)
 
     def subscribe(self, topic_filter: str, *, now: float, qos: int = 1) -> int:
@@ -296,8 +293,16 @@ class BrokerCore:
             self._remove_subscription(session, topic_filter)
 
     def publish(self, msg: Message, now: float) -> int:
-        """Route ``msg`` (and retain it if flagged); returns the number of receivers."""
+        """Route ``msg`` (and retain it if flagged); returns the number of receivers.
+
+        A Message Expiry Interval still in ``msg.properties`` starts counting now."""
         self.stats.messages_in += 1
+        mei = msg.properties.get(Prop.MESSAGE_EXPIRY_INTERVAL) if msg.properties else None
+        if mei is not None:
+            msg.properties = {k: v for k, v in msg.properties.items()
+                              if k != Prop.MESSAGE_EXPIRY_INTERVAL}
+            msg.raw_props = None
+            msg.expires_at = now + mei
         if msg.retain:
             # MQTT-3.3.1-5/6: store, or delete on an empty payload.
             self.retained.set(msg.topic, msg if msg.payload else None)
@@ -531,13 +536,12 @@ class BrokerCore:
             will = packet.will
             wprops = dict(will.properties)
             conn.will_delay = wprops.pop(Prop.WILL_DELAY_INTERVAL, 0)
-            mei = wprops.pop(Prop.MESSAGE_EXPIRY_INTERVAL, None)
+            # A Message Expiry Interval stays in the properties: it starts counting when the
+            # Will is published (``publish`` turns it into ``expires_at``).
             conn.will = Message(
                 will.topic, will.payload, will.qos, will.retain, wprops, None, client_id,
                 result.username, result.role,
             )
-            if mei is not None:
-                conn.will.expires_at = now + mei  # counted from publication; approximated
         # CONNACK properties (5.0).
         if v5:
             if Prop.ASSIGNED_CLIENT_IDENTIFIER in props:
