@@ -14,6 +14,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from pi_mqtt_gpio.mqtt.codec import decode_frame, encode_publish, peek_protocol_level
 from pi_mqtt_gpio.mqtt.connection import Connection, ConnState
@@ -62,6 +63,7 @@ from pi_mqtt_gpio.mqtt.topic_tree import SubscriptionTree, TopicNode, parse_shar
 __all__ = ["BrokerCore", "BrokerLimits", "InternalClient"]
 
 log = logging.getLogger("pi_mqtt_gpio.broker")
+_T = TypeVar("_T")
 
 _FORWARD_DROP = (Prop.TOPIC_ALIAS, Prop.SUBSCRIPTION_IDENTIFIER, Prop.MESSAGE_EXPIRY_INTERVAL)
 
@@ -185,14 +187,24 @@ class BrokerCore:
         if conn.state is ConnState.CLOSED or conn.closing:
             return
         conn.last_rx = now
+        self._guarded(conn, now, self._feed, data)
+
+    def _feed(self, conn: Connection, now: float, data: bytes) -> None:
         reader = conn.reader
+        reader.feed(data)
+        if conn.state is ConnState.AUTHENTICATING:
+            if reader.buffered > 2 * self.limits.max_packet_size:
+                raise ProtocolError("too much data before CONNACK", RC.QUOTA_EXCEEDED)
+            return
+        self._process(conn, now)
+
+    def _guarded(
+        self, conn: Connection, now: float, step: Callable[[Connection, float, _T], None], arg: _T
+    ) -> None:
+        """Run ``step``; a protocol violation or an internal error closes ``conn`` (with the
+        right reason code on 5.0) and never escapes to the transport."""
         try:
-            reader.feed(data)
-            if conn.state is ConnState.AUTHENTICATING:
-                if reader.buffered > 2 * self.limits.max_packet_size:
-                    raise ProtocolError("too much data before CONNACK", RC.QUOTA_EXCEEDED)
-                return
-            self._process(conn, now)
+            step(conn, now, arg)
         except MQTTError as exc:
             self.stats.protocol_errors += 1
             self._protocol_violation(conn, exc, now)
@@ -469,20 +481,16 @@ class BrokerCore:
         """The security hooks have decided on ``conn``'s CONNECT."""
         if conn.state is not ConnState.AUTHENTICATING or conn.connect is None:
             return
-        try:
-            if result.decision is not Decision.ALLOW:
-                code = result.reason_code
-                self._refuse(conn, code, "not authorized" if code == RC.NOT_AUTHORIZED
-                             else "bad user name or password", now)
-                return
-            self._establish(conn, result, now)
-            self._process(conn, now)
-        except MQTTError as exc:
-            self.stats.protocol_errors += 1
-            self._protocol_violation(conn, exc, now)
-        except Exception:
-            log.exception("internal error establishing %r", conn)
-            self._close(conn, now, RC.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
+        self._guarded(conn, now, self._authenticated, result)
+
+    def _authenticated(self, conn: Connection, now: float, result: AuthResult) -> None:
+        if result.decision is not Decision.ALLOW:
+            code = result.reason_code
+            self._refuse(conn, code, "not authorized" if code == RC.NOT_AUTHORIZED
+                         else "bad user name or password", now)
+            return
+        self._establish(conn, result, now)
+        self._process(conn, now)
 
     def _establish(self, conn: Connection, result: AuthResult, now: float) -> None:
         packet = conn.connect
