@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from dataclasses import field
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pi_mqtt_gpio.server.schema import NonEmpty, Problem, Range, Tagged, build, section
 
 __all__ = [
     "BUILTIN_ROLES",
@@ -34,20 +36,19 @@ class ConfigError(Exception):
         super().__init__(f"{source}: invalid config:\n" + "\n".join(f"  {p}" for p in problems))
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+Port = Annotated[int, Range(ge=0, le=65535)]
 
 
-Port = Annotated[int, Field(ge=0, le=65535)]
-
-
-class HardwareConfig(_Strict):
+@section
+class HardwareConfig:
     pin_factory: Literal["lgpio", "mock"] = "lgpio"
     chip: str | int = "auto"
-    consumer_tag: str = "gatekeeper"
+    consumer_tag: Annotated[str, NonEmpty()] = "gatekeeper"
+    reclaim_on_busy: bool = False
 
 
-class ListenerConfig(_Strict):
+@section
+class ListenerConfig:
     type: Literal["tcp", "tls", "websocket"]
     host: str = "0.0.0.0"
     port: Port
@@ -57,18 +58,19 @@ class ListenerConfig(_Strict):
     require_certificate: bool = False
     use_identity_as_username: bool = False  # client certificate CN becomes the user name
 
-    @model_validator(mode="after")
-    def _tls_files(self) -> ListenerConfig:
+    def check(self) -> list[str]:
+        problems = []
         if self.type == "tls" and not (self.certfile and self.keyfile):
-            raise ValueError("a tls listener needs certfile and keyfile")
-        if bool(self.certfile) != bool(self.keyfile):
-            raise ValueError("certfile and keyfile go together")
+            problems.append("a tls listener needs certfile and keyfile")
+        elif bool(self.certfile) != bool(self.keyfile):
+            problems.append("certfile and keyfile go together")
         if (self.require_certificate or self.use_identity_as_username) and not self.cafile:
-            raise ValueError("client certificates need cafile")
-        return self
+            problems.append("client certificates need cafile")
+        return problems
 
 
-class ExternalBrokerConfig(_Strict):
+@section
+class ExternalBrokerConfig:
     host: str
     port: Port = 1883
     tls: bool = False
@@ -77,75 +79,84 @@ class ExternalBrokerConfig(_Strict):
     client_id: str | None = None
 
 
-class LimitsConfig(_Strict):
-    max_connections: int = Field(256, ge=1)
-    max_packet_size: int = Field(262_144, ge=64, le=268_435_460)
-    max_queued_messages: int = Field(1000, ge=0)
-    max_keepalive: int = Field(600, ge=1, le=65535)
-    connect_timeout_s: float = Field(10.0, gt=0)
+@section
+class LimitsConfig:
+    max_connections: Annotated[int, Range(ge=1)] = 256
+    max_packet_size: Annotated[int, Range(ge=64, le=268_435_460)] = 262_144
+    max_queued_messages: Annotated[int, Range(ge=0)] = 1000
+    max_keepalive: Annotated[int, Range(ge=1, le=65535)] = 600
+    connect_timeout_s: Annotated[float, Range(gt=0)] = 10.0
 
 
 def _default_listeners() -> list[ListenerConfig]:
     return [ListenerConfig(type="tcp", host="0.0.0.0", port=1883)]
 
 
-class BrokerConfig(_Strict):
+@section
+class BrokerConfig:
     mode: Literal["embedded", "external"] = "embedded"
-    listeners: list[ListenerConfig] = Field(default_factory=_default_listeners)
+    listeners: list[ListenerConfig] = field(default_factory=_default_listeners)
     external: ExternalBrokerConfig | None = None
-    limits: LimitsConfig = LimitsConfig()
+    limits: LimitsConfig = field(default_factory=lambda: LimitsConfig())
 
-    @model_validator(mode="after")
-    def _mode(self) -> BrokerConfig:
+    def check(self) -> list[str]:
+        problems = []
         if self.mode == "external" and self.external is None:
-            raise ValueError("mode external needs an 'external' section")
+            problems.append("mode external needs an 'external' section")
         seen: set[tuple[str, int]] = set()
         for listener in self.listeners:
             key = (listener.host, listener.port)
             if listener.port and key in seen:
-                raise ValueError(f"two listeners on {listener.host}:{listener.port}")
+                problems.append(f"two listeners on {listener.host}:{listener.port}")
             seen.add(key)
-        return self
+        return problems
 
 
-class UserConfig(_Strict):
+@section
+class UserConfig:
     password_hash: str
     role: str = "viewer"
 
 
-class RoleConfig(_Strict):
-    subscribe: list[str] = []
-    publish: list[str] = []
-    deny: list[str] = []
+@section
+class RoleConfig:
+    subscribe: list[str] = field(default_factory=list)
+    publish: list[str] = field(default_factory=list)
+    deny: list[str] = field(default_factory=list)
 
 
-class AuthConfig(_Strict):
+@section
+class AuthConfig:
     allow_anonymous: bool = False
     anonymous_role: str = "viewer"
-    users: dict[str, UserConfig] = {}
+    users: dict[str, UserConfig] = field(default_factory=dict)
     users_file: str | None = None
-    roles: dict[str, RoleConfig] = {}
+    roles: dict[str, RoleConfig] = field(default_factory=dict)
 
 
-class LeasesConfig(_Strict):
+@section
+class LeasesConfig:
     scope: Literal["global", "device"] = "global"
-    ttl_s: float = Field(60, gt=0)
+    ttl_s: Annotated[float, Range(gt=0)] = 60.0
 
 
-class SafetyConfig(_Strict):
-    min_relay_interval_s: float = Field(0.5, ge=0)
-    min_command_interval_s: float = Field(0.2, ge=0)
-    flap_window_s: float = Field(10, gt=0)
-    flap_max_edges: int = Field(8, ge=1)
-    flap_lockout_s: float = Field(15, ge=0)
+@section
+class SafetyConfig:
+    min_relay_interval_s: Annotated[float, Range(ge=0)] = 0.5
+    min_command_interval_s: Annotated[float, Range(ge=0)] = 0.2
+    flap_window_s: Annotated[float, Range(gt=0)] = 10.0
+    flap_max_edges: Annotated[int, Range(ge=1)] = 8
+    flap_lockout_s: Annotated[float, Range(ge=0)] = 15.0
 
 
-class HomeAssistantConfig(_Strict):
+@section
+class HomeAssistantConfig:
     discovery: bool = True
     prefix: str = "homeassistant"
 
 
-class PersistenceConfig(_Strict):
+@section
+class PersistenceConfig:
     path: str | None = None
 
 
@@ -156,37 +167,103 @@ def _hostname() -> str:
 BUILTIN_ROLES = ("admin", "operator", "viewer")
 
 
-class Config(_Strict):
-    node_id: str = Field(default_factory=_hostname)
-    base_topic: str = "gatekeeper"
-    hardware: HardwareConfig = HardwareConfig()
-    broker: BrokerConfig = BrokerConfig()
-    auth: AuthConfig = AuthConfig()
-    leases: LeasesConfig = LeasesConfig()
-    # Device entries are validated per type by the device adapters (issue: Gatekeeper).
-    devices: dict[str, dict[str, Any]] = {}
-    safety: SafetyConfig = SafetyConfig()
-    homeassistant: HomeAssistantConfig = HomeAssistantConfig()
-    persistence: PersistenceConfig = PersistenceConfig()
+def _device_schema(type_name: str) -> type | None:
+    from pi_mqtt_gpio.server.devices import registry
 
-    @model_validator(mode="after")
-    def _names(self) -> Config:
-        for what, value in (("node_id", self.node_id), ("base_topic", self.base_topic)):
+    adapter = registry.get(type_name)
+    return adapter.Config if adapter is not None else None
+
+
+def _device_types() -> list[str]:
+    from pi_mqtt_gpio.server.devices import registry
+
+    return sorted(registry)
+
+
+DeviceEntry = Annotated[Any, Tagged("type", _device_schema, _device_types)]
+
+
+@section
+class Config:
+    node_id: str = field(default_factory=_hostname)
+    base_topic: str = "gatekeeper"
+    hardware: HardwareConfig = field(default_factory=lambda: HardwareConfig())
+    broker: BrokerConfig = field(default_factory=lambda: BrokerConfig())
+    auth: AuthConfig = field(default_factory=lambda: AuthConfig())
+    leases: LeasesConfig = field(default_factory=lambda: LeasesConfig())
+    devices: dict[str, DeviceEntry] = field(default_factory=dict)
+    safety: SafetyConfig = field(default_factory=lambda: SafetyConfig())
+    homeassistant: HomeAssistantConfig = field(default_factory=lambda: HomeAssistantConfig())
+    persistence: PersistenceConfig = field(default_factory=lambda: PersistenceConfig())
+
+    def check(self) -> list[Problem | str]:
+        problems: list[Problem | str] = []
+        for key, value in (("node_id", self.node_id), ("base_topic", self.base_topic)):
             if not value or any(c in value for c in "+#\x00"):
-                raise ValueError(f"{what} must be non-empty without '+', '#'")
+                problems.append(((key,), "must be non-empty without '+', '#'"))
         if "/" in self.node_id:
-            raise ValueError("node_id must not contain '/'")
-        known = set(BUILTIN_ROLES) | set(self.auth.roles)
-        if self.auth.allow_anonymous and self.auth.anonymous_role not in known:
-            raise ValueError(f"auth.anonymous_role {self.auth.anonymous_role!r} is not a role")
-        for name, user in self.auth.users.items():
-            if user.role not in known:
-                raise ValueError(f"auth.users.{name}.role {user.role!r} is not a role")
-        return self
+            problems.append((("node_id",), "must not contain '/'"))
+        problems.extend(_role_problems(self.auth))
+        problems.extend(_device_problems(self.devices))
+        return problems
 
     @property
     def root(self) -> str:
         return f"{self.base_topic}/{self.node_id}"
+
+
+def _role_problems(auth: AuthConfig) -> list[Problem | str]:
+    problems: list[Problem | str] = []
+    known = set(BUILTIN_ROLES) | set(auth.roles)
+    if auth.allow_anonymous and auth.anonymous_role not in known:
+        problems.append((("auth", "anonymous_role"), f"{auth.anonymous_role!r} is not a role"))
+    for name, user in auth.users.items():
+        if user.role not in known:
+            problems.append((("auth", "users", name, "role"), f"{user.role!r} is not a role"))
+    return problems
+
+
+def _device_problems(devices: dict[str, Any]) -> list[Problem | str]:
+    problems: list[Problem | str] = []
+    for name in devices:
+        if not name or any(c in name for c in "/+#\x00 "):
+            problems.append((("devices", name), "device names must not contain / + # or spaces"))
+    problems.extend(_pin_conflicts(devices))
+    return problems
+
+
+def _partial_checks(data: dict[str, Any]) -> list[Problem]:
+    """The cross-section checks over whatever sections did build, so that one run of
+    ``check-config`` lists every problem even when some sections are broken."""
+    out: list[Problem] = []
+    scratch: list[Problem] = []
+    auth = build(AuthConfig, data.get("auth"), ("auth",), scratch)
+    if auth is not None:
+        out.extend(p for p in _role_problems(auth) if isinstance(p, tuple))
+    devices = data.get("devices")
+    if isinstance(devices, dict):
+        built = {}
+        for name, entry in devices.items():
+            dev = build(DeviceEntry, entry, ("devices", str(name)), scratch)
+            if dev is not None:
+                built[str(name)] = dev
+        out.extend(p for p in _device_problems(built) if isinstance(p, tuple))
+    return out
+
+
+def _pin_conflicts(devices: dict[str, Any]) -> list[Problem | str]:
+    """Every GPIO line may belong to one device (SPI bus lines to SPI devices only)."""
+    owners: dict[int, tuple[str, str, bool]] = {}
+    problems: list[Problem | str] = []
+    for name, dev in devices.items():
+        for key, line, shared in dev.lines():
+            other = owners.get(line)
+            if other is None:
+                owners[line] = (name, key, shared)
+            elif not (shared and other[2]) and not (other[0] == name and other[1] == key):
+                problems.append(((("devices", name, key)),
+                                 f"GPIO{line} is already used by {other[0]}.{other[1]}"))
+    return problems
 
 
 # --- loading with line numbers -----------------------------------------------------------------
@@ -245,23 +322,17 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     for key, line in lines.items():
         if key and key[0] == "__duplicate__":
             problems.append(f"line {line}: {_dotted(key[1:])}: key given twice")
-    try:
-        config = Config.model_validate(data)
-    except ValidationError as exc:
-        for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
-            at = _line_for(loc, lines)
-            where = f"line {at}: " if at else ""
-            msg = err["msg"].removeprefix("Value error, ")
-            got = err.get("input")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key"
-            elif not isinstance(got, dict | list) and err["type"] != "missing":
-                msg += f" (got {got!r})"
-            problems.append(f"{where}{_dotted(loc)}: {msg}")
-        raise ConfigError(source, problems) from None
-    if problems:
+    found: list[Problem] = []
+    config = build(Config, data, (), found)
+    if config is None:
+        found.extend(p for p in _partial_checks(data) if p not in found)
+    located = sorted(((_line_for(loc, lines) or 0, _dotted(loc), msg) for loc, msg in found),
+                     key=lambda item: item[0])
+    for at, where, msg in located:
+        problems.append(f"line {at}: {where}: {msg}" if at else f"{where}: {msg}")
+    if problems or config is None:
         raise ConfigError(source, problems)
+    assert isinstance(config, Config)
     return config
 
 
