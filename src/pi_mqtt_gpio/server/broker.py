@@ -212,8 +212,9 @@ class BrokerServer:
         self.bound: list[tuple[str, str, int]] = []  # (type, host, port) actually listening
 
     def now(self) -> float:
-        assert self._loop is not None
-        return self._loop.time()
+        """The broker core's clock: the event loop's monotonic time."""
+        loop = self._loop or asyncio.get_running_loop()
+        return loop.time()
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()

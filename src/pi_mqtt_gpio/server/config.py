@@ -7,8 +7,8 @@ is started or any pin claimed. Unknown keys are errors.
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 from dataclasses import field
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml

@@ -1,17 +1,24 @@
-"""Composition root: builds the broker, security and gatekeeper services from the config,
-starts them, and shuts them down safely (DESIGN section 6)."""
+"""Composition root: builds the broker, security, hardware, twin and RPC services from the
+config, starts them, and shuts them down safely (DESIGN section 6)."""
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import gc
 import logging
 import signal
 
+from pi_mqtt_gpio.errors import GatekeeperError
 from pi_mqtt_gpio.mqtt.broker import BrokerCore, BrokerLimits, InternalClient
+from pi_mqtt_gpio.mqtt.packets import Properties
 from pi_mqtt_gpio.mqtt.session import Message
 from pi_mqtt_gpio.server.broker import BrokerServer
 from pi_mqtt_gpio.server.config import Config
+from pi_mqtt_gpio.server.hardware import HardwareManager, make_pin_factory
+from pi_mqtt_gpio.server.rpc_handler import RpcHandler
 from pi_mqtt_gpio.server.security import AccessControl, Authenticator
+from pi_mqtt_gpio.server.twin import Twin
 from pi_mqtt_gpio.topics import Topics
 
 __all__ = ["Daemon", "run"]
@@ -22,9 +29,10 @@ log = logging.getLogger("pi_mqtt_gpio.daemon")
 class Daemon:
     def __init__(self, config: Config, *, simulate: bool = False) -> None:
         self.config = config
-        self.simulate = simulate
+        self.simulate = simulate or config.hardware.pin_factory == "mock"
         self.topics = Topics(config.base_topic, config.node_id)
         limits = config.broker.limits
+        self.acl = AccessControl(config.auth, self.topics)
         self.core = BrokerCore(
             BrokerLimits(
                 max_connections=limits.max_connections,
@@ -33,39 +41,84 @@ class Daemon:
                 max_keepalive=limits.max_keepalive,
                 connect_timeout=limits.connect_timeout_s,
             ),
-            hooks=[AccessControl(config.auth, self.topics)],
+            hooks=[self.acl],
         )
         self.authenticator = Authenticator(config.auth)
         self.server = BrokerServer(
             self.core, self.authenticator.authenticate, list(config.broker.listeners)
         )
+        self.hw = HardwareManager(
+            dict(config.devices),
+            lambda: make_pin_factory(config.hardware, self.simulate),
+            simulate=self.simulate,
+        )
         self.client: InternalClient | None = None
-        self.stopped = asyncio.Event()
+        self.twin = Twin(self.topics, self.hw, self._publish)
+        self.rpc = RpcHandler(self.topics, self.hw, self.twin, self._send, acl=[self.acl])
+        self.started = False
+
+    # --- the in-process MQTT client -----------------------------------------------------------
+    def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        self._send(topic, payload, qos, {}, retain)
+
+    def _send(self, topic: str, payload: bytes, qos: int, props: Properties,
+              retain: bool = False) -> None:
+        assert self.client is not None
+        self.client.publish(topic, payload, now=self.server.now(), qos=qos, retain=retain,
+                            properties=props)
+        self.server.pump()
 
     def _on_message(self, msg: Message, sub_ids: list[int]) -> None:
-        """Messages for the gatekeeper itself (device commands arrive here)."""
-        log.debug("gatekeeper got %s", msg.topic)
+        self.rpc.handle(msg)
 
+    # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         if self.config.broker.mode != "embedded":
-            raise SystemExit("broker.mode external is not implemented yet; use embedded")
-        await self.server.start()
-        now = self.server.now()
+            raise GatekeeperError("broker.mode external is not implemented yet; use embedded")
         self.client = self.core.connect_internal(f"gatekeeper-{self.config.node_id}",
                                                  self._on_message)
-        self.client.publish(self.topics.status, b"online", now=now, qos=1, retain=True)
-        self.server.pump()
-        log.info("gatekeeper %s up (simulate=%s)", self.topics.root, self.simulate)
+        states = await self.hw.start()  # claims the lines; safe states applied
+        try:
+            await self.server.start()
+        except BaseException:
+            await self.hw.stop()
+            raise
+        now = self.server.now()
+        self.twin.catalogue()
+        for name, state in states.items():
+            self.twin.state(name, state)
+        self.twin.start()
+        root = self.topics.root
+        self.client.subscribe(f"{root}/device/+/call", now=now, qos=1)
+        self.client.subscribe(f"{root}/device/+/set", now=now, qos=1)
+        self.twin.status(True)
+        self.started = True
+        _trim_memory()
+        log.info("gatekeeper %s up: %d devices (simulate=%s)", root, len(self.hw.adapters),
+                 self.simulate)
 
     async def stop(self) -> None:
-        """Refuse new work, publish ``offline`` (retained), disconnect clients, close."""
-        if self.client is not None:
-            self.client.publish(self.topics.status, b"offline", now=self.server.now(), qos=1,
-                                retain=True)
-            self.server.pump()
+        """Refuse new commands, drive outputs to their safe state, publish ``offline``,
+        release the lines, disconnect clients."""
+        self.rpc.accepting = False
+        if self.started:
+            await self.rpc.drain(0.5)
+            await self.twin.stop()  # no more polling; queued events are published
+            states = await self.hw.stop()
+            for name, state in states.items():
+                self.twin.state(name, state)
+            self.twin.status(False)
         await self.server.stop()
         self.authenticator.close()
-        self.stopped.set()
+
+
+def _trim_memory() -> None:
+    """Give the memory freed after start-up (config parsing, imports) back to the OS."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 async def run(config: Config, *, simulate: bool = False) -> int:
@@ -76,12 +129,30 @@ async def run(config: Config, *, simulate: bool = False) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await daemon.start()
+    except GatekeeperError as exc:
+        log.error("cannot start: %s", exc.message)
+        return 1
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1
     ready = ", ".join(f"{kind} {host}:{port}" for kind, host, port in daemon.server.bound)
     print(f"pi-mqtt-gatekeeper ready: {daemon.topics.root} on {ready}", flush=True)
+    _hint(daemon)
     await stop.wait()
     log.info("shutting down")
     await daemon.stop()
     return 0
+
+
+def _hint(daemon: Daemon) -> None:
+    """One line telling a new user how to watch and call devices."""
+    tcp = [(h, p) for kind, h, p in daemon.server.bound if kind == "tcp"]
+    if not tcp:
+        return
+    host, port = tcp[0]
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    root = daemon.topics.root
+    first = next(iter(daemon.hw.adapters), "DEVICE")
+    print(f"try: mosquitto_sub -h {host} -p {port} -t '{root}/#' -v   |   "
+          f"mosquitto_rr -h {host} -p {port} -i me -t {root}/device/{first}/call "
+          f"-e {root}/reply/me -m '{{\"method\": \"state\"}}'", flush=True)

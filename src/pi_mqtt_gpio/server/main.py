@@ -12,6 +12,7 @@ import asyncio
 import getpass
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 
 from pi_mqtt_gpio.server.config import ConfigError, load_config
@@ -26,6 +27,8 @@ def _setup_logging(level: str) -> None:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.captureWarnings(True)  # gpiozero's warnings become one log line each
+    warnings.filterwarnings("once")
 
 
 def _run_loop(coro: object) -> int:

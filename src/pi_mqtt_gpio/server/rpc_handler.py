@@ -1,0 +1,278 @@
+"""RPC and plain ``set`` commands: decode, check, queue on the hardware worker, answer.
+
+``{root}/device/<name>/call`` carries ``{"method": ..., "args": [...], "kwargs": {...}}``. The
+reply goes to the MQTT 5 Response Topic with the request's Correlation Data, or (MQTT 3.1.1)
+to the payload's ``reply_to`` with its ``correlation_id``. It is sent after the worker has
+executed the command, or refused it, never before. Every request that names a reply
+destination gets a reply, malformed ones included; every request gets an audit entry.
+
+Checks happen on the event loop before anything is queued (so a refused command never moves
+hardware): JSON shape, device, method, arguments, simulation-only methods (admin only), and
+where the reply may go (a client may not make the gatekeeper publish on its behalf where it
+could not publish itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from pi_mqtt_gpio.errors import (
+    BadRequest,
+    Busy,
+    GatekeeperError,
+    NotAuthorized,
+    RequestTimeout,
+    UnknownDevice,
+    UnknownMethod,
+)
+from pi_mqtt_gpio.mqtt.hooks import BrokerHooks, ClientInfo, Decision
+from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, Prop, Properties
+from pi_mqtt_gpio.mqtt.session import Message
+from pi_mqtt_gpio.mqtt.topic_tree import topic_matches
+from pi_mqtt_gpio.server.devices.base import DeviceAdapter, Method
+from pi_mqtt_gpio.server.hardware import HardwareManager
+from pi_mqtt_gpio.server.twin import Twin, dumps, utc_ts
+from pi_mqtt_gpio.topics import Topics
+
+__all__ = ["RpcHandler"]
+
+log = logging.getLogger("pi_mqtt_gpio.rpc")
+
+Send = Callable[[str, bytes, int, Properties], None]  # topic, payload, qos, properties
+MAX_REQUEST_BYTES = 65536
+
+
+class _Reply:
+    __slots__ = ("correlation", "qos", "topic", "v5")
+
+    def __init__(self, topic: str, correlation: Any, v5: bool, qos: int) -> None:
+        self.topic = topic
+        self.correlation = correlation
+        self.v5 = v5
+        self.qos = qos
+
+
+class RpcHandler:
+    def __init__(
+        self,
+        topics: Topics,
+        hw: HardwareManager,
+        twin: Twin,
+        send: Send,
+        *,
+        acl: list[BrokerHooks],
+        timeout: float = 5.0,
+    ) -> None:
+        self.topics = topics
+        self.hw = hw
+        self.twin = twin
+        self.send = send
+        self.acl = acl
+        self.timeout = timeout
+        self.accepting = True
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.calls = 0
+
+    # --- entry point (event loop, in message order) --------------------------------------------
+    def handle(self, msg: Message) -> None:
+        parsed = self.topics.parse_device(msg.topic)
+        if parsed is None:
+            return
+        name, leaf = parsed
+        if leaf == "call":
+            self._call(msg, name)
+        elif leaf == "set":
+            self._set(msg, name)
+
+    def _call(self, msg: Message, name: str) -> None:
+        self.calls += 1
+        reply = self._v5_reply(msg)
+        method_name: str | None = None
+        try:
+            request = self._parse(msg.payload)
+            if reply is None:
+                reply = self._v311_reply(msg, request)
+            method_name = request.get("method") if isinstance(request.get("method"), str) \
+                else None
+            if not isinstance(request.get("method"), str) or not request["method"]:
+                raise BadRequest("'method' must be a non-empty string")
+            adapter, method, kwargs = self._resolve(msg, name, request["method"],
+                                                    request.get("args"), request.get("kwargs"))
+            future = self.hw.submit(_execute, adapter, method.name, kwargs)
+        except GatekeeperError as exc:
+            self._refuse(msg, name, method_name, exc, reply, "call")
+            return
+        self._spawn(self._finish(msg, adapter, method, kwargs, future, reply, "call"))
+
+    def _set(self, msg: Message, name: str) -> None:
+        method_name: str | None = None
+        try:
+            try:
+                text = msg.payload.decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadRequest("set payload is not UTF-8 text") from None
+            if len(text) > 256:
+                raise BadRequest("set payload longer than 256 characters")
+            adapter = self._adapter(name)
+            method_name, kwargs = adapter.parse_set(text)
+            adapter, method, kwargs = self._resolve(msg, name, method_name, [], kwargs)
+            future = self.hw.submit(_execute, adapter, method.name, kwargs)
+        except GatekeeperError as exc:
+            self._refuse(msg, name, method_name, exc, None, "set")
+            return
+        self._spawn(self._finish(msg, adapter, method, kwargs, future, None, "set"))
+
+    # --- checks ---------------------------------------------------------------------------------
+    def _parse(self, payload: bytes) -> dict[str, Any]:
+        if len(payload) > MAX_REQUEST_BYTES:
+            raise BadRequest(f"request larger than {MAX_REQUEST_BYTES} bytes")
+        try:
+            request = json.loads(payload)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise BadRequest(f"request is not valid JSON: {exc}") from None
+        if not isinstance(request, dict):
+            raise BadRequest("request must be a JSON object")
+        return request
+
+    def _adapter(self, name: str) -> DeviceAdapter:
+        adapter = self.hw.adapters.get(name)
+        if adapter is None:
+            raise UnknownDevice(f"no device named {name!r}")
+        return adapter
+
+    def _resolve(self, msg: Message, name: str, method_name: str, args: Any, kwargs: Any
+                 ) -> tuple[DeviceAdapter, Method, dict[str, Any]]:
+        if not self.accepting or not self.hw.accepting:
+            raise Busy("the gatekeeper is shutting down")
+        adapter = self._adapter(name)
+        method = adapter.method(method_name)
+        if method is None:
+            known = ", ".join(m for m in adapter.methods if adapter.method(m))
+            raise UnknownMethod(f"{adapter.type_name} {name!r} has no method {method_name!r} "
+                                f"(methods: {known})")
+        if method.sim_only and msg.role != "admin":
+            raise NotAuthorized(f"{method.name} is for the admin role only")
+        bound = method.bind(args, kwargs)
+        adapter.validate(method.name, bound)
+        return adapter, method, bound
+
+    def _v5_reply(self, msg: Message) -> _Reply | None:
+        topic = msg.properties.get(Prop.RESPONSE_TOPIC) if msg.properties else None
+        if topic is None:
+            return None
+        return _Reply(topic, msg.properties.get(Prop.CORRELATION_DATA), True, min(msg.qos, 1))
+
+    def _v311_reply(self, msg: Message, request: dict[str, Any]) -> _Reply | None:
+        topic = request.get("reply_to")
+        if topic is None:
+            return None
+        if not isinstance(topic, str):
+            return None
+        return _Reply(topic, request.get("correlation_id"), False, min(msg.qos, 1))
+
+    def _reply_allowed(self, msg: Message, topic: str) -> bool:
+        if not topic or any(c in topic for c in "+#\x00") or len(topic) > 1024:
+            return False
+        if msg.sender is None:
+            return True
+        prefix = self.topics.reply_prefix(msg.sender)
+        if topic == prefix or topic.startswith(prefix + "/"):
+            return True
+        if topic_matches(f"{self.topics.root}/#", topic):
+            return False  # never into the gatekeeper's own tree, except the reply prefix
+        client = ClientInfo(msg.sender, msg.username, msg.role, PROTOCOL_50, "", "")
+        for hook in self.acl:
+            decision = hook.authorize_publish(client, topic, msg.qos, False)
+            if decision is not Decision.DEFER:
+                return decision is Decision.ALLOW
+        return False
+
+    # --- completion -----------------------------------------------------------------------------
+    async def _finish(self, msg: Message, adapter: DeviceAdapter, method: Method,
+                      kwargs: dict[str, Any], future: asyncio.Future[Any], reply: _Reply | None,
+                      source: str) -> None:
+        try:
+            result, state = await asyncio.wait_for(future, self.timeout)
+        except TimeoutError:
+            err: GatekeeperError = RequestTimeout(
+                f"{adapter.name}.{method.name} did not complete within {self.timeout:g} s")
+            self._refuse(msg, adapter.name, method.name, err, reply, source, kwargs)
+            return
+        except GatekeeperError as exc:
+            self._refuse(msg, adapter.name, method.name, exc, reply, source, kwargs)
+            return
+        published = self.twin.state(adapter.name, state)
+        after = adapter.refresh_after(method.name, kwargs)
+        if after is not None:
+            self.twin.refresh_later(adapter.name, after)
+        if reply is not None:
+            self._reply(msg, reply, {"ok": True, "result": _jsonable(result),
+                                     "state": published})
+        self._audit(msg, adapter.name, method.name, kwargs, source, None)
+
+    def _refuse(self, msg: Message, device: str, method: str | None, exc: GatekeeperError,
+                reply: _Reply | None, source: str, kwargs: dict[str, Any] | None = None) -> None:
+        log.info("%s %s.%s from %r refused: %s %s", source, device, method, msg.sender,
+                 exc.code.value, exc.message)
+        if reply is not None:
+            self._reply(msg, reply, {"ok": False, "error": exc.to_json()})
+        self._audit(msg, device, method, kwargs, source, exc)
+
+    def _reply(self, msg: Message, reply: _Reply, body: dict[str, Any]) -> None:
+        if not self._reply_allowed(msg, reply.topic):
+            log.warning("reply topic %r refused for %r", reply.topic, msg.sender)
+            return
+        props: Properties = {Prop.CONTENT_TYPE: "application/json"}
+        if reply.v5:
+            if reply.correlation is not None:
+                props[Prop.CORRELATION_DATA] = reply.correlation
+        elif reply.correlation is not None:
+            body["correlation_id"] = reply.correlation
+        try:
+            payload = dumps(body)
+        except (TypeError, ValueError):
+            payload = dumps({"ok": body.get("ok", False), "result": None})
+        self.send(reply.topic, payload, reply.qos, props)
+
+    def _audit(self, msg: Message, device: str, method: str | None,
+               kwargs: dict[str, Any] | None, source: str, error: GatekeeperError | None) -> None:
+        entry: dict[str, Any] = {
+            "ts": utc_ts(), "client_id": msg.sender, "username": msg.username,
+            "device": device, "method": method, "source": source, "ok": error is None,
+        }
+        if kwargs is not None:
+            entry["kwargs"] = _jsonable(kwargs)
+        if error is not None:
+            entry["error"] = error.to_json()
+        self.send(self.topics.audit, dumps(entry), 0, {})
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, timeout: float = 1.0) -> None:
+        """Wait (briefly) for calls in progress to be answered."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+
+
+def _execute(adapter: DeviceAdapter, method: str, kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """Runs on the hardware worker: the command, then the state it left."""
+    result = adapter.invoke(method, kwargs)
+    return result, adapter.state()
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return str(value)
+

@@ -1,0 +1,144 @@
+"""The digital twin: retained device states, the device catalogue, events with sequence
+numbers, and the gatekeeper's status, all published through the in-process MQTT client.
+
+It also keeps the twin current where gpiozero has no callback: inputs whose value drifts
+(light, distance, ADCs) are sampled every ``publish_interval`` on the hardware worker, and
+outputs running a finite background activity (``blink(n=3)``) are read again when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from pi_mqtt_gpio.server.hardware import DeviceEvent, HardwareManager
+from pi_mqtt_gpio.topics import Topics
+
+__all__ = ["Publish", "Twin", "utc_ts"]
+
+log = logging.getLogger("pi_mqtt_gpio.twin")
+
+Publish = Callable[[str, bytes, int, bool], None]  # topic, payload, qos, retain
+
+
+def utc_ts(t: float | None = None) -> str:
+    """ISO 8601 UTC with milliseconds: ``2026-11-21T17:40:00.123Z``."""
+    moment = datetime.fromtimestamp(time.time() if t is None else t, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+
+
+class Twin:
+    def __init__(self, topics: Topics, hw: HardwareManager, publish: Publish) -> None:
+        self.topics = topics
+        self.hw = hw
+        self.publish = publish
+        self.states: dict[str, dict[str, Any]] = {}
+        self.seq: dict[str, int] = dict.fromkeys(hw.adapters, 0)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._refresh: dict[str, asyncio.TimerHandle] = {}
+
+    # --- publishing -----------------------------------------------------------------------------
+    def status(self, online: bool) -> None:
+        self.publish(self.topics.status, b"online" if online else b"offline", 1, True)
+
+    def catalogue(self) -> None:
+        devices = []
+        for name, adapter in self.hw.adapters.items():
+            entry = adapter.catalogue()
+            entry["topics"] = {leaf: self.topics.device(name, leaf)
+                               for leaf in ("state", "event", "set", "call")}
+            devices.append(entry)
+        doc = {"node_id": self.topics.node_id, "root": self.topics.root,
+               "simulate": self.hw.simulate, "devices": devices}
+        self.publish(self.topics.devices, dumps(doc), 1, True)
+
+    def state(self, name: str, state: dict[str, Any], ts: float | None = None) -> dict[str, Any]:
+        """Publish ``state`` (retained) and remember it; returns what was published."""
+        doc = dict(state)
+        doc["ts"] = utc_ts(ts)
+        self.states[name] = doc
+        self.publish(self.topics.device(name, "state"), dumps(doc), 1, True)
+        return doc
+
+    def event(self, ev: DeviceEvent) -> None:
+        if ev.event is not None:
+            self.seq[ev.device] = seq = self.seq.get(ev.device, 0) + 1
+            doc = {"event": ev.event, "seq": seq, "ts": utc_ts(ev.ts), **ev.state}
+            self.publish(self.topics.device(ev.device, "event"), dumps(doc), 1, False)
+        self.state(ev.device, ev.state, ev.ts)
+
+    # --- keeping it current ---------------------------------------------------------------------
+    def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._drain(), name="twin-events"))
+        for name, adapter in self.hw.adapters.items():
+            interval = getattr(adapter, "poll_interval", None)
+            if interval:
+                self._tasks.append(asyncio.create_task(self._poll(name, interval),
+                                                       name=f"poll-{name}"))
+
+    async def stop(self) -> None:
+        for handle in self._refresh.values():
+            handle.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        # Publish what the callbacks reported until the lines were released.
+        while not self.hw.events.empty():
+            self.event(self.hw.events.get_nowait())
+
+    async def _drain(self) -> None:
+        """The one publisher task: hardware events, in the order the airlock received them."""
+        events = self.hw.events
+        while True:
+            ev = await events.get()
+            try:
+                self.event(ev)
+            except Exception:
+                log.exception("publishing %s of %s failed", ev.event, ev.device)
+
+    async def _poll(self, name: str, interval: float) -> None:
+        adapter = self.hw.adapters[name]
+        delta = float(getattr(adapter, "poll_delta", 0.0))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                state = await self.hw.submit(adapter.state, force=True)
+            except Exception as exc:
+                log.warning("reading %s failed: %s", name, exc)
+                continue
+            last = self.states.get(name, {}).get("value")
+            value = state.get("value")
+            if (last is None or value is None or not isinstance(value, int | float)
+                    or (abs(value - last) >= delta and value != last)):
+                self.state(name, state)
+
+    def refresh_later(self, name: str, seconds: float) -> None:
+        """Read and publish ``name``'s state again after ``seconds`` (a blink has ended)."""
+        old = self._refresh.pop(name, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._refresh[name] = loop.call_later(seconds + 0.05, self._do_refresh, name)
+
+    def _do_refresh(self, name: str) -> None:
+        self._refresh.pop(name, None)
+        adapter = self.hw.adapters[name]
+        try:
+            future = self.hw.submit(adapter.state, force=True)
+        except Exception:
+            return
+        future.add_done_callback(
+            lambda f: self.state(name, f.result()) if not f.exception() else None)
