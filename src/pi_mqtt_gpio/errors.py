@@ -6,7 +6,7 @@ the client raises the ``GatekeeperError`` subclass named after the code.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 __all__ = [
     "BadArgument",
@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 
-class ErrorCode(str, Enum):
+class ErrorCode(StrEnum):
     BAD_REQUEST = "BAD_REQUEST"
     UNKNOWN_DEVICE = "UNKNOWN_DEVICE"
     UNKNOWN_METHOD = "UNKNOWN_METHOD"

@@ -46,7 +46,6 @@ unknown_top: 1
     with pytest.raises(ConfigError) as info:
         parse_config(text, "x.yaml")
     problems = info.value.problems
-    joined = "\n".join(problems)
     assert problems == [
         "line 4: broker.listeners[0].port: must be <= 65535 (got 70000)",
         "line 5: broker.listeners[1]: a tls listener needs certfile and keyfile",

@@ -171,7 +171,7 @@ def _convert(tp: Any, value: Any, path: Path, problems: list[Problem]) -> Any:
             return tuple(items) if origin is tuple else items
     elif origin is dict:
         if isinstance(value, Mapping):
-            key_tp, val_tp = get_args(tp)
+            _key_tp, val_tp = get_args(tp)
             before = len(problems)
             out = {}
             for k, v in value.items():

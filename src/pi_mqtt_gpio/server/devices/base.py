@@ -83,9 +83,9 @@ class Param:
                 raise BadArgument(f"{self.name} must be a string, got {value!r}")
         elif kind == "color":
             value = parse_color(value, self.name)
-        elif kind == "tone":
-            if isinstance(value, bool) or not isinstance(value, str | int | float):
-                raise BadArgument(f"{self.name} must be a note name or a frequency")
+        elif kind == "tone" and (isinstance(value, bool)
+                                 or not isinstance(value, str | int | float)):
+            raise BadArgument(f"{self.name} must be a note name or a frequency")
         if self.choices is not None and value not in self.choices:
             raise BadArgument(f"{self.name} must be one of {list(self.choices)}, got {value!r}")
         return value
