@@ -63,7 +63,7 @@ class Gatekeeper:
 def start_gatekeeper(tmp: Path, config: dict[str, Any], *, extra_args: list[str] | None = None,
                      timeout: float = 20.0) -> Gatekeeper:
     path = tmp / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     cmd = [sys.executable, "-m", "pi_mqtt_gpio.server.main", "--config", str(path),
            "--simulate", *(extra_args or [])]
     env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -169,7 +169,12 @@ class HardwareManager:
         return states
 
     def _open_all(self) -> dict[str, dict[str, Any]]:
+        from gpiozero import Device
+
         self.factory = self._factory_fn()
+        # Some gpiozero paths (software SPI) use the global default factory; we are the
+        # process's only gpiozero user, so make ours the default too.
+        Device.pin_factory = self.factory
         opened: list[DeviceAdapter] = []
         try:
             for adapter in self.adapters.values():
