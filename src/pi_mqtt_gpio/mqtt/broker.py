@@ -304,6 +304,10 @@ class BrokerCore:
         if session is not None:
             self._remove_subscription(session, topic_filter)
 
+    def has_subscribers(self, topic: str) -> bool:
+        """Whether any session would receive a message on ``topic`` (cheap: cached match)."""
+        return any(node.subs or node.shared for node in self.subscriptions.match(topic))
+
     def publish(self, msg: Message, now: float) -> int:
         """Route ``msg`` (and retain it if flagged); returns the number of receivers.
 

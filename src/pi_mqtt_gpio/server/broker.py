@@ -220,6 +220,7 @@ class BrokerServer:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._pumping = False
+        self._pump_scheduled = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self.bound: list[tuple[str, str, int]] = []  # (type, host, port) actually listening
 
@@ -319,6 +320,17 @@ class BrokerServer:
                 writer.cancel()
 
     # ------------------------------------------------------------------ the pump
+    def schedule_pump(self) -> None:
+        """Pump once at the next loop iteration (coalesces publishes made outside I/O)."""
+        if not self._pump_scheduled:
+            self._pump_scheduled = True
+            loop = self._loop or asyncio.get_running_loop()
+            loop.call_soon(self._scheduled_pump)
+
+    def _scheduled_pump(self) -> None:
+        self._pump_scheduled = False
+        self.pump()
+
     def pump(self) -> None:
         """Write what the core queued, start authentications, deliver to in-process clients,
         and re-arm the timer. Re-entrant calls (a handler publishing) fold into the running one."""

@@ -54,7 +54,8 @@ class Daemon:
         )
         self.client: InternalClient | None = None
         self.twin = Twin(self.topics, self.hw, self._publish)
-        self.rpc = RpcHandler(self.topics, self.hw, self.twin, self._send, acl=[self.acl])
+        self.rpc = RpcHandler(self.topics, self.hw, self.twin, self._send, acl=[self.acl],
+                              listening=self.core.has_subscribers)
         self.started = False
 
     # --- the in-process MQTT client -----------------------------------------------------------
@@ -66,7 +67,7 @@ class Daemon:
         assert self.client is not None
         self.client.publish(topic, payload, now=self.server.now(), qos=qos, retain=retain,
                             properties=props)
-        self.server.pump()
+        self.server.schedule_pump()
 
     def _on_message(self, msg: Message, sub_ids: list[int]) -> None:
         self.rpc.handle(msg)

@@ -143,8 +143,9 @@ class HardwareManager:
         self.simulate = simulate
         self._factory_fn = factory_fn
         self.factory: Any = None
-        self._commands: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...],
-                                          asyncio.Future[Any]] | None] = queue.Queue()
+        # SimpleQueue: a C-level FIFO whose get() wakes the worker faster than queue.Queue.
+        self._commands: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...],
+                                                asyncio.Future[Any]] | None] = queue.SimpleQueue()
         self._queue_max = queue_max
         self._pending = 0  # commands queued or running (loop thread only)
         self.events: asyncio.Queue[DeviceEvent] = asyncio.Queue(event_max)

@@ -66,6 +66,7 @@ class RpcHandler:
         *,
         acl: list[BrokerHooks],
         timeout: float = 5.0,
+        listening: Callable[[str], bool] = lambda topic: True,
     ) -> None:
         self.topics = topics
         self.hw = hw
@@ -73,8 +74,9 @@ class RpcHandler:
         self.send = send
         self.acl = acl
         self.timeout = timeout
+        self.listening = listening  # is anyone subscribed to a topic? (skip unread audit)
         self.accepting = True
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._inflight: set[asyncio.Future[Any]] = set()
         self.calls = 0
 
     # --- entry point (event loop, in message order) --------------------------------------------
@@ -106,7 +108,7 @@ class RpcHandler:
         except GatekeeperError as exc:
             self._refuse(msg, name, method_name, exc, reply, "call")
             return
-        self._spawn(self._finish(msg, adapter, method, kwargs, future, reply, "call"))
+        self._await(msg, adapter, method, kwargs, future, reply, "call")
 
     def _set(self, msg: Message, name: str) -> None:
         method_name: str | None = None
@@ -124,7 +126,7 @@ class RpcHandler:
         except GatekeeperError as exc:
             self._refuse(msg, name, method_name, exc, None, "set")
             return
-        self._spawn(self._finish(msg, adapter, method, kwargs, future, None, "set"))
+        self._await(msg, adapter, method, kwargs, future, None, "set")
 
     # --- checks ---------------------------------------------------------------------------------
     def _parse(self, payload: bytes) -> dict[str, Any]:
@@ -192,18 +194,40 @@ class RpcHandler:
         return False
 
     # --- completion -----------------------------------------------------------------------------
-    async def _finish(self, msg: Message, adapter: DeviceAdapter, method: Method,
-                      kwargs: dict[str, Any], future: asyncio.Future[Any], reply: _Reply | None,
-                      source: str) -> None:
+    def _await(self, msg: Message, adapter: DeviceAdapter, method: Method,
+               kwargs: dict[str, Any], future: asyncio.Future[Any], reply: _Reply | None,
+               source: str) -> None:
+        """Complete the call when the worker resolves ``future`` (or time out). Callbacks,
+        not a task per call: this is the hot path of every RPC."""
+        loop = asyncio.get_running_loop()
+
+        def timed_out() -> None:
+            if not future.done():
+                future.set_exception(RequestTimeout(
+                    f"{adapter.name}.{method.name} did not complete within {self.timeout:g} s"))
+
+        timer = loop.call_later(self.timeout, timed_out)
+        self._inflight.add(future)
+
+        def done(f: asyncio.Future[Any]) -> None:
+            timer.cancel()
+            self._inflight.discard(f)
+            self._finish(msg, adapter, method, kwargs, f, reply, source)
+
+        future.add_done_callback(done)
+
+    def _finish(self, msg: Message, adapter: DeviceAdapter, method: Method,
+                kwargs: dict[str, Any], future: asyncio.Future[Any], reply: _Reply | None,
+                source: str) -> None:
         try:
-            result, state = await asyncio.wait_for(future, self.timeout)
-        except TimeoutError:
-            err: GatekeeperError = RequestTimeout(
-                f"{adapter.name}.{method.name} did not complete within {self.timeout:g} s")
-            self._refuse(msg, adapter.name, method.name, err, reply, source, kwargs)
-            return
+            result, state = future.result()
         except GatekeeperError as exc:
             self._refuse(msg, adapter.name, method.name, exc, reply, source, kwargs)
+            return
+        except Exception as exc:  # pragma: no cover - the worker wraps every error
+            log.exception("call failed")
+            self._refuse(msg, adapter.name, method.name,
+                         GatekeeperError(f"internal error: {exc}"), reply, source, kwargs)
             return
         published = self.twin.state(adapter.name, state)
         after = adapter.refresh_after(method.name, kwargs)
@@ -240,6 +264,8 @@ class RpcHandler:
 
     def _audit(self, msg: Message, device: str, method: str | None,
                kwargs: dict[str, Any] | None, source: str, error: GatekeeperError | None) -> None:
+        if not self.listening(self.topics.audit):
+            return  # not retained: nobody would ever read it
         entry: dict[str, Any] = {
             "ts": utc_ts(), "client_id": msg.sender, "username": msg.username,
             "device": device, "method": method, "source": source, "ok": error is None,
@@ -250,15 +276,10 @@ class RpcHandler:
             entry["error"] = error.to_json()
         self.send(self.topics.audit, dumps(entry), 0, {})
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     async def drain(self, timeout: float = 1.0) -> None:
         """Wait (briefly) for calls in progress to be answered."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=timeout)
+        if self._inflight:
+            await asyncio.wait(list(self._inflight), timeout=timeout)
 
 
 def _execute(adapter: DeviceAdapter, method: str, kwargs: dict[str, Any]) -> tuple[Any, Any]:

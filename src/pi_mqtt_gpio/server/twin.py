@@ -27,10 +27,21 @@ log = logging.getLogger("pi_mqtt_gpio.twin")
 Publish = Callable[[str, bytes, int, bool], None]  # topic, payload, qos, retain
 
 
+_ts_second = -1
+_ts_prefix = ""
+
+
 def utc_ts(t: float | None = None) -> str:
-    """ISO 8601 UTC with milliseconds: ``2026-11-21T17:40:00.123Z``."""
-    moment = datetime.fromtimestamp(time.time() if t is None else t, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """ISO 8601 UTC with milliseconds: ``2026-11-21T17:40:00.123Z``. The date-time part is
+    formatted once per second (this runs for every state, event and audit entry)."""
+    global _ts_second, _ts_prefix
+    if t is None:
+        t = time.time()
+    second = int(t)
+    if second != _ts_second:
+        _ts_prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        _ts_second = second
+    return f"{_ts_prefix}{int((t - second) * 1000):03d}Z"
 
 
 def dumps(obj: Any) -> bytes:
