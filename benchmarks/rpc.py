@@ -12,6 +12,7 @@ JSON, switch the LED, read its state, reply). Prints numbers; asserts nothing ab
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -104,7 +105,7 @@ class Caller:
 def rpc_round_trips(port: int, n: int) -> dict[str, float]:
     caller = Caller(port)
     try:
-        for i in range(200):  # warm up
+        for _ in range(200):  # warm up
             caller.call("led", "toggle")
         samples = []
         for i in range(n):
@@ -212,7 +213,7 @@ def edge_latency_and_loss(port: int, seconds: float, rate: float) -> dict[str, f
     sub.disconnect()
     sub.loop_stop()
     seqs = [s for s, _ in received]
-    gaps = sum(1 for a, b in zip(seqs, seqs[1:], strict=False) if b != a + 1)
+    gaps = sum(1 for a, b in itertools.pairwise(seqs) if b != a + 1)
     lat = sorted(d * 1e6 for _, d in received)
     return {"edges": total, "events": len(received), "lost": total - len(received),
             "seq_gaps": gaps, "p50_us": statistics.median(lat) if lat else -1,
