@@ -315,3 +315,14 @@ def test_every_registered_type_has_a_schema_and_methods() -> None:
         assert adapter.type_name == name
         assert adapter.kind in ("input", "output")
         assert "state" in adapter.methods
+
+
+def test_device_reference_doc_is_current() -> None:
+    from pathlib import Path
+
+    from pi_mqtt_gpio.server.devices.reference import render
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "devices.md"
+    assert doc.read_text() == render(), (
+        "docs/devices.md is stale: python -m pi_mqtt_gpio.server.devices.reference > "
+        "docs/devices.md")
