@@ -1,0 +1,113 @@
+"""``pi-mqtt-gpio``: the gatekeeper from a terminal.
+
+    pi-mqtt-gpio devices
+    pi-mqtt-gpio call porch_light blink on_time=0.2 n=3
+    pi-mqtt-gpio call status_led value 0.5
+    pi-mqtt-gpio watch [DEVICE]
+
+Connection options come from flags or the environment: PI_MQTT_HOST, PI_MQTT_PORT,
+PI_MQTT_USER, PI_MQTT_PASSWORD, PI_MQTT_NODE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from pi_mqtt_gpio.client.connection import Gatekeeper
+from pi_mqtt_gpio.errors import GatekeeperError
+
+__all__ = ["main"]
+
+
+def _value(text: str) -> Any:
+    """A command-line argument as JSON when it parses (0.5, true, null, [1,0,0]), else text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _connect(args: argparse.Namespace) -> Gatekeeper:
+    return Gatekeeper(args.host, args.port, username=args.user, password=args.password,
+                      node_id=args.node, base_topic=args.base_topic,
+                      tls=args.cafile or args.tls, protocol=4 if args.v311 else 5,
+                      timeout=args.timeout)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pi-mqtt-gpio",
+                                     description="Talk to a pi-mqtt-gatekeeper from a terminal.")
+    parser.add_argument("--host", help="gatekeeper or broker host (PI_MQTT_HOST)")
+    parser.add_argument("--port", type=int, help="port (PI_MQTT_PORT; 1883, 8883 with TLS)")
+    parser.add_argument("--user", help="user name (PI_MQTT_USER)")
+    parser.add_argument("--password", help="password (PI_MQTT_PASSWORD)")
+    parser.add_argument("--node", help="the gatekeeper's node_id (PI_MQTT_NODE)")
+    parser.add_argument("--base-topic", default="gatekeeper")
+    parser.add_argument("--tls", action="store_true", help="connect with TLS (system CAs)")
+    parser.add_argument("--cafile", help="TLS with this CA certificate")
+    parser.add_argument("--v311", action="store_true", help="use MQTT 3.1.1")
+    parser.add_argument("--timeout", type=float, default=5.0)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("devices", help="list the devices, their types and methods")
+    call = sub.add_parser("call", help="call a method: ARGS are values or key=value")
+    call.add_argument("device")
+    call.add_argument("method")
+    call.add_argument("args", nargs="*")
+    watch = sub.add_parser("watch", help="print states and events as they happen")
+    watch.add_argument("device", nargs="?")
+    args = parser.parse_args(argv)
+
+    try:
+        gk = _connect(args)
+    except GatekeeperError as exc:
+        print(f"pi-mqtt-gpio: {exc.message}", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "devices":
+            for name, entry in sorted(gk.devices().items()):
+                methods = ", ".join(m["name"] for m in entry.get("methods", []))
+                print(f"{name:<20} {entry.get('type', '?'):<18} {methods}")
+            return 0
+        if args.command == "call":
+            positional: list[Any] = []
+            kwargs: dict[str, Any] = {}
+            for item in args.args:
+                key, sep, text = item.partition("=")
+                if sep and key.isidentifier():
+                    kwargs[key] = _value(text)
+                else:
+                    positional.append(_value(item))
+            reply = gk.call(args.device, args.method, *positional, **kwargs)
+            print(json.dumps(reply, indent=2))
+            return 0
+        return _watch(gk, args.device)
+    except GatekeeperError as exc:
+        print(f"{exc.code.value}: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        gk.close()
+
+
+def _watch(gk: Gatekeeper, device: str | None) -> int:
+    def show(kind: str) -> Any:
+        def out(name: str, doc: dict[str, Any]) -> None:
+            if device is None or name == device:
+                print(f"{name} {kind} {json.dumps(doc)}", flush=True)
+
+        return out
+
+    gk.add_state_listener(show("state"))
+    gk.add_event_listener(show("event"))
+    threading.Event().wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

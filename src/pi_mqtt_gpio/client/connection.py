@@ -1,0 +1,410 @@
+"""The connection to a gatekeeper: paho-mqtt 2.x on a background network thread, RPC calls
+correlated with their replies, the retained twin cached locally, and user callbacks run on
+one callback thread (never on the network thread).
+
+    >>> from pi_mqtt_gpio.client import Gatekeeper
+    >>> gk = Gatekeeper("localhost", node_id="demo")          # doctest: +SKIP
+    >>> gk.call("porch_light", "on")["state"]["is_lit"]        # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import json
+import logging
+import os
+import queue
+import ssl
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from pi_mqtt_gpio.errors import RequestTimeout, UnknownDevice, error_for
+from pi_mqtt_gpio.topics import Topics
+
+__all__ = ["ConnectionLost", "Gatekeeper"]
+
+log = logging.getLogger("pi_mqtt_gpio.client")
+
+StateListener = Callable[[str, dict[str, Any]], None]
+EventListener = Callable[[str, dict[str, Any]], None]
+
+
+class ConnectionLost(RequestTimeout, ConnectionError):
+    """The connection to the broker dropped while a call waited for its reply (or could not
+    be made within the timeout). The next call reconnects."""
+
+
+class Gatekeeper:
+    """A connection to one gatekeeper node.
+
+    Args:
+        host: the Pi (or the broker) to connect to; ``PI_MQTT_HOST`` or ``localhost``.
+        port: 1883 by default (8883 with ``tls``); ``PI_MQTT_PORT``.
+        username, password: credentials; ``PI_MQTT_USER`` / ``PI_MQTT_PASSWORD``.
+        node_id: the gatekeeper's ``node_id`` (its host name by default); ``PI_MQTT_NODE``.
+        base_topic: ``gatekeeper`` unless the gatekeeper's config says otherwise.
+        tls: ``True`` for the system CAs, a path to a CA file, or an ``ssl.SSLContext``.
+        transport: ``"tcp"`` or ``"websockets"``.
+        protocol: 5 (default) or 4 for MQTT 3.1.1 (replies then use the payload fallback).
+        timeout: seconds to wait for a reply (and for the first connection).
+
+    Example::
+
+        with Gatekeeper("pi.local", node_id="living-room") as gk:
+            gk.call("porch_light", "blink", on_time=0.5, n=3)
+    """
+
+    def __init__(
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        node_id: str | None = None,
+        base_topic: str = "gatekeeper",
+        tls: bool | str | ssl.SSLContext = False,
+        transport: str = "tcp",
+        protocol: int = 5,
+        timeout: float = 5.0,
+        client_id: str | None = None,
+        keepalive: int = 30,
+    ) -> None:
+        env = os.environ
+        self.host = host or env.get("PI_MQTT_HOST") or "localhost"
+        self.port = int(port or env.get("PI_MQTT_PORT") or (8883 if tls else 1883))
+        username = username if username is not None else env.get("PI_MQTT_USER")
+        password = password if password is not None else env.get("PI_MQTT_PASSWORD")
+        node = node_id or env.get("PI_MQTT_NODE")
+        if not node:
+            import socket
+
+            node = socket.gethostname().split(".")[0]
+        if protocol not in (4, 5):
+            raise ValueError("protocol must be 5 (MQTT 5.0) or 4 (MQTT 3.1.1)")
+        if transport not in ("tcp", "websockets"):
+            raise ValueError("transport must be 'tcp' or 'websockets'")
+        self.topics = Topics(base_topic, node)
+        self.timeout = timeout
+        self.v5 = protocol == 5
+        self.client_id = client_id or f"gk-client-{uuid.uuid4().hex[:12]}"
+        self.reply_prefix = self.topics.reply_prefix(self.client_id)
+        self.states: dict[str, dict[str, Any]] = {}
+        self.catalogue: dict[str, dict[str, Any]] = {}
+        self.status: str | None = None
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._pending: dict[Any, concurrent.futures.Future[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        self._state_listeners: list[StateListener] = []
+        self._event_listeners: list[EventListener] = []
+        self._callbacks: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue())
+        self._callback_thread = threading.Thread(target=self._run_callbacks,
+                                                 name="gatekeeper-callbacks", daemon=True)
+        self._connected = threading.Event()
+        self._closed = False
+        self._leases: list[Any] = []
+
+        kwargs: dict[str, Any] = {}
+        if not self.v5:
+            kwargs["clean_session"] = True
+        self._mqtt = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                                 protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
+                                 transport="websockets" if transport == "websockets" else "tcp",
+                                 reconnect_on_failure=True, **kwargs)
+        if username is not None:
+            self._mqtt.username_pw_set(username, password)
+        if tls:
+            if isinstance(tls, ssl.SSLContext):
+                self._mqtt.tls_set_context(tls)
+            elif isinstance(tls, str):
+                self._mqtt.tls_set(ca_certs=tls)
+            else:
+                self._mqtt.tls_set()
+        self._mqtt.reconnect_delay_set(min_delay=1, max_delay=30)  # backoff
+        self._mqtt.on_connect = self._on_connect
+        self._mqtt.on_disconnect = self._on_disconnect
+        self._mqtt.on_message = self._on_message
+        self._callback_thread.start()
+        self._connect_error: str | None = None
+        props = None
+        if self.v5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.RequestResponseInformation = 1
+        try:
+            clean: Any = True if self.v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY
+            self._mqtt.connect_async(self.host, self.port, keepalive, clean_start=clean,
+                                     properties=props)
+            self._mqtt.loop_start()
+        except Exception:
+            self.close()
+            raise
+        if not self._connected.wait(timeout):
+            err = self._connect_error or f"no connection to {self.host}:{self.port} " \
+                                         f"within {timeout:g} s"
+            self.close()
+            raise ConnectionLost(err)
+
+    # --- paho callbacks (network thread) --------------------------------------------------------
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if rc.is_failure:
+            self._connect_error = f"connection refused: {rc}"
+            log.warning("gatekeeper connection refused: %s", rc)
+            if int(rc.value) in (0x86, 0x87, 0x04, 0x05, 134, 135):
+                self._mqtt.disconnect()  # credentials will not get better by retrying
+            return
+        if self.v5 and props is not None:
+            info = getattr(props, "ResponseInformation", None)
+            if info:
+                self.reply_prefix = info
+        root = self.topics.root
+        client.subscribe([(f"{self.reply_prefix}/#", 1), (f"{root}/device/+/state", 1),
+                          (f"{root}/device/+/event", 1), (f"{root}/devices", 1),
+                          (f"{root}/status", 1)])
+        self._connected.set()
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any
+                       ) -> None:
+        self._connected.clear()
+        with self._lock:
+            pending = list(self._pending.values())
+            self._pending.clear()
+        for future in pending:
+            if not future.done():
+                future.set_exception(ConnectionLost(f"connection lost ({rc}) during a call"))
+
+    def _on_message(self, client: Any, userdata: Any, m: mqtt.MQTTMessage) -> None:
+        topic = m.topic
+        try:
+            if topic.startswith(self.reply_prefix):
+                self._on_reply(m)
+                return
+            parsed = self.topics.parse_device(topic)
+            if parsed is not None:
+                name, leaf = parsed
+                doc = json.loads(m.payload)
+                if not isinstance(doc, dict):
+                    return
+                if leaf == "state":
+                    self._set_state(name, doc)
+                elif leaf == "event":
+                    for listener in list(self._event_listeners):
+                        self._callbacks.put((listener, (name, doc)))
+            elif topic == self.topics.devices:
+                doc = json.loads(m.payload)
+                with self._changed:
+                    self.catalogue = {d["name"]: d for d in doc.get("devices", [])}
+                    self._changed.notify_all()
+            elif topic == self.topics.status:
+                with self._changed:
+                    self.status = m.payload.decode("utf-8", "replace")
+                    self._changed.notify_all()
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.debug("ignored a malformed message on %s", topic)
+
+    def _on_reply(self, m: mqtt.MQTTMessage) -> None:
+        try:
+            body = json.loads(m.payload)
+        except ValueError:
+            log.debug("ignored a reply that is not JSON")
+            return
+        if not isinstance(body, dict):
+            return
+        if self.v5:
+            key = getattr(m.properties, "CorrelationData", None) if m.properties else None
+        else:
+            key = body.get("correlation_id")
+        with self._lock:
+            future = self._pending.pop(key, None)
+        if future is None or future.done():
+            return  # not ours, or a late reply to a call that already timed out
+        state = body.get("state")
+        if isinstance(state, dict) and body.get("ok"):
+            name = future.device  # type: ignore[attr-defined]
+            self._set_state(name, state)
+        future.set_result(body)
+
+    def _set_state(self, name: str, state: dict[str, Any]) -> None:
+        with self._changed:
+            old = self.states.get(name)
+            if old is not None and old.get("ts", "") > state.get("ts", "") and "ts" in state:
+                return  # an older retained copy arriving late
+            self.states[name] = state
+            self._changed.notify_all()
+        for listener in list(self._state_listeners):
+            self._callbacks.put((listener, (name, state)))
+
+    # --- the callback thread --------------------------------------------------------------------
+    def _run_callbacks(self) -> None:
+        while True:
+            item = self._callbacks.get()
+            if item is None:
+                return
+            fn, args = item
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("gatekeeper callback %r failed", fn)
+
+    def add_state_listener(self, fn: StateListener) -> None:
+        self._state_listeners.append(fn)
+
+    def add_event_listener(self, fn: EventListener) -> None:
+        self._event_listeners.append(fn)
+
+    def remove_listener(self, fn: Callable[..., Any]) -> None:
+        for listeners in (self._state_listeners, self._event_listeners):
+            if fn in listeners:
+                listeners.remove(fn)
+
+    # --- calls ----------------------------------------------------------------------------------
+    def submit(self, device: str, method: str, args: Sequence[Any] = (),
+               kwargs: dict[str, Any] | None = None, *, topic: str | None = None
+               ) -> concurrent.futures.Future[dict[str, Any]]:
+        """Send a call; the future resolves to the reply ``{"ok": ..., ...}``."""
+        if self._closed:
+            raise ConnectionLost("the Gatekeeper connection is closed")
+        if not self._connected.wait(self.timeout):
+            raise ConnectionLost(f"not connected to {self.host}:{self.port}")
+        n = next(self._ids)
+        request: dict[str, Any] = {"method": method, "args": list(args), "kwargs": kwargs or {}}
+        future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+        future.device = device  # type: ignore[attr-defined]
+        reply_topic = f"{self.reply_prefix}/rpc"
+        props = None
+        if self.v5:
+            key: Any = n.to_bytes(8, "big")
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.ResponseTopic = reply_topic
+            props.CorrelationData = key
+        else:
+            key = f"{self.client_id}:{n}"
+            request["reply_to"] = reply_topic
+            request["correlation_id"] = key
+        with self._lock:
+            self._pending[key] = future
+        future.add_done_callback(lambda _f: self._forget(key))
+        info = self._mqtt.publish(topic or self.topics.device(device, "call"),
+                                  json.dumps(request), 1, properties=props)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and info.rc != MQTTErrorCode.MQTT_ERR_NO_CONN:
+            with self._lock:
+                self._pending.pop(key, None)
+            raise ConnectionLost(f"publish failed: {mqtt.error_string(info.rc)}")
+        return future
+
+    def _forget(self, key: Any) -> None:
+        with self._lock:
+            self._pending.pop(key, None)
+
+    def call(self, device: str, method: str, *args: Any, timeout: float | None = None,
+             **kwargs: Any) -> dict[str, Any]:
+        """Call ``method`` on ``device`` and wait for the reply; raises the
+        ``GatekeeperError`` subclass named after the error code when refused."""
+        future = self.submit(device, method, args, kwargs)
+        return self.result(future, timeout, device, method)
+
+    def result(self, future: concurrent.futures.Future[dict[str, Any]], timeout: float | None,
+               device: str, method: str) -> dict[str, Any]:
+        wait = self.timeout if timeout is None else timeout
+        try:
+            body = future.result(wait)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise RequestTimeout(f"no reply to {device}.{method} within {wait:g} s") from None
+        return check_reply(body)
+
+    # --- the twin -------------------------------------------------------------------------------
+    def state(self, name: str, *, wait: float | None = None) -> dict[str, Any]:
+        """The cached retained state of ``name`` (waiting for it briefly after connecting)."""
+        with self._changed:
+            self._changed.wait_for(lambda: name in self.states,
+                                   self.timeout if wait is None else wait)
+            state = self.states.get(name)
+        if state is None:
+            raise UnknownDevice(f"no state for {name!r} on {self.topics.root}")
+        return state
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
+        """Wait until ``predicate()`` (evaluated under the twin's lock) holds."""
+        with self._changed:
+            return self._changed.wait_for(predicate, timeout)
+
+    def devices(self) -> dict[str, dict[str, Any]]:
+        """The gatekeeper's device catalogue: name -> {type, methods, capabilities, ...}."""
+        with self._changed:
+            self._changed.wait_for(lambda: bool(self.catalogue), self.timeout)
+            return dict(self.catalogue)
+
+    def device(self, name: str) -> Any:
+        """A Remote object of the right class for ``name`` (``RemoteLED`` for an LED, ...)."""
+        from pi_mqtt_gpio.client.devices import remote_class
+
+        entry = self.devices().get(name)
+        if entry is None:
+            raise UnknownDevice(f"no device named {name!r} on {self.topics.root}")
+        return remote_class(entry["type"])(name, gatekeeper=self)
+
+    # --- leases ---------------------------------------------------------------------------------
+    @contextmanager
+    def lease(self, devices: Sequence[str] | None = None, *, ttl: float = 30) -> Iterator[Any]:
+        """Hold a control lease while the block runs: acquired on entry, renewed in the
+        background every ttl/3, released on exit. ``devices=None`` asks for the global lease."""
+        from pi_mqtt_gpio.client.lease import Lease
+
+        lease = Lease(self, devices, ttl)
+        lease.acquire()
+        try:
+            yield lease
+        finally:
+            lease.release()
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def close(self) -> None:
+        """Disconnect and stop the threads. Safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._mqtt.disconnect()
+        except Exception:
+            pass
+        self._mqtt.loop_stop()
+        self._callbacks.put(None)
+        if threading.current_thread() is not self._callback_thread:
+            self._callback_thread.join(2)
+
+    def __enter__(self) -> Gatekeeper:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Gatekeeper {self.topics.root} at {self.host}:{self.port}>"
+
+
+def check_reply(body: dict[str, Any]) -> dict[str, Any]:
+    """Return an ``ok`` reply; raise the error's exception otherwise."""
+    if body.get("ok"):
+        return body
+    error = body.get("error") or {}
+    if not isinstance(error, dict):
+        error = {}
+    raise error_for(str(error.get("code", "BAD_REQUEST")), str(error.get("message", "")),
+                    error.get("details") if isinstance(error.get("details"), dict) else None)
+

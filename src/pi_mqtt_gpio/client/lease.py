@@ -1,0 +1,88 @@
+"""The client side of control leases (DESIGN §3): acquire, renew in the background, release.
+
+Requests go to ``{root}/lease/call`` like any RPC; the reply's ``result`` carries the lease id,
+holder and expiry.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from pi_mqtt_gpio.errors import GatekeeperError
+
+if TYPE_CHECKING:
+    from pi_mqtt_gpio.client.connection import Gatekeeper
+
+__all__ = ["Lease"]
+
+log = logging.getLogger("pi_mqtt_gpio.client")
+
+
+class Lease:
+    """A control lease held by one ``Gatekeeper`` connection. Use ``Gatekeeper.lease()``."""
+
+    def __init__(self, gatekeeper: Gatekeeper, devices: Sequence[str] | None, ttl: float
+                 ) -> None:
+        if ttl <= 0:
+            raise ValueError("ttl must be positive")
+        self.gatekeeper = gatekeeper
+        self.devices = list(devices) if devices is not None else None
+        self.ttl = ttl
+        self.lease_id: str | None = None
+        self.holder: str | None = None
+        self.expires: str | None = None
+        self.lost: GatekeeperError | None = None  # set when a background renewal failed
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"ttl": self.ttl}
+        if self.devices is not None:
+            kwargs["devices"] = self.devices
+        if self.lease_id is not None:
+            kwargs["lease_id"] = self.lease_id
+        return kwargs
+
+    def _call(self, method: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        gk = self.gatekeeper
+        future = gk.submit("", method, (), kwargs, topic=gk.topics.lease_call)
+        reply = gk.result(future, None, "lease", method)
+        result = reply.get("result")
+        return result if isinstance(result, dict) else {}
+
+    def _update(self, result: dict[str, Any]) -> None:
+        self.lease_id = result.get("lease_id", self.lease_id)
+        self.holder = result.get("holder", self.holder)
+        self.expires = result.get("expires", self.expires)
+
+    def acquire(self) -> None:
+        self._update(self._call("acquire", self._kwargs()))
+        self._thread = threading.Thread(target=self._renew_loop, name="lease-renew", daemon=True)
+        self._thread.start()
+
+    def renew(self) -> None:
+        self._update(self._call("renew", self._kwargs()))
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                self.renew()
+            except GatekeeperError as exc:
+                log.warning("renewing lease %s failed: %s", self.lease_id, exc)
+                self.lost = exc
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(self.gatekeeper.timeout)
+        kwargs = {k: v for k, v in self._kwargs().items() if k != "ttl"}
+        try:
+            self._call("release", kwargs)
+        except GatekeeperError as exc:
+            log.warning("releasing lease %s failed: %s", self.lease_id, exc)
+
+    def __repr__(self) -> str:
+        return f"<Lease {self.lease_id} {self.devices or 'global'} until {self.expires}>"
