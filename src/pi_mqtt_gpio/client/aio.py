@@ -91,6 +91,9 @@ class Gatekeeper:
         return _ASYNC.get(entry["type"], RemoteDevice)(name, gatekeeper=self)
 
 
+_TASKS: set[asyncio.Future[Any]] = set()
+
+
 class _AsyncMixin:
     """Turns a synchronous Remote class into an asyncio one."""
 
@@ -131,7 +134,9 @@ class _AsyncMixin:
         def on_loop() -> None:
             result = fn()
             if inspect.isawaitable(result):
-                asyncio.ensure_future(result)
+                task = asyncio.ensure_future(result)
+                _TASKS.add(task)  # keep a reference until it is done
+                task.add_done_callback(_TASKS.discard)
 
         self._handlers[attr] = lambda: loop.call_soon_threadsafe(on_loop)  # type: ignore[attr-defined]
 
