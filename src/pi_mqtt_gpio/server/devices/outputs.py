@@ -42,6 +42,12 @@ _ON_OFF = {
 }
 
 
+def _blinking(device: Any) -> bool:
+    """gpiozero keeps a finished blink thread referenced until the next command."""
+    thread = getattr(device, "_blink_thread", None)
+    return thread is not None and thread.is_alive()
+
+
 def _on_off_set(payload: str) -> tuple[str, dict[str, Any]]:
     word = payload.strip().upper()
     if word in _ON:
@@ -91,7 +97,7 @@ class OutputDeviceAdapter(DeviceAdapter):
         dev = self.device
         out = {"value": int(dev.value), "is_active": bool(dev.is_active)}
         if hasattr(dev, "_blink_thread"):
-            out["blinking"] = dev._blink_thread is not None
+            out["blinking"] = _blinking(dev)
         return out
 
     def safe(self) -> None:
@@ -214,7 +220,7 @@ class PWMOutputDeviceAdapter(DeviceAdapter):
     def state(self) -> dict[str, Any]:
         dev = self.device
         return {"value": round(float(dev.value), 6), "is_active": bool(dev.is_active),
-                "blinking": dev._blink_thread is not None}
+                "blinking": _blinking(dev)}
 
     def safe(self) -> None:
         if self.config.safe_state == "on":
@@ -319,7 +325,7 @@ class RGBLEDAdapter(DeviceAdapter):
         r, g, b = (round(float(c), 6) for c in self.device.value)
         return {"value": [r, g, b], "is_active": bool(self.device.is_active),
                 "color": "#{:02x}{:02x}{:02x}".format(*(round(c * 255) for c in (r, g, b))),
-                "blinking": self.device._blink_thread is not None}
+                "blinking": _blinking(self.device)}
 
     def safe(self) -> None:
         if self.config.safe_state == "on":
