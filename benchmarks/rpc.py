@@ -3,7 +3,8 @@
 
     .venv/bin/python benchmarks/rpc.py [--quick]
 
-The RPC scenario runs twice in the same run: against our daemon (embedded broker, one
+"stub" makes the same calls through the client stub (``RemoteLED.on()``) and from 10 threads
+at once through one connection (issue 4). The RPC scenario runs twice in the same run: against our daemon (embedded broker, one
 process), and against what a user would otherwise build: Debian's mosquitto plus a separate
 Python daemon (paho-mqtt + gpiozero on the same simulated pins) doing the same work (decode
 JSON, switch the LED, read its state, reply). Prints numbers; asserts nothing about speed.
@@ -102,8 +103,38 @@ class Caller:
         self.c.disconnect()
 
 
-def rpc_round_trips(port: int, n: int) -> dict[str, float]:
-    caller = Caller(port)
+class ThreadedCaller(Caller):
+    """The same calls with paho's network loop on its background thread (``loop_start``),
+    the way a script that also wants callbacks uses paho — and the way the stub does."""
+
+    def __init__(self, port: int, client_id: str = "bench-caller-threaded") -> None:
+        super().__init__(port, client_id)
+        self.event = threading.Event()
+        self.c.loop_start()
+
+    def _on_message(self, c: Any, u: Any, m: mqtt.MQTTMessage) -> None:
+        self.reply = m.payload
+        self.event.set()
+
+    def call(self, device: str, method: str, qos: int = 0) -> tuple[float, bytes]:
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = self.reply_topic
+        props.CorrelationData = b"1"
+        self.event.clear()
+        t0 = time.perf_counter()
+        self.c.publish(f"{TOPIC_ROOT}/device/{device}/call",
+                       json.dumps({"method": method}), qos, properties=props)
+        if not self.event.wait(5):
+            raise RuntimeError("no reply")
+        return (time.perf_counter() - t0) * 1e6, self.reply
+
+    def close(self) -> None:
+        super().close()
+        self.c.loop_stop()
+
+
+def rpc_round_trips(port: int, n: int, threaded: bool = False) -> dict[str, float]:
+    caller = ThreadedCaller(port) if threaded else Caller(port)
     try:
         for _ in range(200):  # warm up
             caller.call("led", "toggle")
@@ -145,6 +176,52 @@ c.subscribe(root + "/device/+/call", 0)
 print("ready", flush=True)
 c.loop_forever()
 '''
+
+
+def stub_round_trips(port: int, n: int) -> dict[str, float]:
+    """The same calls through the client stub: RemoteLED.on()/off()."""
+    from pi_mqtt_gpio.client import Gatekeeper, RemoteLED
+
+    with Gatekeeper("127.0.0.1", port, node_id=NODE) as gk:
+        led = RemoteLED("led", gatekeeper=gk)
+        for _ in range(200):
+            led.toggle()
+        samples = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            (led.on if i % 2 else led.off)()
+            samples.append((time.perf_counter() - t0) * 1e6)
+    samples.sort()
+    return {"p50_us": statistics.median(samples), "p99_us": samples[int(n * 0.99) - 1],
+            "calls": n}
+
+
+def stub_threads(port: int, threads: int = 10, calls: int = 200) -> dict[str, float]:
+    """``threads`` threads calling through one connection at once: replies lost?"""
+    from pi_mqtt_gpio.client import Gatekeeper, RemoteLED
+
+    done = [0] * threads
+    errors: list[BaseException] = []
+    with Gatekeeper("127.0.0.1", port, node_id=NODE) as gk:
+        led = RemoteLED("led", gatekeeper=gk)
+
+        def work(k: int) -> None:
+            try:
+                for j in range(calls):
+                    (led.on if j % 2 else led.off)()
+                    done[k] += 1
+            except BaseException as exc:
+                errors.append(exc)
+
+        start = time.perf_counter()
+        pool = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+        elapsed = time.perf_counter() - start
+    return {"threads": threads, "calls": threads * calls, "answered": sum(done),
+            "errors": len(errors), "calls_per_s": sum(done) / elapsed}
 
 
 def baseline_round_trips(tmp: Path, n: int) -> dict[str, float] | None:
@@ -245,6 +322,9 @@ def main() -> int:
                                         "button": {"type": "Button", "pin": 27}})
         try:
             results["rpc ours"] = rpc_round_trips(port, n)
+            results["rpc ours, paho thread"] = rpc_round_trips(port, n, threaded=True)
+            results["stub RemoteLED"] = stub_round_trips(port, n)
+            results["stub 10 threads"] = stub_threads(port)
             results["edges"] = edge_latency_and_loss(port, edge_seconds, 100)
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -286,7 +366,13 @@ def main() -> int:
             continue
         print(f"{name:<28} " + "  ".join(
             f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()))
-    ours, base = results["rpc ours"], results["rpc mosquitto+paho daemon"]
+    ours, stub = results["rpc ours"], results["stub RemoteLED"]
+    threaded = results["rpc ours, paho thread"]
+    print(f"{'ratio stub/raw paho':<28} p50={stub['p50_us'] / ours['p50_us']:.2f}x  "
+          f"p99={stub['p99_us'] / ours['p99_us']:.2f}x")
+    print(f"{'ratio stub/paho thread':<28} p50={stub['p50_us'] / threaded['p50_us']:.2f}x  "
+          f"p99={stub['p99_us'] / threaded['p99_us']:.2f}x")
+    base = results["rpc mosquitto+paho daemon"]
     if base:
         print(f"{'ratio ours/baseline':<28} p50={ours['p50_us'] / base['p50_us']:.2f}x  "
               f"p99={ours['p99_us'] / base['p99_us']:.2f}x")

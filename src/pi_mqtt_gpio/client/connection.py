@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import queue
+import socket
 import ssl
 import threading
 import uuid
@@ -87,8 +88,6 @@ class Gatekeeper:
         password = password if password is not None else env.get("PI_MQTT_PASSWORD")
         node = node_id or env.get("PI_MQTT_NODE")
         if not node:
-            import socket
-
             node = socket.gethostname().split(".")[0]
         if protocol not in (4, 5):
             raise ValueError("protocol must be 5 (MQTT 5.0) or 4 (MQTT 3.1.1)")
@@ -100,6 +99,8 @@ class Gatekeeper:
         self.client_id = client_id or f"gk-client-{uuid.uuid4().hex[:12]}"
         self.reply_prefix = self.topics.reply_prefix(self.client_id)
         self.states: dict[str, dict[str, Any]] = {}
+        self._raw: dict[str, bytes] = {}  # state payloads not parsed yet (see _on_message)
+        self._waiters = 0
         self.catalogue: dict[str, dict[str, Any]] = {}
         self.status: str | None = None
         self._lock = threading.RLock()
@@ -164,12 +165,18 @@ class Gatekeeper:
             if int(rc.value) in (0x86, 0x87, 0x04, 0x05, 134, 135):
                 self._mqtt.disconnect()  # credentials will not get better by retrying
             return
+        sock = client.socket()
+        if hasattr(sock, "setsockopt"):
+            try:  # request/response: no Nagle delay behind our own PUBACKs
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
         if self.v5 and props is not None:
             info = getattr(props, "ResponseInformation", None)
             if info:
                 self.reply_prefix = info
         root = self.topics.root
-        client.subscribe([(f"{self.reply_prefix}/#", 1), (f"{root}/device/+/state", 1),
+        client.subscribe([(f"{self.reply_prefix}/#", 0), (f"{root}/device/+/state", 0),
                           (f"{root}/device/+/event", 1), (f"{root}/devices", 1),
                           (f"{root}/status", 1)])
         self._connected.set()
@@ -193,6 +200,13 @@ class Gatekeeper:
             parsed = self.topics.parse_device(topic)
             if parsed is not None:
                 name, leaf = parsed
+                if leaf == "state":
+                    with self._lock:
+                        if not (self._state_listeners or self._waiters):
+                            # Nobody waits on it: keep the bytes, parse when the state is read.
+                            # The network thread then hands a reply's waiter the GIL sooner.
+                            self._raw[name] = bytes(m.payload)
+                            return
                 doc = json.loads(m.payload)
                 if not isinstance(doc, dict):
                     return
@@ -235,8 +249,24 @@ class Gatekeeper:
             self._set_state(name, state)
         future.set_result(body)
 
+    def _materialize(self) -> None:
+        """Parse the state payloads kept raw (call with the lock held)."""
+        if not self._raw:
+            return
+        raw, self._raw = self._raw, {}
+        for name, payload in raw.items():
+            try:
+                doc = json.loads(payload)
+            except ValueError:
+                continue
+            if isinstance(doc, dict):
+                old = self.states.get(name)
+                if old is None or str(doc.get("ts", "")) >= str(old.get("ts", "")):
+                    self.states[name] = doc
+
     def _set_state(self, name: str, state: dict[str, Any]) -> None:
         with self._changed:
+            self._materialize()
             old = self.states.get(name)
             if old is not None and old.get("ts", "") > state.get("ts", "") and "ts" in state:
                 return  # an older retained copy arriving late
@@ -295,8 +325,10 @@ class Gatekeeper:
         with self._lock:
             self._pending[key] = future
         future.add_done_callback(lambda _f: self._forget(key))
+        # QoS 0: a call is answered or times out; QoS 1 could deliver it twice after a
+        # reconnect, and a repeated toggle() is a different command.
         info = self._mqtt.publish(topic or self.topics.device(device, "call"),
-                                  json.dumps(request), 1, properties=props)
+                                  json.dumps(request), 0, properties=props)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and info.rc != MQTTErrorCode.MQTT_ERR_NO_CONN:
             with self._lock:
                 self._pending.pop(key, None)
@@ -328,8 +360,14 @@ class Gatekeeper:
     def state(self, name: str, *, wait: float | None = None) -> dict[str, Any]:
         """The cached retained state of ``name`` (waiting for it briefly after connecting)."""
         with self._changed:
-            self._changed.wait_for(lambda: name in self.states,
-                                   self.timeout if wait is None else wait)
+            self._materialize()
+            if name not in self.states:
+                self._waiters += 1
+                try:
+                    self._changed.wait_for(lambda: name in self.states,
+                                           self.timeout if wait is None else wait)
+                finally:
+                    self._waiters -= 1
             state = self.states.get(name)
         if state is None:
             raise UnknownDevice(f"no state for {name!r} on {self.topics.root}")
@@ -338,7 +376,12 @@ class Gatekeeper:
     def wait_for(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
         """Wait until ``predicate()`` (evaluated under the twin's lock) holds."""
         with self._changed:
-            return self._changed.wait_for(predicate, timeout)
+            self._materialize()
+            self._waiters += 1
+            try:
+                return self._changed.wait_for(predicate, timeout)
+            finally:
+                self._waiters -= 1
 
     def devices(self) -> dict[str, dict[str, Any]]:
         """The gatekeeper's device catalogue: name -> {type, methods, capabilities, ...}."""

@@ -229,13 +229,15 @@ class RpcHandler:
             self._refuse(msg, adapter.name, method.name,
                          GatekeeperError(f"internal error: {exc}"), reply, source, kwargs)
             return
-        published = self.twin.state(adapter.name, state)
-        after = adapter.refresh_after(method.name, kwargs)
-        if after is not None:
-            self.twin.refresh_later(adapter.name, after)
+        # The caller waits on the reply: it goes out first, the retained state right after.
+        published = self.twin.stamp(state)
         if reply is not None:
             self._reply(msg, reply, {"ok": True, "result": _jsonable(result),
                                      "state": published})
+        self.twin.state(adapter.name, state, doc=published)
+        after = adapter.refresh_after(method.name, kwargs)
+        if after is not None:
+            self.twin.refresh_later(adapter.name, after)
         self._audit(msg, adapter.name, method.name, kwargs, source, None)
 
     def _refuse(self, msg: Message, device: str, method: str | None, exc: GatekeeperError,

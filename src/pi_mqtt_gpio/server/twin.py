@@ -73,10 +73,18 @@ class Twin:
                "simulate": self.hw.simulate, "devices": devices}
         self.publish(self.topics.devices, dumps(doc), 1, True)
 
-    def state(self, name: str, state: dict[str, Any], ts: float | None = None) -> dict[str, Any]:
-        """Publish ``state`` (retained) and remember it; returns what was published."""
+    @staticmethod
+    def stamp(state: dict[str, Any], ts: float | None = None) -> dict[str, Any]:
+        """``state`` with its time stamp, as it is published."""
         doc = dict(state)
         doc["ts"] = utc_ts(ts)
+        return doc
+
+    def state(self, name: str, state: dict[str, Any], ts: float | None = None,
+              doc: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Publish ``state`` (retained) and remember it; returns what was published."""
+        if doc is None:
+            doc = self.stamp(state, ts)
         self.states[name] = doc
         self.publish(self.topics.device(name, "state"), dumps(doc), 1, True)
         return doc
