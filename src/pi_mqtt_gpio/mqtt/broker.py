@@ -168,6 +168,9 @@ class BrokerCore:
         self._conn_ids = itertools.count(1)
         self._assigned_ids = itertools.count(1)
         self.accepting = True
+        # Topic prefixes whose deliveries a hook must approve per receiver (reply prefixes).
+        self._protected: tuple[str, ...] = tuple(
+            prefix for hook in self.hooks for prefix in hook.read_protected())
 
     # ------------------------------------------------------------------ transport interface
     def open_connection(
@@ -542,6 +545,7 @@ class BrokerCore:
         session.expiry_interval = expiry
         session.expires_at = None
         session.conn = conn
+        session.client = conn.client
         conn.session = session
         # The Will (published on an unclean close, after its delay).
         if packet.will is not None:
@@ -657,6 +661,13 @@ class BrokerCore:
             code = RC.NOT_AUTHORIZED if conn.v5 else RC.SUCCESS
             log.info("publish to %r by %r denied", topic, conn.client_id)
             routed = -1
+            denied = Message(topic, p.payload, qos, p.retain, props, None, conn.client_id,
+                             conn.client.username, conn.client.role)
+            for hook in self.hooks:
+                try:
+                    hook.on_publish_denied(conn.client, denied)
+                except Exception:
+                    log.exception("on_publish_denied hook failed")
         elif code == RC.SUCCESS:
             fwd: Properties = props
             expires_at = None
@@ -900,6 +911,9 @@ class BrokerCore:
         if session.internal_handler is not None:
             session.internal_handler(msg, sub_ids)
             return
+        if self._protected and msg.topic.startswith(self._protected) \
+                and not self._readable(session, msg.topic):
+            return
         conn = session.conn
         if conn is None or conn.state is not ConnState.CONNECTED:
             if qos == 0:
@@ -932,6 +946,12 @@ class BrokerCore:
         pid = session.allocate_pid()
         if self._send_publish(conn, msg, qos, retain, pid, False, sub_ids, now):
             session.inflight[pid] = Inflight(msg, qos, retain, sub_ids)
+
+    def _readable(self, session: Session, topic: str) -> bool:
+        client = session.client
+        if client is None:
+            return False
+        return all(hook.readable(client, topic) for hook in self.hooks)
 
     def _enqueue(self, session: Session, item: Pending) -> None:
         queue = session.queue

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 __all__ = [
     "AuthRequest",
@@ -79,6 +80,18 @@ class BrokerHooks:
 
     def authorize_subscribe(self, client: ClientInfo, topic_filter: str, qos: int) -> Decision:
         return Decision.DEFER
+
+    def read_protected(self) -> tuple[str, ...]:
+        """Topic prefixes whose deliveries ``readable`` must approve (checked per receiver)."""
+        return ()
+
+    def readable(self, client: ClientInfo, topic: str) -> bool:
+        """May ``client`` receive a message on ``topic`` (under ``read_protected()``)?"""
+        return True
+
+    def on_publish_denied(self, client: ClientInfo, message: Any) -> None:
+        """A PUBLISH was refused by authorisation (``message`` is a ``session.Message``)."""
+        return None
 
     def response_information(self, client: ClientInfo) -> str | None:
         """Response Information for a 5.0 client that asked for it (Request Response Info)."""

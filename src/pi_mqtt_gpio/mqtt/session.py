@@ -16,6 +16,7 @@ from pi_mqtt_gpio.mqtt.packets import Properties, Subscription
 
 if TYPE_CHECKING:
     from pi_mqtt_gpio.mqtt.connection import Connection
+    from pi_mqtt_gpio.mqtt.hooks import ClientInfo
 
 __all__ = ["NEVER_EXPIRES", "Inflight", "Message", "Pending", "Session", "SubEntry"]
 
@@ -73,6 +74,7 @@ class Inflight:
 class Session:
     __slots__ = (
         "awaiting_rel",
+        "client",
         "client_id",
         "conn",
         "expires_at",
@@ -99,6 +101,7 @@ class Session:
         self.will: Message | None = None  # a Will waiting for its delay to pass
         self.will_at: float | None = None
         self.internal_handler: Callable[[Message, list[int]], None] | None = None
+        self.client: ClientInfo | None = None  # who owns it, as authenticated
 
     def allocate_pid(self) -> int:
         """A packet identifier not in use by an in-flight message (MQTT-2.2.1-3)."""

@@ -58,12 +58,13 @@ class _Link:
 
 
 class _TcpLink(_Link, asyncio.Protocol):
-    __slots__ = ("eof_sent", "kind", "server", "transport")
+    __slots__ = ("eof_sent", "identity", "kind", "server", "transport")
 
-    def __init__(self, server: BrokerServer, kind: str) -> None:
+    def __init__(self, server: BrokerServer, kind: str, identity: bool = False) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.kind = kind
+        self.identity = identity  # use_identity_as_username: the certificate CN logs in
         self.eof_sent = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -75,7 +76,7 @@ class _TcpLink(_Link, asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername")
         peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        cert_cn = _cert_cn(transport.get_extra_info("peercert"))
+        cert_cn = _cert_cn(transport.get_extra_info("peercert")) if self.identity else None
         server = self.server
         self.conn = server.core.open_connection(self.kind, peer_text, server.now(), cert_cn)
         server.links[self.conn.id] = self
@@ -236,8 +237,9 @@ class BrokerServer:
             if listener.type in ("tcp", "tls"):
                 kind = "tls" if ctx else "tcp"
 
-                def factory(kind: str = kind) -> _TcpLink:
-                    return _TcpLink(self, kind)
+                def factory(kind: str = kind,
+                            identity: bool = listener.use_identity_as_username) -> _TcpLink:
+                    return _TcpLink(self, kind, identity)
 
                 server = await self._loop.create_server(
                     factory, listener.host, listener.port, ssl=ctx, reuse_address=True,
@@ -247,8 +249,10 @@ class BrokerServer:
                 sock = server.sockets[0].getsockname()
             else:
                 kind = "websocket+tls" if ctx else "websocket"
+                identity = listener.use_identity_as_username
                 ws_server = await serve(
-                    lambda ws, kind=kind: self._ws_handler(ws, kind),  # type: ignore[misc]
+                    lambda ws, kind=kind, identity=identity:  # type: ignore[misc]
+                    self._ws_handler(ws, kind, identity),
                     listener.host, listener.port, ssl=ctx, subprotocols=["mqtt"],  # type: ignore[list-item]
                     max_size=max(2 * self.core.limits.max_packet_size, 65536),
                     compression=None, process_request=None,
@@ -289,10 +293,11 @@ class BrokerServer:
             task.cancel()
 
     # ------------------------------------------------------------------ websocket
-    async def _ws_handler(self, ws: ServerConnection, kind: str) -> None:
+    async def _ws_handler(self, ws: ServerConnection, kind: str, identity: bool = False
+                          ) -> None:
         peer = ws.remote_address
         peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        cert_cn = _cert_cn(ws.transport.get_extra_info("peercert"))
+        cert_cn = _cert_cn(ws.transport.get_extra_info("peercert")) if identity else None
         conn = self.core.open_connection(kind, peer_text, self.now(), cert_cn)
         link = _WsLink(ws, conn)
         self.links[conn.id] = link

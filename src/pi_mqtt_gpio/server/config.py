@@ -114,7 +114,7 @@ class BrokerConfig:
 
 @section
 class UserConfig:
-    password_hash: str
+    password_hash: str | None = None  # None: certificate-only user (use_identity_as_username)
     role: str = "viewer"
 
 

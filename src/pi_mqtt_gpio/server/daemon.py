@@ -11,13 +11,14 @@ import signal
 
 from pi_mqtt_gpio.errors import GatekeeperError
 from pi_mqtt_gpio.mqtt.broker import BrokerCore, BrokerLimits, InternalClient
+from pi_mqtt_gpio.mqtt.hooks import BrokerHooks, ClientInfo
 from pi_mqtt_gpio.mqtt.packets import Properties
 from pi_mqtt_gpio.mqtt.session import Message
 from pi_mqtt_gpio.server.broker import BrokerServer
 from pi_mqtt_gpio.server.config import Config
 from pi_mqtt_gpio.server.hardware import HardwareManager, make_pin_factory
 from pi_mqtt_gpio.server.rpc_handler import RpcHandler
-from pi_mqtt_gpio.server.security import AccessControl, Authenticator
+from pi_mqtt_gpio.server.security import AccessControl, Authenticator, ControlLeaseManager
 from pi_mqtt_gpio.server.twin import Twin
 from pi_mqtt_gpio.topics import Topics
 
@@ -44,6 +45,7 @@ class Daemon:
             hooks=[self.acl],
         )
         self.authenticator = Authenticator(config.auth)
+        self.leases = ControlLeaseManager(config.leases.scope, config.leases.ttl_s)
         self.server = BrokerServer(
             self.core, self.authenticator.authenticate, list(config.broker.listeners)
         )
@@ -55,7 +57,8 @@ class Daemon:
         self.client: InternalClient | None = None
         self.twin = Twin(self.topics, self.hw, self._publish)
         self.rpc = RpcHandler(self.topics, self.hw, self.twin, self._send, acl=[self.acl],
-                              listening=self.core.has_subscribers)
+                              listening=self.core.has_subscribers, leases=self.leases)
+        self.core.hooks.append(_GatekeeperHooks(self))
         self.started = False
 
     # --- the in-process MQTT client -----------------------------------------------------------
@@ -92,11 +95,20 @@ class Daemon:
         root = self.topics.root
         self.client.subscribe(f"{root}/device/+/call", now=now, qos=1)
         self.client.subscribe(f"{root}/device/+/set", now=now, qos=1)
+        self.client.subscribe(self.topics.lease_call, now=now, qos=1)
+        self.rpc.publish_leases()
         self.twin.status(True)
         self.started = True
         _trim_memory()
         log.info("gatekeeper %s up: %d devices (simulate=%s)", root, len(self.hw.adapters),
                  self.simulate)
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read ``auth.users_file``."""
+        try:
+            await self.authenticator.reload()
+        except (OSError, ValueError) as exc:
+            log.error("reloading users failed (keeping the old ones): %s", exc)
 
     async def stop(self) -> None:
         """Refuse new commands, drive outputs to their safe state, publish ``offline``,
@@ -111,6 +123,23 @@ class Daemon:
             self.twin.status(False)
         await self.server.stop()
         self.authenticator.close()
+
+
+class _GatekeeperHooks(BrokerHooks):
+    """Broker events the gatekeeper acts on: a lease holder's connection ends (its leases
+    end, its devices go safe); a call refused by the ACL (answered ``NOT_AUTHORIZED``).
+    Deferred to the next loop iteration: the core is mid-packet when it calls hooks."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def on_disconnected(self, client: ClientInfo, reason: str) -> None:
+        if not client.internal:
+            asyncio.get_running_loop().call_soon(self.daemon.rpc.holder_gone,
+                                                 client.client_id, reason)
+
+    def on_publish_denied(self, client: ClientInfo, message: Message) -> None:
+        asyncio.get_running_loop().call_soon(self.daemon.rpc.handle_denied, message)
 
 
 def _trim_memory() -> None:
@@ -128,6 +157,14 @@ async def run(config: Config, *, simulate: bool = False) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_sighup() -> None:
+        task = asyncio.ensure_future(daemon.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     try:
         await daemon.start()
     except GatekeeperError as exc:

@@ -17,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from pi_mqtt_gpio.errors import (
+    BadArgument,
     BadRequest,
     Busy,
     GatekeeperError,
@@ -35,6 +37,7 @@ from pi_mqtt_gpio.mqtt.session import Message
 from pi_mqtt_gpio.mqtt.topic_tree import topic_matches
 from pi_mqtt_gpio.server.devices.base import DeviceAdapter, Method
 from pi_mqtt_gpio.server.hardware import HardwareManager
+from pi_mqtt_gpio.server.security import ControlLeaseManager, Lease
 from pi_mqtt_gpio.server.twin import Twin, dumps, utc_ts
 from pi_mqtt_gpio.topics import Topics
 
@@ -42,7 +45,7 @@ __all__ = ["RpcHandler"]
 
 log = logging.getLogger("pi_mqtt_gpio.rpc")
 
-Send = Callable[[str, bytes, int, Properties], None]  # topic, payload, qos, properties
+Send = Callable[..., None]  # (topic, payload, qos, properties[, retain])
 MAX_REQUEST_BYTES = 65536
 
 
@@ -67,6 +70,7 @@ class RpcHandler:
         acl: list[BrokerHooks],
         timeout: float = 5.0,
         listening: Callable[[str], bool] = lambda topic: True,
+        leases: ControlLeaseManager | None = None,
     ) -> None:
         self.topics = topics
         self.hw = hw
@@ -78,9 +82,14 @@ class RpcHandler:
         self.accepting = True
         self._inflight: set[asyncio.Future[Any]] = set()
         self.calls = 0
+        self.leases = leases
+        self._lease_timer: asyncio.TimerHandle | None = None
 
     # --- entry point (event loop, in message order) --------------------------------------------
     def handle(self, msg: Message) -> None:
+        if msg.topic == self.topics.lease_call:
+            self._lease_call(msg)
+            return
         parsed = self.topics.parse_device(msg.topic)
         if parsed is None:
             return
@@ -160,7 +169,157 @@ class RpcHandler:
             raise NotAuthorized(f"{method.name} is for the admin role only")
         bound = method.bind(args, kwargs)
         adapter.validate(method.name, bound)
+        if method.writes and adapter.kind == "output" and self.leases is not None:
+            self.leases.check_write((msg.username, msg.sender or ""), name,
+                                    adapter.config.lease_required)
         return adapter, method, bound
+
+    # --- refused by the ACL ---------------------------------------------------------------------
+    def handle_denied(self, msg: Message) -> None:
+        """The broker refused ``msg`` (the ACL): answer ``NOT_AUTHORIZED`` when it is a call
+        that names a reply destination, and audit it."""
+        parsed = self.topics.parse_device(msg.topic)
+        is_lease = msg.topic == self.topics.lease_call
+        if parsed is None and not is_lease:
+            return
+        name, leaf = parsed if parsed is not None else ("lease", "call")
+        if leaf not in ("call", "set"):
+            return
+        reply = self._v5_reply(msg) if leaf == "call" else None
+        method = None
+        if leaf == "call":
+            try:
+                request = self._parse(msg.payload)
+                method = request.get("method") if isinstance(request.get("method"), str) \
+                    else None
+                if reply is None:
+                    reply = self._v311_reply(msg, request)
+            except GatekeeperError:
+                pass
+        err = NotAuthorized(f"role {msg.role!r} may not publish to {msg.topic}")
+        self._refuse(msg, name, method, err, reply, leaf)
+
+    # --- leases ---------------------------------------------------------------------------------
+    def _lease_call(self, msg: Message) -> None:
+        reply = self._v5_reply(msg)
+        method: str | None = None
+        loop = asyncio.get_running_loop()
+        try:
+            if self.leases is None:
+                raise UnknownMethod("leases are not enabled")
+            request = self._parse(msg.payload)
+            if reply is None:
+                reply = self._v311_reply(msg, request)
+            method = request.get("method") if isinstance(request.get("method"), str) else None
+            if method not in ("acquire", "renew", "release"):
+                raise UnknownMethod("lease methods: acquire, renew, release")
+            kwargs = request.get("kwargs") or {}
+            if not isinstance(kwargs, dict):
+                raise BadArgument("kwargs must be an object")
+            unknown = set(kwargs) - {"devices", "ttl", "lease_id", "force"}
+            if unknown:
+                raise BadArgument(f"{method}() has no argument {sorted(unknown)[0]!r}")
+            devices = kwargs.get("devices")
+            if devices is not None:
+                if not isinstance(devices, list) or not devices or \
+                        not all(isinstance(d, str) for d in devices) or len(devices) > 256:
+                    raise BadArgument("devices must be a non-empty list of device names")
+                for device in devices:
+                    if device not in self.hw.adapters:
+                        raise UnknownDevice(f"no device named {device!r}")
+            ttl = kwargs.get("ttl")
+            if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)):
+                raise BadArgument("ttl must be a number of seconds")
+            lease_id = kwargs.get("lease_id")
+            if lease_id is not None and not isinstance(lease_id, str):
+                raise BadArgument("lease_id must be a string")
+            force = kwargs.get("force", False)
+            if not isinstance(force, bool):
+                raise BadArgument("force must be true or false")
+            holder = (msg.username, msg.sender or "")
+            now, wall = loop.time(), time.time()
+            if method == "acquire":
+                lease = self.leases.acquire(holder, devices, ttl, now, wall)
+                result = {"lease_id": lease.lease_id, **lease.describe()}
+            elif method == "renew":
+                lease = self.leases.renew(holder, lease_id, devices, ttl, now, wall)
+                result = {"lease_id": lease.lease_id, **lease.describe()}
+            else:
+                if force and msg.role != "admin":
+                    raise NotAuthorized("only admins may break leases (force: true)")
+                gone = self.leases.release(holder, lease_id, devices, force=force)
+                result = {"released": [lease.describe() for lease in gone]}
+                if force:
+                    self.lease_lost([g for g in gone if g.holder != holder], "broken by admin")
+        except GatekeeperError as exc:
+            self._refuse(msg, "lease", method, exc, reply, "lease")
+            return
+        log.info("lease %s by %r: %s", method, msg.sender, result)
+        if reply is not None:
+            self._reply(msg, reply, {"ok": True, "result": result})
+        self._audit(msg, "lease", method, {k: v for k, v in kwargs.items() if k != "lease_id"},
+                    "lease", None)
+        self.publish_leases()
+
+    def publish_leases(self) -> None:
+        """Retained ``{root}/lease`` and the expiry timer, after every change."""
+        if self.leases is None:
+            return
+        self.send(self.topics.lease, dumps(self.leases.snapshot()), 1, {}, True)
+        if self._lease_timer is not None:
+            self._lease_timer.cancel()
+            self._lease_timer = None
+        deadline = self.leases.next_deadline()
+        if deadline is not None:
+            self._lease_timer = asyncio.get_running_loop().call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        self._lease_timer = None
+        if self.leases is None:
+            return
+        gone = self.leases.expire(asyncio.get_running_loop().time())
+        self.lease_lost(gone, "expired")
+        self.publish_leases()
+
+    def holder_gone(self, client_id: str, reason: str) -> None:
+        """The broker says a client disconnected: its leases end, its devices go safe."""
+        if self.leases is None:
+            return
+        gone = self.leases.holder_gone(client_id)
+        if gone:
+            self.lease_lost(gone, f"holder disconnected ({reason})")
+            self.publish_leases()
+
+    def lease_lost(self, gone: list[Lease], reason: str) -> None:
+        """Drive the devices of leases that ended against their holder's will to their safe
+        state, through the hardware queue, and say so on the audit topic."""
+        for lease in gone:
+            who = lease.holder[0] or lease.holder[1]
+            log.warning("lease of %s on %s %s: driving its devices to safe state", who,
+                        "all devices" if lease.devices is None else sorted(lease.devices),
+                        reason)
+            for name, adapter in self.hw.adapters.items():
+                if adapter.kind != "output" or not lease.covers(name):
+                    continue
+                if not (adapter.config.lease_required or name in lease.written):
+                    continue
+                try:
+                    future = self.hw.submit(_make_safe, adapter, force=True)
+                except GatekeeperError:
+                    continue
+                future.add_done_callback(self._publish_safe(name))
+            entry = {"ts": utc_ts(), "client_id": lease.holder[1], "username": lease.holder[0],
+                     "device": "lease", "method": "lost", "source": "lease", "ok": True,
+                     "reason": reason, "lease": lease.describe()}
+            if self.listening(self.topics.audit):
+                self.send(self.topics.audit, dumps(entry), 0, {})
+
+    def _publish_safe(self, name: str) -> Callable[[asyncio.Future[Any]], None]:
+        def done(future: asyncio.Future[Any]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                self.twin.state(name, future.result())
+
+        return done
 
     def _v5_reply(self, msg: Message) -> _Reply | None:
         topic = msg.properties.get(Prop.RESPONSE_TOPIC) if msg.properties else None
@@ -282,6 +441,12 @@ class RpcHandler:
         """Wait (briefly) for calls in progress to be answered."""
         if self._inflight:
             await asyncio.wait(list(self._inflight), timeout=timeout)
+
+
+def _make_safe(adapter: DeviceAdapter) -> dict[str, Any]:
+    """Runs on the hardware worker: the device's safe state, then the state it left."""
+    adapter.safe()
+    return adapter.state()
 
 
 def _execute(adapter: DeviceAdapter, method: str, kwargs: dict[str, Any]) -> tuple[Any, Any]:
