@@ -98,11 +98,14 @@ class Rpc:
 class Watcher:
     """Subscribes to the whole gatekeeper tree and keeps the latest message per topic."""
 
-    def __init__(self, gk: Gatekeeper) -> None:
+    def __init__(self, gk: Gatekeeper, username: str | None = None,
+                 password: str | None = None) -> None:
         self.latest: dict[str, bytes] = {}
         self.log: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self.lock = threading.Lock()
-        self.client = Client(gk.port, mqtt.MQTTv5, client_id=f"watch-{id(self)}")
+        self.client = Client(gk.port, mqtt.MQTTv5, client_id=f"watch-{time.monotonic_ns()}")
+        if username is not None:
+            self.client.c.username_pw_set(username, password)
 
         def on_message(c: Any, u: Any, m: mqtt.MQTTMessage) -> None:
             with self.lock:

@@ -3,6 +3,7 @@
     pi-mqtt-gatekeeper --config FILE [--simulate] [--log-level LEVEL]
     pi-mqtt-gatekeeper check-config --config FILE
     pi-mqtt-gatekeeper hash-password [--stdin]
+    pi-mqtt-gatekeeper passwd FILE USER [--role ROLE] [--stdin]
 """
 
 from __future__ import annotations
@@ -57,11 +58,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("--config", dest="check_config", required=True)
     hashp = sub.add_parser("hash-password", help="print an argon2id hash for auth.users")
     hashp.add_argument("--stdin", action="store_true", help="read the password from stdin")
+    passwd = sub.add_parser("passwd", help="add or change a user in a users file "
+                                           "(like mosquitto_passwd)")
+    passwd.add_argument("file")
+    passwd.add_argument("user")
+    passwd.add_argument("--role", default="viewer", help="admin, operator, viewer or custom")
+    passwd.add_argument("--stdin", action="store_true", help="read the password from stdin")
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
 
-    if args.command == "hash-password":
-        from pi_mqtt_gpio.server.security import hash_password
+    if args.command in ("hash-password", "passwd"):
+        from pi_mqtt_gpio.server.security import hash_password, write_users_file
 
         if args.stdin:
             password = sys.stdin.readline().rstrip("\r\n")
@@ -73,7 +80,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not password:
             print("empty password refused", file=sys.stderr)
             return 1
-        print(hash_password(password))
+        if args.command == "hash-password":
+            print(hash_password(password))
+            return 0
+        try:
+            write_users_file(args.file, args.user, hash_password(password), args.role)
+        except (OSError, ValueError) as exc:
+            print(f"passwd: {exc}", file=sys.stderr)
+            return 1
+        print(f"{args.user} ({args.role}) written to {args.file}; "
+              f"send SIGHUP to a running gatekeeper to reload it")
         return 0
 
     path = args.check_config if args.command == "check-config" else args.config

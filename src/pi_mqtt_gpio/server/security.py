@@ -289,6 +289,12 @@ class AccessControl(BrokerHooks):
         plain = parsed[1]
         if any(filter_covers(d, plain) for d in role.deny):
             return Decision.DENY
+        replies = f"{self.topics.root}/reply/#"
+        own = f"{self.topics.reply_prefix(client.client_id)}/#"
+        own_ok = not any(c in client.client_id for c in "+#/")  # ids that would widen it
+        if filter_covers(replies, plain) and not (own_ok and (
+                filter_covers(own, plain) or plain == self.topics.reply_prefix(client.client_id))):
+            return Decision.DENY  # someone else's replies (a wider filter is read-filtered)
         if any(filter_covers(s, plain) for s in role.subscribe):
             return Decision.ALLOW
         return Decision.DENY
