@@ -16,10 +16,10 @@ from pi_mqtt_gpio.mqtt.packets import Properties
 from pi_mqtt_gpio.mqtt.session import Message
 from pi_mqtt_gpio.server.broker import BrokerServer
 from pi_mqtt_gpio.server.config import Config
-from pi_mqtt_gpio.server.hardware import HardwareManager, make_pin_factory
+from pi_mqtt_gpio.server.hardware import HardwareManager, consumer_label, make_pin_factory
 from pi_mqtt_gpio.server.rpc_handler import RpcHandler
 from pi_mqtt_gpio.server.security import AccessControl, Authenticator, ControlLeaseManager
-from pi_mqtt_gpio.server.twin import Twin
+from pi_mqtt_gpio.server.twin import Twin, dumps, utc_ts
 from pi_mqtt_gpio.topics import Topics
 
 __all__ = ["Daemon", "run"]
@@ -49,11 +49,15 @@ class Daemon:
         self.server = BrokerServer(
             self.core, self.authenticator.authenticate, list(config.broker.listeners)
         )
+        labels = {line: consumer_label(config.hardware.consumer_tag, name, line)
+                  for name, dev in config.devices.items() for _k, line, _s in dev.lines()}
         self.hw = HardwareManager(
             dict(config.devices),
-            lambda: make_pin_factory(config.hardware, self.simulate),
+            lambda: make_pin_factory(config.hardware, self.simulate, labels),
             simulate=self.simulate,
+            hardware=config.hardware,
         )
+        self._health_task: asyncio.Task[None] | None = None
         self.client: InternalClient | None = None
         self.twin = Twin(self.topics, self.hw, self._publish)
         self.rpc = RpcHandler(self.topics, self.hw, self.twin, self._send, acl=[self.acl],
@@ -98,10 +102,26 @@ class Daemon:
         self.client.subscribe(self.topics.lease_call, now=now, qos=1)
         self.rpc.publish_leases()
         self.twin.status(True)
+        self._health_task = asyncio.create_task(self._health_loop())
         self.started = True
         _trim_memory()
         log.info("gatekeeper %s up: %d devices (simulate=%s)", root, len(self.hw.adapters),
                  self.simulate)
+
+    async def publish_health(self, status: str = "ok") -> None:
+        """Retained ``{root}/system/health``: status and GPIO line ownership."""
+        try:
+            gpio = await self.hw.submit(self.hw.inventory, force=True)
+        except Exception as exc:
+            gpio, status = {"error": str(exc)}, "degraded"
+        doc = {"status": status, "ts": utc_ts(), "gpio": gpio,
+               "events_dropped": self.hw.events_dropped}
+        self._publish(self.topics.health, dumps(doc), 1, True)
+
+    async def _health_loop(self, interval: float = 60.0) -> None:
+        while True:
+            await self.publish_health()
+            await asyncio.sleep(interval)
 
     async def reload(self) -> None:
         """SIGHUP: re-read ``auth.users_file``."""
@@ -114,6 +134,8 @@ class Daemon:
         """Refuse new commands, drive outputs to their safe state, publish ``offline``,
         release the lines, disconnect clients."""
         self.rpc.accepting = False
+        if self._health_task is not None:
+            self._health_task.cancel()
         if self.started:
             await self.rpc.drain(0.5)
             await self.twin.stop()  # no more polling; queued events are published

@@ -17,19 +17,32 @@ import asyncio
 import contextlib
 import glob
 import logging
+import os
 import queue
 import re
+import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pi_mqtt_gpio.errors import Busy, GatekeeperError, HardwareError
 from pi_mqtt_gpio.server.config import HardwareConfig
 from pi_mqtt_gpio.server.devices.base import DeviceAdapter
 
-__all__ = ["DeviceEvent", "HardwareManager", "find_header_chip", "make_pin_factory"]
+__all__ = [
+    "DeviceEvent",
+    "HardwareManager",
+    "LineOwner",
+    "consumer_label",
+    "find_header_chip",
+    "line_owners",
+    "make_pin_factory",
+    "reclaim_stale",
+]
 
 log = logging.getLogger("pi_mqtt_gpio.hardware")
 
@@ -95,14 +108,68 @@ def resolve_chip(chip: str | int) -> int:
     return find_header_chip(labels, (text,))
 
 
-def make_pin_factory(hardware: HardwareConfig, simulate: bool) -> Any:
-    """A gpiozero pin factory: simulated pins (MockFactory with PWM) or lgpio on a chip."""
+def consumer_label(tag: str, role: str, line: int) -> str:
+    """``<consumer_tag>:<role>:<line>`` as ``gpioinfo`` shows it (the kernel keeps 31 bytes:
+    a long device name is shortened, the tag and the line number are kept)."""
+    tail = f":{line}"
+    room = 31 - len(tag) - 1 - len(tail)
+    return f"{tag}:{role[:max(room, 1)]}{tail}"
+
+
+class _LabellingLgpio:
+    """Stands in for the ``lgpio`` module inside gpiozero's lgpio pin factory: before every
+    claim it names the line's consumer (``lgGpioSetUser``, which lgpio's Python binding does
+    not expose, called through ctypes). Everything else is lgpio itself."""
+
+    def __init__(self, labels: dict[int, str]) -> None:
+        import ctypes
+
+        import lgpio
+
+        self._lgpio = lgpio
+        self.labels = labels
+        self._lib = ctypes.CDLL(lgpio._lgpio.__file__)
+        self._lib.lgGpioSetUser.argtypes = (ctypes.c_int, ctypes.c_char_p)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._lgpio, name)
+
+    def _name(self, handle: int, line: int) -> None:
+        label = self.labels.get(line)
+        if label is not None:
+            # gpiochip_open returns handle | chip << 16; the C call wants the handle only.
+            self._lib.lgGpioSetUser(handle & 0xFFFF, label.encode())
+
+    def gpio_claim_input(self, handle: int, gpio: int, lFlags: int = 0) -> Any:
+        self._name(handle, gpio)
+        return self._lgpio.gpio_claim_input(handle, gpio, lFlags)
+
+    def gpio_claim_output(self, handle: int, gpio: int, level: int = 0,
+                          lFlags: int = 0) -> Any:
+        self._name(handle, gpio)
+        return self._lgpio.gpio_claim_output(handle, gpio, level, lFlags)
+
+    def gpio_claim_alert(self, handle: int, gpio: int, eFlags: int, lFlags: int = 0,
+                         notify_handle: Any = None) -> Any:
+        self._name(handle, gpio)
+        if notify_handle is None:
+            return self._lgpio.gpio_claim_alert(handle, gpio, eFlags, lFlags)
+        return self._lgpio.gpio_claim_alert(handle, gpio, eFlags, lFlags, notify_handle)
+
+
+def make_pin_factory(hardware: HardwareConfig, simulate: bool,
+                     labels: dict[int, str] | None = None) -> Any:
+    """A gpiozero pin factory: simulated pins (MockFactory with PWM) or lgpio on a chip,
+    with every claimed line labelled ``labels[line]``."""
     if simulate or hardware.pin_factory == "mock":
         from gpiozero.pins.mock import MockFactory, MockPWMPin
 
         return MockFactory(pin_class=MockPWMPin)
+    import gpiozero.pins.lgpio as gz_lgpio
     from gpiozero.pins.lgpio import LGPIOFactory
 
+    if labels:
+        gz_lgpio.lgpio = _LabellingLgpio(labels)
     chip = resolve_chip(hardware.chip)
     try:
         return LGPIOFactory(chip=chip)
@@ -110,8 +177,132 @@ def make_pin_factory(hardware: HardwareConfig, simulate: bool) -> Any:
         raise HardwareError(f"cannot open /dev/gpiochip{chip}: {exc}") from exc
 
 
+@dataclass(frozen=True, slots=True)
+class LineOwner:
+    line: int
+    name: str
+    used: bool
+    consumer: str
+    ours: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"line": self.line, "name": self.name, "used": self.used,
+                "consumer": self.consumer, "owner": "ours" if self.ours else
+                ("foreign" if self.used else None)}
+
+
+def line_owners(chip: int, tag: str) -> list[LineOwner]:
+    """Every line of ``/dev/gpiochip<chip>``: used or free, consumer, ours or foreign."""
+    import lgpio
+
+    handle = lgpio.gpiochip_open(chip)
+    try:
+        count = int(lgpio.gpio_get_chip_info(handle)[1])
+        owners = []
+        for line in range(count):
+            _, _, flags, name, user = lgpio.gpio_get_line_info(handle, line)
+            consumer = str(user or "")
+            used = bool(consumer) or bool(int(flags) & 1)  # LG_KERNEL_USED
+            owners.append(LineOwner(line, str(name or ""), used, consumer,
+                                    consumer.startswith(f"{tag}:")))
+        return owners
+    finally:
+        lgpio.gpiochip_close(handle)
+
+
+def _records_dir() -> Path:
+    """Where each instance notes which lines it holds (its PID per line): systemd's
+    RuntimeDirectory when set, else /run/pi-mqtt-gatekeeper, else the temp directory."""
+    for base in (os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0],
+                 "/run/pi-mqtt-gatekeeper",
+                 os.path.join(tempfile.gettempdir(), f"pi-mqtt-gatekeeper-{os.getuid()}")):
+        if not base:
+            continue
+        path = Path(base) / "lines"
+        try:
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            return path
+        except OSError:
+            continue
+    raise HardwareError("no writable directory for the line records")
+
+
+def record_lines(chip: int, lines: list[int]) -> None:
+    """Note this process as the holder of ``lines`` (read by a later instance's reclaim)."""
+    directory = _records_dir()
+    for line in lines:
+        (directory / f"gpiochip{chip}-{line}").write_text(f"{os.getpid()}\n")
+
+
+def forget_lines(chip: int, lines: list[int]) -> None:
+    directory = _records_dir()
+    for line in lines:
+        record = directory / f"gpiochip{chip}-{line}"
+        with contextlib.suppress(OSError, ValueError):
+            if int(record.read_text().strip()) == os.getpid():
+                record.unlink()
+
+
+def _recorded_holder(chip: int, line: int) -> int | None:
+    try:
+        pid = int((_records_dir() / f"gpiochip{chip}-{line}").read_text().strip())
+    except (OSError, ValueError, HardwareError):
+        return None
+    if pid == os.getpid() or not Path(f"/proc/{pid}").exists():
+        return None
+    try:  # it must still have the chip open
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) == f"/dev/gpiochip{chip}":
+                    return pid
+    except OSError:
+        return None
+    return None
+
+
+def reclaim_stale(chip: int, lines: list[int], tag: str, wait: float = 5.0) -> list[str]:
+    """``hardware.reclaim_on_busy``: lines held under our consumer tag by a stale earlier
+    instance are freed by stopping that process only (SIGTERM, then SIGKILL) — the one its
+    own line records name. A foreign consumer is never touched: the error names it."""
+    done: list[str] = []
+    owners = {o.line: o for o in line_owners(chip, tag)}
+    stale: dict[int, list[int]] = {}
+    for line in lines:
+        owner = owners.get(line)
+        if owner is None or not owner.used:
+            continue
+        if not owner.ours:
+            raise HardwareError(f"GPIO{line} is held by a foreign consumer {owner.consumer!r}; "
+                                f"not touching it")
+        pid = _recorded_holder(chip, line)
+        if pid is None:
+            raise HardwareError(f"GPIO{line} is held as {owner.consumer!r} but no earlier "
+                                f"gatekeeper recorded it; not touching it")
+        stale.setdefault(pid, []).append(line)
+    for pid, held in stale.items():
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            log.warning("GPIO%s held by a stale gatekeeper (pid %d): sending %s",
+                        ",".join(map(str, held)), pid, sig.name)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            end = time.monotonic() + wait
+            while time.monotonic() < end:
+                now = {o.line: o for o in line_owners(chip, tag)}
+                if not any(now[line].used for line in held if line in now):
+                    break
+                time.sleep(0.05)
+            else:
+                continue
+            done.append(f"stopped pid {pid} ({sig.name}) holding GPIO"
+                        f"{','.join(map(str, held))}")
+            break
+        else:
+            raise HardwareError(f"GPIO{held[0]} is still held after SIGKILL to pid {pid}")
+    return done
+
+
 def line_consumer(factory: Any, line: int) -> str | None:
-    """Who holds ``line`` on the factory's chip (lgpio only), e.g. ``"gatekeeper:LED:17"``."""
+    """Who holds ``line`` on the factory's chip (lgpio only), e.g. ``"gatekeeper:lamp:17"``."""
     handle = getattr(factory, "_handle", None)
     if handle is None:
         return None
@@ -133,6 +324,7 @@ class HardwareManager:
         simulate: bool,
         queue_max: int = 256,
         event_max: int = 10_000,
+        hardware: HardwareConfig | None = None,
     ) -> None:
         from pi_mqtt_gpio.server.devices import registry
 
@@ -141,6 +333,7 @@ class HardwareManager:
             for name, cfg in devices.items()
         }
         self.simulate = simulate
+        self.hardware = hardware or HardwareConfig()
         self._factory_fn = factory_fn
         self.factory: Any = None
         # SimpleQueue: a C-level FIFO whose get() wakes the worker faster than queue.Queue.
@@ -178,6 +371,10 @@ class HardwareManager:
         Device.pin_factory = self.factory
         opened: list[DeviceAdapter] = []
         try:
+            chip = getattr(self.factory, "chip", None)
+            if chip is not None and self.hardware.reclaim_on_busy:
+                for done in reclaim_stale(int(chip), self._lines(), self.hardware.consumer_tag):
+                    log.warning("reclaim: %s", done)
             for adapter in self.adapters.values():
                 try:
                     adapter.open(self.factory)
@@ -194,7 +391,25 @@ class HardwareManager:
                     adapter.close()
             self._close_factory()
             raise
+        if chip is not None:
+            record_lines(int(chip), self._lines())
         return {name: a.state() for name, a in self.adapters.items()}
+
+    def _lines(self) -> list[int]:
+        return sorted({line for a in self.adapters.values() for _k, line, _s in a.config.lines()})
+
+    def inventory(self) -> dict[str, Any]:
+        """GPIO line ownership for ``{root}/system/health`` (runs on the worker)."""
+        chip = getattr(self.factory, "chip", None)
+        if chip is None:  # simulated pins: only our own lines exist
+            lines = sorted({(line, name) for name, a in self.adapters.items()
+                            for _k, line, _s in a.config.lines()})
+            return {"chip": "mock", "lines": [
+                {"line": line, "name": f"GPIO{line}", "used": True,
+                 "consumer": consumer_label(self.hardware.consumer_tag, name, line),
+                 "owner": "ours"} for line, name in lines]}
+        owners = line_owners(int(chip), self.hardware.consumer_tag)
+        return {"chip": f"gpiochip{chip}", "lines": [o.to_json() for o in owners]}
 
     def _explain(self, adapter: DeviceAdapter, exc: Exception) -> str:
         text = f"{adapter.name} ({adapter.type_name}): {exc}"
@@ -237,6 +452,10 @@ class HardwareManager:
         return states
 
     def _close_factory(self) -> None:
+        chip = getattr(self.factory, "chip", None)
+        if chip is not None:
+            with contextlib.suppress(Exception):
+                forget_lines(int(chip), self._lines())
         if self.factory is not None:
             with contextlib.suppress(Exception):
                 self.factory.close()

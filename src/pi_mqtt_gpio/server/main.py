@@ -4,6 +4,7 @@
     pi-mqtt-gatekeeper check-config --config FILE
     pi-mqtt-gatekeeper hash-password [--stdin]
     pi-mqtt-gatekeeper passwd FILE USER [--role ROLE] [--stdin]
+    pi-mqtt-gatekeeper gpio-owners [--config FILE] [--chip CHIP] [--json]
 """
 
 from __future__ import annotations
@@ -64,8 +65,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     passwd.add_argument("user")
     passwd.add_argument("--role", default="viewer", help="admin, operator, viewer or custom")
     passwd.add_argument("--stdin", action="store_true", help="read the password from stdin")
+    owners = sub.add_parser("gpio-owners", help="list every line of the GPIO chip: used or "
+                                                "free, consumer, ours or foreign")
+    owners.add_argument("--config", dest="owners_config", help="for hardware.chip and "
+                                                               "consumer_tag")
+    owners.add_argument("--chip", help="chip number, /dev/gpiochipN or label (default: auto)")
+    owners.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
+
+    if args.command == "gpio-owners":
+        return _gpio_owners(args)
 
     if args.command in ("hash-password", "passwd"):
         from pi_mqtt_gpio.server.security import hash_password, write_users_file
@@ -107,6 +117,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pi_mqtt_gpio.server.daemon import run
 
     return _run_loop(run(config, simulate=args.simulate or config.hardware.pin_factory == "mock"))
+
+
+def _gpio_owners(args: argparse.Namespace) -> int:
+    import json
+
+    from pi_mqtt_gpio.errors import GatekeeperError
+    from pi_mqtt_gpio.server.config import HardwareConfig
+    from pi_mqtt_gpio.server.hardware import line_owners, resolve_chip
+
+    hardware = HardwareConfig()
+    if args.owners_config:
+        try:
+            hardware = load_config(args.owners_config).hardware
+        except ConfigError as exc:
+            print(str(exc), file=sys.stderr)
+            return 2
+    try:
+        chip = resolve_chip(args.chip if args.chip is not None else hardware.chip)
+        owners = line_owners(chip, hardware.consumer_tag)
+    except (GatekeeperError, OSError, Exception) as exc:
+        print(f"gpio-owners: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"chip": f"gpiochip{chip}", "lines": [o.to_json() for o in owners]}))
+        return 0
+    print(f"gpiochip{chip}: {len(owners)} lines")
+    for o in owners:
+        who = "ours" if o.ours else ("foreign" if o.used else "")
+        print(f"{o.line:>4}  {o.name or '-':<12} {'used' if o.used else 'free':<5} "
+              f"{o.consumer or '-':<32} {who}")
+    return 0
 
 
 if __name__ == "__main__":
