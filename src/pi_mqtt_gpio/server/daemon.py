@@ -165,8 +165,11 @@ class _GatekeeperHooks(BrokerHooks):
 
 
 def _trim_memory() -> None:
-    """Give the memory freed after start-up (config parsing, imports) back to the OS."""
+    """Give the memory freed after start-up (config parsing, imports) back to the OS, and
+    move what is left out of the collector's way: later collections then only walk objects
+    made while serving, which keeps their pauses short (edge latency p99)."""
     gc.collect()
+    gc.freeze()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
