@@ -4,4 +4,4 @@
 # overlay, hence -p no:cacheprovider; PYTHONPATH adds the checkout's src/.
 export PYTHONPATH="/host/src${PYTHONPATH:+:$PYTHONPATH}"
 exec python3 -m pytest -p no:cacheprovider -o addopts="" -W ignore::pytest.PytestConfigWarning \
-  -q -rs "${@:-tests/hw}"
+  -q -rs -s "${@:-tests/hw}"
