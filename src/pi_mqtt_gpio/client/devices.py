@@ -170,6 +170,19 @@ class RemoteDevice:
         return f"<{type(self).__name__} {self.name!r} on {self.gatekeeper.topics.root}>"
 
 
+def _waits(key: str) -> tuple[Callable[..., bool], Callable[..., bool]]:
+    """gpiozero's ``wait_for_*`` pair for a boolean state ``key``: block until it is true
+    (false), or ``timeout`` seconds; return whether it happened."""
+
+    def until_true(self: RemoteDevice, timeout: float | None = None) -> bool:
+        return self._wait_state(key, True, timeout)
+
+    def until_false(self: RemoteDevice, timeout: float | None = None) -> bool:
+        return self._wait_state(key, False, timeout)
+
+    return until_true, until_false
+
+
 def _handler_property(attr: str, doc: str) -> property:
     def getter(self: RemoteDevice) -> Callable[[], Any] | None:
         return self._handlers.get(attr)
@@ -483,11 +496,7 @@ class RemoteDigitalInputDevice(_Input):
     when_activated = _handler_property("when_activated", "Called when the input activates.")
     when_deactivated = _handler_property("when_deactivated", "Called when it deactivates.")
 
-    def wait_for_active(self, timeout: float | None = None) -> bool:
-        return self._wait_state("is_active", True, timeout)
-
-    def wait_for_inactive(self, timeout: float | None = None) -> bool:
-        return self._wait_state("is_active", False, timeout)
+    wait_for_active, wait_for_inactive = _waits("is_active")
 
 
 class RemoteButton(_Input):
@@ -515,11 +524,7 @@ class RemoteButton(_Input):
     def is_held(self) -> bool:
         return bool(self._get("is_held"))
 
-    def wait_for_press(self, timeout: float | None = None) -> bool:
-        return self._wait_state("is_pressed", True, timeout)
-
-    def wait_for_release(self, timeout: float | None = None) -> bool:
-        return self._wait_state("is_pressed", False, timeout)
+    wait_for_press, wait_for_release = _waits("is_pressed")
 
 
 class RemoteMotionSensor(_Input):
@@ -534,11 +539,7 @@ class RemoteMotionSensor(_Input):
     def motion_detected(self) -> bool:
         return bool(self._get("motion_detected"))
 
-    def wait_for_motion(self, timeout: float | None = None) -> bool:
-        return self._wait_state("motion_detected", True, timeout)
-
-    def wait_for_no_motion(self, timeout: float | None = None) -> bool:
-        return self._wait_state("motion_detected", False, timeout)
+    wait_for_motion, wait_for_no_motion = _waits("motion_detected")
 
 
 class RemoteLineSensor(_Input):
@@ -553,11 +554,7 @@ class RemoteLineSensor(_Input):
     def line_detected(self) -> bool:
         return bool(self._get("line_detected"))
 
-    def wait_for_line(self, timeout: float | None = None) -> bool:
-        return self._wait_state("line_detected", True, timeout)
-
-    def wait_for_no_line(self, timeout: float | None = None) -> bool:
-        return self._wait_state("line_detected", False, timeout)
+    wait_for_line, wait_for_no_line = _waits("line_detected")
 
 
 class RemoteLightSensor(_Input):
@@ -572,11 +569,7 @@ class RemoteLightSensor(_Input):
     def light_detected(self) -> bool:
         return bool(self._get("light_detected"))
 
-    def wait_for_light(self, timeout: float | None = None) -> bool:
-        return self._wait_state("light_detected", True, timeout)
-
-    def wait_for_dark(self, timeout: float | None = None) -> bool:
-        return self._wait_state("light_detected", False, timeout)
+    wait_for_light, wait_for_dark = _waits("light_detected")
 
 
 class RemoteDistanceSensor(_Input):
@@ -601,11 +594,7 @@ class RemoteDistanceSensor(_Input):
     def in_range(self) -> bool:
         return bool(self._get("in_range"))
 
-    def wait_for_in_range(self, timeout: float | None = None) -> bool:
-        return self._wait_state("in_range", True, timeout)
-
-    def wait_for_out_of_range(self, timeout: float | None = None) -> bool:
-        return self._wait_state("in_range", False, timeout)
+    wait_for_in_range, wait_for_out_of_range = _waits("in_range")
 
 
 class _RemoteMCP(_Input):

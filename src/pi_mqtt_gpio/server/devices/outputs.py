@@ -48,6 +48,14 @@ def _blinking(device: Any) -> bool:
     return thread is not None and thread.is_alive()
 
 
+def _on_off_safe(adapter: DeviceAdapter) -> None:
+    """``safe_state: on`` or ``off`` for switch-like outputs."""
+    if adapter.config.safe_state == "on":
+        adapter.device.on()
+    else:
+        adapter.device.off()
+
+
 def _on_off_set(payload: str) -> tuple[str, dict[str, Any]]:
     word = payload.strip().upper()
     if word in _ON:
@@ -101,10 +109,7 @@ class OutputDeviceAdapter(DeviceAdapter):
         return out
 
     def safe(self) -> None:
-        if self.config.safe_state == "on":
-            self.device.on()
-        else:
-            self.device.off()
+        _on_off_safe(self)
 
     def parse_set(self, payload: str) -> tuple[str, dict[str, Any]]:
         return _on_off_set(payload)
@@ -223,10 +228,7 @@ class PWMOutputDeviceAdapter(DeviceAdapter):
                 "blinking": _blinking(dev)}
 
     def safe(self) -> None:
-        if self.config.safe_state == "on":
-            self.device.on()
-        else:
-            self.device.off()
+        _on_off_safe(self)
 
     def parse_set(self, payload: str) -> tuple[str, dict[str, Any]]:
         value = number(payload)
@@ -328,10 +330,7 @@ class RGBLEDAdapter(DeviceAdapter):
                 "blinking": _blinking(self.device)}
 
     def safe(self) -> None:
-        if self.config.safe_state == "on":
-            self.device.on()
-        else:
-            self.device.off()
+        _on_off_safe(self)
 
     def parse_set(self, payload: str) -> tuple[str, dict[str, Any]]:
         text = payload.strip()
