@@ -634,3 +634,29 @@ def test_fuzz_connection_state_machine(data: bytes, version: int) -> None:
     c.received()
     c.close()
     assert "fuzz" not in h.core.connections
+
+
+def test_sessions_are_bounded() -> None:
+    h = Harness(BrokerLimits(max_sessions=5))
+    for i in range(20):
+        c = h.client(f"p{i}", PROTOCOL_311, clean_start=False)  # 3.1.1: never expires
+        c.connack()
+        subscribe(c, f"t/{i}", 1)
+        c.close()
+    assert len(h.core.sessions) == 5
+    assert set(h.core.sessions) == {f"p{i}" for i in range(15, 20)}  # the newest stay
+
+
+def test_retained_store_is_bounded() -> None:
+    h = Harness(BrokerLimits(max_retained_bytes=1000))
+    pub = h.client("pub")
+    pub.connack()
+    for i in range(50):
+        pub.send(Publish(f"r/{i}", b"x" * 100, 0, True))
+    assert len(h.core.retained) == 10 and h.core.retained.bytes == 1000
+    assert h.core.stats.retained_refused == 40
+    pub.send(Publish("r/0", b"y" * 50, 0, True))  # replacing a kept topic is always allowed
+    pub.send(Publish("r/1", b"", 0, True))  # and deleting frees room
+    assert h.core.retained.bytes == 850
+    pub.send(Publish("r/new", b"z" * 100, 0, True))
+    assert h.core.retained.get("r/new") is not None

@@ -80,6 +80,8 @@ class BrokerLimits:
     connect_timeout: float = 10.0  # seconds to complete CONNECT (and authentication)
     max_subscriptions_per_client: int = 1000
     max_session_expiry: int = NEVER_EXPIRES
+    max_sessions: int = 4096  # beyond it the longest-offline session is dropped
+    max_retained_bytes: int = 64 * 1024 * 1024  # payload bytes held as retained messages
 
 
 @dataclass(slots=True)
@@ -90,6 +92,7 @@ class _Stats:
     dropped_too_large: int = 0
     dropped_expired: int = 0
     dropped_congested: int = 0
+    retained_refused: int = 0
     protocol_errors: int = 0
     extra: dict[str, int] = field(default_factory=dict)
 
@@ -324,7 +327,14 @@ class BrokerCore:
             msg.expires_at = now + mei
         if msg.retain:
             # MQTT-3.3.1-5/6: store, or delete on an empty payload.
-            self.retained.set(msg.topic, msg if msg.payload else None)
+            if msg.payload and self.retained.bytes + len(msg.payload) > \
+                    self.limits.max_retained_bytes and self.retained.get(msg.topic) is None:
+                self.stats.retained_refused += 1
+                if self.stats.retained_refused % 1000 == 1:
+                    log.warning("retained store full (%d bytes): not retaining %r",
+                                self.retained.bytes, msg.topic)
+            else:
+                self.retained.set(msg.topic, msg if msg.payload else None)
         return self._route(msg, now)
 
     # ------------------------------------------------------------------ closing
@@ -390,6 +400,22 @@ class BrokerCore:
                     hook.on_disconnected(conn.client, conn.disconnect_reason)
                 except Exception:
                     log.exception("on_disconnected hook failed")
+
+    def _make_room_for_a_session(self, now: float) -> None:
+        """Sessions outlive connections (3.1.1 CleanSession=0 never expires): bound them.
+        At ``max_sessions`` the session offline for longest ends (its Will, if pending, goes
+        out), so no number of client ids can grow memory without bound."""
+        if len(self.sessions) < self.limits.max_sessions:
+            return
+        offline = [s for s in self.sessions.values()
+                   if s.conn is None and s.internal_handler is None]
+        if not offline:
+            return
+        oldest = min(offline, key=lambda s: s.expires_at if s.expires_at is not None
+                     else float("-inf"))
+        log.warning("%d sessions: dropping offline session %r", len(self.sessions),
+                    oldest.client_id)
+        self._end_session(oldest, now)
 
     def _end_session(self, session: Session, now: float, will: Message | None = None) -> None:
         """The session ends: publish a pending Will (MQTT-3.1.3-9), drop all state."""
@@ -537,6 +563,7 @@ class BrokerCore:
             self._end_session(session, now)  # MQTT-3.1.2-4: discard the existing session
             session = None
         if session is None:
+            self._make_room_for_a_session(now)
             session = Session(client_id)
             self.sessions[client_id] = session
         else:

@@ -6,6 +6,7 @@ branches a filter can reach, so a subscription to ``a/+/c`` does not scan every 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 __all__ = ["RetainedStore"]
@@ -22,9 +23,12 @@ class _Node(Generic[M]):
 
 
 class RetainedStore(Generic[M]):
-    def __init__(self) -> None:
+    def __init__(self, size: Callable[[M], int] = lambda m: len(getattr(m, "payload", b""))
+                 ) -> None:
         self._root: _Node[M] = _Node()
         self._count = 0
+        self._size = size
+        self.bytes = 0  # total size of the stored messages (for the broker's cap)
 
     def __len__(self) -> int:
         return self._count
@@ -42,7 +46,10 @@ class RetainedStore(Generic[M]):
             node = child
         if node.message is None:
             self._count += 1
+        else:
+            self.bytes -= self._size(node.message)
         node.message = message
+        self.bytes += self._size(message)
 
     def get(self, topic: str) -> M | None:
         node: _Node[M] | None = self._root
@@ -64,6 +71,7 @@ class RetainedStore(Generic[M]):
             node = child
         if node.message is None:
             return
+        self.bytes -= self._size(node.message)
         node.message = None
         self._count -= 1
         for parent, level in reversed(path):
