@@ -169,7 +169,10 @@ def test_catalogue_and_initial_twin(gk: Gatekeeper, watcher: Watcher) -> None:
     assert [d["name"] for d in doc["devices"]] == list(DEVICES)
     lamp = doc["devices"][0]
     assert lamp["type"] == "LED" and lamp["topics"]["call"] == f"{gk.root}/device/lamp/call"
-    assert {"on", "off", "toggle", "blink"} <= {m["name"] for m in lamp["methods"]}
+    assert {"on", "off", "toggle", "blink"} <= set(lamp["methods"])
+    assert lamp["state_topic"] == f"{gk.root}/device/lamp/state"
+    blink = next(m for m in lamp["method_params"] if m["name"] == "blink")
+    assert [p["name"] for p in blink["params"]] == ["on_time", "off_time", "n"]
     for name in DEVICES:
         state = watcher.wait(f"{gk.root}/device/{name}/state")
         assert state["ts"].endswith("Z") and "value" in state

@@ -285,7 +285,8 @@ def test_simulation_methods_hidden_on_real_hardware() -> None:
     real = ButtonAdapter("b", ButtonConfig(type="Button", pin=3), simulate=False,
                          emit=lambda *a: None)
     assert real.method("sim_press") is None
-    assert "sim_press" not in [m["name"] for m in real.catalogue()["methods"]]
+    assert "sim_press" not in real.catalogue()["methods"]
+    assert "sim_press" not in [m["name"] for m in real.catalogue()["method_params"]]
 
 
 @pytest.mark.parametrize(("args", "kwargs", "message"), [

@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "devices":
             for name, entry in sorted(gk.devices().items()):
-                methods = ", ".join(m["name"] for m in entry.get("methods", []))
+                methods = ", ".join(str(m) for m in entry.get("methods", []))
                 print(f"{name:<20} {entry.get('type', '?'):<18} {methods}")
             return 0
         if args.command == "call":

@@ -68,6 +68,7 @@ class Twin:
             entry = adapter.catalogue()
             entry["topics"] = {leaf: self.topics.device(name, leaf)
                                for leaf in ("state", "event", "set", "call")}
+            entry["state_topic"] = entry["topics"]["state"]
             devices.append(entry)
         doc = {"node_id": self.topics.node_id, "root": self.topics.root,
                "simulate": self.hw.simulate, "devices": devices}

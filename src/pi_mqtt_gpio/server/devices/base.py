@@ -255,8 +255,10 @@ class DeviceAdapter:
             "kind": self.kind,
             "description": self.config.description,
             "lease_required": self.config.lease_required,
-            "methods": [m.describe() for m in self.methods.values()
+            "methods": [m.name for m in self.methods.values()
                         if not m.sim_only or self.simulate],
+            "method_params": [m.describe() for m in self.methods.values()
+                              if not m.sim_only or self.simulate],
             "events": list(self.events),
             "capabilities": list(self.capabilities),
         }
