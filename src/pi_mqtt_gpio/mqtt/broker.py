@@ -77,7 +77,7 @@ class BrokerLimits:
     receive_maximum: int = 1024  # inbound QoS 1/2 the client may have unacknowledged
     max_inflight_out: int = 1024  # cap on the client's Receive Maximum for our deliveries
     topic_alias_maximum: int = 64  # inbound aliases a 5.0 client may use
-    connect_timeout: float = 10.0  # seconds to complete CONNECT (and authentication)
+    connect_timeout: float = 5.0  # seconds to complete CONNECT (and authentication)
     max_subscriptions_per_client: int = 1000
     max_session_expiry: int = NEVER_EXPIRES
     max_sessions: int = 4096  # beyond it the longest-offline session is dropped

@@ -85,7 +85,7 @@ class LimitsConfig:
     max_packet_size: Annotated[int, Range(ge=64, le=268_435_460)] = 262_144
     max_queued_messages: Annotated[int, Range(ge=0)] = 1000
     max_keepalive: Annotated[int, Range(ge=1, le=65535)] = 600
-    connect_timeout_s: Annotated[float, Range(gt=0)] = 10.0
+    connect_timeout_s: Annotated[float, Range(gt=0)] = 5.0
 
 
 def _default_listeners() -> list[ListenerConfig]:
