@@ -108,9 +108,11 @@ class LoginThrottle:
     """Exponential back-off of failed logins per source address: after ``free`` failures a
     further attempt from that address waits 0.5 s, then 1, 2, 4 ... up to ``cap`` seconds
     before it is even checked. A success clears the address; quiet addresses are forgotten.
-    Other addresses (the real user elsewhere) are never slowed down. Time is passed in."""
+    Other addresses (the real user elsewhere) are never slowed down, and ``cap`` stays below
+    the 5 s connect timeout so that the right password still gets in from a throttled address
+    (behind the same NAT as the attacker, say). Time is passed in."""
 
-    def __init__(self, *, free: int = 3, base: float = 0.5, cap: float = 30.0,
+    def __init__(self, *, free: int = 3, base: float = 0.5, cap: float = 4.0,
                  forget_after: float = 600.0, max_addresses: int = 10_000) -> None:
         self.free, self.base, self.cap = free, base, cap
         self.forget_after = forget_after
