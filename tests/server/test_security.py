@@ -218,3 +218,32 @@ def test_unit_file_security_score() -> None:
     print(out.stdout.strip())
     score = float(out.stdout.split("level for pi-mqtt-gatekeeper.service:")[1].split()[0])
     assert score <= 2.5
+
+
+def test_throttled_address_is_served_one_attempt_at_a_time() -> None:
+    import asyncio
+    import time
+
+    from pi_mqtt_gpio.mqtt.hooks import AuthRequest
+    from pi_mqtt_gpio.server.security import Authenticator, hash_password
+
+    cfg = parse_config(f"auth: {{users: {{alice: {{password_hash: '{hash_password('pw')}', "
+                       f"role: operator}}}}}}\n")
+
+    async def main() -> tuple[float, list[str]]:
+        throttle = LoginThrottle(free=0, base=0.2, cap=0.2)
+        auth = Authenticator(cfg.auth, throttle=throttle)
+        loop = asyncio.get_running_loop()
+        throttle.failed("10.1.1.1:1", loop.time())  # already suspicious
+        reqs = [AuthRequest(f"c{i}", "alice", b"wrong", 5, "tcp", f"10.1.1.1:{i}")
+                for i in range(3)]
+        start = time.monotonic()
+        results = await asyncio.gather(*(auth.authenticate(r) for r in reqs))
+        elapsed = time.monotonic() - start
+        ok = await auth.authenticate(AuthRequest("x", "alice", b"pw", 5, "tcp", "10.1.1.1:9"))
+        auth.close()
+        return elapsed, [r.decision.value for r in results] + [ok.decision.value]
+
+    elapsed, decisions = asyncio.run(main())
+    assert decisions == ["deny", "deny", "deny", "allow"]
+    assert elapsed >= 0.55  # 3 x 0.2 s one after the other, not 0.2 s in parallel

@@ -157,6 +157,7 @@ class Authenticator:
         if auth.users_file:
             self.users.update(read_users_file(auth.users_file))
         self.throttle = throttle or LoginThrottle()
+        self._gates: dict[str, asyncio.Lock] = {}  # throttled addresses: one attempt at a time
         self._executor = ThreadPoolExecutor(max_concurrent, thread_name_prefix="argon2")
         self._slots = asyncio.Semaphore(max_concurrent)
         # Verifying against this keeps the timing of unknown users like that of known ones.
@@ -191,10 +192,25 @@ class Authenticator:
         if user is None and auth.allow_anonymous and not self.users:
             # A broker without users: a user name is just a label, the client is anonymous.
             return anonymous
-        delay = self.throttle.delay(req.peer, loop.time())
-        if delay:
-            log.warning("throttling logins from %s: %.1f s", req.peer, delay)
-            await asyncio.sleep(delay)
+        if not self.throttle.delay(req.peer, loop.time()):
+            return await self._check(req, user, password)
+        # A throttled address: one attempt at a time, each after its wait, so parallel
+        # connections do not multiply a guesser's rate.
+        address = LoginThrottle.address(req.peer)
+        gate = self._gates.setdefault(address, asyncio.Lock())
+        try:
+            async with gate:
+                delay = self.throttle.delay(req.peer, loop.time())
+                log.warning("throttling logins from %s: %.1f s", req.peer, delay)
+                await asyncio.sleep(delay)
+                return await self._check(req, user, password)
+        finally:
+            if not gate.locked() and self._gates.get(address) is gate:
+                del self._gates[address]
+
+    async def _check(self, req: AuthRequest, user: UserConfig | None, password: bytes
+                     ) -> AuthResult:
+        loop = asyncio.get_running_loop()
         ok = False
         if len(password) <= MAX_PASSWORD_BYTES:
             async with self._slots:
