@@ -392,3 +392,12 @@ def test_sigterm_drives_outputs_safe_and_goes_offline(tmp_path: Path) -> None:
     finally:
         r.client.c.loop_stop()
         w.client.c.loop_stop()
+
+
+def test_health_topic(gk: Gatekeeper, watcher: Watcher) -> None:
+    doc = watcher.wait(f"{gk.root}/system/health")
+    assert doc["status"] == "ok" and doc["problems"] == []
+    assert doc["gpio"]["chip"] == "mock"
+    lines = {entry["line"]: entry for entry in doc["gpio"]["lines"]}
+    assert lines[17] == {"line": 17, "name": "GPIO17", "used": True,
+                         "consumer": "gatekeeper:lamp:17", "owner": "ours"}

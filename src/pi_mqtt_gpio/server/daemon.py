@@ -108,14 +108,33 @@ class Daemon:
         log.info("gatekeeper %s up: %d devices (simulate=%s)", root, len(self.hw.adapters),
                  self.simulate)
 
-    async def publish_health(self, status: str = "ok") -> None:
-        """Retained ``{root}/system/health``: status and GPIO line ownership."""
-        try:
-            gpio = await self.hw.submit(self.hw.inventory, force=True)
-        except Exception as exc:
-            gpio, status = {"error": str(exc)}, "degraded"
-        doc = {"status": status, "ts": utc_ts(), "gpio": gpio,
-               "events_dropped": self.hw.events_dropped}
+    async def publish_health(self) -> None:
+        """Retained ``{root}/system/health``: ``ok`` / ``degraded`` / ``failed`` and the GPIO
+        line ownership. ``failed``: the hardware worker is gone or does not answer within
+        5 s; ``degraded``: events were dropped, the command queue is over half full, or the
+        inventory could not be read."""
+        status, problems = "ok", []
+        worker = self.hw._thread
+        if worker is None or not worker.is_alive():
+            status, problems = "failed", ["hardware worker not running"]
+            gpio: dict[str, object] = {}
+        else:
+            try:
+                gpio = await asyncio.wait_for(self.hw.submit(self.hw.inventory, force=True), 5)
+            except TimeoutError:
+                status, gpio = "failed", {}
+                problems.append("hardware worker did not answer within 5 s")
+            except Exception as exc:
+                status, gpio = "degraded", {"error": str(exc)}
+                problems.append(f"GPIO inventory: {exc}")
+        if status == "ok" and self.hw.events_dropped:
+            status = "degraded"
+            problems.append(f"{self.hw.events_dropped} input events dropped")
+        if status == "ok" and self.hw.pending > self.hw._queue_max // 2:
+            status = "degraded"
+            problems.append(f"{self.hw.pending} hardware commands queued")
+        doc = {"status": status, "problems": problems, "ts": utc_ts(), "gpio": gpio,
+               "events_dropped": self.hw.events_dropped, "commands_queued": self.hw.pending}
         self._publish(self.topics.health, dumps(doc), 1, True)
 
     async def _health_loop(self, interval: float = 60.0) -> None:
