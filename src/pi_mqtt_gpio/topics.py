@@ -51,6 +51,13 @@ class Topics:
         """Where a client's RPC replies go (its Response Information on MQTT 5)."""
         return f"{self.root}/reply/{client_id}"
 
+    def is_command(self, topic: str) -> bool:
+        """A topic that commands the node: a device's ``set``/``call``, or the lease call."""
+        if topic == self.lease_call:
+            return True
+        parsed = self.parse_device(topic)
+        return parsed is not None and parsed[1] in ("set", "call")
+
     def parse_device(self, topic: str) -> tuple[str, str] | None:
         """(device name, leaf) for ``{root}/device/<name>/<leaf>``, else None."""
         prefix = f"{self.root}/device/"

@@ -648,15 +648,30 @@ def test_sessions_are_bounded() -> None:
 
 
 def test_retained_store_is_bounded() -> None:
-    h = Harness(BrokerLimits(max_retained_bytes=1000))
+    # Charged for payload + topic + 300 bytes per topic level: "r/0" with 100 bytes = 703.
+    h = Harness(BrokerLimits(max_retained_bytes=7100))
     pub = h.client("pub")
     pub.connack()
     for i in range(50):
         pub.send(Publish(f"r/{i}", b"x" * 100, 0, True))
-    assert len(h.core.retained) == 10 and h.core.retained.bytes == 1000
+    assert len(h.core.retained) == 10 and h.core.retained.bytes == 10 * 703
     assert h.core.stats.retained_refused == 40
-    pub.send(Publish("r/0", b"y" * 50, 0, True))  # replacing a kept topic is always allowed
+    pub.send(Publish("r/0", b"y" * 50, 0, True))  # replacing a kept topic with less is allowed
     pub.send(Publish("r/1", b"", 0, True))  # and deleting frees room
-    assert h.core.retained.bytes == 850
+    assert h.core.retained.bytes == 10 * 703 - 50 - 703
     pub.send(Publish("r/new", b"z" * 100, 0, True))
     assert h.core.retained.get("r/new") is not None
+
+
+def test_retained_topics_and_levels_are_charged() -> None:
+    """A 1-byte message on a deep topic costs its tree nodes, not one byte."""
+    h = Harness(BrokerLimits(max_retained_bytes=100_000, max_topic_levels=1000,
+                             max_topic_length=4000))
+    pub = h.client("pub")
+    pub.connack()
+    deep = "/".join("a" * 3 for _ in range(500))
+    pub.send(Publish(deep, b"x", 0, True))
+    assert h.core.retained.get(deep) is None and h.core.stats.retained_refused == 1
+    pub.send(Publish("a/b", b"x", 0, True))
+    assert h.core.retained.bytes == 1 + 3 + 600
+

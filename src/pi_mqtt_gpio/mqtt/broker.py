@@ -26,6 +26,7 @@ from pi_mqtt_gpio.mqtt.hooks import (
     ClientInfo,
     Decision,
 )
+from pi_mqtt_gpio.mqtt.logguard import LogLimiter, clip
 from pi_mqtt_gpio.mqtt.packets import (
     PROTOCOL_50,
     PROTOCOL_311,
@@ -58,7 +59,7 @@ from pi_mqtt_gpio.mqtt.session import (
     SubEntry,
 )
 from pi_mqtt_gpio.mqtt.timers import Timers
-from pi_mqtt_gpio.mqtt.topic_tree import SubscriptionTree, TopicNode, parse_shared
+from pi_mqtt_gpio.mqtt.topic_tree import SubscriptionTree, TopicNode, parse_shared, topic_levels
 
 __all__ = ["BrokerCore", "BrokerLimits", "InternalClient"]
 
@@ -66,6 +67,19 @@ log = logging.getLogger("pi_mqtt_gpio.broker")
 _T = TypeVar("_T")
 
 _FORWARD_DROP = (Prop.TOPIC_ALIAS, Prop.SUBSCRIPTION_IDENTIFIER, Prop.MESSAGE_EXPIRY_INTERVAL)
+_RETAINED_NODE_COST = 300  # bytes a level of the retained tree costs (measured: ~290)
+CLIENT_ID_FORBIDDEN = "/+#"  # a reply prefix {root}/reply/<client id> must be unambiguous
+
+
+_REFUSALS: dict[int, str] = {
+    RC.NOT_AUTHORIZED: "not authorized",
+    RC.BAD_USER_NAME_OR_PASSWORD: "bad user name or password",
+    RC.SERVER_BUSY: "server busy: too many failed logins, try again later",
+}
+
+
+def _retained_cost(msg: Message) -> int:
+    return len(msg.payload) + len(msg.topic) + topic_levels(msg.topic) * _RETAINED_NODE_COST
 
 
 @dataclass(slots=True, frozen=True)
@@ -81,7 +95,29 @@ class BrokerLimits:
     max_subscriptions_per_client: int = 1000
     max_session_expiry: int = NEVER_EXPIRES
     max_sessions: int = 4096  # beyond it the longest-offline session is dropped
-    max_retained_bytes: int = 64 * 1024 * 1024  # payload bytes held as retained messages
+    max_retained_bytes: int = 64 * 1024 * 1024  # retained payloads, topics and tree nodes
+    # Topics and filters longer or deeper than this are refused (no real deployment needs
+    # more; each level costs a tree node of a few hundred bytes).
+    max_topic_length: int = 1024  # characters
+    max_topic_levels: int = 32
+    # Subscriptions: per session a budget of filter text and of topic levels (tree nodes),
+    # and for the whole broker a cap on subscription tree nodes.
+    max_subscription_bytes_per_client: int = 128 * 1024
+    max_subscription_levels_per_client: int = 8192
+    max_subscription_nodes: int = 100_000
+    # Messages queued and in flight for one session, and for all sessions together
+    # (``Message.cost``: payload + topic + 64). Past either, the oldest queued message of
+    # that session is dropped (and a message that alone is too large is not queued).
+    max_queued_bytes_per_client: int = 8 * 1024 * 1024
+    max_queued_bytes: int = 128 * 1024 * 1024
+    # A connected client that acknowledges none of its in-flight QoS 1/2 messages for this
+    # long is disconnected (5.0: 0x97); its session keeps them, within the budgets above.
+    ack_timeout: float = 60.0
+    # Sockets that have not completed CONNECT and authentication: a pool of their own, and
+    # a cap per source address. A new socket past either evicts the oldest one that has not
+    # even sent CONNECT; if there is none, the new socket is closed.
+    max_pending_connections: int = 64
+    max_pending_per_address: int = 16
 
 
 @dataclass(slots=True)
@@ -94,6 +130,9 @@ class _Stats:
     dropped_congested: int = 0
     retained_refused: int = 0
     protocol_errors: int = 0
+    wills_refused: int = 0
+    pending_evicted: int = 0
+    topics_refused: int = 0
     extra: dict[str, int] = field(default_factory=dict)
 
 
@@ -161,7 +200,7 @@ class BrokerCore:
         self.sessions: dict[str, Session] = {}
         self.connections: dict[int, Connection] = {}
         self.subscriptions: SubscriptionTree[SubEntry] = SubscriptionTree()
-        self.retained: RetainedStore[Message] = RetainedStore()
+        self.retained: RetainedStore[Message] = RetainedStore(_retained_cost)
         self.timers = Timers()
         self.stats = _Stats()
         self.auth_requests: list[tuple[Connection, AuthRequest]] = []
@@ -171,6 +210,12 @@ class BrokerCore:
         self._conn_ids = itertools.count(1)
         self._assigned_ids = itertools.count(1)
         self.accepting = True
+        self.established = 0  # connections past CONNACK (``max_connections`` counts these)
+        self.queued_bytes = 0  # ``Message.cost`` queued or in flight, all sessions
+        # Sockets that have not completed CONNECT and authentication, oldest first.
+        self._pending: dict[int, Connection] = {}
+        self._pending_by_address: dict[str, int] = {}
+        self._log = LogLimiter(log)
         # Topic prefixes whose deliveries a hook must approve per receiver (reply prefixes).
         self._protected: tuple[str, ...] = tuple(
             prefix for hook in self.hooks for prefix in hook.read_protected())
@@ -184,10 +229,57 @@ class BrokerCore:
         )
         self.connections[conn.id] = conn
         self.timers.push(now + self.limits.connect_timeout, "connect", conn)
-        if len(self.connections) > self.limits.max_connections or not self.accepting:
+        if not self.accepting:
             # Answered once the CONNECT arrives (we need its version for the CONNACK format).
             conn.disconnect_reason = "server busy"
+        self._admit_pending(conn, now)
         return conn
+
+    # ------------------------------------------------------------------ unauthenticated pool
+    def _admit_pending(self, conn: Connection, now: float) -> None:
+        """Sockets that have not logged in yet get a pool of their own and a cap per
+        address, so that idle or slow sockets cannot take the slots of clients that log in:
+        a newcomer past a limit evicts the oldest socket that has not even sent CONNECT
+        (a real client sends it at once); if there is none, the newcomer is closed."""
+        limits = self.limits
+        addr = conn.address
+        if self._pending_by_address.get(addr, 0) >= limits.max_pending_per_address \
+                and not self._evict_idle(addr, now):
+            self._drop_unauthenticated(conn, now, "too many unauthenticated connections "
+                                       "from this address")
+            return
+        if len(self._pending) >= limits.max_pending_connections \
+                and not self._evict_idle(None, now):
+            self._drop_unauthenticated(conn, now, "too many unauthenticated connections")
+            return
+        self._pending[conn.id] = conn
+        self._pending_by_address[addr] = self._pending_by_address.get(addr, 0) + 1
+
+    def _evict_idle(self, address: str | None, now: float) -> bool:
+        for victim in self._pending.values():
+            if victim.state is ConnState.NEW and (address is None or victim.address == address):
+                self.stats.pending_evicted += 1
+                self._drop_unauthenticated(victim, now, "evicted: no CONNECT yet")
+                return True
+        return False
+
+    def _drop_unauthenticated(self, conn: Connection, now: float, reason: str) -> None:
+        self._log.log(logging.WARNING, conn.address, now, "closing %r: %s", conn, reason)
+        conn.hard_close = True
+        self._close(conn, now, None, reason)
+
+    def _unpend(self, conn: Connection) -> None:
+        if self._pending.pop(conn.id, None) is None:
+            return
+        left = self._pending_by_address.get(conn.address, 1) - 1
+        if left > 0:
+            self._pending_by_address[conn.address] = left
+        else:
+            self._pending_by_address.pop(conn.address, None)
+
+    def pending_count(self) -> int:
+        """Sockets that have not completed CONNECT and authentication."""
+        return len(self._pending)
 
     def data_received(self, conn: Connection, data: bytes, now: float) -> None:
         if conn.state is ConnState.CLOSED or conn.closing:
@@ -326,20 +418,32 @@ class BrokerCore:
             msg.raw_props = None
             msg.expires_at = now + mei
         if msg.retain:
-            # MQTT-3.3.1-5/6: store, or delete on an empty payload.
-            if msg.payload and self.retained.bytes + len(msg.payload) > \
-                    self.limits.max_retained_bytes and self.retained.get(msg.topic) is None:
-                self.stats.retained_refused += 1
-                if self.stats.retained_refused % 1000 == 1:
-                    log.warning("retained store full (%d bytes): not retaining %r",
-                                self.retained.bytes, msg.topic)
-            else:
-                self.retained.set(msg.topic, msg if msg.payload else None)
+            self._retain(msg, now)
         return self._route(msg, now)
+
+    def _retain(self, msg: Message, now: float) -> None:
+        """MQTT-3.3.1-5/6: store, or delete on an empty payload. The store is charged for
+        payloads, topics and tree nodes; past ``max_retained_bytes`` new topics are not
+        retained (replacing a topic's message with one no larger always is)."""
+        if not msg.payload:
+            self.retained.set(msg.topic, None)
+            return
+        old = self.retained.get(msg.topic)
+        cost = _retained_cost(msg)
+        freed = _retained_cost(old) if old is not None else 0
+        if self.retained.bytes - freed + cost > self.limits.max_retained_bytes \
+                and cost > freed:
+            self.stats.retained_refused += 1
+            self._log.log(logging.WARNING, "retained", now,
+                          "retained store full (%d bytes): not retaining %r",
+                          self.retained.bytes, clip(msg.topic))
+            return
+        self.retained.set(msg.topic, msg)
 
     # ------------------------------------------------------------------ closing
     def _protocol_violation(self, conn: Connection, exc: MQTTError, now: float) -> None:
-        log.info("closing %r: %s (0x%02x)", conn, exc.message, exc.reason_code)
+        self._log.log(logging.INFO, conn.address, now, "closing %r: %s (0x%02x)", conn,
+                      clip(exc.message, 200), exc.reason_code)
         if conn.state is ConnState.NEW or (
             conn.state is ConnState.AUTHENTICATING and conn.connect is None
         ):
@@ -374,6 +478,9 @@ class BrokerCore:
         was_connected = conn.state is ConnState.CONNECTED
         conn.state = ConnState.CLOSED
         self.connections.pop(conn.id, None)
+        self._unpend(conn)
+        if was_connected:
+            self.established -= 1
         session = conn.session
         if session is None or session.conn is not conn:
             return
@@ -389,7 +496,7 @@ class BrokerCore:
             if will is not None:
                 delay = min(conn.will_delay, session.expiry_interval)
                 if delay <= 0:
-                    self.publish(will, now)
+                    self._publish_will(will, session.client, now)
                 else:
                     session.will = will
                     session.will_at = now + delay
@@ -424,10 +531,31 @@ class BrokerCore:
         for entry in list(session.subscriptions.values()):
             self.subscriptions.remove(entry.topic_filter, session.client_id, entry.group)
         session.subscriptions.clear()
+        session.sub_bytes = session.sub_levels = 0
+        self._release_queue(session)
         pending = will or session.will
         session.will = None
         if pending is not None:
-            self.publish(pending, now)
+            self._publish_will(pending, session.client, now)
+
+    def _publish_will(self, will: Message, owner: ClientInfo | None, now: float) -> None:
+        """A Will is published as its owner's PUBLISH would be: authorised again now (the
+        owner's rights may have changed since CONNECT), refused silently otherwise."""
+        if owner is None or self._authorize_publish(owner, will.topic, will.qos, will.retain) \
+                is not Decision.ALLOW:
+            self.stats.wills_refused += 1
+            self._log.log(logging.WARNING, will.sender or "", now,
+                          "will of %r on %r not published: not authorized",
+                          clip(will.sender), clip(will.topic))
+            return
+        self.publish(will, now)
+
+    def _release_queue(self, session: Session) -> None:
+        """Forget what was queued or in flight for ``session`` (it ended)."""
+        self.queued_bytes -= session.queued_bytes
+        session.queued_bytes = 0
+        session.queue.clear()
+        session.inflight.clear()
 
     def _fire(self, kind: str, ref: object, now: float) -> None:
         if kind == "keepalive":
@@ -448,7 +576,10 @@ class BrokerCore:
             assert isinstance(ref, Session)
             if ref.will is not None and ref.will_at is not None and now >= ref.will_at:
                 will, ref.will = ref.will, None
-                self.publish(will, now)
+                self._publish_will(will, ref.client, now)
+        elif kind == "acks":
+            assert isinstance(ref, Connection)
+            self._check_acks(ref, now)
         elif kind == "session":
             assert isinstance(ref, Session)
             if ref.conn is None and ref.expires_at is not None and now >= ref.expires_at:
@@ -469,7 +600,8 @@ class BrokerCore:
         conn.version = level
         conn.connect = packet
         props = packet.properties
-        if conn.disconnect_reason == "server busy":
+        if conn.disconnect_reason == "server busy" or \
+                self.established >= self.limits.max_connections:
             self._refuse(conn, RC.SERVER_BUSY, "too many connections", now)
             return
         if Prop.AUTHENTICATION_METHOD in props:
@@ -489,6 +621,15 @@ class BrokerCore:
             props_assigned = False
         if client_id in self._internal:
             self._refuse(conn, RC.CLIENT_IDENTIFIER_NOT_VALID, "client id reserved", now)
+            return
+        if any(c in client_id for c in CLIENT_ID_FORBIDDEN):
+            # MQTT-3.1.3-5 lets a server restrict client ids; a reply prefix
+            # {root}/reply/<id> must not cover another client's ("vic" and "vic/x").
+            self._refuse(conn, RC.CLIENT_IDENTIFIER_NOT_VALID,
+                         "client id may not contain '/', '+' or '#'", now)
+            return
+        if packet.will is not None and not self._topic_ok(packet.will.topic):
+            self._refuse(conn, RC.TOPIC_NAME_INVALID, "will topic too long or too deep", now)
             return
         conn.problem_info = bool(props.get(Prop.REQUEST_PROBLEM_INFORMATION, 1))
         conn.state = ConnState.AUTHENTICATING
@@ -519,22 +660,50 @@ class BrokerCore:
     def _authenticated(self, conn: Connection, now: float, result: AuthResult) -> None:
         if result.decision is not Decision.ALLOW:
             code = result.reason_code
-            self._refuse(conn, code, "not authorized" if code == RC.NOT_AUTHORIZED
-                         else "bad user name or password", now)
+            self._refuse(conn, code, _REFUSALS.get(code, "not authorized"), now)
             return
-        self._establish(conn, result, now)
-        self._process(conn, now)
-
-    def _establish(self, conn: Connection, result: AuthResult, now: float) -> None:
         packet = conn.connect
         assert packet is not None
+        client = ClientInfo(
+            conn.client_id, result.username, result.role, conn.version, conn.transport, conn.peer
+        )
+        refusal = self._connect_refusal(client, packet)
+        if refusal is not None:
+            code, text = refusal
+            self._log.log(logging.WARNING, conn.address, now, "refusing %r (user %r): %s", conn,
+                          clip(result.username), text)
+            self._refuse(conn, code, text, now)
+            return
+        conn.client = client
+        self._establish(conn, now)
+        self._process(conn, now)
+
+    def _connect_refusal(self, client: ClientInfo, packet: Connect) -> tuple[int, str] | None:
+        """Why an authenticated CONNECT is still refused, or None."""
+        if self.established >= self.limits.max_connections:
+            return RC.SERVER_BUSY, "too many connections"
+        session = self.sessions.get(client.client_id)
+        if session is not None and session.client is not None \
+                and session.client.username != client.username:
+            # A session belongs to the user who made it: another user may neither take it
+            # over nor discard it (clean start), and its owner stays connected.
+            return RC.CLIENT_IDENTIFIER_NOT_VALID, "client id in use by another user"
+        will = packet.will
+        if will is not None and self._authorize_publish(client, will.topic, will.qos,
+                                                        will.retain) is not Decision.ALLOW:
+            # MQTT-3.1.2: a Will the client could not publish itself is refused at CONNECT
+            # (5.0: 0x87 Not authorized; 3.1.1: 0x05), not accepted and dropped later.
+            return RC.NOT_AUTHORIZED, "will topic not authorized"
+        return None
+
+    def _establish(self, conn: Connection, now: float) -> None:
+        packet = conn.connect
+        assert packet is not None and conn.client is not None
         props = packet.properties
         v5 = conn.v5
         client_id = conn.client_id
         limits = self.limits
-        conn.client = ClientInfo(
-            client_id, result.username, result.role, conn.version, conn.transport, conn.peer
-        )
+        username, role = conn.client.username, conn.client.role
         # Keep alive and the server cap (MQTT-3.2.2-21: the client uses Server Keep Alive).
         ack_props: Properties = {}
         keep_alive = packet.keep_alive
@@ -582,8 +751,9 @@ class BrokerCore:
             # A Message Expiry Interval stays in the properties: it starts counting when the
             # Will is published (``publish`` turns it into ``expires_at``).
             conn.will = Message(
-                will.topic, will.payload, will.qos, will.retain, wprops, None, client_id,
-                result.username, result.role,
+                will.topic, will.payload, will.qos,
+                will.retain and self._may_retain(conn.client, will.topic), wprops, None,
+                client_id, username, role,
             )
         # CONNACK properties (5.0).
         if v5:
@@ -601,11 +771,15 @@ class BrokerCore:
                         ack_props[Prop.RESPONSE_INFORMATION] = info
                         break
         conn.state = ConnState.CONNECTED
+        self._unpend(conn)
+        self.established += 1
         conn.send(ConnAck(session_present, RC.SUCCESS, ack_props))
         self._dirty.add(conn)
         if keep_alive:
             self.timers.push(now + keep_alive * 1.5, "keepalive", conn)
         # Resume: resend unacknowledged deliveries with DUP (MQTT-4.4.0-1), then the queue.
+        if session.inflight:
+            self._watch_acks(conn, now)
         for pid, item in session.inflight.items():
             if item.released:
                 conn.send(PubRel(pid))
@@ -669,6 +843,11 @@ class BrokerCore:
                     topic = known
         qos = p.qos
         pid = p.packet_id
+        client = conn.client
+        if not self._topic_ok(topic):
+            self._refuse_publish(conn, p, topic, RC.TOPIC_NAME_INVALID, now,
+                                 "topic too long or too deep")
+            return
         if qos == 2 and pid in session.awaiting_rel:
             # Duplicate of a QoS 2 message not yet released: acknowledge, do not route again.
             conn.send(PubRec(pid))
@@ -682,17 +861,18 @@ class BrokerCore:
                 p.payload.decode("utf-8")
             except UnicodeDecodeError:
                 code = RC.PAYLOAD_FORMAT_INVALID
-        if code == RC.SUCCESS and self._authorize_publish(conn.client, topic, qos, p.retain) \
+        if code == RC.SUCCESS and self._authorize_publish(client, topic, qos, p.retain) \
                 is not Decision.ALLOW:
             # 5.0: 0x87 in PUBACK/PUBREC; 3.1.1 MQTT-3.3.5-2: positive ack, message dropped.
             code = RC.NOT_AUTHORIZED if conn.v5 else RC.SUCCESS
-            log.info("publish to %r by %r denied", topic, conn.client_id)
+            self._log.log(logging.INFO, conn.client_id, now, "publish to %r by %r denied",
+                          clip(topic), clip(conn.client_id))
             routed = -1
             denied = Message(topic, p.payload, qos, p.retain, props, None, conn.client_id,
-                             conn.client.username, conn.client.role)
+                             client.username, client.role)
             for hook in self.hooks:
                 try:
-                    hook.on_publish_denied(conn.client, denied)
+                    hook.on_publish_denied(client, denied)
                 except Exception:
                     log.exception("on_publish_denied hook failed")
         elif code == RC.SUCCESS:
@@ -703,8 +883,9 @@ class BrokerCore:
                 mei = props.get(Prop.MESSAGE_EXPIRY_INTERVAL)
                 if mei is not None:
                     expires_at = now + mei
-            msg = Message(topic, p.payload, qos, p.retain, fwd, expires_at, conn.client_id,
-                          conn.client.username, conn.client.role, p.raw_properties)
+            retain = p.retain and self._may_retain(client, topic)
+            msg = Message(topic, p.payload, qos, retain, fwd, expires_at, conn.client_id,
+                          client.username, client.role, p.raw_properties)
             routed = self.publish(msg, now)
         else:
             routed = -1
@@ -720,6 +901,36 @@ class BrokerCore:
                 session.awaiting_rel.add(pid)  # type: ignore[arg-type]
             conn.send(PubRec(pid, code))  # type: ignore[arg-type]
             self._dirty.add(conn)
+
+    def _refuse_publish(self, conn: Connection, p: Publish, topic: str, code: int, now: float,
+                        why: str) -> None:
+        """Drop an inbound PUBLISH: 5.0 says why in PUBACK/PUBREC; 3.1.1 has no negative
+        acknowledgement, so the message is acknowledged and dropped (as for the ACL)."""
+        self.stats.topics_refused += 1
+        self._log.log(logging.INFO, conn.client_id, now, "publish to %r by %r refused: %s",
+                      clip(topic), clip(conn.client_id), why)
+        if p.qos == 0:
+            return
+        ack_code = code if conn.v5 else RC.SUCCESS
+        if p.qos == 1:
+            conn.send(PubAck(p.packet_id, ack_code))  # type: ignore[arg-type]
+        elif conn.v5:
+            conn.send(PubRec(p.packet_id, ack_code))  # type: ignore[arg-type]
+        else:
+            conn.session.awaiting_rel.add(p.packet_id)  # type: ignore[union-attr, arg-type]
+            conn.send(PubRec(p.packet_id))  # type: ignore[arg-type]
+        self._dirty.add(conn)
+
+    def _topic_ok(self, topic: str) -> bool:
+        """Within ``max_topic_length`` and ``max_topic_levels`` (a topic or a filter)."""
+        limits = self.limits
+        return len(topic) <= limits.max_topic_length and \
+            topic.count("/") < limits.max_topic_levels
+
+    def _may_retain(self, client: ClientInfo, topic: str) -> bool:
+        """Whether a message from ``client`` on ``topic`` may be retained (commands are not:
+        a stored command would be replayed to every later subscriber)."""
+        return all(hook.may_retain(client, topic) for hook in self.hooks)
 
     def _authorize_publish(self, client: ClientInfo, topic: str, qos: int, retain: bool) -> Decision:
         for hook in self.hooks:
@@ -753,6 +964,8 @@ class BrokerCore:
         if item is None or item.qos != qos or (qos == 2 and not item.released):
             return  # unknown or out of order: ignore (5.0 section 4.3)
         del session.inflight[pid]
+        self._charge(session, -item.message.cost)
+        conn.last_ack = now
         if session.queue:
             self._drain_queue(session, now)
 
@@ -764,8 +977,10 @@ class BrokerCore:
             conn.send(PubRel(p.packet_id, RC.PACKET_IDENTIFIER_NOT_FOUND))
             self._dirty.add(conn)
             return
+        conn.last_ack = now
         if p.reason_code >= 0x80:
             del session.inflight[p.packet_id]  # MQTT-4.3.3-? the flow ends on an error PUBREC
+            self._charge(session, -item.message.cost)
             self._drain_queue(session, now)
             return
         item.released = True
@@ -789,12 +1004,19 @@ class BrokerCore:
             group, plain = parsed
             if group is not None and sub.no_local:
                 raise ProtocolError("No Local on a shared subscription")  # MQTT-3.8.3-4
+            if not self._topic_ok(plain):
+                self.stats.topics_refused += 1
+                codes.append(RC.TOPIC_FILTER_INVALID)
+                continue
             if self._authorize_subscribe(client, sub.topic_filter, sub.qos) is not Decision.ALLOW:
-                log.info("subscribe to %r by %r denied", sub.topic_filter, conn.client_id)
+                self._log.log(logging.INFO, conn.client_id, now, "subscribe to %r by %r denied",
+                              clip(sub.topic_filter), clip(conn.client_id))
                 codes.append(RC.NOT_AUTHORIZED)
                 continue
-            if (sub.topic_filter not in session.subscriptions
-                    and len(session.subscriptions) >= self.limits.max_subscriptions_per_client):
+            if sub.topic_filter not in session.subscriptions and \
+                    not self._subscription_budget(session, plain):
+                self._log.log(logging.WARNING, conn.client_id, now,
+                              "subscription of %r refused: quota", clip(conn.client_id))
                 codes.append(RC.QUOTA_EXCEEDED)
                 continue
             existed = self._add_subscription(session, sub, sub_id, group, plain, now)
@@ -813,6 +1035,16 @@ class BrokerCore:
                 continue
             self._deliver(session, msg, qos, True, ids, now)  # MQTT-3.3.1-8: retain flag 1
 
+    def _subscription_budget(self, session: Session, plain: str) -> bool:
+        """Room for one more subscription: a count, filter bytes and levels per session, and
+        tree nodes for the whole broker (counting every level as a new node)."""
+        limits = self.limits
+        levels = topic_levels(plain)
+        return (len(session.subscriptions) < limits.max_subscriptions_per_client
+                and session.sub_bytes + len(plain) <= limits.max_subscription_bytes_per_client
+                and session.sub_levels + levels <= limits.max_subscription_levels_per_client
+                and self.subscriptions.nodes + levels <= limits.max_subscription_nodes)
+
     def _add_subscription(
         self, session: Session, sub: Subscription, sub_id: int | None, group: str | None,
         plain: str, now: float,
@@ -820,6 +1052,9 @@ class BrokerCore:
         entry = SubEntry(session.client_id, plain, sub, sub_id, group)
         existed = sub.topic_filter in session.subscriptions
         session.subscriptions[sub.topic_filter] = entry  # MQTT-3.8.4-3: replaces
+        if not existed:
+            session.sub_bytes += len(plain)
+            session.sub_levels += topic_levels(plain)
         self.subscriptions.add(plain, session.client_id, entry, group)
         return existed
 
@@ -827,6 +1062,8 @@ class BrokerCore:
         entry = session.subscriptions.pop(topic_filter, None)
         if entry is None:
             return False
+        session.sub_bytes -= len(entry.topic_filter)
+        session.sub_levels -= topic_levels(entry.topic_filter)
         self.subscriptions.remove(entry.topic_filter, session.client_id, entry.group)
         return True
 
@@ -945,7 +1182,7 @@ class BrokerCore:
         if conn is None or conn.state is not ConnState.CONNECTED:
             if qos == 0:
                 return  # QoS 0 is not queued for offline sessions (MQTT 5.0 section 3.1.2.4)
-            self._enqueue(session, Pending(msg, qos, retain, sub_ids))
+            self._enqueue(session, Pending(msg, qos, retain, sub_ids), now)
             return
         if qos == 0:
             if conn.congested:
@@ -967,12 +1204,51 @@ class BrokerCore:
                 return
             self._send_publish(conn, msg, 0, retain, None, False, sub_ids, now)
             return
-        if len(session.inflight) >= conn.receive_max_out or session.queue:
-            self._enqueue(session, Pending(msg, qos, retain, sub_ids))  # MQTT-3.3.4-7/8
+        if len(session.inflight) >= conn.receive_max_out or session.queue \
+                or not self._affordable(session, msg.cost):
+            self._enqueue(session, Pending(msg, qos, retain, sub_ids), now)  # MQTT-3.3.4-7/8
             return
         pid = session.allocate_pid()
         if self._send_publish(conn, msg, qos, retain, pid, False, sub_ids, now):
+            if not session.inflight:
+                self._watch_acks(conn, now)
             session.inflight[pid] = Inflight(msg, qos, retain, sub_ids)
+            self._charge(session, msg.cost)
+
+    # ------------------------------------------------------------------ queue budgets
+    def _charge(self, session: Session, cost: int) -> None:
+        session.queued_bytes += cost
+        self.queued_bytes += cost
+
+    def _affordable(self, session: Session, cost: int) -> bool:
+        limits = self.limits
+        return (session.queued_bytes + cost <= limits.max_queued_bytes_per_client
+                and self.queued_bytes + cost <= limits.max_queued_bytes)
+
+    def _watch_acks(self, conn: Connection, now: float) -> None:
+        """In-flight deliveries started: from now on they must make progress."""
+        conn.last_ack = now
+        if not conn.ack_timer:
+            conn.ack_timer = True
+            self.timers.push(now + self.limits.ack_timeout, "acks", conn)
+
+    def _check_acks(self, conn: Connection, now: float) -> None:
+        """A client that acknowledges nothing of what is in flight for ``ack_timeout`` is
+        stuck (or hostile): disconnect it; its session keeps the messages, within budget."""
+        conn.ack_timer = False
+        session = conn.session
+        if conn.state is not ConnState.CONNECTED or session is None or not session.inflight:
+            return
+        deadline = conn.last_ack + self.limits.ack_timeout
+        if now < deadline:
+            conn.ack_timer = True
+            self.timers.push(deadline, "acks", conn)
+            return
+        self._log.log(logging.WARNING, conn.address, now,
+                      "disconnecting %r: no acknowledgement for %g s (%d in flight)", conn,
+                      self.limits.ack_timeout, len(session.inflight))
+        self._close(conn, now, RC.QUOTA_EXCEEDED,
+                    f"no acknowledgement for {self.limits.ack_timeout:g} s")
 
     def _readable(self, session: Session, topic: str) -> bool:
         client = session.client
@@ -980,18 +1256,28 @@ class BrokerCore:
             return False
         return all(hook.readable(client, topic) for hook in self.hooks)
 
-    def _enqueue(self, session: Session, item: Pending) -> None:
+    def _enqueue(self, session: Session, item: Pending, now: float) -> None:
+        """Queue ``item``; past the session's count or byte budget, or the broker's byte
+        budget, the oldest queued messages of this session make room (dropped)."""
         queue = session.queue
-        if len(queue) >= self.limits.max_queued_messages:
-            queue.popleft()
-            self.stats.dropped_queue_full += 1
-            if self.stats.dropped_queue_full % 1000 == 1:
-                log.warning(
-                    "queue of %r full (%d): dropping oldest (%d dropped so far)",
-                    session.client_id, self.limits.max_queued_messages,
-                    self.stats.dropped_queue_full,
-                )
-        queue.append(item)
+        cost = item.message.cost
+        dropped = 0
+        while queue and (len(queue) >= self.limits.max_queued_messages
+                         or not self._affordable(session, cost)):
+            old = queue.popleft()
+            self._charge(session, -old.message.cost)
+            dropped += 1
+        if len(queue) >= self.limits.max_queued_messages or not self._affordable(session, cost):
+            dropped += 1  # the new one does not fit even alone
+        else:
+            queue.append(item)
+            self._charge(session, cost)
+        if dropped:
+            self.stats.dropped_queue_full += dropped
+            self._log.log(logging.WARNING, "queue:" + session.client_id, now,
+                          "queue of %r full (%d messages, %d bytes): dropping oldest "
+                          "(%d dropped so far)", clip(session.client_id), len(queue),
+                          session.queued_bytes, self.stats.dropped_queue_full)
 
     def _drain_queue(self, session: Session, now: float) -> None:
         conn = session.conn
@@ -1001,14 +1287,19 @@ class BrokerCore:
         while queue and len(session.inflight) < conn.receive_max_out:
             item = queue.popleft()
             if item.qos == 0:
+                self._charge(session, -item.message.cost)
                 self._send_publish(conn, item.message, 0, item.retain, None, False,
                                    item.subscription_ids, now)
                 continue
             pid = session.allocate_pid()
             if self._send_publish(conn, item.message, item.qos, item.retain, pid, False,
                                   item.subscription_ids, now):
+                if not session.inflight:
+                    self._watch_acks(conn, now)
                 session.inflight[pid] = Inflight(item.message, item.qos, item.retain,
                                                  item.subscription_ids)
+            else:
+                self._charge(session, -item.message.cost)  # expired or too large: gone
 
     def _send_publish(
         self, conn: Connection, msg: Message, qos: int, retain: bool, pid: int | None,

@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING
 
 from pi_mqtt_gpio.mqtt.codec import FrameReader, encode
 from pi_mqtt_gpio.mqtt.hooks import ClientInfo
+from pi_mqtt_gpio.mqtt.logguard import clip
 from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, PROTOCOL_311, Connect, Packet
 
 if TYPE_CHECKING:
     from pi_mqtt_gpio.mqtt.session import Message, Session
 
-__all__ = ["ConnState", "Connection"]
+__all__ = ["ConnState", "Connection", "peer_address"]
 
 
 class ConnState(Enum):
@@ -28,6 +29,8 @@ class Connection:
     __slots__ = (
         "_out",
         "_out_size",
+        "ack_timer",
+        "address",
         "alias_in",
         "alias_out",
         "alias_out_max",
@@ -38,8 +41,10 @@ class Connection:
         "congested",
         "connect",
         "disconnect_reason",
+        "hard_close",
         "id",
         "keep_alive",
+        "last_ack",
         "last_rx",
         "max_packet_out",
         "peer",
@@ -61,6 +66,7 @@ class Connection:
         self.id = conn_id
         self.transport = transport
         self.peer = peer
+        self.address = peer_address(peer)
         self.cert_cn = cert_cn
         self.reader = FrameReader(max_packet_size)
         self.state = ConnState.NEW
@@ -80,6 +86,9 @@ class Connection:
         self.alias_in: dict[int, str] = {}
         self.problem_info = True
         self.closing = False
+        self.hard_close = False  # close without a goodbye (RST): it never spoke MQTT
+        self.last_ack = now  # progress of our in-flight QoS 1/2 deliveries
+        self.ack_timer = False
         self.congested = False  # set by the transport while the client is not reading
         self.disconnect_reason = ""
         self._out: list[bytes] = []
@@ -109,4 +118,9 @@ class Connection:
         return out
 
     def __repr__(self) -> str:
-        return f"<Connection {self.id} {self.client_id!r} {self.peer} {self.state.value}>"
+        return f"<Connection {self.id} {clip(self.client_id)!r} {self.peer} {self.state.value}>"
+
+
+def peer_address(peer: str) -> str:
+    """The address part of ``host:port`` (``::1:5000`` -> ``::1``)."""
+    return peer.rsplit(":", 1)[0] if ":" in peer else peer

@@ -6,7 +6,6 @@ Every answer is allow / deny / defer. Hooks are asked in order; the first answer
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -17,7 +16,6 @@ __all__ = [
     "BrokerHooks",
     "ClientInfo",
     "Decision",
-    "first_decision",
 ]
 
 
@@ -25,14 +23,6 @@ class Decision(Enum):
     ALLOW = "allow"
     DENY = "deny"
     DEFER = "defer"
-
-
-def first_decision(decisions: Iterable[Decision]) -> Decision:
-    """The first non-defer decision; ``DENY`` when all defer (or there are none)."""
-    for decision in decisions:
-        if decision is not Decision.DEFER:
-            return decision
-    return Decision.DENY
 
 
 @dataclass(slots=True, frozen=True)
@@ -87,6 +77,10 @@ class BrokerHooks:
 
     def readable(self, client: ClientInfo, topic: str) -> bool:
         """May ``client`` receive a message on ``topic`` (under ``read_protected()``)?"""
+        return True
+
+    def may_retain(self, client: ClientInfo, topic: str) -> bool:
+        """May a message from ``client`` on ``topic`` be retained? (No: the flag is cleared.)"""
         return True
 
     def on_publish_denied(self, client: ClientInfo, message: Any) -> None:

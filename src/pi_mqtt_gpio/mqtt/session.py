@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["NEVER_EXPIRES", "Inflight", "Message", "Pending", "Session", "SubEntry"]
 
 NEVER_EXPIRES = 0xFFFFFFFF
+MESSAGE_OVERHEAD = 64  # bytes charged per queued message beyond its topic and payload
 
 
 @dataclass(slots=True, eq=False)
@@ -37,6 +38,11 @@ class Message:
     username: str | None = None  # publishing client's authenticated user name
     role: str | None = None
     raw_props: bytes | None = None  # ``properties`` as encoded by the publisher (5.0)
+
+    @property
+    def cost(self) -> int:
+        """Bytes charged against queue budgets for holding this message."""
+        return len(self.payload) + len(self.topic) + MESSAGE_OVERHEAD
 
 
 @dataclass(slots=True)
@@ -83,6 +89,9 @@ class Session:
         "internal_handler",
         "next_pid",
         "queue",
+        "queued_bytes",
+        "sub_bytes",
+        "sub_levels",
         "subscriptions",
         "will",
         "will_at",
@@ -102,6 +111,9 @@ class Session:
         self.will_at: float | None = None
         self.internal_handler: Callable[[Message, list[int]], None] | None = None
         self.client: ClientInfo | None = None  # who owns it, as authenticated
+        self.queued_bytes = 0  # ``Message.cost`` of what is queued and in flight
+        self.sub_bytes = 0  # topic filter text held by its subscriptions
+        self.sub_levels = 0  # topic levels of its subscriptions (tree nodes they may need)
 
     def allocate_pid(self) -> int:
         """A packet identifier not in use by an in-flight message (MQTT-2.2.1-3)."""

@@ -15,12 +15,18 @@ __all__ = [
     "TopicNode",
     "filter_covers",
     "parse_shared",
+    "topic_levels",
     "topic_matches",
     "validate_filter",
 ]
 
 V = TypeVar("V")
 _CACHE_MAX = 8192
+
+
+def topic_levels(topic: str) -> int:
+    """How many levels ``topic`` (or a filter) has: ``a/b`` 2, ``/`` 2, ``a`` 1."""
+    return topic.count("/") + 1
 
 
 def validate_filter(topic_filter: str) -> bool:
@@ -89,7 +95,8 @@ class SubscriptionTree(Generic[V]):
     def __init__(self) -> None:
         self.root: TopicNode[V] = TopicNode(None, "")
         self._cache: dict[str, list[TopicNode[V]]] = {}
-        self.count = 0
+        self.count = 0  # subscriptions held
+        self.nodes = 0  # tree nodes below the root (what subscriptions cost in memory)
 
     def _node(self, topic_filter: str, create: bool) -> TopicNode[V] | None:
         node = self.root
@@ -100,6 +107,7 @@ class SubscriptionTree(Generic[V]):
                     return None
                 child = TopicNode(node, level)
                 node.children[level] = child
+                self.nodes += 1
                 self._cache.clear()
             node = child
         return node
@@ -138,6 +146,7 @@ class SubscriptionTree(Generic[V]):
         self.count -= 1
         while node.parent is not None and node.empty():
             del node.parent.children[node.level]
+            self.nodes -= 1
             node = node.parent
             self._cache.clear()
         return True

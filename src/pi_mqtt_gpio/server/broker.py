@@ -96,6 +96,7 @@ class _TcpLink(_Link, asyncio.Protocol):
         if conn is None:
             return
         server.links.pop(conn.id, None)
+        server.cancel_auth(conn)
         server.core.connection_lost(conn, server.now())
         server.pump()
 
@@ -222,7 +223,7 @@ class BrokerServer:
         self._timer_at: float | None = None
         self._pumping = False
         self._pump_scheduled = False
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._auth_tasks: dict[int, asyncio.Task[None]] = {}  # connection id -> its login
         self.bound: list[tuple[str, str, int]] = []  # (type, host, port) actually listening
 
     def now(self) -> float:
@@ -289,7 +290,7 @@ class BrokerServer:
             link.abort()
         if self._timer is not None:
             self._timer.cancel()
-        for task in list(self._tasks):
+        for task in list(self._auth_tasks.values()):
             task.cancel()
 
     # ------------------------------------------------------------------ websocket
@@ -316,6 +317,7 @@ class BrokerServer:
             pass
         finally:
             self.links.pop(conn.id, None)
+            self.cancel_auth(conn)
             self.core.connection_lost(conn, self.now())
             self.pump()
             link.close()
@@ -349,7 +351,7 @@ class BrokerServer:
                 for client, msg, sub_ids in internal:
                     self._deliver_internal(client, msg, sub_ids)
                 for conn, req in core.take_auth_requests():
-                    self._spawn(self._authenticate(conn, req))
+                    self._start_auth(conn, req)
                 dirty = core.take_dirty()
                 for conn in dirty:
                     self._flush(conn)
@@ -373,7 +375,11 @@ class BrokerServer:
                 link.abort()
                 return
         if conn.closing:
-            link.close()
+            self.cancel_auth(conn)
+            if conn.hard_close:
+                link.abort()  # it never spoke MQTT: no goodbye owed, no socket kept waiting
+            else:
+                link.close()
 
     def _deliver_internal(self, client: InternalClient, msg: Message, sub_ids: list[int]) -> None:
         try:
@@ -381,19 +387,37 @@ class BrokerServer:
         except Exception:
             log.exception("in-process client %r failed on %r", client.client_id, msg.topic)
 
+    def _start_auth(self, conn: Connection, req: AuthRequest) -> None:
+        task = asyncio.ensure_future(self._authenticate(conn, req))
+        self._auth_tasks[conn.id] = task
+        conn_id = conn.id
+
+        def forget(_task: asyncio.Task[None]) -> None:
+            if self._auth_tasks.get(conn_id) is _task:
+                del self._auth_tasks[conn_id]
+
+        task.add_done_callback(forget)
+
+    def cancel_auth(self, conn: Connection) -> None:
+        """``conn`` is gone (closed, timed out, evicted): nobody waits for its login, so a
+        password check not yet started never runs."""
+        task = self._auth_tasks.pop(conn.id, None)
+        if task is not None and not task.done():
+            task.cancel()
+
+    def auth_in_progress(self) -> int:
+        return len(self._auth_tasks)
+
     async def _authenticate(self, conn: Connection, req: AuthRequest) -> None:
         try:
             result = await self.authenticate(req)
+        except asyncio.CancelledError:
+            return
         except Exception:
             log.exception("authentication hook failed")
             result = AuthResult(Decision.DENY, reason_code=0x87)
         self.core.auth_complete(conn, result, self.now())
         self.pump()
-
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _arm_timer(self) -> None:
         deadline = self.core.next_deadline()

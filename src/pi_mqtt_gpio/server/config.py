@@ -86,6 +86,19 @@ class LimitsConfig:
     max_queued_messages: Annotated[int, Range(ge=0)] = 1000
     max_keepalive: Annotated[int, Range(ge=1, le=65535)] = 600
     connect_timeout_s: Annotated[float, Range(gt=0)] = 5.0
+    max_topic_length: Annotated[int, Range(ge=16, le=65535)] = 1024
+    max_topic_levels: Annotated[int, Range(ge=4, le=1024)] = 32
+    max_subscriptions_per_client: Annotated[int, Range(ge=1)] = 1000
+    max_subscription_bytes_per_client: Annotated[int, Range(ge=1024)] = 128 * 1024
+    max_subscription_levels_per_client: Annotated[int, Range(ge=16)] = 8192
+    max_subscription_nodes: Annotated[int, Range(ge=1000)] = 100_000
+    max_queued_bytes_per_client: Annotated[int, Range(ge=65536)] = 8 * 1024 * 1024
+    max_queued_bytes: Annotated[int, Range(ge=65536)] = 128 * 1024 * 1024
+    max_retained_bytes: Annotated[int, Range(ge=65536)] = 64 * 1024 * 1024
+    max_sessions: Annotated[int, Range(ge=16)] = 4096
+    ack_timeout_s: Annotated[float, Range(gt=0)] = 60.0
+    max_pending_connections: Annotated[int, Range(ge=1)] = 64
+    max_pending_per_address: Annotated[int, Range(ge=1)] = 16
 
 
 def _default_listeners() -> list[ListenerConfig]:
@@ -302,17 +315,61 @@ def _line_for(loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int | 
     return lines.get(())
 
 
+MAX_CONFIG_NODES = 100_000  # YAML nodes after aliases are expanded (a real config has < 5,000)
+
+
+def _expanded_size(root: yaml.Node, limit: int) -> int | None:
+    """How many nodes ``root`` has with every alias expanded (each node counted once per
+    place it appears), or None past ``limit`` or for a recursive alias. Memoised, so an
+    "alias bomb" (a billion laughs) is measured without being expanded."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        if done:
+            active.discard(key)
+            total = 1 + sum(sizes[id(c)] for c in children)
+            if total > limit:
+                return None
+            sizes[key] = total
+            continue
+        if key in sizes:
+            continue
+        if key in active:
+            return None  # an alias inside its own anchor
+        active.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes[id(root)]
+
+
 def parse_config(text: str, source: str = "<config>") -> Config:
     """Parse YAML text; raises ``ConfigError`` listing every problem."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None and _expanded_size(node, MAX_CONFIG_NODES) is None:
+            raise ConfigError(source, [
+                f"line {node.start_mark.line + 1}: the YAML expands to more than "
+                f"{MAX_CONFIG_NODES:,} values through aliases (*name), or an alias refers to "
+                f"itself: refused"])
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
         raise ConfigError(source, [f"{where}not valid YAML: {exc}"]) from None
+    except RecursionError:
+        raise ConfigError(source, ["the YAML is nested too deeply"]) from None
     if data is None:
-        data = {}
+        raise ConfigError(source, [
+            "the config is empty: it needs at least node_id, listeners, users and devices "
+            "(see deploy/demo.yaml)"])
     if not isinstance(data, dict):
         raise ConfigError(source, ["line 1: the config must be a mapping of keys"])
     lines: dict[tuple[Any, ...], int] = {}

@@ -11,8 +11,8 @@ import signal
 
 from pi_mqtt_gpio.errors import GatekeeperError
 from pi_mqtt_gpio.mqtt.broker import BrokerCore, BrokerLimits, InternalClient
-from pi_mqtt_gpio.mqtt.hooks import BrokerHooks, ClientInfo
-from pi_mqtt_gpio.mqtt.packets import Properties
+from pi_mqtt_gpio.mqtt.hooks import BrokerHooks, ClientInfo, Decision
+from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, Properties
 from pi_mqtt_gpio.mqtt.session import Message
 from pi_mqtt_gpio.server.broker import BrokerServer
 from pi_mqtt_gpio.server.config import Config
@@ -32,19 +32,9 @@ class Daemon:
         self.config = config
         self.simulate = simulate or config.hardware.pin_factory == "mock"
         self.topics = Topics(config.base_topic, config.node_id)
-        limits = config.broker.limits
-        self.acl = AccessControl(config.auth, self.topics)
-        self.core = BrokerCore(
-            BrokerLimits(
-                max_connections=limits.max_connections,
-                max_packet_size=limits.max_packet_size,
-                max_queued_messages=limits.max_queued_messages,
-                max_keepalive=limits.max_keepalive,
-                connect_timeout=limits.connect_timeout_s,
-            ),
-            hooks=[self.acl],
-        )
         self.authenticator = Authenticator(config.auth)
+        self.acl = AccessControl(config.auth, self.topics, role_of=self.authenticator.role_of)
+        self.core = BrokerCore(broker_limits(config), hooks=[self.acl])
         self.leases = ControlLeaseManager(config.leases.scope, config.leases.ttl_s)
         self.server = BrokerServer(
             self.core, self.authenticator.authenticate, list(config.broker.listeners)
@@ -61,7 +51,8 @@ class Daemon:
         self.client: InternalClient | None = None
         self.twin = Twin(self.topics, self.hw, self._publish)
         self.rpc = RpcHandler(self.topics, self.hw, self.twin, self._send, acl=[self.acl],
-                              listening=self.core.has_subscribers, leases=self.leases)
+                              listening=self.core.has_subscribers, leases=self.leases,
+                              may_command=self._may_command)
         self.core.hooks.append(_GatekeeperHooks(self))
         self.started = False
 
@@ -78,6 +69,14 @@ class Daemon:
 
     def _on_message(self, msg: Message, sub_ids: list[int]) -> None:
         self.rpc.handle(msg)
+
+    def _may_command(self, msg: Message) -> bool:
+        """Whoever sent ``msg`` may publish it now (checked again by the RPC handler, so that
+        no path into the broker, a Will included, can bypass the ACL)."""
+        if self.client is not None and msg.sender == self.client.client_id:
+            return True
+        client = ClientInfo(msg.sender or "", msg.username, msg.role, PROTOCOL_50, "", "")
+        return self.acl.authorize_publish(client, msg.topic, msg.qos, False) is Decision.ALLOW
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -166,9 +165,35 @@ class Daemon:
         self.authenticator.close()
 
 
+def broker_limits(config: Config) -> BrokerLimits:
+    """The broker core's limits from ``broker.limits`` (seconds keys lose their ``_s``)."""
+    limits = config.broker.limits
+    return BrokerLimits(
+        max_connections=limits.max_connections,
+        max_packet_size=limits.max_packet_size,
+        max_queued_messages=limits.max_queued_messages,
+        max_keepalive=limits.max_keepalive,
+        connect_timeout=limits.connect_timeout_s,
+        max_subscriptions_per_client=limits.max_subscriptions_per_client,
+        max_sessions=limits.max_sessions,
+        max_retained_bytes=limits.max_retained_bytes,
+        max_topic_length=limits.max_topic_length,
+        max_topic_levels=limits.max_topic_levels,
+        max_subscription_bytes_per_client=limits.max_subscription_bytes_per_client,
+        max_subscription_levels_per_client=limits.max_subscription_levels_per_client,
+        max_subscription_nodes=limits.max_subscription_nodes,
+        max_queued_bytes_per_client=limits.max_queued_bytes_per_client,
+        max_queued_bytes=limits.max_queued_bytes,
+        ack_timeout=limits.ack_timeout_s,
+        max_pending_connections=limits.max_pending_connections,
+        max_pending_per_address=limits.max_pending_per_address,
+    )
+
+
 class _GatekeeperHooks(BrokerHooks):
     """Broker events the gatekeeper acts on: a lease holder's connection ends (its leases
-    end, its devices go safe); a call refused by the ACL (answered ``NOT_AUTHORIZED``).
+    end, its devices go safe); a call refused by the ACL (answered ``NOT_AUTHORIZED``);
+    commands are never retained.
     Deferred to the next loop iteration: the core is mid-packet when it calls hooks."""
 
     def __init__(self, daemon: Daemon) -> None:
@@ -177,7 +202,12 @@ class _GatekeeperHooks(BrokerHooks):
     def on_disconnected(self, client: ClientInfo, reason: str) -> None:
         if not client.internal:
             asyncio.get_running_loop().call_soon(self.daemon.rpc.holder_gone,
-                                                 client.client_id, reason)
+                                                 (client.username, client.client_id), reason)
+
+    def may_retain(self, client: ClientInfo, topic: str) -> bool:
+        """Commands are never retained: a stored ``set``/``call`` would be replayed to every
+        later subscriber, the gatekeeper included after a restart."""
+        return client.internal or not self.daemon.topics.is_command(topic)
 
     def on_publish_denied(self, client: ClientInfo, message: Message) -> None:
         asyncio.get_running_loop().call_soon(self.daemon.rpc.handle_denied, message)

@@ -32,12 +32,13 @@ from pi_mqtt_gpio.errors import (
     UnknownMethod,
 )
 from pi_mqtt_gpio.mqtt.hooks import BrokerHooks, ClientInfo, Decision
+from pi_mqtt_gpio.mqtt.logguard import LogLimiter, clip
 from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, Prop, Properties
 from pi_mqtt_gpio.mqtt.session import Message
 from pi_mqtt_gpio.mqtt.topic_tree import topic_matches
 from pi_mqtt_gpio.server.devices.base import DeviceAdapter, Method
 from pi_mqtt_gpio.server.hardware import HardwareManager
-from pi_mqtt_gpio.server.security import ControlLeaseManager, Lease
+from pi_mqtt_gpio.server.security.leases import ControlLeaseManager, Holder, Lease
 from pi_mqtt_gpio.server.twin import Twin, dumps, utc_ts
 from pi_mqtt_gpio.topics import Topics
 
@@ -50,13 +51,15 @@ MAX_REQUEST_BYTES = 65536
 
 
 class _Reply:
-    __slots__ = ("correlation", "qos", "topic", "v5")
+    __slots__ = ("correlation", "problem", "qos", "topic", "v5")
 
-    def __init__(self, topic: str, correlation: Any, v5: bool, qos: int) -> None:
+    def __init__(self, topic: str, correlation: Any, v5: bool, qos: int,
+                 problem: str | None = None) -> None:
         self.topic = topic
         self.correlation = correlation
         self.v5 = v5
         self.qos = qos
+        self.problem = problem  # the request's reply fields are unusable (answered without)
 
 
 class RpcHandler:
@@ -71,6 +74,7 @@ class RpcHandler:
         timeout: float = 5.0,
         listening: Callable[[str], bool] = lambda topic: True,
         leases: ControlLeaseManager | None = None,
+        may_command: Callable[[Message], bool] = lambda msg: True,
     ) -> None:
         self.topics = topics
         self.hw = hw
@@ -83,10 +87,17 @@ class RpcHandler:
         self._inflight: set[asyncio.Future[Any]] = set()
         self.calls = 0
         self.leases = leases
+        self.may_command = may_command
         self._lease_timer: asyncio.TimerHandle | None = None
+        self._log = LogLimiter(log)
 
     # --- entry point (event loop, in message order) --------------------------------------------
     def handle(self, msg: Message) -> None:
+        if not self.may_command(msg):
+            # Nothing the sender may not publish itself is executed, whatever way it took
+            # into the broker (a Will is published on its owner's behalf, for instance).
+            self.handle_denied(msg)
+            return
         if msg.topic == self.topics.lease_call:
             self._lease_call(msg)
             return
@@ -107,6 +118,7 @@ class RpcHandler:
             request = self._parse(msg.payload)
             if reply is None:
                 reply = self._v311_reply(msg, request)
+            self._usable(reply)
             method_name = request.get("method") if isinstance(request.get("method"), str) \
                 else None
             if not isinstance(request.get("method"), str) or not request["method"]:
@@ -144,7 +156,9 @@ class RpcHandler:
         try:
             request = json.loads(payload)
         except (UnicodeDecodeError, ValueError) as exc:
-            raise BadRequest(f"request is not valid JSON: {exc}") from None
+            raise BadRequest(f"request is not valid JSON: {clip(exc, 200)}") from None
+        except RecursionError:
+            raise BadRequest("request is nested too deeply") from None
         if not isinstance(request, dict):
             raise BadRequest("request must be a JSON object")
         return request
@@ -210,6 +224,7 @@ class RpcHandler:
             request = self._parse(msg.payload)
             if reply is None:
                 reply = self._v311_reply(msg, request)
+            self._usable(reply)
             method = request.get("method") if isinstance(request.get("method"), str) else None
             if method not in ("acquire", "renew", "release"):
                 raise UnknownMethod("lease methods: acquire, renew, release")
@@ -281,11 +296,11 @@ class RpcHandler:
         self.lease_lost(gone, "expired")
         self.publish_leases()
 
-    def holder_gone(self, client_id: str, reason: str) -> None:
+    def holder_gone(self, holder: Holder, reason: str) -> None:
         """The broker says a client disconnected: its leases end, its devices go safe."""
         if self.leases is None:
             return
-        gone = self.leases.holder_gone(client_id)
+        gone = self.leases.holder_gone(holder)
         if gone:
             self.lease_lost(gone, f"holder disconnected ({reason})")
             self.publish_leases()
@@ -328,12 +343,21 @@ class RpcHandler:
         return _Reply(topic, msg.properties.get(Prop.CORRELATION_DATA), True, min(msg.qos, 1))
 
     def _v311_reply(self, msg: Message, request: dict[str, Any]) -> _Reply | None:
+        """The 3.1.1 reply destination. A ``correlation_id`` that is not a string or a
+        number makes the request a ``BAD_REQUEST`` (answered without it)."""
         topic = request.get("reply_to")
-        if topic is None:
+        if topic is None or not isinstance(topic, str):
             return None
-        if not isinstance(topic, str):
-            return None
-        return _Reply(topic, request.get("correlation_id"), False, min(msg.qos, 1))
+        correlation = request.get("correlation_id")
+        if correlation is None or isinstance(correlation, str | int | float):
+            return _Reply(topic, correlation, False, min(msg.qos, 1))
+        return _Reply(topic, None, False, min(msg.qos, 1),
+                      "correlation_id must be a string or a number")
+
+    @staticmethod
+    def _usable(reply: _Reply | None) -> None:
+        if reply is not None and reply.problem:
+            raise BadRequest(reply.problem)
 
     def _reply_allowed(self, msg: Message, topic: str) -> bool:
         if not topic or any(c in topic for c in "+#\x00") or len(topic) > 1024:
@@ -401,15 +425,17 @@ class RpcHandler:
 
     def _refuse(self, msg: Message, device: str, method: str | None, exc: GatekeeperError,
                 reply: _Reply | None, source: str, kwargs: dict[str, Any] | None = None) -> None:
-        log.info("%s %s.%s from %r refused: %s %s", source, device, method, msg.sender,
-                 exc.code.value, exc.message)
+        self._log.log(logging.INFO, msg.sender or "", _now(), "%s %s.%s from %r refused: %s %s",
+                      source, clip(device), clip(method), clip(msg.sender), exc.code.value,
+                      clip(exc.message, 200))
         if reply is not None:
             self._reply(msg, reply, {"ok": False, "error": exc.to_json()})
         self._audit(msg, device, method, kwargs, source, exc)
 
     def _reply(self, msg: Message, reply: _Reply, body: dict[str, Any]) -> None:
         if not self._reply_allowed(msg, reply.topic):
-            log.warning("reply topic %r refused for %r", reply.topic, msg.sender)
+            self._log.log(logging.WARNING, msg.sender or "", _now(),
+                          "reply topic %r refused for %r", clip(reply.topic), clip(msg.sender))
             return
         props: Properties = {Prop.CONTENT_TYPE: "application/json"}
         if reply.v5:
@@ -419,7 +445,7 @@ class RpcHandler:
             body["correlation_id"] = reply.correlation
         try:
             payload = dumps(body)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             payload = dumps({"ok": body.get("ok", False), "result": None})
         self.send(reply.topic, payload, reply.qos, props)
 
@@ -441,6 +467,10 @@ class RpcHandler:
         """Wait (briefly) for calls in progress to be answered."""
         if self._inflight:
             await asyncio.wait(list(self._inflight), timeout=timeout)
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
 
 
 def _make_safe(adapter: DeviceAdapter) -> dict[str, Any]:

@@ -1,0 +1,152 @@
+"""Authorisation: topic filters per role, deny wins (a broker hook answering allow / deny).
+
+``{root}``, ``{username}`` and ``{client_id}`` are substituted per client. Every role also
+reads its own reply prefix ``{root}/reply/<client_id>``, and nobody reads another client's
+(``readable``). With a ``role_of`` resolver the role is looked up at every check, so that a
+users file reloaded with SIGHUP takes effect for clients already connected (a removed user
+may publish nothing, its pending Will included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pi_mqtt_gpio.mqtt.hooks import BrokerHooks, ClientInfo, Decision
+from pi_mqtt_gpio.mqtt.topic_tree import filter_covers, parse_shared, topic_matches
+from pi_mqtt_gpio.server.config import AuthConfig, RoleConfig
+from pi_mqtt_gpio.topics import Topics
+
+__all__ = ["AccessControl", "builtin_roles"]
+
+_CACHE_MAX = 4096
+_UNSAFE_ID_CHARS = "+#/"  # an id with these would widen a filter it is substituted into
+
+
+def builtin_roles() -> dict[str, RoleConfig]:
+    """admin: everything; operator: read the gatekeeper, command devices and leases;
+    viewer: read only. Every role also reads its own reply prefix (added in ``AccessControl``)."""
+    return {
+        "admin": RoleConfig(subscribe=["#"], publish=["#"]),
+        "operator": RoleConfig(
+            subscribe=["{root}/#"],
+            publish=["{root}/device/+/set", "{root}/device/+/call", "{root}/lease/call"],
+        ),
+        "viewer": RoleConfig(subscribe=["{root}/#"], publish=[]),
+    }
+
+
+def unsafe_client_id(client_id: str) -> bool:
+    """An id that cannot name a reply prefix of its own (it would cover others')."""
+    return any(c in client_id for c in _UNSAFE_ID_CHARS)
+
+
+@dataclass(frozen=True, slots=True)
+class _Role:
+    subscribe: tuple[str, ...]
+    publish: tuple[str, ...]
+    deny: tuple[str, ...]
+
+
+class AccessControl(BrokerHooks):
+    def __init__(self, auth: AuthConfig, topics: Topics, *,
+                 role_of: Callable[[str | None], str | None] | None = None) -> None:
+        roles = builtin_roles()
+        roles.update(auth.roles)
+        self.roles = {
+            name: _Role(tuple(r.subscribe), tuple(r.publish), tuple(r.deny))
+            for name, r in roles.items()
+        }
+        self.topics = topics
+        self.role_of = role_of
+        self._cache: dict[tuple[str, str | None, str], _Role] = {}
+
+    def current_role(self, client: ClientInfo) -> str | None:
+        """The client's role now: as authenticated, or as the users are after a reload."""
+        if self.role_of is None or client.role is None:
+            return client.role
+        return self.role_of(client.username)
+
+    def _expand(self, client: ClientInfo) -> _Role | None:
+        role_name = self.current_role(client)
+        if role_name is None:
+            return None
+        key = (client.client_id, client.username, role_name)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        role = self.roles.get(role_name)
+        if role is None:
+            return None
+        unsafe_ids = unsafe_client_id((client.username or "") + client.client_id)
+
+        def sub(filters: tuple[str, ...]) -> tuple[str, ...]:
+            out = []
+            for f in filters:
+                if "{username}" in f and client.username is None:
+                    continue  # anonymous clients have no user name to substitute
+                if unsafe_ids and ("{username}" in f or "{client_id}" in f):
+                    continue
+                out.append(
+                    f.replace("{root}", self.topics.root)
+                    .replace("{username}", client.username or "")
+                    .replace("{client_id}", client.client_id)
+                )
+            return tuple(out)
+
+        reply = (f"{self.topics.reply_prefix('{client_id}')}/#",)
+        expanded = _Role(sub(role.subscribe + reply), sub(role.publish), sub(role.deny))
+        if len(self._cache) >= _CACHE_MAX:
+            self._cache.clear()
+        self._cache[key] = expanded
+        return expanded
+
+    def authorize_publish(self, client: ClientInfo, topic: str, qos: int, retain: bool) -> Decision:
+        if client.internal:
+            return Decision.ALLOW
+        role = self._expand(client)
+        if role is None:
+            return Decision.DENY
+        if any(topic_matches(d, topic) for d in role.deny):
+            return Decision.DENY
+        if any(topic_matches(p, topic) for p in role.publish):
+            return Decision.ALLOW
+        return Decision.DENY
+
+    def authorize_subscribe(self, client: ClientInfo, topic_filter: str, qos: int) -> Decision:
+        if client.internal:
+            return Decision.ALLOW
+        role = self._expand(client)
+        parsed = parse_shared(topic_filter)
+        if role is None or parsed is None:
+            return Decision.DENY
+        plain = parsed[1]
+        if any(filter_covers(d, plain) for d in role.deny):
+            return Decision.DENY
+        replies = f"{self.topics.root}/reply/#"
+        own_prefix = self.topics.reply_prefix(client.client_id)
+        own_ok = not unsafe_client_id(client.client_id)
+        if filter_covers(replies, plain) and not (own_ok and (
+                filter_covers(f"{own_prefix}/#", plain) or plain == own_prefix)):
+            return Decision.DENY  # someone else's replies (a wider filter is read-filtered)
+        if any(filter_covers(s, plain) for s in role.subscribe):
+            return Decision.ALLOW
+        return Decision.DENY
+
+    def response_information(self, client: ClientInfo) -> str | None:
+        if unsafe_client_id(client.client_id):
+            return None
+        return self.topics.reply_prefix(client.client_id)
+
+    def read_protected(self) -> tuple[str, ...]:
+        return (f"{self.topics.root}/reply/",)
+
+    def readable(self, client: ClientInfo, topic: str) -> bool:
+        """Replies are for their requester only: a ``{root}/#`` reader (a dashboard, another
+        user, even an admin) does not see other clients' replies."""
+        if client.internal:
+            return True
+        if unsafe_client_id(client.client_id):
+            return False
+        prefix = self.topics.reply_prefix(client.client_id)
+        return topic == prefix or topic.startswith(prefix + "/")
