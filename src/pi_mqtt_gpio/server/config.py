@@ -145,6 +145,8 @@ class AuthConfig:
     users: dict[str, UserConfig] = field(default_factory=dict)
     users_file: str | None = None
     roles: dict[str, RoleConfig] = field(default_factory=dict)
+    # Password checks run at once (argon2id: 64 MiB and tens of ms each); more wait.
+    max_concurrent_checks: Annotated[int, Range(ge=1, le=16)] = 2
 
 
 @section

@@ -32,7 +32,8 @@ class Daemon:
         self.config = config
         self.simulate = simulate or config.hardware.pin_factory == "mock"
         self.topics = Topics(config.base_topic, config.node_id)
-        self.authenticator = Authenticator(config.auth)
+        self.authenticator = Authenticator(config.auth,
+                                           max_concurrent=config.auth.max_concurrent_checks)
         self.acl = AccessControl(config.auth, self.topics, role_of=self.authenticator.role_of)
         self.core = BrokerCore(broker_limits(config), hooks=[self.acl])
         self.leases = ControlLeaseManager(config.leases.scope, config.leases.ttl_s)
@@ -139,6 +140,7 @@ class Daemon:
     async def _health_loop(self, interval: float = 60.0) -> None:
         while True:
             await self.publish_health()
+            await asyncio.to_thread(_malloc_trim)  # freed heap back to the OS, off the loop
             await asyncio.sleep(interval)
 
     async def reload(self) -> None:
@@ -213,16 +215,38 @@ class _GatekeeperHooks(BrokerHooks):
         asyncio.get_running_loop().call_soon(self.daemon.rpc.handle_denied, message)
 
 
+_M_MMAP_THRESHOLD = -3  # mallopt parameter (glibc malloc.h)
+_MMAP_THRESHOLD = 128 * 1024
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def _malloc_trim() -> None:
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
 def _trim_memory() -> None:
     """Give the memory freed after start-up (config parsing, imports) back to the OS, and
     move what is left out of the collector's way: later collections then only walk objects
-    made while serving, which keeps their pauses short (edge latency p99)."""
+    made while serving, which keeps their pauses short (edge latency p99).
+
+    glibc's mmap threshold is fixed at 128 KiB: by default it grows after a large block is
+    freed, and then large payloads (a client's 255 KiB messages) come from the heap, which
+    does not shrink after they are gone; fixed, they are mapped and unmapped, so the memory
+    a burst of large messages took comes back when they are delivered or dropped."""
     gc.collect()
     gc.freeze()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+    _malloc_trim()
 
 
 async def run(config: Config, *, simulate: bool = False) -> int:

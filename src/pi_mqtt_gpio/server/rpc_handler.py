@@ -38,6 +38,7 @@ from pi_mqtt_gpio.mqtt.session import Message
 from pi_mqtt_gpio.mqtt.topic_tree import topic_matches
 from pi_mqtt_gpio.server.devices.base import DeviceAdapter, Method
 from pi_mqtt_gpio.server.hardware import HardwareManager
+from pi_mqtt_gpio.server.jsonscan import top_level_scalars
 from pi_mqtt_gpio.server.security.leases import ControlLeaseManager, Holder, Lease
 from pi_mqtt_gpio.server.twin import Twin, dumps, utc_ts
 from pi_mqtt_gpio.topics import Topics
@@ -48,6 +49,13 @@ log = logging.getLogger("pi_mqtt_gpio.rpc")
 
 Send = Callable[..., None]  # (topic, payload, qos, properties[, retain])
 MAX_REQUEST_BYTES = 65536
+_REPLY_FIELDS = frozenset({"reply_to", "correlation_id"})
+
+
+class _TooDeep(BadRequest):
+    def __init__(self, message: str, request: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.request = request  # what could be read of it (the reply fields)
 
 
 class _Reply:
@@ -127,7 +135,7 @@ class RpcHandler:
                                                     request.get("args"), request.get("kwargs"))
             future = self.hw.submit(_execute, adapter, method.name, kwargs)
         except GatekeeperError as exc:
-            self._refuse(msg, name, method_name, exc, reply, "call")
+            self._refuse(msg, name, method_name, exc, self._salvage(msg, exc, reply), "call")
             return
         self._await(msg, adapter, method, kwargs, future, reply, "call")
 
@@ -158,7 +166,9 @@ class RpcHandler:
         except (UnicodeDecodeError, ValueError) as exc:
             raise BadRequest(f"request is not valid JSON: {clip(exc, 200)}") from None
         except RecursionError:
-            raise BadRequest("request is nested too deeply") from None
+            # Still answer a 3.1.1 caller: its reply fields are at the top level.
+            raise _TooDeep("request is nested too deeply", top_level_scalars(
+                payload.decode("utf-8", "replace"), _REPLY_FIELDS)) from None
         if not isinstance(request, dict):
             raise BadRequest("request must be a JSON object")
         return request
@@ -267,7 +277,7 @@ class RpcHandler:
                 if force:
                     self.lease_lost([g for g in gone if g.holder != holder], "broken by admin")
         except GatekeeperError as exc:
-            self._refuse(msg, "lease", method, exc, reply, "lease")
+            self._refuse(msg, "lease", method, exc, self._salvage(msg, exc, reply), "lease")
             return
         log.info("lease %s by %r: %s", method, msg.sender, result)
         if reply is not None:
@@ -353,6 +363,13 @@ class RpcHandler:
             return _Reply(topic, correlation, False, min(msg.qos, 1))
         return _Reply(topic, None, False, min(msg.qos, 1),
                       "correlation_id must be a string or a number")
+
+    def _salvage(self, msg: Message, exc: GatekeeperError, reply: _Reply | None
+                 ) -> _Reply | None:
+        """The reply destination of a request that could not be parsed whole."""
+        if reply is not None or not isinstance(exc, _TooDeep) or not exc.request:
+            return reply
+        return self._v311_reply(msg, exc.request)
 
     @staticmethod
     def _usable(reply: _Reply | None) -> None:

@@ -1,0 +1,109 @@
+"""Mixed hostile traffic against a gatekeeper for a while (run as a separate process by the
+soak test): idle sockets, garbage bytes, wrong passwords, forbidden Wills, takeover attempts,
+deep and denied subscriptions, denied and oversized publishes, nested JSON calls, and a
+subscriber that never acknowledges. Bounded in count and time; loopback only."""
+
+from __future__ import annotations
+
+import random
+import socket
+import sys
+import threading
+import time
+
+from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, PROTOCOL_311, Prop, Will
+from tests.security.raw import RawClient
+
+PW = sys.argv[3] if len(sys.argv) > 3 else ""
+
+
+def _safe(fn):  # type: ignore[no-untyped-def]
+    def run(*args):  # type: ignore[no-untyped-def]
+        try:
+            fn(*args)
+        except (OSError, TimeoutError, AssertionError, ValueError):
+            pass
+    return run
+
+
+@_safe
+def idle_and_garbage(port: int, i: int) -> None:
+    s = socket.create_connection(("127.0.0.1", port), timeout=2,
+                                 source_address=(f"127.0.6.{i % 50 + 1}", 0))
+    if i % 2:
+        s.sendall(random.randbytes(64))
+    time.sleep(0.2)
+    s.close()
+
+
+@_safe
+def wrong_password(port: int, i: int) -> None:
+    raw = RawClient(port, source=f"127.0.7.{i % 50 + 1}", timeout=6)
+    raw.connect(f"bad{i}", username="root", password=f"guess{i}")
+    raw.close()
+
+
+@_safe
+def viewer_mischief(port: int, root: str, i: int) -> None:
+    version = PROTOCOL_50 if i % 2 else PROTOCOL_311
+    raw = RawClient(port, version=version, timeout=6)
+    raw.connect(f"evil{i}", username="guest", password=PW,
+                will=Will(f"{root}/device/led/set", b"ON", 0, False, {}))
+    raw.close()
+    raw = RawClient(port, version=version, timeout=6)
+    ack = raw.connect("root-console", username="guest", password=PW, clean=False)
+    if ack.reason_code == 0:
+        raw.subscribe(f"{root}/" + "/".join(["a"] * 20_000), f"{root}/#", "#")
+        raw.publish(f"{root}/device/led/set", b"ON", qos=1)
+        raw.publish(f"{root}/" + "x" * 50_000, b"ON", qos=1)
+    raw.close()
+
+
+@_safe
+def nested_calls(port: int, root: str, i: int) -> None:
+    raw = RawClient(port, timeout=6)
+    raw.connect(f"nest{i}", username="alice", password=PW)
+    payload = b'{"method": "on", "kwargs": ' + b"[" * 3000 + b"]" * 3000 + b"}"
+    raw.publish(f"{root}/device/relay/call", payload, qos=1,
+                properties={Prop.RESPONSE_TOPIC: f"{root}/reply/nest{i}/r"})
+    raw.close()
+
+
+@_safe
+def stuck_subscriber(port: int, stop: threading.Event) -> None:
+    sub = RawClient(port, timeout=6)
+    sub.connect("stuck", username="root", password=PW, properties={Prop.RECEIVE_MAXIMUM: 1})
+    sub.subscribe("bulk/#", qos=1)
+    pub = RawClient(port, timeout=6)
+    pub.connect("bulk", username="root", password=PW)
+    n = 0
+    while not stop.is_set():
+        pub.publish(f"bulk/{n % 100}", b"b" * 200_000, qos=1)
+        n += 1
+        time.sleep(0.01)
+
+
+def main() -> None:
+    port, seconds, root = int(sys.argv[1]), float(sys.argv[2]), sys.argv[4]
+    stop = threading.Event()
+    threading.Thread(target=stuck_subscriber, args=(port, stop), daemon=True).start()
+    end = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < end:
+        workers = [
+            threading.Thread(target=idle_and_garbage, args=(port, i)),
+            threading.Thread(target=wrong_password, args=(port, i)),
+            threading.Thread(target=viewer_mischief, args=(port, root, i)),
+            threading.Thread(target=nested_calls, args=(port, root, i)),
+        ]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(8)
+        i += 1
+    stop.set()
+    print(f"hostile rounds: {i}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""A minute of mixed hostile traffic (another process) while a legitimate client keeps
+calling: it never misses a reply, and the daemon's memory stays bounded."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pi_mqtt_gpio.client import Gatekeeper as Stub
+from pi_mqtt_gpio.client import RemoteLED
+from tests.security.conftest import PW, start_secure
+
+ROOT = Path(__file__).resolve().parents[2]
+SOAK_S = float(os.environ.get("PI_MQTT_SOAK_S", "60"))
+
+
+def test_soak_under_hostile_traffic(tmp_path: Path) -> None:
+    gk = start_secure(tmp_path, ack_timeout_s=5.0)
+    try:
+        with Stub("127.0.0.1", gk.port, username="alice", password=PW, node_id="sec",
+                  timeout=10) as stub:
+            led = RemoteLED("led", gatekeeper=stub)
+            led.off()
+            base = gk.rss_kib()
+            hostile = subprocess.Popen(
+                [sys.executable, "-m", "tests.security.hostile", str(gk.port), str(SOAK_S), PW,
+                 gk.root], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+            calls = failures = 0
+            worst = 0.0
+            peak = base
+            try:
+                while hostile.poll() is None:
+                    start = time.monotonic()
+                    try:
+                        led.toggle()
+                    except Exception as exc:  # a missed reply or a refusal: both count
+                        failures += 1
+                        print("call failed:", exc)
+                    worst = max(worst, time.monotonic() - start)
+                    calls += 1
+                    if calls % 20 == 0:
+                        peak = max(peak, gk.rss_kib())
+                    time.sleep(0.05)
+            finally:
+                hostile.kill() if hostile.poll() is None else None
+                out = hostile.communicate()[0]
+            print(f"{out.strip()}; legit calls {calls}, failed {failures}, worst "
+                  f"{worst * 1000:.0f} ms; RSS base {base // 1024} MiB, peak {peak // 1024} MiB")
+            assert gk.alive()
+            assert calls > 100 and failures == 0
+            # Two argon2 checks at once cost 64 MiB each while they run; the rest is bounded.
+            assert peak - base < (2 * 64 + 64) * 1024
+    finally:
+        gk.stop()
