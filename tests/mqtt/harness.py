@@ -11,11 +11,20 @@ from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, ConnAck, Connect, Packet, Pro
 
 
 class AllowAll(BrokerHooks):
+    """Allows all but ``forbidden*`` topics, and every publish of a user in ``revoked``;
+    ``cmd/*`` messages may not be retained."""
+
     def __init__(self) -> None:
         self.events: list[tuple[str, str, str]] = []
+        self.revoked: set[str | None] = set()
 
     def authorize_publish(self, client: ClientInfo, topic: str, qos: int, retain: bool) -> Decision:
+        if client.username in self.revoked:
+            return Decision.DENY
         return Decision.DENY if topic.startswith("forbidden") else Decision.ALLOW
+
+    def may_retain(self, client: ClientInfo, topic: str) -> bool:
+        return not topic.startswith("cmd/")
 
     def authorize_subscribe(self, client: ClientInfo, topic_filter: str, qos: int) -> Decision:
         return Decision.DENY if topic_filter.startswith("forbidden") else Decision.ALLOW
@@ -33,9 +42,9 @@ class Harness:
         self.core = BrokerCore(limits or BrokerLimits(), [self.hooks])
         self.now = 1000.0
 
-    def client(self, client_id: str = "c", version: int = PROTOCOL_50, **connect: object
-               ) -> FakeClient:
-        fc = FakeClient(self, version)
+    def client(self, client_id: str = "c", version: int = PROTOCOL_50, *,
+               peer: str = "127.0.0.1:1", **connect: object) -> FakeClient:
+        fc = FakeClient(self, version, peer)
         fc.send(Connect(client_id, version, **connect))  # type: ignore[arg-type]
         return fc
 
@@ -52,10 +61,10 @@ class Harness:
 
 
 class FakeClient:
-    def __init__(self, harness: Harness, version: int) -> None:
+    def __init__(self, harness: Harness, version: int, peer: str = "127.0.0.1:1") -> None:
         self.h = harness
         self.version = version
-        self.conn: Connection = harness.core.open_connection("test", "127.0.0.1:1", harness.now)
+        self.conn: Connection = harness.core.open_connection("test", peer, harness.now)
         self.reader = FrameReader()
         self.backlog: list[Packet] = []  # received but not yet looked at
 
