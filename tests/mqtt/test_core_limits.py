@@ -149,7 +149,7 @@ def test_topic_length_and_depth_limits(version: int) -> None:
     assert subscribe(c, too_deep, pid=2).reason_codes == [refused]
     assert subscribe(c, too_long, pid=3).reason_codes == [refused]
     c.send(Publish(too_deep, b"x", 1, True, False, 7))
-    ack = [p for p in c.received() if isinstance(p, PubAck)][0]
+    ack = next(p for p in c.received() if isinstance(p, PubAck))
     assert ack.reason_code == (RC.TOPIC_NAME_INVALID if version == PROTOCOL_50 else 0)
     assert h.core.retained.get(too_deep) is None
     c.send(Publish(at_limit, b"x", 0))
