@@ -32,7 +32,16 @@ def secure_config(tmp: Path, **limits: Any) -> dict[str, Any]:
         "auth": {"allow_anonymous": False, "users_file": str(tmp / "users"),
                  "users": {"root": {"password_hash": HASH, "role": "admin"},
                            "alice": {"password_hash": HASH, "role": "operator"},
-                           "guest": {"password_hash": HASH, "role": "viewer"}}},
+                           "guest": {"password_hash": HASH, "role": "viewer"},
+                           "aud": {"password_hash": HASH, "role": "auditor"},
+                           "tess": {"password_hash": HASH, "role": "tester"}},
+                 "roles": {
+                     # reads everything but the relay
+                     "auditor": {"subscribe": ["{root}/#"], "deny": ["{root}/device/relay/#"]},
+                     # may drive simulated inputs, and nothing else
+                     "tester": {"subscribe": ["{root}/#"],
+                                "publish": ["{root}/device/bell/call"],
+                                "rights": ["simulate"]}}},
         "leases": {"scope": "device", "ttl_s": 30},
         "devices": {"led": {"type": "LED", "pin": 17},
                     "relay": {"type": "OutputDevice", "pin": 22},

@@ -123,8 +123,15 @@ def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[st
 
 
 def test_cli_check_config(tmp_path: Path) -> None:
-    ok = _cli("check-config", "--config", str(ROOT / "deploy" / "broker-only.yaml"))
-    assert ok.returncode == 0 and ok.stdout.strip() == "ok"
+    quiet = tmp_path / "quiet.yaml"
+    quiet.write_text("node_id: x\nbroker: {listeners: [{type: tcp, host: 127.0.0.1, port: 0}]}\n")
+    ok = _cli("check-config", "--config", str(quiet))
+    assert ok.returncode == 0 and ok.stdout.strip() == "ok", ok.stderr
+    demo = _cli("check-config", "--config", str(ROOT / "deploy" / "demo.yaml"))
+    assert demo.returncode == 0 and "the pins are simulated" in demo.stderr
+    open_broker = _cli("check-config", "--config", str(ROOT / "deploy" / "broker-only.yaml"))
+    assert open_broker.returncode == 0 and open_broker.stdout.strip() == "ok (1 warnings)"
+    assert "anonymous clients (role 'everyone') may publish #" in open_broker.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("node_id: x\nbroker: {mode: cloud}\n")
     res = _cli("check-config", "--config", str(bad))

@@ -174,7 +174,10 @@ auth:
     assert acl.authorize_subscribe(viewer, "gatekeeper/pi/reply/c5/#", 1) is Decision.ALLOW
     assert acl.authorize_subscribe(viewer, "gatekeeper/pi/reply/c1/#", 1) is Decision.DENY
     # a {root}/# reader does not receive other clients' replies
-    assert acl.read_protected() == ("gatekeeper/pi/reply/",)
+    # (and deny filters are enforced at delivery too: their fixed start is protected)
+    assert acl.read_protected() == ("gatekeeper/pi/reply/", "users/")
+    assert not acl.readable(own, "users/dora/secret")
+    assert acl.readable(own, "users/dora/x")
     assert acl.readable(viewer, "gatekeeper/pi/reply/c5/rpc")
     assert not acl.readable(viewer, "gatekeeper/pi/reply/c1/rpc")
     assert not acl.readable(_client("c10", "root", "admin"), "gatekeeper/pi/reply/c1/rpc")

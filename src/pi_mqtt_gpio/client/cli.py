@@ -20,6 +20,7 @@ from typing import Any
 
 from pi_mqtt_gpio.client.connection import Gatekeeper
 from pi_mqtt_gpio.errors import GatekeeperError
+from pi_mqtt_gpio.version import package_version
 
 __all__ = ["main"]
 
@@ -42,6 +43,8 @@ def _connect(args: argparse.Namespace) -> Gatekeeper:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pi-mqtt-gpio",
                                      description="Talk to a pi-mqtt-gatekeeper from a terminal.")
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {package_version()}")
     parser.add_argument("--host", help="gatekeeper or broker host (PI_MQTT_HOST)")
     parser.add_argument("--port", type=int, help="port (PI_MQTT_PORT; 1883, 8883 with TLS)")
     parser.add_argument("--user", help="user name (PI_MQTT_USER)")

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,6 +25,7 @@ from pi_mqtt_gpio.mqtt.connection import Connection
 from pi_mqtt_gpio.mqtt.hooks import AuthRequest, AuthResult, Decision
 from pi_mqtt_gpio.mqtt.session import Message
 from pi_mqtt_gpio.server.config import ListenerConfig
+from pi_mqtt_gpio.server.preflight import tls_context
 
 __all__ = ["BrokerServer"]
 
@@ -188,18 +188,6 @@ def _cert_cn(cert: Any) -> str | None:
     return None
 
 
-def _ssl_context(listener: ListenerConfig) -> ssl.SSLContext | None:
-    if not listener.certfile or not listener.keyfile:
-        return None
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(listener.certfile, listener.keyfile)
-    if listener.cafile:
-        ctx.load_verify_locations(listener.cafile)
-        ctx.verify_mode = ssl.CERT_REQUIRED if listener.require_certificate else ssl.CERT_OPTIONAL
-    return ctx
-
-
 class BrokerServer:
     """Runs the listeners and pumps bytes, timers, authentication and in-process deliveries
     between them and the core. Everything here runs on the event loop thread."""
@@ -234,7 +222,7 @@ class BrokerServer:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         for listener in self.listener_configs:
-            ctx = _ssl_context(listener)
+            ctx = tls_context(listener)
             if listener.type in ("tcp", "tls"):
                 kind = "tls" if ctx else "tcp"
 

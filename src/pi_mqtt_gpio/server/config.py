@@ -131,11 +131,27 @@ class UserConfig:
     role: str = "viewer"
 
 
+Right = Literal["simulate", "force_release", "manage"]
+RIGHTS: tuple[str, ...] = ("simulate", "force_release", "manage")
+
+
 @section
 class RoleConfig:
     subscribe: list[str] = field(default_factory=list)
     publish: list[str] = field(default_factory=list)
     deny: list[str] = field(default_factory=list)
+    # simulate: sim_* methods; force_release: break others' leases; manage: admin RPCs
+    rights: list[Right] = field(default_factory=list)
+
+    def check(self) -> list[Problem | str]:
+        from pi_mqtt_gpio.mqtt.topic_tree import parse_shared
+
+        problems: list[Problem | str] = []
+        for kind in ("subscribe", "publish", "deny"):
+            for i, item in enumerate(getattr(self, kind)):
+                if parse_shared(item) is None:
+                    problems.append(((kind, i), f"{item!r} is not a valid MQTT topic filter"))
+        return problems
 
 
 @section
@@ -179,7 +195,7 @@ def _hostname() -> str:
     return socket.gethostname().split(".")[0] or "gatekeeper"
 
 
-BUILTIN_ROLES = ("admin", "operator", "viewer")
+BUILTIN_ROLES = ("admin", "operator", "viewer", "homeassistant")
 
 
 def _device_schema(type_name: str) -> type | None:
@@ -317,6 +333,14 @@ def _line_for(loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int | 
     return lines.get(())
 
 
+# Sections of the documented config that this version does not act on yet: refused rather
+# than accepted and ignored (a relay with min_relay_interval_s that chatters anyway).
+NOT_SUPPORTED_YET = {
+    "safety": "relay spacing, rate limits and flap lockout are not implemented in this version",
+    "interlocks": "interlocks are not implemented in this version",
+    "homeassistant": "Home Assistant discovery is not implemented in this version",
+    "persistence": "nothing is persisted in this version",
+}
 MAX_CONFIG_NODES = 100_000  # YAML nodes after aliases are expanded (a real config has < 5,000)
 
 
@@ -378,6 +402,16 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     if node is not None:
         _positions(node, (), lines)
     problems: list[str] = []
+    for section_key, why in NOT_SUPPORTED_YET.items():
+        if section_key in data:
+            data = {k: v for k, v in data.items() if k != section_key}
+            problems.append(f"line {lines.get((section_key,), 0)}: {section_key}: "
+                            f"not supported yet ({why})")
+    broker = data.get("broker")
+    if isinstance(broker, dict) and (broker.get("mode") == "external" or "external" in broker):
+        at = lines.get(("broker", "mode")) or lines.get(("broker", "external"), 0)
+        problems.append(f"line {at}: broker.mode external: not supported yet (the embedded "
+                        f"broker is the one that works today)")
     for key, line in lines.items():
         if key and key[0] == "__duplicate__":
             problems.append(f"line {line}: {_dotted(key[1:])}: key given twice")

@@ -26,15 +26,22 @@ __all__ = ["Daemon", "run"]
 
 log = logging.getLogger("pi_mqtt_gpio.daemon")
 
+HEALTH_INTERVAL_S = 60.0
+SIMULATED_WARNING_ROUNDS = 60  # health rounds between two "pins are simulated" warnings (1 h)
+
 
 class Daemon:
     def __init__(self, config: Config, *, simulate: bool = False) -> None:
         self.config = config
         self.simulate = simulate or config.hardware.pin_factory == "mock"
+        # Simulated pins that nobody asked for on the command line: a production config
+        # that still says pin_factory: mock. Said at start and every hour.
+        self.simulated_by_config = self.simulate and not simulate
         self.topics = Topics(config.base_topic, config.node_id)
         self.authenticator = Authenticator(config.auth,
                                            max_concurrent=config.auth.max_concurrent_checks)
-        self.acl = AccessControl(config.auth, self.topics, role_of=self.authenticator.role_of)
+        self.acl = AccessControl(config.auth, self.topics, role_of=self.authenticator.role_of,
+                                 ha_prefix=config.homeassistant.prefix)
         self.core = BrokerCore(broker_limits(config), hooks=[self.acl])
         self.leases = ControlLeaseManager(config.leases.scope, config.leases.ttl_s)
         self.server = BrokerServer(
@@ -53,7 +60,7 @@ class Daemon:
         self.twin = Twin(self.topics, self.hw, self._publish)
         self.rpc = RpcHandler(self.topics, self.hw, self.twin, self._send, acl=[self.acl],
                               listening=self.core.has_subscribers, leases=self.leases,
-                              may_command=self._may_command)
+                              may_command=self._may_command, has_right=self._has_right)
         self.core.hooks.append(_GatekeeperHooks(self))
         self.started = False
 
@@ -71,13 +78,18 @@ class Daemon:
     def _on_message(self, msg: Message, sub_ids: list[int]) -> None:
         self.rpc.handle(msg)
 
+    def _has_right(self, msg: Message, right: str) -> bool:
+        if self.client is not None and msg.sender == self.client.client_id:
+            return True
+        return self.acl.has_right(_sender(msg), right)
+
     def _may_command(self, msg: Message) -> bool:
         """Whoever sent ``msg`` may publish it now (checked again by the RPC handler, so that
         no path into the broker, a Will included, can bypass the ACL)."""
         if self.client is not None and msg.sender == self.client.client_id:
             return True
-        client = ClientInfo(msg.sender or "", msg.username, msg.role, PROTOCOL_50, "", "")
-        return self.acl.authorize_publish(client, msg.topic, msg.qos, False) is Decision.ALLOW
+        return self.acl.authorize_publish(_sender(msg), msg.topic, msg.qos, False) \
+            is Decision.ALLOW
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -107,6 +119,7 @@ class Daemon:
         _trim_memory()
         log.info("gatekeeper %s up: %d devices (simulate=%s)", root, len(self.hw.adapters),
                  self.simulate)
+        self._warn_simulated()
 
     async def publish_health(self) -> None:
         """Retained ``{root}/system/health``: ``ok`` / ``degraded`` / ``failed`` and the GPIO
@@ -134,11 +147,21 @@ class Daemon:
             status = "degraded"
             problems.append(f"{self.hw.pending} hardware commands queued")
         doc = {"status": status, "problems": problems, "ts": utc_ts(), "gpio": gpio,
+               "simulated": self.simulate,
                "events_dropped": self.hw.events_dropped, "commands_queued": self.hw.pending}
         self._publish(self.topics.health, dumps(doc), 1, True)
 
-    async def _health_loop(self, interval: float = 60.0) -> None:
+    def _warn_simulated(self) -> None:
+        if self.simulated_by_config:
+            log.warning("the pins are SIMULATED (hardware.pin_factory: mock, no --simulate): "
+                        "nothing on the header moves")
+
+    async def _health_loop(self, interval: float = HEALTH_INTERVAL_S) -> None:
+        rounds = 0
         while True:
+            if rounds and rounds % SIMULATED_WARNING_ROUNDS == 0:
+                self._warn_simulated()
+            rounds += 1
             await self.publish_health()
             await asyncio.to_thread(_malloc_trim)  # freed heap back to the OS, off the loop
             await asyncio.sleep(interval)
@@ -165,6 +188,11 @@ class Daemon:
             self.twin.status(False)
         await self.server.stop()
         self.authenticator.close()
+
+
+def _sender(msg: Message) -> ClientInfo:
+    """The client that published ``msg``, as the ACL needs it."""
+    return ClientInfo(msg.sender or "", msg.username, msg.role, PROTOCOL_50, "", "")
 
 
 def broker_limits(config: Config) -> BrokerLimits:

@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Sequence
 
 from pi_mqtt_gpio.server.config import ConfigError, load_config
+from pi_mqtt_gpio.version import package_version
 
 __all__ = ["main"]
 
@@ -49,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="pi-mqtt-gatekeeper",
         description="Raspberry Pi GPIO Gatekeeper with an embedded MQTT 3.1.1/5.0 broker",
     )
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {package_version()}")
     parser.add_argument("--config", help="YAML config file")
     parser.add_argument("--simulate", action="store_true",
                         help="simulated pins (gpiozero MockFactory) instead of real GPIO")
@@ -80,8 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("hash-password", "passwd"):
         from pi_mqtt_gpio.server.security import hash_password, write_users_file
 
-        if args.stdin:
-            password = sys.stdin.readline().rstrip("\r\n")
+        if args.stdin or not sys.stdin.isatty():
+            password = sys.stdin.readline().rstrip("\r\n")  # piped: no prompt, no echo
         else:
             password = getpass.getpass("Password: ")
             if password != getpass.getpass("Again: "):
@@ -110,13 +113,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    if args.command == "check-config":
-        print("ok")
+    from pi_mqtt_gpio.server.preflight import preflight
+
+    checking = args.command == "check-config"
+    findings = preflight(config, simulate=args.simulate)
+    for warning in findings.warnings:
+        if checking:
+            print(f"warning: {warning}", file=sys.stderr)
+        else:
+            logging.getLogger("pi_mqtt_gpio.config").warning("%s", warning)
+    if findings.errors:
+        print(f"{path}: cannot start:\n" + "\n".join(f"  {e}" for e in findings.errors),
+              file=sys.stderr)
+        return 2
+    if checking:
+        print("ok" if not findings.warnings else f"ok ({len(findings.warnings)} warnings)")
         return 0
 
     from pi_mqtt_gpio.server.daemon import run
 
-    return _run_loop(run(config, simulate=args.simulate or config.hardware.pin_factory == "mock"))
+    return _run_loop(run(config, simulate=args.simulate))
 
 
 def _gpio_owners(args: argparse.Namespace) -> int:

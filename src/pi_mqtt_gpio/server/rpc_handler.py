@@ -83,6 +83,7 @@ class RpcHandler:
         listening: Callable[[str], bool] = lambda topic: True,
         leases: ControlLeaseManager | None = None,
         may_command: Callable[[Message], bool] = lambda msg: True,
+        has_right: Callable[[Message, str], bool] = lambda msg, right: False,
     ) -> None:
         self.topics = topics
         self.hw = hw
@@ -96,6 +97,7 @@ class RpcHandler:
         self.calls = 0
         self.leases = leases
         self.may_command = may_command
+        self.has_right = has_right
         self._lease_timer: asyncio.TimerHandle | None = None
         self._log = LogLimiter(log)
 
@@ -189,8 +191,8 @@ class RpcHandler:
             known = ", ".join(m for m in adapter.methods if adapter.method(m))
             raise UnknownMethod(f"{adapter.type_name} {name!r} has no method {method_name!r} "
                                 f"(methods: {known})")
-        if method.sim_only and msg.role != "admin":
-            raise NotAuthorized(f"{method.name} is for the admin role only")
+        if method.sim_only and not self.has_right(msg, "simulate"):
+            raise NotAuthorized(f"{method.name} needs the 'simulate' right")
         bound = method.bind(args, kwargs)
         adapter.validate(method.name, bound)
         if method.writes and adapter.kind == "output" and self.leases is not None:
@@ -270,8 +272,9 @@ class RpcHandler:
                 lease = self.leases.renew(holder, lease_id, devices, ttl, now, wall)
                 result = {"lease_id": lease.lease_id, **lease.describe()}
             else:
-                if force and msg.role != "admin":
-                    raise NotAuthorized("only admins may break leases (force: true)")
+                if force and not self.has_right(msg, "force_release"):
+                    raise NotAuthorized("breaking leases (force: true) needs the "
+                                        "'force_release' right")
                 gone = self.leases.release(holder, lease_id, devices, force=force)
                 result = {"released": [lease.describe() for lease in gone]}
                 if force:

@@ -19,6 +19,7 @@ from typing import Any
 
 from pi_mqtt_gpio.server.hardware import DeviceEvent, HardwareManager
 from pi_mqtt_gpio.topics import Topics
+from pi_mqtt_gpio.version import package_version
 
 __all__ = ["Publish", "Twin", "utc_ts"]
 
@@ -71,7 +72,8 @@ class Twin:
             entry["state_topic"] = entry["topics"]["state"]
             devices.append(entry)
         doc = {"node_id": self.topics.node_id, "root": self.topics.root,
-               "simulate": self.hw.simulate, "devices": devices}
+               "simulate": self.hw.simulate, "simulated": self.hw.simulate,
+               "version": package_version(), "devices": devices}
         self.publish(self.topics.devices, dumps(doc), 1, True)
 
     @staticmethod

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from pi_mqtt_gpio.mqtt.hooks import BrokerHooks, ClientInfo, Decision
 from pi_mqtt_gpio.mqtt.topic_tree import filter_covers, parse_shared, topic_matches
-from pi_mqtt_gpio.server.config import AuthConfig, RoleConfig
+from pi_mqtt_gpio.server.config import RIGHTS, AuthConfig, RoleConfig
 from pi_mqtt_gpio.topics import Topics
 
 __all__ = ["AccessControl", "builtin_roles"]
@@ -23,16 +23,21 @@ _CACHE_MAX = 4096
 _UNSAFE_ID_CHARS = "+#/"  # an id with these would widen a filter it is substituted into
 
 
-def builtin_roles() -> dict[str, RoleConfig]:
-    """admin: everything; operator: read the gatekeeper, command devices and leases;
-    viewer: read only. Every role also reads its own reply prefix (added in ``AccessControl``)."""
+def builtin_roles(ha_prefix: str = "homeassistant") -> dict[str, RoleConfig]:
+    """admin: everything, with every right; operator: read the gatekeeper, command devices
+    and leases; viewer: read only; homeassistant: what Home Assistant's MQTT integration
+    needs. Every role also reads its own reply prefix (added in ``AccessControl``)."""
     return {
-        "admin": RoleConfig(subscribe=["#"], publish=["#"]),
+        "admin": RoleConfig(subscribe=["#"], publish=["#"], rights=list(RIGHTS)),  # type: ignore[arg-type]
         "operator": RoleConfig(
             subscribe=["{root}/#"],
             publish=["{root}/device/+/set", "{root}/device/+/call", "{root}/lease/call"],
         ),
         "viewer": RoleConfig(subscribe=["{root}/#"], publish=[]),
+        "homeassistant": RoleConfig(
+            subscribe=["{root}/#", f"{ha_prefix}/#"],
+            publish=["{root}/device/+/set", f"{ha_prefix}/status"],
+        ),
     }
 
 
@@ -46,18 +51,21 @@ class _Role:
     subscribe: tuple[str, ...]
     publish: tuple[str, ...]
     deny: tuple[str, ...]
+    rights: frozenset[str] = frozenset()
 
 
 class AccessControl(BrokerHooks):
     def __init__(self, auth: AuthConfig, topics: Topics, *,
-                 role_of: Callable[[str | None], str | None] | None = None) -> None:
-        roles = builtin_roles()
+                 role_of: Callable[[str | None], str | None] | None = None,
+                 ha_prefix: str = "homeassistant") -> None:
+        roles = builtin_roles(ha_prefix)
         roles.update(auth.roles)
         self.roles = {
-            name: _Role(tuple(r.subscribe), tuple(r.publish), tuple(r.deny))
+            name: _Role(tuple(r.subscribe), tuple(r.publish), tuple(r.deny), frozenset(r.rights))
             for name, r in roles.items()
         }
         self.topics = topics
+        self._reply_root = f"{topics.root}/reply/"
         self.role_of = role_of
         self._cache: dict[tuple[str, str | None, str], _Role] = {}
 
@@ -95,11 +103,20 @@ class AccessControl(BrokerHooks):
             return tuple(out)
 
         reply = (f"{self.topics.reply_prefix('{client_id}')}/#",)
-        expanded = _Role(sub(role.subscribe + reply), sub(role.publish), sub(role.deny))
+        expanded = _Role(sub(role.subscribe + reply), sub(role.publish), sub(role.deny),
+                         role.rights)
         if len(self._cache) >= _CACHE_MAX:
             self._cache.clear()
         self._cache[key] = expanded
         return expanded
+
+    def has_right(self, client: ClientInfo, right: str) -> bool:
+        """Whether the client's role (as it is now) holds ``right`` (simulate,
+        force_release, manage). Rights are named by the role's config, never by its name."""
+        if client.internal:
+            return True
+        role = self._expand(client)
+        return role is not None and right in role.rights
 
     def authorize_publish(self, client: ClientInfo, topic: str, qos: int, retain: bool) -> Decision:
         if client.internal:
@@ -139,12 +156,28 @@ class AccessControl(BrokerHooks):
         return self.topics.reply_prefix(client.client_id)
 
     def read_protected(self) -> tuple[str, ...]:
-        return (f"{self.topics.root}/reply/",)
+        """Reply prefixes, and the fixed start of every deny filter: a subscription that
+        overlaps a deny filter without lying inside it (``{root}/#`` with a deny of
+        ``{root}/device/safe/#``) is granted, and the denied topics are held back at
+        delivery."""
+        prefixes = {f"{self.topics.root}/reply/"}
+        for role in self.roles.values():
+            for deny in role.deny:
+                text = deny.replace("{root}", self.topics.root)
+                cut = min((i for i, c in enumerate(text) if c in "+#{"), default=len(text))
+                prefixes.add(text[:cut])
+        return tuple(sorted(prefixes))
 
     def readable(self, client: ClientInfo, topic: str) -> bool:
         """Replies are for their requester only: a ``{root}/#`` reader (a dashboard, another
-        user, even an admin) does not see other clients' replies."""
+        user, even an admin) does not see other clients' replies. Nobody receives a topic
+        its role denies, whatever filter it subscribed with."""
         if client.internal:
+            return True
+        role = self._expand(client)
+        if role is None or any(topic_matches(d, topic) for d in role.deny):
+            return False
+        if not topic.startswith(self._reply_root):
             return True
         if unsafe_client_id(client.client_id):
             return False

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pi_mqtt_gpio.mqtt.hooks import AuthRequest, AuthResult, Decision
 from pi_mqtt_gpio.mqtt.logguard import LogLimiter, clip
 from pi_mqtt_gpio.mqtt.packets import RC
-from pi_mqtt_gpio.server.config import AuthConfig, UserConfig
+from pi_mqtt_gpio.server.config import BUILTIN_ROLES, AuthConfig, UserConfig
 from pi_mqtt_gpio.server.security.passwords import (
     DUMMY_HASH,
     MAX_PASSWORD_BYTES,
@@ -36,9 +36,10 @@ class Authenticator:
     def __init__(self, auth: AuthConfig, *, max_concurrent: int = DEFAULT_MAX_CONCURRENT_CHECKS,
                  throttle: LoginThrottle | None = None) -> None:
         self.auth = auth
+        self.roles = frozenset(BUILTIN_ROLES) | frozenset(auth.roles)
         self.users: dict[str, UserConfig] = dict(auth.users)
         if auth.users_file:
-            self.users.update(read_users_file(auth.users_file))
+            self.users.update(read_users_file(auth.users_file, self.roles))
         self.throttle = throttle if throttle is not None else LoginThrottle()
         self.max_concurrent = max_concurrent
         self._executor = ThreadPoolExecutor(max_concurrent, thread_name_prefix="argon2")
@@ -50,7 +51,8 @@ class Authenticator:
         """Re-read ``auth.users_file`` (SIGHUP); returns the number of users."""
         users = dict(self.auth.users)
         if self.auth.users_file:
-            users.update(await asyncio.to_thread(read_users_file, self.auth.users_file))
+            users.update(await asyncio.to_thread(read_users_file, self.auth.users_file,
+                                                 self.roles))
         self.users = users
         log.info("users reloaded: %d", len(users))
         return len(users)

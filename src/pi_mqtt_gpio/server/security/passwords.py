@@ -8,6 +8,7 @@ default parameters, RFC 9106's low-memory profile); the Authenticator runs at mo
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 import argon2
@@ -45,8 +46,10 @@ def verify_password(password_hash: str, password: bytes) -> bool:
         return False
 
 
-def read_users_file(path: str | Path) -> dict[str, UserConfig]:
-    """``user:hash[:role]`` per line (``#`` comments), as written by ``passwd``."""
+def read_users_file(path: str | Path, roles: Collection[str] | None = None
+                    ) -> dict[str, UserConfig]:
+    """``user:hash[:role]`` per line (``#`` comments), as written by ``passwd``. With
+    ``roles``, a user whose role is not one of them is an error naming the file and line."""
     users: dict[str, UserConfig] = {}
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         line = line.strip()
@@ -55,8 +58,11 @@ def read_users_file(path: str | Path) -> dict[str, UserConfig]:
         parts = line.split(":")
         if len(parts) not in (2, 3) or not parts[0] or not parts[1].startswith("$argon2"):
             raise ValueError(f"{path}:{number}: expected user:$argon2id$...[:role]")
-        users[parts[0]] = UserConfig(password_hash=parts[1],
-                                     role=parts[2] if len(parts) == 3 else "viewer")
+        role = parts[2] if len(parts) == 3 else "viewer"
+        if roles is not None and role not in roles:
+            raise ValueError(f"{path}:{number}: user {parts[0]!r}: {role!r} is not a role "
+                             f"(roles: {', '.join(sorted(roles))})")
+        users[parts[0]] = UserConfig(password_hash=parts[1], role=role)
     return users
 
 

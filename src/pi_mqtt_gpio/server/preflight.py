@@ -1,0 +1,117 @@
+"""What the daemon would refuse at start, found before it starts (``check-config`` and the
+daemon itself run the same checks), and warnings for risky but legal settings.
+
+The config schema already checks keys, types, roles named in ``auth.users`` and pin
+conflicts; this adds what needs the file system or the network stack: the users file (and
+the roles it names, with its line), TLS files, listener addresses. Warnings: anonymous
+clients with write rights on a listener other machines can reach, passwords over plain TCP
+on such a listener, simulated pins in a config for real hardware.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pi_mqtt_gpio.server.config import BUILTIN_ROLES, Config, ListenerConfig
+from pi_mqtt_gpio.server.security.acl import builtin_roles
+from pi_mqtt_gpio.server.security.passwords import read_users_file
+
+__all__ = ["Findings", "preflight", "tls_context"]
+
+
+@dataclass
+class Findings:
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def tls_context(listener: ListenerConfig) -> ssl.SSLContext | None:
+    """The listener's server TLS context (None without certfile/keyfile); raises OSError or
+    ssl.SSLError for unreadable or unusable files."""
+    if not listener.certfile or not listener.keyfile:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(listener.certfile, listener.keyfile)
+    if listener.cafile:
+        ctx.load_verify_locations(listener.cafile)
+        ctx.verify_mode = ssl.CERT_REQUIRED if listener.require_certificate else ssl.CERT_OPTIONAL
+    return ctx
+
+
+def _loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_users_file(config: Config, out: Findings) -> None:
+    path = config.auth.users_file
+    if not path:
+        return
+    roles = set(BUILTIN_ROLES) | set(config.auth.roles)
+    try:
+        read_users_file(path, roles)
+    except OSError as exc:
+        out.errors.append(f"auth.users_file: cannot read {path}: {exc.strerror}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        out.errors.append(f"auth.users_file: {exc}")
+
+
+def _check_listeners(config: Config, out: Findings) -> None:
+    for i, listener in enumerate(config.broker.listeners):
+        where = f"broker.listeners[{i}]"
+        try:
+            socket.getaddrinfo(listener.host, listener.port or None, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            out.errors.append(f"{where}.host: cannot listen on {listener.host!r}: {exc}")
+        try:
+            tls_context(listener)
+        except (OSError, ssl.SSLError) as exc:
+            out.errors.append(f"{where}: TLS files unusable: {exc}")
+        for key in ("certfile", "keyfile", "cafile"):
+            value = getattr(listener, key)
+            if value and not Path(value).is_file():
+                out.errors.append(f"{where}.{key}: no such file: {value}")
+
+
+def _warnings(config: Config, simulate: bool, out: Findings) -> None:
+    auth = config.auth
+    exposed = [lst for lst in config.broker.listeners if not _loopback(lst.host)]
+    if auth.allow_anonymous and exposed:
+        roles = builtin_roles(config.homeassistant.prefix)
+        roles.update(auth.roles)
+        role = roles.get(auth.anonymous_role)
+        writes = role.publish if role is not None else []
+        if writes:
+            hosts = ", ".join(f"{lst.host}:{lst.port}" for lst in exposed)
+            out.warnings.append(
+                f"anonymous clients (role {auth.anonymous_role!r}) may publish "
+                f"{', '.join(writes)} and a listener is reachable from other machines "
+                f"({hosts}): anyone on the network can move hardware")
+    has_passwords = bool(auth.users_file) or any(u.password_hash for u in auth.users.values())
+    plain = [lst for lst in exposed if not lst.certfile]
+    if has_passwords and plain:
+        hosts = ", ".join(f"{lst.type} {lst.host}:{lst.port}" for lst in plain)
+        out.warnings.append(f"passwords travel in clear text on {hosts}: add a TLS listener "
+                            f"and keep plain ones on 127.0.0.1")
+    if config.hardware.pin_factory == "mock" and not simulate:
+        out.warnings.append("hardware.pin_factory is 'mock': the pins are simulated, nothing "
+                            "on the header will move (use --simulate for a demo, 'lgpio' "
+                            "for real pins)")
+
+
+def preflight(config: Config, *, simulate: bool = False) -> Findings:
+    """Everything the daemon would refuse at start, and the warnings worth a look."""
+    out = Findings()
+    _check_users_file(config, out)
+    _check_listeners(config, out)
+    _warnings(config, simulate, out)
+    return out

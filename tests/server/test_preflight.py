@@ -1,0 +1,123 @@
+"""No setting is accepted and ignored; check-config refuses what the daemon would refuse at
+start (with file and line), and warns about risky but legal settings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pi_mqtt_gpio.server.security import hash_password
+
+H = hash_password("pw")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pi_mqtt_gpio.server.main", *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+def _both(path: Path) -> list[subprocess.CompletedProcess[str]]:
+    """check-config, and a start (which must refuse before it listens)."""
+    return [_cli("check-config", "--config", str(path)),
+            _cli("--config", str(path), "--simulate")]
+
+
+BASE = "node_id: x\nbroker: {listeners: [{type: tcp, host: 127.0.0.1, port: 0}]}\n"
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("safety: {min_relay_interval_s: 5}\n", "line 3: safety: not supported yet"),
+    ("interlocks: [[a, b]]\n", "line 3: interlocks: not supported yet"),
+    ("homeassistant: {discovery: true}\n", "line 3: homeassistant: not supported yet"),
+    ("persistence: {path: /tmp/x.json}\n", "line 3: persistence: not supported yet"),
+    ("auth: {users: {bob: {password_hash: 'h', role: operater}}}\n",
+     "line 3: auth.users.bob.role: 'operater' is not a role"),
+    ("auth: {roles: {r: {subscribe: ['a/#/b']}}}\n",
+     "auth.roles.r.subscribe[0]: 'a/#/b' is not a valid MQTT topic filter"),
+    ("auth: {roles: {r: {rights: [fly]}}}\n", "auth.roles.r.rights[0]"),
+])
+def test_refused_with_its_line(tmp_path: Path, extra: str, message: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(BASE + extra)
+    for res in _both(path):
+        assert res.returncode == 2, res.stderr
+        assert message in res.stderr, res.stderr
+
+
+def test_external_broker_is_not_supported_yet(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("node_id: x\nbroker:\n  mode: external\n  external: {host: b.lan}\n")
+    for res in _both(path):
+        assert res.returncode == 2 and "line 3: broker.mode external: not supported yet" \
+            in res.stderr
+
+
+def test_users_file_role_typo_names_file_and_line(tmp_path: Path) -> None:
+    users = tmp_path / "users"
+    users.write_text(f"# comment\nann:{H}:operator\nbob:{H}:operater\n")
+    path = tmp_path / "c.yaml"
+    path.write_text(BASE + f"auth: {{users_file: {users}}}\n")
+    for res in _both(path):
+        assert res.returncode == 2
+        assert f"{users}:3: user 'bob': 'operater' is not a role" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize(("listener", "message"), [
+    ("{type: tls, host: 127.0.0.1, port: 0, certfile: /nope.pem, keyfile: /nope.key}",
+     "certfile: no such file: /nope.pem"),
+    ("{type: tcp, host: 'no such host.invalid', port: 0}", "cannot listen on"),
+])
+def test_bad_listeners_refused(tmp_path: Path, listener: str, message: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"node_id: x\nbroker: {{listeners: [{listener}]}}\n")
+    for res in _both(path):
+        assert res.returncode == 2 and message in res.stderr, res.stderr
+
+
+def test_unreadable_users_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(BASE + f"auth: {{users_file: {tmp_path / 'missing'}}}\n")
+    for res in _both(path):
+        assert res.returncode == 2 and "cannot read" in res.stderr
+
+
+@pytest.mark.parametrize(("config", "warning"), [
+    ("node_id: x\nbroker: {listeners: [{type: tcp, host: 0.0.0.0, port: 0}]}\n"
+     "auth: {allow_anonymous: true, anonymous_role: operator}\n",
+     "anonymous clients (role 'operator') may publish"),
+    ("node_id: x\nbroker: {listeners: [{type: tcp, host: 0.0.0.0, port: 0}]}\n"
+     f"auth: {{users: {{a: {{password_hash: '{H}', role: admin}}}}}}\n",
+     "passwords travel in clear text on tcp 0.0.0.0:0"),
+    (BASE + "hardware: {pin_factory: mock}\n", "the pins are simulated"),
+])
+def test_risky_settings_warn(tmp_path: Path, config: str, warning: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(config)
+    res = _cli("check-config", "--config", str(path))
+    assert (res.returncode == 0 and "warning: " + warning in res.stderr.replace("\n", " ")) \
+        or warning in res.stderr, res.stderr
+    assert res.stdout.startswith("ok (1 warnings)")
+
+
+def test_loopback_anonymous_reader_is_quiet(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(BASE + "auth: {allow_anonymous: true, anonymous_role: viewer}\n")
+    res = _cli("check-config", "--config", str(path))
+    assert res.returncode == 0 and res.stdout.strip() == "ok" and res.stderr == ""
+
+
+def test_version_on_both_clis() -> None:
+    for module in ("pi_mqtt_gpio.server.main", "pi_mqtt_gpio.client.cli"):
+        res = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True,
+                             text=True, timeout=30)
+        assert res.returncode == 0 and res.stdout.split()[-1][0].isdigit(), res
+
+
+def test_hash_password_reads_a_pipe_without_a_traceback() -> None:
+    res = subprocess.run([sys.executable, "-m", "pi_mqtt_gpio.server.main", "hash-password"],
+                         input="s3cret\n", capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0 and res.stdout.startswith("$argon2id$"), res.stderr
+    assert "Traceback" not in res.stderr
