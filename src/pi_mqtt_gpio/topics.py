@@ -43,6 +43,19 @@ class Topics:
     def audit(self) -> str:
         return f"{self.root}/audit"
 
+    @property
+    def any_status(self) -> str:
+        """The filter of every node's status under the same base topic."""
+        return f"{self.base_topic}/+/status"
+
+    def parse_status(self, topic: str) -> str | None:
+        """The node id of ``{base_topic}/<node>/status``, else None."""
+        prefix = f"{self.base_topic}/"
+        if not topic.startswith(prefix) or not topic.endswith("/status"):
+            return None
+        node = topic[len(prefix):-len("/status")]
+        return node if node and "/" not in node else None
+
     def device(self, name: str, leaf: str) -> str:
         """``{root}/device/<name>/<leaf>`` with leaf one of state, event, set, call."""
         return f"{self.root}/device/{name}/{leaf}"

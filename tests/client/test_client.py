@@ -226,7 +226,19 @@ def _fake_gatekeeper(daemon: Daemon, behaviour: str) -> Client:
     c.c.on_message = on_message
     c.connect()
     c.subscribe("gatekeeper/fake/device/+/call", 1)
+    _announce(c, "fake", [{"name": "lamp", "type": "LED"}])
     return c
+
+
+def _announce(c: Client, node: str, devices: list[dict[str, Any]]) -> None:
+    """What a node leaves on the broker: its retained status and catalogue."""
+    c.publish(f"gatekeeper/{node}/status", b"online", 1, retain=True)
+    c.publish(f"gatekeeper/{node}/devices", json.dumps({"devices": devices}), 1, retain=True)
+
+
+def _withdraw(c: Client, node: str) -> None:
+    c.publish(f"gatekeeper/{node}/status", b"", 1, retain=True)
+    c.publish(f"gatekeeper/{node}/devices", b"", 1, retain=True)
 
 
 @pytest.mark.parametrize("behaviour", ["wrong", "garbage", "silent"])
@@ -239,6 +251,7 @@ def test_bad_or_missing_replies_time_out(daemon: Daemon, behaviour: str) -> None
                 RemoteLED("lamp", gatekeeper=g).on()
             assert 0.45 < time.monotonic() - start < 2
     finally:
+        _withdraw(fake, "fake")
         fake.close()
 
 
@@ -286,6 +299,7 @@ def test_lease_context_acquires_renews_releases(daemon: Daemon) -> None:
     server.c.on_message = on_message
     server.connect()
     server.subscribe("gatekeeper/leasing/lease/call", 1)
+    _announce(server, "leasing", [])
     try:
         with Gatekeeper("127.0.0.1", daemon.port, node_id="leasing") as g, \
                 g.lease(["screen"], ttl=0.6) as lease:
@@ -297,6 +311,7 @@ def test_lease_context_acquires_renews_releases(daemon: Daemon) -> None:
         assert seen[0][1] == {"ttl": 0.6, "devices": ["screen"]}
         assert seen[-1][1] == {"devices": ["screen"], "lease_id": "L1"}
     finally:
+        _withdraw(server, "leasing")
         server.close()
 
 

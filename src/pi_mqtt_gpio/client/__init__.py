@@ -7,7 +7,7 @@
     led.on()                       # returns when the Pi confirms; raises on refusal
 """
 
-from pi_mqtt_gpio.client.connection import ConnectionLost, Gatekeeper
+from pi_mqtt_gpio.client.connection import ConnectionLost, Gatekeeper, UnknownNode
 from pi_mqtt_gpio.client.devices import (
     DeviceClosed,
     RemoteAngularServo,
@@ -40,6 +40,7 @@ from pi_mqtt_gpio.client.devices import (
     RemoteRGBLED,
     RemoteServo,
     RemoteTonalBuzzer,
+    WrongDeviceType,
 )
 from pi_mqtt_gpio.errors import GatekeeperError
 
@@ -78,4 +79,6 @@ __all__ = [
     "RemoteRGBLED",
     "RemoteServo",
     "RemoteTonalBuzzer",
+    "UnknownNode",
+    "WrongDeviceType",
 ]

@@ -4,6 +4,10 @@
     pi-mqtt-gpio call porch_light blink on_time=0.2 n=3
     pi-mqtt-gpio call status_led value 0.5
     pi-mqtt-gpio watch [DEVICE]
+    pi-mqtt-gpio nodes
+    pi-mqtt-gpio lease status
+    pi-mqtt-gpio lease acquire [DEVICE ...] [--ttl S] [--for S]   (held until Ctrl-C)
+    pi-mqtt-gpio lease renew|release [DEVICE ...] [--lease-id ID] [--force]
 
 Connection options come from flags or the environment: PI_MQTT_HOST, PI_MQTT_PORT,
 PI_MQTT_USER, PI_MQTT_PASSWORD, PI_MQTT_NODE.
@@ -63,8 +67,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     call.add_argument("args", nargs="*")
     watch = sub.add_parser("watch", help="print states and events as they happen")
     watch.add_argument("device", nargs="?")
+    sub.add_parser("nodes", help="list the gatekeeper nodes on this broker")
+    lease = sub.add_parser("lease", help="control leases: status, acquire (and hold), renew, "
+                                         "release")
+    lease.add_argument("action", choices=["status", "acquire", "renew", "release"])
+    lease.add_argument("devices", nargs="*", help="device names (none: the global lease)")
+    lease.add_argument("--ttl", type=float, default=30.0)
+    lease.add_argument("--for", dest="hold", type=float,
+                       help="acquire: hold for this many seconds (default: until Ctrl-C)")
+    lease.add_argument("--lease-id")
+    lease.add_argument("--force", action="store_true",
+                       help="release someone else's lease (needs the force_release right)")
     args = parser.parse_args(argv)
 
+    if args.command == "nodes":
+        return _nodes(args)
     try:
         gk = _connect(args)
     except GatekeeperError as exc:
@@ -88,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             reply = gk.call(args.device, args.method, *positional, **kwargs)
             print(json.dumps(reply, indent=2))
             return 0
+        if args.command == "lease":
+            return _lease(gk, args)
         return _watch(gk, args.device)
     except GatekeeperError as exc:
         print(f"{exc.code.value}: {exc.message}", file=sys.stderr)
@@ -96,6 +115,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         gk.close()
+
+
+def _nodes(args: argparse.Namespace) -> int:
+    """Every node whose retained status the broker keeps (and this user may read)."""
+    from pi_mqtt_gpio.client.nodes import list_nodes
+
+    try:
+        nodes = list_nodes(args.host, args.port, username=args.user, password=args.password,
+                           base_topic=args.base_topic, tls=args.cafile or args.tls,
+                           protocol=4 if args.v311 else 5, wait=min(args.timeout, 1.5))
+    except (OSError, GatekeeperError) as exc:
+        print(f"pi-mqtt-gpio: {exc}", file=sys.stderr)
+        return 2
+    if not nodes:
+        print("no gatekeeper nodes on this broker", file=sys.stderr)
+        return 1
+    for node in nodes:
+        print(f"{node.node_id:<24} {node.status:<8} {node.version or '-':<10} "
+              f"{node.devices if node.devices is not None else '-'} devices")
+    return 0
+
+
+def _lease(gk: Gatekeeper, args: argparse.Namespace) -> int:
+    """A lease belongs to the connection that acquired it: ``acquire`` holds it (renewing)
+    until Ctrl-C or ``--for`` seconds, then releases it; ``renew`` and ``release`` act on
+    this connection's leases, or with ``--force`` on anyone's."""
+    devices = args.devices or None
+    if args.action == "status":
+        print(json.dumps(gk.leases(), indent=2))
+        return 0
+    if args.action == "acquire":
+        with gk.lease(devices, ttl=args.ttl) as held:
+            print(f"lease {held.lease_id} on {', '.join(devices) if devices else 'all devices'} "
+                  f"held by {held.holder} until {held.expires} (renewed every "
+                  f"{args.ttl / 3:g} s); Ctrl-C releases it", flush=True)
+            threading.Event().wait(args.hold)
+        print("released")
+        return 0
+    kwargs: dict[str, Any] = {"ttl": args.ttl} if args.action == "renew" else {}
+    if devices is not None:
+        kwargs["devices"] = devices
+    if args.lease_id:
+        kwargs["lease_id"] = args.lease_id
+    if args.force:
+        kwargs["force"] = True
+    reply = gk.result(gk.submit("", args.action, (), kwargs, topic=gk.topics.lease_call),
+                      None, "lease", args.action)
+    print(json.dumps(reply.get("result"), indent=2))
+    return 0
 
 
 def _watch(gk: Gatekeeper, device: str | None) -> int:

@@ -45,6 +45,14 @@ class ConnectionLost(RequestTimeout, ConnectionError):
     be made within the timeout). The next call reconnects."""
 
 
+class UnknownNode(UnknownDevice):
+    """No gatekeeper with that node id has ever been online on this broker (there is no
+    retained ``{base_topic}/<node>/status``)."""
+
+
+NODE_CHECK_S = 2.0  # how long a new connection waits for its node's retained status
+
+
 class Gatekeeper:
     """A connection to one gatekeeper node.
 
@@ -103,6 +111,8 @@ class Gatekeeper:
         self._waiters = 0
         self.catalogue: dict[str, dict[str, Any]] = {}
         self.status: str | None = None
+        self.nodes: dict[str, str] = {}  # node id -> "online"/"offline", as the broker keeps
+        self._lease_doc: dict[str, Any] | None = None
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._pending: dict[Any, concurrent.futures.Future[dict[str, Any]]] = {}
@@ -156,6 +166,17 @@ class Gatekeeper:
                                          f"within {timeout:g} s"
             self.close()
             raise ConnectionLost(err)
+        self._check_node(min(NODE_CHECK_S, timeout))
+
+    def _check_node(self, wait: float) -> None:
+        """Fail fast on a node id that is not on this broker, naming the ones that are."""
+        with self._changed:
+            found = self._changed.wait_for(lambda: self.status is not None, wait)
+            seen = sorted(self.nodes)
+        if not found:
+            self.close()
+            raise UnknownNode(f"no gatekeeper node {self.topics.node_id!r} on this broker; "
+                              f"nodes seen: {', '.join(seen) if seen else 'none'}")
 
     # --- paho callbacks (network thread) --------------------------------------------------------
     def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
@@ -178,7 +199,8 @@ class Gatekeeper:
         root = self.topics.root
         client.subscribe([(f"{self.reply_prefix}/#", 0), (f"{root}/device/+/state", 0),
                           (f"{root}/device/+/event", 1), (f"{root}/devices", 1),
-                          (f"{root}/status", 1)])
+                          (f"{root}/status", 1), (self.topics.any_status, 1),
+                          (self.topics.lease, 1)])
         self._connected.set()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any
@@ -220,9 +242,18 @@ class Gatekeeper:
                 with self._changed:
                     self.catalogue = {d["name"]: d for d in doc.get("devices", [])}
                     self._changed.notify_all()
-            elif topic == self.topics.status:
+            elif topic == self.topics.lease:
+                doc = json.loads(m.payload)
                 with self._changed:
-                    self.status = m.payload.decode("utf-8", "replace")
+                    self._lease_doc = doc if isinstance(doc, dict) else {}
+                    self._changed.notify_all()
+            elif (node := self.topics.parse_status(topic)) is not None:
+                with self._changed:
+                    text = m.payload.decode("utf-8", "replace")
+                    if text:
+                        self.nodes[node] = text
+                    if node == self.topics.node_id:
+                        self.status = text or None
                     self._changed.notify_all()
         except (ValueError, KeyError, TypeError, AttributeError):
             log.debug("ignored a malformed message on %s", topic)
@@ -399,6 +430,13 @@ class Gatekeeper:
         return remote_class(entry["type"])(name, gatekeeper=self)
 
     # --- leases ---------------------------------------------------------------------------------
+    def leases(self) -> dict[str, Any]:
+        """The node's retained lease table: ``{"scope": ..., "leases": [{holder, devices,
+        expires, ttl}, ...]}``."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._lease_doc is not None, self.timeout)
+            return dict(self._lease_doc or {})
+
     @contextmanager
     def lease(self, devices: Sequence[str] | None = None, *, ttl: float = 30) -> Iterator[Any]:
         """Hold a control lease while the block runs: acquired on entry, renewed in the

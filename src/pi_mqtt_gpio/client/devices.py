@@ -20,12 +20,14 @@ Example::
 
 from __future__ import annotations
 
+import difflib
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from pi_mqtt_gpio.client.connection import Gatekeeper
+from pi_mqtt_gpio.errors import BadArgument, UnknownDevice
 
 __all__ = [
     "DeviceClosed",
@@ -59,8 +61,13 @@ __all__ = [
     "RemoteRGBLED",
     "RemoteServo",
     "RemoteTonalBuzzer",
+    "WrongDeviceType",
     "remote_class",
 ]
+
+class WrongDeviceType(BadArgument, TypeError):
+    """A Remote class used on a device of another type (``RemoteLED`` on a Button)."""
+
 
 class DeviceClosed(RuntimeError):
     """The Remote object was closed (the device on the Pi is unaffected)."""
@@ -87,10 +94,29 @@ class RemoteDevice:
     def __init__(self, name: str, *, gatekeeper: Gatekeeper | None = None) -> None:
         self.name = name
         self.gatekeeper = gatekeeper or _default_gatekeeper()
+        self._check_catalogue()
         self._handlers: dict[str, Callable[[], Any] | None] = {}
         self._closed = False
         if self._events:
             self.gatekeeper.add_event_listener(self._on_event)
+
+    def _check_catalogue(self) -> None:
+        """The device exists on the node, and this class fits its type (a ``RemoteLED`` on a
+        Button would fail at its first call otherwise): refuse at construction."""
+        catalogue = self.gatekeeper.devices()
+        entry = catalogue.get(self.name)
+        if entry is None:
+            close = difflib.get_close_matches(self.name, list(catalogue), n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else \
+                f" (devices: {', '.join(sorted(catalogue)) or 'none'})"
+            raise UnknownDevice(f"no device named {self.name!r} on "
+                                f"{self.gatekeeper.topics.root}{hint}")
+        actual = remote_class(str(entry.get("type", "")))
+        wanted = remote_class(self.device_type) if self.device_type else RemoteDevice
+        if not issubclass(actual, wanted):
+            raise WrongDeviceType(f"{self.name!r} is a {entry.get('type')}, not a "
+                                  f"{self.device_type or type(self).__name__}: use "
+                                  f"{actual.__name__}")
 
     # --- plumbing -------------------------------------------------------------------------------
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:

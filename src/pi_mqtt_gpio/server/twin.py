@@ -32,6 +32,12 @@ _ts_second = -1
 _ts_prefix = ""
 
 
+def _same_state(published: dict[str, Any], state: dict[str, Any]) -> bool:
+    """Whether ``state`` says what ``published`` said (``ts`` aside)."""
+    keys = state.keys() - {"ts"}
+    return keys == published.keys() - {"ts"} and all(published[k] == state[k] for k in keys)
+
+
 def utc_ts(t: float | None = None) -> str:
     """ISO 8601 UTC with milliseconds: ``2026-11-21T17:40:00.123Z``. The date-time part is
     formatted once per second (this runs for every state, event and audit entry)."""
@@ -84,8 +90,14 @@ class Twin:
         return doc
 
     def state(self, name: str, state: dict[str, Any], ts: float | None = None,
-              doc: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Publish ``state`` (retained) and remember it; returns what was published."""
+              doc: dict[str, Any] | None = None, *, force: bool = False) -> dict[str, Any]:
+        """Publish ``state`` (retained) and remember it; returns what was published. A state
+        equal to the last one published (time stamp aside) is not published again unless
+        ``force``: one change, one message, whichever paths report it (a call's reply and
+        the input edge it caused)."""
+        old = self.states.get(name)
+        if not force and old is not None and _same_state(old, state):
+            return old
         if doc is None:
             doc = self.stamp(state, ts)
         self.states[name] = doc
