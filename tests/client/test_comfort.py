@@ -4,6 +4,7 @@ is published once; a refused plain set is logged and audited."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -104,7 +105,7 @@ def test_watch_shows_every_change_once(kitchen: Daemon, tmp_path: Path) -> None:
     # the retained state, maybe the off(), then exactly 10 alternating changes
     changes = values[-10:]
     assert changes == [1, 0] * 5, values
-    assert all(a != b for a, b in zip(values, values[1:], strict=False)), values
+    assert all(a != b for a, b in itertools.pairwise(values)), values
 
 
 def test_each_state_change_is_published_once(kitchen: Daemon) -> None:
