@@ -44,6 +44,20 @@ class Topics:
         return f"{self.root}/audit"
 
     @property
+    def everything(self) -> str:
+        """The filter of the node's whole tree."""
+        return f"{self.root}/#"
+
+    @property
+    def replies(self) -> str:
+        """The start of every client's reply prefix (``{root}/reply/``)."""
+        return f"{self.root}/reply/"
+
+    def any_device(self, leaf: str) -> str:
+        """The filter ``{root}/device/+/<leaf>`` (every device's state, set, call, ...)."""
+        return f"{self.root}/device/+/{leaf}"
+
+    @property
     def any_status(self) -> str:
         """The filter of every node's status under the same base topic."""
         return f"{self.base_topic}/+/status"
@@ -62,7 +76,7 @@ class Topics:
 
     def reply_prefix(self, client_id: str) -> str:
         """Where a client's RPC replies go (its Response Information on MQTT 5)."""
-        return f"{self.root}/reply/{client_id}"
+        return f"{self.replies}{client_id}"
 
     def is_command(self, topic: str) -> bool:
         """A topic that commands the node: a device's ``set``/``call``, or the lease call."""

@@ -62,6 +62,11 @@ class Gatekeeper:
             await asyncio.to_thread(self.sync.close)
 
     @property
+    def connection(self) -> SyncGatekeeper:
+        """The synchronous ``Gatekeeper`` underneath (connected)."""
+        return self._gk
+
+    @property
     def _gk(self) -> SyncGatekeeper:
         if self.sync is None:
             raise RuntimeError("use 'async with aio.Gatekeeper(...)' or await connect() first")
@@ -103,7 +108,7 @@ class _AsyncMixin:
 
     def __init__(self, name: str, *, gatekeeper: Gatekeeper) -> None:
         self._aio = gatekeeper
-        super().__init__(name, gatekeeper=gatekeeper._gk)  # type: ignore[call-arg]
+        super().__init__(name, gatekeeper=gatekeeper.connection)  # type: ignore[call-arg]
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         async def run() -> Any:

@@ -196,10 +196,10 @@ class Gatekeeper:
             info = getattr(props, "ResponseInformation", None)
             if info:
                 self.reply_prefix = info
-        root = self.topics.root
-        client.subscribe([(f"{self.reply_prefix}/#", 0), (f"{root}/device/+/state", 0),
-                          (f"{root}/device/+/event", 1), (f"{root}/devices", 1),
-                          (f"{root}/status", 1), (self.topics.any_status, 1),
+        topics = self.topics
+        client.subscribe([(f"{self.reply_prefix}/#", 0), (topics.any_device("state"), 0),
+                          (topics.any_device("event"), 1), (topics.devices, 1),
+                          (topics.status, 1), (topics.any_status, 1),
                           (self.topics.lease, 1)])
         self._connected.set()
 
@@ -454,6 +454,11 @@ class Gatekeeper:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called (a closed connection does not reconnect)."""
+        return self._closed
 
     def close(self) -> None:
         """Disconnect and stop the threads. Safe to call more than once."""

@@ -80,7 +80,7 @@ _default_lock = threading.Lock()
 def _default_gatekeeper() -> Gatekeeper:
     global _default
     with _default_lock:
-        if _default is None or _default._closed:
+        if _default is None or _default.closed:
             _default = Gatekeeper()
         return _default
 

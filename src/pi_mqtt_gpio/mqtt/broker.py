@@ -48,6 +48,7 @@ from pi_mqtt_gpio.mqtt.packets import (
     Subscription,
     UnsubAck,
     Unsubscribe,
+    Will,
 )
 from pi_mqtt_gpio.mqtt.retain import RetainedStore
 from pi_mqtt_gpio.mqtt.session import (
@@ -697,37 +698,65 @@ class BrokerCore:
         return None
 
     def _establish(self, conn: Connection, now: float) -> None:
+        """CONNECT accepted: negotiate, attach the session, keep the Will, send CONNACK,
+        resume what the session had in flight."""
         packet = conn.connect
         assert packet is not None and conn.client is not None
+        ack_props, expiry = self._negotiate(conn, packet)
+        session, session_present = self._attach_session(conn, packet, expiry, now)
+        if packet.will is not None:
+            conn.will, conn.will_delay = self._will_message(conn, packet.will)
+        if conn.v5:
+            ack_props.update(self._connack_properties(conn, packet))
+        conn.state = ConnState.CONNECTED
+        self._unpend(conn)
+        self.established += 1
+        conn.send(ConnAck(session_present, RC.SUCCESS, ack_props))
+        self._dirty.add(conn)
+        if conn.keep_alive:
+            self.timers.push(now + conn.keep_alive * 1.5, "keepalive", conn)
+        self._resume(conn, session, now)
+        for hook in self.hooks:
+            try:
+                hook.on_connected(conn.client)
+            except Exception:
+                log.exception("on_connected hook failed")
+
+    def _negotiate(self, conn: Connection, packet: Connect) -> tuple[Properties, int]:
+        """Keep alive, session expiry and the client's limits; the CONNACK properties they
+        need and the session expiry interval."""
         props = packet.properties
-        v5 = conn.v5
-        client_id = conn.client_id
         limits = self.limits
-        username, role = conn.client.username, conn.client.role
-        # Keep alive and the server cap (MQTT-3.2.2-21: the client uses Server Keep Alive).
         ack_props: Properties = {}
+        # Keep alive and the server cap (MQTT-3.2.2-21: the client uses Server Keep Alive).
         keep_alive = packet.keep_alive
-        if v5 and (keep_alive == 0 or keep_alive > limits.max_keepalive):
+        if conn.v5 and (keep_alive == 0 or keep_alive > limits.max_keepalive):
             keep_alive = limits.max_keepalive
             ack_props[Prop.SERVER_KEEP_ALIVE] = keep_alive
         conn.keep_alive = keep_alive
         # Session expiry: 3.1.1 CleanSession=0 keeps the session with no expiry.
-        if v5:
-            expiry = min(props.get(Prop.SESSION_EXPIRY_INTERVAL, 0), limits.max_session_expiry)
-            if expiry != props.get(Prop.SESSION_EXPIRY_INTERVAL, 0):
+        if conn.v5:
+            asked = props.get(Prop.SESSION_EXPIRY_INTERVAL, 0)
+            expiry = min(asked, limits.max_session_expiry)
+            if expiry != asked:
                 ack_props[Prop.SESSION_EXPIRY_INTERVAL] = expiry
         else:
             expiry = 0 if packet.clean_start else NEVER_EXPIRES
         conn.receive_max_out = min(props.get(Prop.RECEIVE_MAXIMUM, 65535), limits.max_inflight_out)
         conn.max_packet_out = props.get(Prop.MAXIMUM_PACKET_SIZE, 0)
         conn.alias_out_max = props.get(Prop.TOPIC_ALIAS_MAXIMUM, 0)
+        return ack_props, expiry
+
+    def _attach_session(self, conn: Connection, packet: Connect, expiry: int, now: float
+                        ) -> tuple[Session, bool]:
+        """The session for ``conn``: taken over, discarded (clean start) or new."""
+        client_id = conn.client_id
         # Session takeover (MQTT-3.1.4-3): the existing connection is closed (0x8E on 5.0).
         session = self.sessions.get(client_id)
         if session is not None and session.conn is not None:
-            old = session.conn
-            self._close(old, now, RC.SESSION_TAKEN_OVER, "session taken over")
+            self._close(session.conn, now, RC.SESSION_TAKEN_OVER, "session taken over")
             session = self.sessions.get(client_id)  # may have ended with the old connection
-        session_present = False
+        present = False
         if session is not None and packet.clean_start:
             self._end_session(session, now)  # MQTT-3.1.2-4: discard the existing session
             session = None
@@ -736,48 +765,47 @@ class BrokerCore:
             session = Session(client_id)
             self.sessions[client_id] = session
         else:
-            session_present = True
+            present = True
             session.will = None  # MQTT-3.1.3-9: reconnected before the Will Delay passed
         session.expiry_interval = expiry
         session.expires_at = None
         session.conn = conn
         session.client = conn.client
         conn.session = session
-        # The Will (published on an unclean close, after its delay).
-        if packet.will is not None:
-            will = packet.will
-            wprops = dict(will.properties)
-            conn.will_delay = wprops.pop(Prop.WILL_DELAY_INTERVAL, 0)
-            # A Message Expiry Interval stays in the properties: it starts counting when the
-            # Will is published (``publish`` turns it into ``expires_at``).
-            conn.will = Message(
-                will.topic, will.payload, will.qos,
-                will.retain and self._may_retain(conn.client, will.topic), wprops, None,
-                client_id, username, role,
-            )
-        # CONNACK properties (5.0).
-        if v5:
-            if Prop.ASSIGNED_CLIENT_IDENTIFIER in props:
-                ack_props[Prop.ASSIGNED_CLIENT_IDENTIFIER] = client_id
-            if limits.receive_maximum < 65535:
-                ack_props[Prop.RECEIVE_MAXIMUM] = limits.receive_maximum
-            ack_props[Prop.MAXIMUM_PACKET_SIZE] = limits.max_packet_size
-            if limits.topic_alias_maximum:
-                ack_props[Prop.TOPIC_ALIAS_MAXIMUM] = limits.topic_alias_maximum
-            if props.get(Prop.REQUEST_RESPONSE_INFORMATION):
-                for hook in self.hooks:
-                    info = hook.response_information(conn.client)
-                    if info:
-                        ack_props[Prop.RESPONSE_INFORMATION] = info
-                        break
-        conn.state = ConnState.CONNECTED
-        self._unpend(conn)
-        self.established += 1
-        conn.send(ConnAck(session_present, RC.SUCCESS, ack_props))
-        self._dirty.add(conn)
-        if keep_alive:
-            self.timers.push(now + keep_alive * 1.5, "keepalive", conn)
-        # Resume: resend unacknowledged deliveries with DUP (MQTT-4.4.0-1), then the queue.
+        return session, present
+
+    def _will_message(self, conn: Connection, will: Will) -> tuple[Message, int]:
+        """The Will as the message to publish on an unclean close, and its delay. A Message
+        Expiry Interval stays in the properties: it starts counting when the Will is
+        published (``publish`` turns it into ``expires_at``)."""
+        assert conn.client is not None
+        wprops = dict(will.properties)
+        delay = wprops.pop(Prop.WILL_DELAY_INTERVAL, 0)
+        retain = will.retain and self._may_retain(conn.client, will.topic)
+        return Message(will.topic, will.payload, will.qos, retain, wprops, None,
+                       conn.client_id, conn.client.username, conn.client.role), delay
+
+    def _connack_properties(self, conn: Connection, packet: Connect) -> Properties:
+        """What a 5.0 CONNACK tells the client about us."""
+        limits = self.limits
+        out: Properties = {}
+        if Prop.ASSIGNED_CLIENT_IDENTIFIER in packet.properties:
+            out[Prop.ASSIGNED_CLIENT_IDENTIFIER] = conn.client_id
+        if limits.receive_maximum < 65535:
+            out[Prop.RECEIVE_MAXIMUM] = limits.receive_maximum
+        out[Prop.MAXIMUM_PACKET_SIZE] = limits.max_packet_size
+        if limits.topic_alias_maximum:
+            out[Prop.TOPIC_ALIAS_MAXIMUM] = limits.topic_alias_maximum
+        if packet.properties.get(Prop.REQUEST_RESPONSE_INFORMATION) and conn.client is not None:
+            for hook in self.hooks:
+                info = hook.response_information(conn.client)
+                if info:
+                    out[Prop.RESPONSE_INFORMATION] = info
+                    break
+        return out
+
+    def _resume(self, conn: Connection, session: Session, now: float) -> None:
+        """Resend unacknowledged deliveries with DUP (MQTT-4.4.0-1), then the queue."""
         if session.inflight:
             self._watch_acks(conn, now)
         for pid, item in session.inflight.items():
@@ -787,11 +815,6 @@ class BrokerCore:
                 self._send_publish(conn, item.message, item.qos, item.retain, pid, True,
                                    item.subscription_ids, now)
         self._drain_queue(session, now)
-        for hook in self.hooks:
-            try:
-                hook.on_connected(conn.client)
-            except Exception:
-                log.exception("on_connected hook failed")
 
     # ------------------------------------------------------------------ dispatch
     def _dispatch(self, conn: Connection, first: int, body: bytes, now: float) -> None:
@@ -824,26 +847,11 @@ class BrokerCore:
 
     # ------------------------------------------------------------------ PUBLISH in
     def _on_publish(self, conn: Connection, p: Publish, now: float) -> None:
-        props = p.properties
-        topic = p.topic
+        """An inbound PUBLISH: resolve its topic, check it, route it, acknowledge it."""
         session = conn.session
         assert session is not None and conn.client is not None
-        if conn.v5 and props:
-            alias = props.get(Prop.TOPIC_ALIAS)
-            if alias is not None:
-                if alias > self.limits.topic_alias_maximum:
-                    # MQTT-3.3.2-9/10
-                    raise ProtocolError("topic alias out of range", RC.TOPIC_ALIAS_INVALID)
-                if topic:
-                    conn.alias_in[alias] = topic
-                else:
-                    known = conn.alias_in.get(alias)
-                    if known is None:
-                        raise ProtocolError("unknown topic alias")  # MQTT-3.3.4-? (0x82)
-                    topic = known
-        qos = p.qos
-        pid = p.packet_id
-        client = conn.client
+        topic = self._resolve_alias(conn, p)
+        qos, pid = p.qos, p.packet_id
         if not self._topic_ok(topic):
             self._refuse_publish(conn, p, topic, RC.TOPIC_NAME_INVALID, now,
                                  "topic too long or too deep")
@@ -855,52 +863,79 @@ class BrokerCore:
             return
         if qos == 2 and len(session.awaiting_rel) >= self.limits.receive_maximum:
             raise ProtocolError("Receive Maximum exceeded", RC.RECEIVE_MAXIMUM_EXCEEDED)
-        code: int = RC.SUCCESS
-        if conn.v5 and props.get(Prop.PAYLOAD_FORMAT_INDICATOR) == 1:
-            try:
-                p.payload.decode("utf-8")
-            except UnicodeDecodeError:
-                code = RC.PAYLOAD_FORMAT_INVALID
-        if code == RC.SUCCESS and self._authorize_publish(client, topic, qos, p.retain) \
-                is not Decision.ALLOW:
-            # 5.0: 0x87 in PUBACK/PUBREC; 3.1.1 MQTT-3.3.5-2: positive ack, message dropped.
-            code = RC.NOT_AUTHORIZED if conn.v5 else RC.SUCCESS
-            self._log.log(logging.INFO, conn.client_id, now, "publish to %r by %r denied",
-                          clip(topic), clip(conn.client_id))
-            routed = -1
-            denied = Message(topic, p.payload, qos, p.retain, props, None, conn.client_id,
-                             client.username, client.role)
-            for hook in self.hooks:
-                try:
-                    hook.on_publish_denied(client, denied)
-                except Exception:
-                    log.exception("on_publish_denied hook failed")
-        elif code == RC.SUCCESS:
-            fwd: Properties = props
-            expires_at = None
-            if props and p.raw_properties is None:
-                fwd = {k: v for k, v in props.items() if k not in _FORWARD_DROP}
-                mei = props.get(Prop.MESSAGE_EXPIRY_INTERVAL)
-                if mei is not None:
-                    expires_at = now + mei
-            retain = p.retain and self._may_retain(client, topic)
-            msg = Message(topic, p.payload, qos, retain, fwd, expires_at, conn.client_id,
-                          client.username, client.role, p.raw_properties)
-            routed = self.publish(msg, now)
-        else:
-            routed = -1
+        routed = -1
+        code = self._publish_check(conn, p, topic, now)
+        if code == RC.SUCCESS:
+            routed = self.publish(self._inbound_message(conn, p, topic, now), now)
+        elif code == RC.NOT_AUTHORIZED and not conn.v5:
+            code = RC.SUCCESS  # 3.1.1 MQTT-3.3.5-2: positive acknowledgement, message dropped
+        if qos == 0:
+            return
+        if conn.v5 and code == RC.SUCCESS and routed == 0:
+            code = RC.NO_MATCHING_SUBSCRIBERS
         if qos == 1:
-            if conn.v5 and code == RC.SUCCESS and routed == 0:
-                code = RC.NO_MATCHING_SUBSCRIBERS
             conn.send(PubAck(pid, code))  # type: ignore[arg-type]
-            self._dirty.add(conn)
-        elif qos == 2:
-            if conn.v5 and code == RC.SUCCESS and routed == 0:
-                code = RC.NO_MATCHING_SUBSCRIBERS
+        else:
             if code < 0x80:
                 session.awaiting_rel.add(pid)  # type: ignore[arg-type]
             conn.send(PubRec(pid, code))  # type: ignore[arg-type]
-            self._dirty.add(conn)
+        self._dirty.add(conn)
+
+    def _resolve_alias(self, conn: Connection, p: Publish) -> str:
+        """The topic of ``p``, through its 5.0 Topic Alias (MQTT-3.3.2-9/10/12)."""
+        topic = p.topic
+        alias = p.properties.get(Prop.TOPIC_ALIAS) if conn.v5 and p.properties else None
+        if alias is None:
+            return topic
+        if alias > self.limits.topic_alias_maximum:
+            raise ProtocolError("topic alias out of range", RC.TOPIC_ALIAS_INVALID)
+        if topic:
+            conn.alias_in[alias] = topic
+            return topic
+        known = conn.alias_in.get(alias)
+        if known is None:
+            raise ProtocolError("unknown topic alias")  # (0x82)
+        return known
+
+    def _publish_check(self, conn: Connection, p: Publish, topic: str, now: float) -> int:
+        """SUCCESS, PAYLOAD_FORMAT_INVALID (5.0) or NOT_AUTHORIZED (the ACL; the hooks hear of
+        the refusal, so that a refused call can still be answered)."""
+        client = conn.client
+        assert client is not None
+        if conn.v5 and p.properties.get(Prop.PAYLOAD_FORMAT_INDICATOR) == 1:
+            try:
+                p.payload.decode("utf-8")
+            except UnicodeDecodeError:
+                return RC.PAYLOAD_FORMAT_INVALID
+        if self._authorize_publish(client, topic, p.qos, p.retain) is Decision.ALLOW:
+            return RC.SUCCESS
+        self._log.log(logging.INFO, conn.client_id, now, "publish to %r by %r denied",
+                      clip(topic), clip(conn.client_id))
+        denied = Message(topic, p.payload, p.qos, p.retain, p.properties, None, conn.client_id,
+                         client.username, client.role)
+        for hook in self.hooks:
+            try:
+                hook.on_publish_denied(client, denied)
+            except Exception:
+                log.exception("on_publish_denied hook failed")
+        return RC.NOT_AUTHORIZED
+
+    def _inbound_message(self, conn: Connection, p: Publish, topic: str, now: float) -> Message:
+        """The message to route: per-hop properties dropped, expiry on our clock, the retain
+        flag cleared where a hook forbids it."""
+        client = conn.client
+        assert client is not None
+        props = p.properties
+        fwd: Properties = props
+        expires_at = None
+        if props and p.raw_properties is None:
+            fwd = {k: v for k, v in props.items() if k not in _FORWARD_DROP}
+            mei = props.get(Prop.MESSAGE_EXPIRY_INTERVAL)
+            if mei is not None:
+                expires_at = now + mei
+        retain = p.retain and self._may_retain(client, topic)
+        return Message(topic, p.payload, p.qos, retain, fwd, expires_at, conn.client_id,
+                       client.username, client.role, p.raw_properties)
 
     def _refuse_publish(self, conn: Connection, p: Publish, topic: str, code: int, now: float,
                         why: str) -> None:

@@ -109,8 +109,8 @@ class Daemon:
             self.twin.state(name, state)
         self.twin.start()
         root = self.topics.root
-        self.client.subscribe(f"{root}/device/+/call", now=now, qos=1)
-        self.client.subscribe(f"{root}/device/+/set", now=now, qos=1)
+        self.client.subscribe(self.topics.any_device("call"), now=now, qos=1)
+        self.client.subscribe(self.topics.any_device("set"), now=now, qos=1)
         self.client.subscribe(self.topics.lease_call, now=now, qos=1)
         self.rpc.publish_leases()
         self.twin.status(True)
@@ -127,8 +127,7 @@ class Daemon:
         5 s; ``degraded``: events were dropped, the command queue is over half full, or the
         inventory could not be read."""
         status, problems = "ok", []
-        worker = self.hw._thread
-        if worker is None or not worker.is_alive():
+        if not self.hw.worker_alive:
             status, problems = "failed", ["hardware worker not running"]
             gpio: dict[str, object] = {}
         else:
@@ -143,7 +142,7 @@ class Daemon:
         if status == "ok" and self.hw.events_dropped:
             status = "degraded"
             problems.append(f"{self.hw.events_dropped} input events dropped")
-        if status == "ok" and self.hw.pending > self.hw._queue_max // 2:
+        if status == "ok" and self.hw.pending > self.hw.queue_max // 2:
             status = "degraded"
             problems.append(f"{self.hw.pending} hardware commands queued")
         doc = {"status": status, "problems": problems, "ts": utc_ts(), "gpio": gpio,
@@ -318,5 +317,5 @@ def _hint(daemon: Daemon) -> None:
     root = daemon.topics.root
     first = next(iter(daemon.hw.adapters), "DEVICE")
     print(f"try: mosquitto_sub -h {host} -p {port} -t '{root}/#' -v   |   "
-          f"mosquitto_rr -h {host} -p {port} -i me -t {root}/device/{first}/call "
-          f"-e {root}/reply/me -m '{{\"method\": \"state\"}}'", flush=True)
+          f"mosquitto_rr -h {host} -p {port} -i me -t {daemon.topics.device(first, 'call')} "
+          f"-e {daemon.topics.reply_prefix('me')} -m '{{\"method\": \"state\"}}'", flush=True)

@@ -516,6 +516,16 @@ class HardwareManager:
     def pending(self) -> int:
         return self._pending
 
+    @property
+    def queue_max(self) -> int:
+        """Commands that may wait for the worker at once (more are refused BUSY)."""
+        return self._queue_max
+
+    @property
+    def worker_alive(self) -> bool:
+        """Whether the hardware worker thread is running."""
+        return self._thread is not None and self._thread.is_alive()
+
     # --- the airlock ----------------------------------------------------------------------------
     def airlock(self, device: str, event: str | None, state: dict[str, Any]) -> None:
         """Called from any thread (gpiozero callbacks): hand the event to the event loop."""

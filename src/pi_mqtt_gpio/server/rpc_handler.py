@@ -387,7 +387,7 @@ class RpcHandler:
         prefix = self.topics.reply_prefix(msg.sender)
         if topic == prefix or topic.startswith(prefix + "/"):
             return True
-        if topic_matches(f"{self.topics.root}/#", topic):
+        if topic_matches(self.topics.everything, topic):
             return False  # never into the gatekeeper's own tree, except the reply prefix
         client = ClientInfo(msg.sender, msg.username, msg.role, PROTOCOL_50, "", "")
         for hook in self.acl:

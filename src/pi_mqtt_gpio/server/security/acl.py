@@ -65,7 +65,7 @@ class AccessControl(BrokerHooks):
             for name, r in roles.items()
         }
         self.topics = topics
-        self._reply_root = f"{topics.root}/reply/"
+        self._reply_root = topics.replies
         self.role_of = role_of
         self._cache: dict[tuple[str, str | None, str], _Role] = {}
 
@@ -140,7 +140,7 @@ class AccessControl(BrokerHooks):
         plain = parsed[1]
         if any(filter_covers(d, plain) for d in role.deny):
             return Decision.DENY
-        replies = f"{self.topics.root}/reply/#"
+        replies = f"{self.topics.replies}#"
         own_prefix = self.topics.reply_prefix(client.client_id)
         own_ok = not unsafe_client_id(client.client_id)
         if filter_covers(replies, plain) and not (own_ok and (
@@ -160,7 +160,7 @@ class AccessControl(BrokerHooks):
         overlaps a deny filter without lying inside it (``{root}/#`` with a deny of
         ``{root}/device/safe/#``) is granted, and the denied topics are held back at
         delivery."""
-        prefixes = {f"{self.topics.root}/reply/"}
+        prefixes = {self.topics.replies}
         for role in self.roles.values():
             for deny in role.deny:
                 text = deny.replace("{root}", self.topics.root)
