@@ -14,6 +14,7 @@ test-suite uses ``mqtt5`` as an independent oracle for our 5.0 encodings.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pi_mqtt_gpio.mqtt.errors import MalformedPacket, PacketTooLarge, ProtocolError
@@ -779,73 +780,96 @@ def _encode_connect(p: Connect) -> bytes:
 _ACK_FIRST: dict[type, int] = {PubAck: 0x40, PubRec: 0x50, PubRel: 0x62, PubComp: 0x70}
 
 
+def _encode_ack(packet: Any, v5: bool) -> bytes:
+    """PUBACK, PUBREC, PUBREL, PUBCOMP: the short forms when the reason is success."""
+    first = _ACK_FIRST[type(packet)]
+    pid: bytes = packet.packet_id.to_bytes(2, "big")
+    if not v5 or (packet.reason_code == RC.SUCCESS and not packet.properties):
+        return bytes((first, 2)) + pid
+    if not packet.properties:
+        return bytes((first, 3)) + pid + bytes((packet.reason_code,))
+    return _frame(first, pid + bytes((packet.reason_code,)) + _encode_props(packet.properties))
+
+
+def _encode_connack(packet: Any, v5: bool) -> bytes:
+    body = bytes((1 if packet.session_present else 0, _connack_code(packet.reason_code, v5)))
+    if v5:
+        body += _encode_props(packet.properties)
+    return _frame(0x20, body)
+
+
+def _encode_suback(packet: Any, v5: bool) -> bytes:
+    codes = packet.reason_codes
+    if not v5:
+        codes = [c if c < 0x80 else 0x80 for c in codes]  # 3.1.1: 0x80 is the only failure
+    body = packet.packet_id.to_bytes(2, "big")
+    if v5:
+        body += _encode_props(packet.properties)
+    return _frame(0x90, body + bytes(codes))
+
+
+def _encode_unsuback(packet: Any, v5: bool) -> bytes:
+    body = packet.packet_id.to_bytes(2, "big")
+    if v5:
+        body += _encode_props(packet.properties) + bytes(packet.reason_codes)
+    return _frame(0xB0, body)
+
+
+def _encode_goodbye(packet: Any, v5: bool) -> bytes:
+    """DISCONNECT and AUTH: empty bodies when the reason is success."""
+    first = 0xE0 if isinstance(packet, Disconnect) else 0xF0
+    if not v5 or (packet.reason_code == RC.SUCCESS and not packet.properties):
+        return bytes((first, 0))
+    return _frame(first, bytes((packet.reason_code,)) + _encode_props(packet.properties))
+
+
+def _encode_subscribe(packet: Any, v5: bool) -> bytes:
+    body = bytearray(packet.packet_id.to_bytes(2, "big"))
+    if v5:
+        body += _encode_props(packet.properties)
+    for sub in packet.subscriptions:
+        opts = sub.qos
+        if v5:
+            opts |= ((0x04 if sub.no_local else 0) | (0x08 if sub.retain_as_published else 0)
+                     | (sub.retain_handling << 4))
+        body += _str(sub.topic_filter) + bytes((opts,))
+    return _frame(0x82, bytes(body))
+
+
+def _encode_unsubscribe(packet: Any, v5: bool) -> bytes:
+    body = bytearray(packet.packet_id.to_bytes(2, "big"))
+    if v5:
+        body += _encode_props(packet.properties)
+    for topic_filter in packet.topic_filters:
+        body += _str(topic_filter)
+    return _frame(0xA2, bytes(body))
+
+
+_ENCODERS: dict[type, Callable[[Any, bool], bytes]] = {
+    PubAck: _encode_ack, PubRec: _encode_ack, PubRel: _encode_ack, PubComp: _encode_ack,
+    ConnAck: _encode_connack,
+    SubAck: _encode_suback,
+    UnsubAck: _encode_unsuback,
+    PingReq: lambda packet, v5: b"\xc0\x00",
+    PingResp: lambda packet, v5: b"\xd0\x00",
+    Disconnect: _encode_goodbye, Auth: _encode_goodbye,
+    Subscribe: _encode_subscribe,
+    Unsubscribe: _encode_unsubscribe,
+    Connect: lambda packet, v5: _encode_connect(packet),
+}
+
+
 def encode(packet: Packet, version: int = PROTOCOL_50) -> bytes:
     """Encode any packet for a connection speaking ``version``."""
-    v5 = version == PROTOCOL_50
     if isinstance(packet, Publish):
         return encode_publish(
             packet.topic, packet.payload, packet.qos, packet.retain, packet.dup,
             packet.packet_id, packet.properties, version,
         )
-    if isinstance(packet, PubAck | PubRec | PubRel | PubComp):
-        first = _ACK_FIRST[type(packet)]
-        pid = packet.packet_id.to_bytes(2, "big")
-        if not v5 or (packet.reason_code == RC.SUCCESS and not packet.properties):
-            return bytes((first, 2)) + pid
-        if not packet.properties:
-            return bytes((first, 3)) + pid + bytes((packet.reason_code,))
-        return _frame(first, pid + bytes((packet.reason_code,)) + _encode_props(packet.properties))
-    if isinstance(packet, ConnAck):
-        body = bytes((1 if packet.session_present else 0, _connack_code(packet.reason_code, v5)))
-        if v5:
-            body += _encode_props(packet.properties)
-        return _frame(0x20, body)
-    if isinstance(packet, SubAck):
-        codes = packet.reason_codes
-        if not v5:
-            codes = [c if c < 0x80 else 0x80 for c in codes]
-        body = packet.packet_id.to_bytes(2, "big")
-        if v5:
-            body += _encode_props(packet.properties)
-        return _frame(0x90, body + bytes(codes))
-    if isinstance(packet, UnsubAck):
-        body = packet.packet_id.to_bytes(2, "big")
-        if v5:
-            body += _encode_props(packet.properties) + bytes(packet.reason_codes)
-        return _frame(0xB0, body)
-    if isinstance(packet, PingReq):
-        return b"\xc0\x00"
-    if isinstance(packet, PingResp):
-        return b"\xd0\x00"
-    if isinstance(packet, Disconnect | Auth):
-        first = 0xE0 if isinstance(packet, Disconnect) else 0xF0
-        if not v5 or (packet.reason_code == RC.SUCCESS and not packet.properties):
-            return bytes((first, 0))
-        return _frame(first, bytes((packet.reason_code,)) + _encode_props(packet.properties))
-    if isinstance(packet, Subscribe):
-        sbody = bytearray(packet.packet_id.to_bytes(2, "big"))
-        if v5:
-            sbody += _encode_props(packet.properties)
-        for sub in packet.subscriptions:
-            opts = sub.qos
-            if v5:
-                opts |= (
-                    (0x04 if sub.no_local else 0)
-                    | (0x08 if sub.retain_as_published else 0)
-                    | (sub.retain_handling << 4)
-                )
-            sbody += _str(sub.topic_filter) + bytes((opts,))
-        return _frame(0x82, bytes(sbody))
-    if isinstance(packet, Unsubscribe):
-        ubody = bytearray(packet.packet_id.to_bytes(2, "big"))
-        if v5:
-            ubody += _encode_props(packet.properties)
-        for topic_filter in packet.topic_filters:
-            ubody += _str(topic_filter)
-        return _frame(0xA2, bytes(ubody))
-    if isinstance(packet, Connect):
-        return _encode_connect(packet)
-    raise TypeError(f"cannot encode {packet!r}")
+    encoder = _ENCODERS.get(type(packet))
+    if encoder is None:
+        raise TypeError(f"cannot encode {packet!r}")
+    return encoder(packet, version == PROTOCOL_50)
 
 
 # 3.1.1 CONNACK return codes (section 3.2.2.3) for the 5.0 reason codes a server uses.
