@@ -50,6 +50,7 @@ log = logging.getLogger("pi_mqtt_gpio.rpc")
 Send = Callable[..., None]  # (topic, payload, qos, properties[, retain])
 MAX_REQUEST_BYTES = 65536
 _REPLY_FIELDS = frozenset({"reply_to", "correlation_id"})
+MAX_LEASE_DEVICES = 256  # device names one lease call may list
 
 
 class _TooDeep(BadRequest):
@@ -227,9 +228,10 @@ class RpcHandler:
 
     # --- leases ---------------------------------------------------------------------------------
     def _lease_call(self, msg: Message) -> None:
+        """``{root}/lease/call``: acquire, renew or release, answered like any call."""
         reply = self._v5_reply(msg)
         method: str | None = None
-        loop = asyncio.get_running_loop()
+        kwargs: dict[str, Any] = {}
         try:
             if self.leases is None:
                 raise UnknownMethod("leases are not enabled")
@@ -240,54 +242,64 @@ class RpcHandler:
             method = request.get("method") if isinstance(request.get("method"), str) else None
             if method not in ("acquire", "renew", "release"):
                 raise UnknownMethod("lease methods: acquire, renew, release")
-            kwargs = request.get("kwargs") or {}
-            if not isinstance(kwargs, dict):
-                raise BadArgument("kwargs must be an object")
-            unknown = set(kwargs) - {"devices", "ttl", "lease_id", "force"}
-            if unknown:
-                raise BadArgument(f"{method}() has no argument {sorted(unknown)[0]!r}")
-            devices = kwargs.get("devices")
-            if devices is not None:
-                if not isinstance(devices, list) or not devices or \
-                        not all(isinstance(d, str) for d in devices) or len(devices) > 256:
-                    raise BadArgument("devices must be a non-empty list of device names")
-                for device in devices:
-                    if device not in self.hw.adapters:
-                        raise UnknownDevice(f"no device named {device!r}")
-            ttl = kwargs.get("ttl")
-            if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)):
-                raise BadArgument("ttl must be a number of seconds")
-            lease_id = kwargs.get("lease_id")
-            if lease_id is not None and not isinstance(lease_id, str):
-                raise BadArgument("lease_id must be a string")
-            force = kwargs.get("force", False)
-            if not isinstance(force, bool):
-                raise BadArgument("force must be true or false")
-            holder = (msg.username, msg.sender or "")
-            now, wall = loop.time(), time.time()
-            if method == "acquire":
-                lease = self.leases.acquire(holder, devices, ttl, now, wall)
-                result = {"lease_id": lease.lease_id, **lease.describe()}
-            elif method == "renew":
-                lease = self.leases.renew(holder, lease_id, devices, ttl, now, wall)
-                result = {"lease_id": lease.lease_id, **lease.describe()}
-            else:
-                if force and not self.has_right(msg, "force_release"):
-                    raise NotAuthorized("breaking leases (force: true) needs the "
-                                        "'force_release' right")
-                gone = self.leases.release(holder, lease_id, devices, force=force)
-                result = {"released": [lease.describe() for lease in gone]}
-                if force:
-                    self.lease_lost([g for g in gone if g.holder != holder], "broken by admin")
+            kwargs = self._lease_kwargs(method, request.get("kwargs"))
+            result = self._lease_action(msg, method, kwargs)
         except GatekeeperError as exc:
             self._refuse(msg, "lease", method, exc, self._salvage(msg, exc, reply), "lease")
             return
-        log.info("lease %s by %r: %s", method, msg.sender, result)
+        self._log.log(logging.INFO, msg.sender or "", _now(), "lease %s by %r: %s", method,
+                      clip(msg.sender), clip(result, 300))
         if reply is not None:
             self._reply(msg, reply, {"ok": True, "result": result})
         self._audit(msg, "lease", method, {k: v for k, v in kwargs.items() if k != "lease_id"},
                     "lease", None)
         self.publish_leases()
+
+    def _lease_kwargs(self, method: str, kwargs: Any) -> dict[str, Any]:
+        """The lease call's arguments, checked: devices (known names), ttl, lease_id, force."""
+        kwargs = kwargs or {}
+        if not isinstance(kwargs, dict):
+            raise BadArgument("kwargs must be an object")
+        unknown = set(kwargs) - {"devices", "ttl", "lease_id", "force"}
+        if unknown:
+            raise BadArgument(f"{method}() has no argument {sorted(unknown)[0]!r}")
+        devices = kwargs.get("devices")
+        if devices is not None:
+            if not isinstance(devices, list) or not devices or len(devices) > MAX_LEASE_DEVICES \
+                    or not all(isinstance(d, str) for d in devices):
+                raise BadArgument("devices must be a non-empty list of device names")
+            for device in devices:
+                if device not in self.hw.adapters:
+                    raise UnknownDevice(f"no device named {clip(device)!r}")
+        ttl = kwargs.get("ttl")
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)):
+            raise BadArgument("ttl must be a number of seconds")
+        if kwargs.get("lease_id") is not None and not isinstance(kwargs["lease_id"], str):
+            raise BadArgument("lease_id must be a string")
+        if not isinstance(kwargs.get("force", False), bool):
+            raise BadArgument("force must be true or false")
+        return kwargs
+
+    def _lease_action(self, msg: Message, method: str, kwargs: dict[str, Any]
+                      ) -> dict[str, Any]:
+        """Carry out a checked lease call for its sender (the holder as the broker saw it)."""
+        assert self.leases is not None
+        holder = (msg.username, msg.sender or "")
+        devices, ttl = kwargs.get("devices"), kwargs.get("ttl")
+        lease_id, force = kwargs.get("lease_id"), kwargs.get("force", False)
+        now, wall = _now(), time.time()
+        if method == "acquire":
+            lease = self.leases.acquire(holder, devices, ttl, now, wall)
+            return {"lease_id": lease.lease_id, **lease.describe()}
+        if method == "renew":
+            lease = self.leases.renew(holder, lease_id, devices, ttl, now, wall)
+            return {"lease_id": lease.lease_id, **lease.describe()}
+        if force and not self.has_right(msg, "force_release"):
+            raise NotAuthorized("breaking leases (force: true) needs the 'force_release' right")
+        gone = self.leases.release(holder, lease_id, devices, force=force)
+        if force:
+            self.lease_lost([g for g in gone if g.holder != holder], "broken by admin")
+        return {"released": [lease.describe() for lease in gone]}
 
     def publish_leases(self) -> None:
         """Retained ``{root}/lease`` and the expiry timer, after every change."""
