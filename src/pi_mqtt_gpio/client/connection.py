@@ -29,6 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from pi_mqtt_gpio.client.lease import Lease
 from pi_mqtt_gpio.errors import RequestTimeout, UnknownDevice, error_for
 from pi_mqtt_gpio.topics import Topics
 
@@ -441,8 +442,6 @@ class Gatekeeper:
     def lease(self, devices: Sequence[str] | None = None, *, ttl: float = 30) -> Iterator[Any]:
         """Hold a control lease while the block runs: acquired on entry, renewed in the
         background every ttl/3, released on exit. ``devices=None`` asks for the global lease."""
-        from pi_mqtt_gpio.client.lease import Lease
-
         lease = Lease(self, devices, ttl)
         lease.acquire()
         try:

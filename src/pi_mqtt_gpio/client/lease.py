@@ -6,19 +6,32 @@ holder and expiry.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pi_mqtt_gpio.errors import GatekeeperError
-
-if TYPE_CHECKING:
-    from pi_mqtt_gpio.client.connection import Gatekeeper
+from pi_mqtt_gpio.topics import Topics
 
 __all__ = ["Lease"]
 
 log = logging.getLogger("pi_mqtt_gpio.client")
+
+
+class Gatekeeper(Protocol):
+    """What a lease needs of its connection (``client.connection.Gatekeeper``)."""
+
+    topics: Topics
+    timeout: float
+
+    def submit(self, device: str, method: str, args: Sequence[Any] = (),
+               kwargs: dict[str, Any] | None = None, *, topic: str | None = None
+               ) -> concurrent.futures.Future[dict[str, Any]]: ...
+
+    def result(self, future: concurrent.futures.Future[dict[str, Any]], timeout: float | None,
+               device: str, method: str) -> dict[str, Any]: ...
 
 
 class Lease:
