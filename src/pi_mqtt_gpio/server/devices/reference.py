@@ -78,7 +78,7 @@ def _method_line(name: str, adapter: type[DeviceAdapter]) -> str:
         if p.default is not REQUIRED:
             text += f"={p.default!r}"
         params.append(text)
-    flag = " *(simulation only, admin)*" if method.sim_only else ""
+    flag = " *(simulation only, `simulate` right)*" if method.sim_only else ""
     return f"- `{name}({', '.join(params)})`{flag} — {method.doc}"
 
 
