@@ -126,69 +126,104 @@ def build(tp: Any, value: Any, path: Path, problems: list[Problem]) -> Any:
     return result
 
 
+_NO = object()  # "this converter does not accept the value"
+
+
 def _convert(tp: Any, value: Any, path: Path, problems: list[Problem]) -> Any:
+    """``value`` as ``tp``, or None with the problems recorded."""
     origin = get_origin(tp)
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
-        options = get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        for option in options:
-            if option is type(None):
-                continue
-            trial: list[Problem] = []
-            result = build(option, value, path, trial)
-            if not trial:
-                return result
-        problems.append((path, f"expected {_describe(tp)} (got {_short(value)})"))
-        return None
+        return _convert_union(tp, value, path, problems)
     if origin is Literal:
-        if value in get_args(tp) and not (isinstance(value, bool) and
-                                          not any(isinstance(a, bool) for a in get_args(tp))):
-            return value
-        problems.append((path, f"expected {_describe(tp)} (got {_short(value)})"))
-        return None
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
+        result = _convert_literal(tp, value)
+    elif tp in _SCALARS:
+        result = _SCALARS[tp](value)
     elif origin in (list, tuple):
-        if isinstance(value, list):
-            (item_tp, *_) = get_args(tp) or (Any,)
-            before = len(problems)
-            items = [build(item_tp, v, (*path, i), problems) for i, v in enumerate(value)]
-            if len(problems) != before:
-                return None
-            return tuple(items) if origin is tuple else items
+        result = _convert_list(tp, origin, value, path, problems)
     elif origin is dict:
-        if isinstance(value, Mapping):
-            _key_tp, val_tp = get_args(tp)
-            before = len(problems)
-            out = {}
-            for k, v in value.items():
-                if not isinstance(k, str):
-                    problems.append(((*path, str(k)), "keys must be strings"))
-                    continue
-                out[k] = build(val_tp, v, (*path, k), problems)
-            return out if len(problems) == before else None
+        result = _convert_dict(tp, value, path, problems)
     elif dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if value is None:
             value = {}
-        if isinstance(value, Mapping):
-            return _build_section(tp, value, path, problems)
+        result = _build_section(tp, value, path, problems) if isinstance(value, Mapping) \
+            else _NO
     else:  # pragma: no cover - a schema bug, not a config problem
         raise TypeError(f"unsupported schema type {tp!r}")
+    if result is _NO:
+        problems.append((path, f"expected {_describe(tp)} (got {_short(value)})"))
+        return None
+    return result
+
+
+def _convert_union(tp: Any, value: Any, path: Path, problems: list[Problem]) -> Any:
+    options = get_args(tp)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        if option is type(None):
+            continue
+        trial: list[Problem] = []
+        result = build(option, value, path, trial)
+        if not trial:
+            return result
     problems.append((path, f"expected {_describe(tp)} (got {_short(value)})"))
     return None
+
+
+def _convert_literal(tp: Any, value: Any) -> Any:
+    allowed = get_args(tp)
+    if value in allowed and not (isinstance(value, bool)
+                                 and not any(isinstance(a, bool) for a in allowed)):
+        return value  # (True == 1: a bool matches only a bool literal)
+    return _NO
+
+
+def _scalar_bool(value: Any) -> Any:
+    return value if isinstance(value, bool) else _NO
+
+
+def _scalar_int(value: Any) -> Any:
+    return value if isinstance(value, int) and not isinstance(value, bool) else _NO
+
+
+def _scalar_float(value: Any) -> Any:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) \
+        else _NO
+
+
+def _scalar_str(value: Any) -> Any:
+    return value if isinstance(value, str) else _NO
+
+
+_SCALARS: dict[Any, Any] = {bool: _scalar_bool, int: _scalar_int, float: _scalar_float,
+                            str: _scalar_str}
+
+
+def _convert_list(tp: Any, origin: Any, value: Any, path: Path, problems: list[Problem]) -> Any:
+    if not isinstance(value, list):
+        return _NO
+    (item_tp, *_) = get_args(tp) or (Any,)
+    before = len(problems)
+    items = [build(item_tp, v, (*path, i), problems) for i, v in enumerate(value)]
+    if len(problems) != before:
+        return None
+    return tuple(items) if origin is tuple else items
+
+
+def _convert_dict(tp: Any, value: Any, path: Path, problems: list[Problem]) -> Any:
+    if not isinstance(value, Mapping):
+        return _NO
+    _key_tp, val_tp = get_args(tp)
+    before = len(problems)
+    out = {}
+    for k, v in value.items():
+        if not isinstance(k, str):
+            problems.append(((*path, str(k)), "keys must be strings"))
+            continue
+        out[k] = build(val_tp, v, (*path, k), problems)
+    return out if len(problems) == before else None
 
 
 def _build_section(cls: type, data: Mapping[str, Any], path: Path,
