@@ -8,6 +8,7 @@ import itertools
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,23 +89,32 @@ def test_watch_shows_every_change_once(kitchen: Daemon, tmp_path: Path) -> None:
     watch = subprocess.Popen([sys.executable, "-m", "pi_mqtt_gpio.client.cli", "--host",
                               "127.0.0.1", "--port", str(kitchen.port), "--node", "kitchen",
                               "watch", "porch_light"], stdout=subprocess.PIPE, text=True)
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in watch.stdout or []:
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
-        time.sleep(1.5)
+        assert wait_for(lambda: len(lines) >= 1, 10)  # the retained state: watch is ready
         with Gatekeeper("127.0.0.1", kitchen.port, node_id="kitchen") as g:
             led = RemoteLED("porch_light", gatekeeper=g)
             led.off()
-            time.sleep(0.3)
             for _ in range(10):
                 led.toggle()  # as fast as the replies come
-            time.sleep(1.0)
+            final = led.value
+        expected_last = json.dumps(final)
+        assert wait_for(lambda: lines and f'"value": {expected_last}' in lines[-1], 5)
+        time.sleep(0.3)  # nothing more may follow
     finally:
         watch.terminate()
-        out = watch.communicate(timeout=5)[0]
-    values = [json.loads(line.split(" ", 2)[2])["value"] for line in out.splitlines()
-              if " state " in line]
+        watch.wait(5)
+        reader.join(2)
+    values = [json.loads(line.split(" ", 2)[2])["value"] for line in lines if " state " in line]
     # the retained state, maybe the off(), then exactly 10 alternating changes
-    changes = values[-10:]
-    assert changes == [1, 0] * 5, values
+    assert values[-10:] == [1, 0] * 5, values
     assert all(a != b for a, b in itertools.pairwise(values)), values
 
 

@@ -174,8 +174,15 @@ def _watch(gk: Gatekeeper, device: str | None) -> int:
 
         return out
 
-    gk.add_state_listener(show("state"))
+    state = show("state")
+    gk.add_state_listener(state)
     gk.add_event_listener(show("event"))
+    # The retained states may have arrived before the listener: start with them.
+    for name in sorted(gk.devices()) if device is None else [device]:
+        try:
+            state(name, gk.state(name, wait=1.0))
+        except GatekeeperError:
+            print(f"{name}: no state", file=sys.stderr)
     threading.Event().wait()
     return 0
 
