@@ -44,7 +44,7 @@ def _connect(args: argparse.Namespace) -> Gatekeeper:
                       timeout=args.timeout)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pi-mqtt-gpio",
                                      description="Talk to a pi-mqtt-gatekeeper from a terminal.")
     parser.add_argument("--version", action="version",
@@ -78,8 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     lease.add_argument("--lease-id")
     lease.add_argument("--force", action="store_true",
                        help="release someone else's lease (needs the force_release right)")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.command == "nodes":
         return _nodes(args)
     try:
@@ -89,22 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         if args.command == "devices":
-            for name, entry in sorted(gk.devices().items()):
-                methods = ", ".join(str(m) for m in entry.get("methods", []))
-                print(f"{name:<20} {entry.get('type', '?'):<18} {methods}")
-            return 0
+            return _devices(gk)
         if args.command == "call":
-            positional: list[Any] = []
-            kwargs: dict[str, Any] = {}
-            for item in args.args:
-                key, sep, text = item.partition("=")
-                if sep and key.isidentifier():
-                    kwargs[key] = _value(text)
-                else:
-                    positional.append(_value(item))
-            reply = gk.call(args.device, args.method, *positional, **kwargs)
-            print(json.dumps(reply, indent=2))
-            return 0
+            return _call(gk, args)
         if args.command == "lease":
             return _lease(gk, args)
         return _watch(gk, args.device)
@@ -115,6 +105,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         gk.close()
+
+
+def _devices(gk: Gatekeeper) -> int:
+    for name, entry in sorted(gk.devices().items()):
+        methods = ", ".join(str(m) for m in entry.get("methods", []))
+        print(f"{name:<20} {entry.get('type', '?'):<18} {methods}")
+    return 0
+
+
+def _call(gk: Gatekeeper, args: argparse.Namespace) -> int:
+    positional: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    for item in args.args:
+        key, sep, text = item.partition("=")
+        if sep and key.isidentifier():
+            kwargs[key] = _value(text)
+        else:
+            positional.append(_value(item))
+    reply = gk.call(args.device, args.method, *positional, **kwargs)
+    print(json.dumps(reply, indent=2))
+    return 0
 
 
 def _nodes(args: argparse.Namespace) -> int:

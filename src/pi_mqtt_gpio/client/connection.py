@@ -52,6 +52,7 @@ class UnknownNode(UnknownDevice):
 
 
 NODE_CHECK_S = 2.0  # how long a new connection waits for its node's retained status
+RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 30  # reconnect backoff
 
 
 class Gatekeeper:
@@ -128,28 +129,38 @@ class Gatekeeper:
         self._closed = False
         self._leases: list[Any] = []
 
+        self._mqtt = self._paho(transport, username, password, tls)
+        self._callback_thread.start()
+        self._connect_error: str | None = None
+        self._connect(keepalive, timeout)
+        self._check_node(min(NODE_CHECK_S, timeout))
+
+    def _paho(self, transport: str, username: str | None, password: str | None,
+              tls: bool | str | ssl.SSLContext) -> mqtt.Client:
+        """The paho client underneath: credentials, TLS, backoff, our callbacks."""
         kwargs: dict[str, Any] = {}
         if not self.v5:
             kwargs["clean_session"] = True
-        self._mqtt = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                                 protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
-                                 transport="websockets" if transport == "websockets" else "tcp",
-                                 reconnect_on_failure=True, **kwargs)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
+                             transport="websockets" if transport == "websockets" else "tcp",
+                             reconnect_on_failure=True, **kwargs)
         if username is not None:
-            self._mqtt.username_pw_set(username, password)
-        if tls:
-            if isinstance(tls, ssl.SSLContext):
-                self._mqtt.tls_set_context(tls)
-            elif isinstance(tls, str):
-                self._mqtt.tls_set(ca_certs=tls)
-            else:
-                self._mqtt.tls_set()
-        self._mqtt.reconnect_delay_set(min_delay=1, max_delay=30)  # backoff
-        self._mqtt.on_connect = self._on_connect
-        self._mqtt.on_disconnect = self._on_disconnect
-        self._mqtt.on_message = self._on_message
-        self._callback_thread.start()
-        self._connect_error: str | None = None
+            client.username_pw_set(username, password)
+        if isinstance(tls, ssl.SSLContext):
+            client.tls_set_context(tls)
+        elif isinstance(tls, str):
+            client.tls_set(ca_certs=tls)
+        elif tls:
+            client.tls_set()
+        client.reconnect_delay_set(min_delay=RECONNECT_MIN_S, max_delay=RECONNECT_MAX_S)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def _connect(self, keepalive: int, timeout: float) -> None:
+        """Connect in the background loop and wait for the CONNACK (at most ``timeout``)."""
         props = None
         if self.v5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -167,7 +178,6 @@ class Gatekeeper:
                                          f"within {timeout:g} s"
             self.close()
             raise ConnectionLost(err)
-        self._check_node(min(NODE_CHECK_S, timeout))
 
     def _check_node(self, wait: float) -> None:
         """Fail fast on a node id that is not on this broker, naming the ones that are."""

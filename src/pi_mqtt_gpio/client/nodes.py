@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import os
 import ssl
 import threading
 import time
@@ -38,17 +39,11 @@ def list_nodes(host: str | None = None, port: int | None = None, *,
                protocol: int = 5, wait: float = 1.0) -> list[NodeInfo]:
     """The nodes under ``base_topic`` with their status, version and device count, sorted
     by node id. Retained messages arrive at once; ``wait`` bounds how long we listen."""
-    import os
-
     host = host or os.environ.get("PI_MQTT_HOST") or "localhost"
     port = int(port or os.environ.get("PI_MQTT_PORT") or (8883 if tls else 1883))
     username = username if username is not None else os.environ.get("PI_MQTT_USER")
     password = password if password is not None else os.environ.get("PI_MQTT_PASSWORD")
-    probe = Topics(base_topic, "+")
-    statuses: dict[str, str] = {}
-    catalogues: dict[str, dict[str, Any]] = {}
-    connected = threading.Event()
-    errors: list[str] = []
+    probe = _Probe(Topics(base_topic, "+"))
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"nodes-{uuid.uuid4().hex[:10]}",
                          protocol=mqtt.MQTTv5 if protocol == 5 else mqtt.MQTTv311)
     if username is not None:
@@ -59,42 +54,59 @@ def list_nodes(host: str | None = None, port: int | None = None, *,
         client.tls_set(ca_certs=tls)
     elif tls:
         client.tls_set()
+    client.on_connect = probe.on_connect
+    client.on_message = probe.on_message
+    client.connect(host, port, 30)
+    client.loop_start()
+    try:
+        if not probe.connected.wait(max(wait, CONNECT_WAIT_S)) or probe.errors:
+            raise ConnectionError(probe.errors[0] if probe.errors else
+                                  f"no connection to {host}:{port}")
+        time.sleep(wait)  # retained messages come at once; a slow broker gets this long
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return probe.nodes()
 
-    def on_connect(c: Any, u: Any, f: Any, rc: Any, p: Any) -> None:
+
+CONNECT_WAIT_S = 5.0
+
+
+class _Probe:
+    """Collects the retained status and catalogue of every node."""
+
+    def __init__(self, topics: Topics) -> None:
+        self.topics = topics
+        self.statuses: dict[str, str] = {}
+        self.catalogues: dict[str, dict[str, Any]] = {}
+        self.connected = threading.Event()
+        self.errors: list[str] = []
+
+    def on_connect(self, c: Any, u: Any, f: Any, rc: Any, p: Any) -> None:
         if rc.is_failure:
-            errors.append(f"connection refused: {rc}")
+            self.errors.append(f"connection refused: {rc}")
         else:
-            c.subscribe([(probe.any_status, 1), (probe.devices, 1)])
-        connected.set()
+            c.subscribe([(self.topics.any_status, 1), (self.topics.devices, 1)])
+        self.connected.set()
 
-    def on_message(c: Any, u: Any, m: mqtt.MQTTMessage) -> None:
-        node = probe.parse_status(m.topic)
+    def on_message(self, c: Any, u: Any, m: mqtt.MQTTMessage) -> None:
+        node = self.topics.parse_status(m.topic)
         if node is not None:
             if m.payload:
-                statuses[node] = m.payload.decode("utf-8", "replace")
+                self.statuses[node] = m.payload.decode("utf-8", "replace")
             return
         parts = m.topic.split("/")
         if len(parts) >= 2 and parts[-1] == "devices":
             try:
-                catalogues[parts[-2]] = json.loads(m.payload)
+                self.catalogues[parts[-2]] = json.loads(m.payload)
             except ValueError:
                 pass
 
-    client.on_connect = on_connect
-    client.on_message = on_message
-    client.connect(host, port, 30)
-    client.loop_start()
-    try:
-        if not connected.wait(max(wait, 5.0)) or errors:
-            raise ConnectionError(errors[0] if errors else f"no connection to {host}:{port}")
-        time.sleep(wait)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    out = []
-    for node, status in sorted(statuses.items()):
-        doc = catalogues.get(node, {})
-        devices = doc.get("devices")
-        out.append(NodeInfo(node, status, doc.get("version"),
-                            len(devices) if isinstance(devices, list) else None))
-    return out
+    def nodes(self) -> list[NodeInfo]:
+        out = []
+        for node, status in sorted(self.statuses.items()):
+            doc = self.catalogues.get(node, {})
+            devices = doc.get("devices")
+            out.append(NodeInfo(node, status, doc.get("version"),
+                                len(devices) if isinstance(devices, list) else None))
+        return out

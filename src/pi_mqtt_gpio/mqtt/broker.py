@@ -69,6 +69,9 @@ _T = TypeVar("_T")
 
 _FORWARD_DROP = (Prop.TOPIC_ALIAS, Prop.SUBSCRIPTION_IDENTIFIER, Prop.MESSAGE_EXPIRY_INTERVAL)
 _RETAINED_NODE_COST = 300  # bytes a level of the retained tree costs (measured: ~290)
+KEEPALIVE_GRACE = 1.5  # MQTT-3.1.2-22: silence for 1.5 x Keep Alive closes the connection
+RECEIVE_MAXIMUM_DEFAULT = 65535  # a Receive Maximum that is absent means 65,535
+RC_FAILURE = 0x80  # reason codes from here on are failures (MQTT 5.0 section 2.4)
 CLIENT_ID_FORBIDDEN = "/+#"  # a reply prefix {root}/reply/<client id> must be unambiguous
 
 
@@ -564,7 +567,7 @@ class BrokerCore:
             conn = ref
             if conn.state is not ConnState.CONNECTED or not conn.keep_alive:
                 return
-            deadline = conn.last_rx + conn.keep_alive * 1.5  # MQTT-3.1.2-22 (1.5x)
+            deadline = conn.last_rx + conn.keep_alive * KEEPALIVE_GRACE  # MQTT-3.1.2-22
             if now >= deadline:
                 self._close(conn, now, RC.KEEP_ALIVE_TIMEOUT, "keep alive timeout")
             else:
@@ -714,7 +717,7 @@ class BrokerCore:
         conn.send(ConnAck(session_present, RC.SUCCESS, ack_props))
         self._dirty.add(conn)
         if conn.keep_alive:
-            self.timers.push(now + conn.keep_alive * 1.5, "keepalive", conn)
+            self.timers.push(now + conn.keep_alive * KEEPALIVE_GRACE, "keepalive", conn)
         self._resume(conn, session, now)
         for hook in self.hooks:
             try:
@@ -742,7 +745,7 @@ class BrokerCore:
                 ack_props[Prop.SESSION_EXPIRY_INTERVAL] = expiry
         else:
             expiry = 0 if packet.clean_start else NEVER_EXPIRES
-        conn.receive_max_out = min(props.get(Prop.RECEIVE_MAXIMUM, 65535), limits.max_inflight_out)
+        conn.receive_max_out = min(props.get(Prop.RECEIVE_MAXIMUM, RECEIVE_MAXIMUM_DEFAULT), limits.max_inflight_out)
         conn.max_packet_out = props.get(Prop.MAXIMUM_PACKET_SIZE, 0)
         conn.alias_out_max = props.get(Prop.TOPIC_ALIAS_MAXIMUM, 0)
         return ack_props, expiry
@@ -791,7 +794,7 @@ class BrokerCore:
         out: Properties = {}
         if Prop.ASSIGNED_CLIENT_IDENTIFIER in packet.properties:
             out[Prop.ASSIGNED_CLIENT_IDENTIFIER] = conn.client_id
-        if limits.receive_maximum < 65535:
+        if limits.receive_maximum < RECEIVE_MAXIMUM_DEFAULT:
             out[Prop.RECEIVE_MAXIMUM] = limits.receive_maximum
         out[Prop.MAXIMUM_PACKET_SIZE] = limits.max_packet_size
         if limits.topic_alias_maximum:
@@ -876,7 +879,7 @@ class BrokerCore:
         if qos == 1:
             conn.send(PubAck(pid, code))  # type: ignore[arg-type]
         else:
-            if code < 0x80:
+            if code < RC_FAILURE:
                 session.awaiting_rel.add(pid)  # type: ignore[arg-type]
             conn.send(PubRec(pid, code))  # type: ignore[arg-type]
         self._dirty.add(conn)
@@ -1013,7 +1016,7 @@ class BrokerCore:
             self._dirty.add(conn)
             return
         conn.last_ack = now
-        if p.reason_code >= 0x80:
+        if p.reason_code >= RC_FAILURE:
             del session.inflight[p.packet_id]  # MQTT-4.3.3-? the flow ends on an error PUBREC
             self._charge(session, -item.message.cost)
             self._drain_queue(session, now)

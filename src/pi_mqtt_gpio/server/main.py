@@ -45,7 +45,7 @@ def _run_loop(coro: object) -> int:
         return int(runner.run(coro))  # type: ignore[arg-type]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pi-mqtt-gatekeeper",
         description="Raspberry Pi GPIO Gatekeeper with an embedded MQTT 3.1.1/5.0 broker",
@@ -66,7 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            "(like mosquitto_passwd)")
     passwd.add_argument("file")
     passwd.add_argument("user")
-    passwd.add_argument("--role", default="viewer", help="admin, operator, viewer or custom")
+    passwd.add_argument("--role", default="viewer",
+                        help="admin, operator, viewer, homeassistant or one of your roles")
     passwd.add_argument("--stdin", action="store_true", help="read the password from stdin")
     owners = sub.add_parser("gpio-owners", help="list every line of the GPIO chip: used or "
                                                 "free, consumer, ours or foreign")
@@ -74,49 +75,68 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                "consumer_tag")
     owners.add_argument("--chip", help="chip number, /dev/gpiochipN or label (default: auto)")
     owners.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
-
     if args.command == "gpio-owners":
         return _gpio_owners(args)
-
     if args.command in ("hash-password", "passwd"):
-        from pi_mqtt_gpio.server.security import hash_password, write_users_file
-
-        if args.stdin or not sys.stdin.isatty():
-            password = sys.stdin.readline().rstrip("\r\n")  # piped: no prompt, no echo
-        else:
-            password = getpass.getpass("Password: ")
-            if password != getpass.getpass("Again: "):
-                print("passwords differ", file=sys.stderr)
-                return 1
-        if not password:
-            print("empty password refused", file=sys.stderr)
-            return 1
-        if args.command == "hash-password":
-            print(hash_password(password))
-            return 0
-        try:
-            write_users_file(args.file, args.user, hash_password(password), args.role)
-        except (OSError, ValueError) as exc:
-            print(f"passwd: {exc}", file=sys.stderr)
-            return 1
-        print(f"{args.user} ({args.role}) written to {args.file}; "
-              f"send SIGHUP to a running gatekeeper to reload it")
-        return 0
-
+        return _passwords(args)
     path = args.check_config if args.command == "check-config" else args.config
     if not path:
         parser.error("--config FILE is required")
+    return _check_and_run(path, checking=args.command == "check-config",
+                          simulate=args.simulate)
+
+
+def _read_password(from_stdin: bool) -> str | None:
+    """From stdin when asked or when stdin is not a terminal (a pipe: no prompt, no echo),
+    else typed twice at a prompt; None when the two differ."""
+    if from_stdin or not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    password = getpass.getpass("Password: ")
+    return password if password == getpass.getpass("Again: ") else None
+
+
+def _passwords(args: argparse.Namespace) -> int:
+    """``hash-password`` and ``passwd``."""
+    from pi_mqtt_gpio.server.security import hash_password, write_users_file
+
+    password = _read_password(args.stdin)
+    if password is None:
+        print("passwords differ", file=sys.stderr)
+        return 1
+    if not password:
+        print("empty password refused", file=sys.stderr)
+        return 1
+    if args.command == "hash-password":
+        print(hash_password(password))
+        return 0
+    try:
+        write_users_file(args.file, args.user, hash_password(password), args.role)
+    except (OSError, ValueError) as exc:
+        print(f"passwd: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.user} ({args.role}) written to {args.file}; "
+          f"send SIGHUP to a running gatekeeper to reload it")
+    return 0
+
+
+def _check_and_run(path: str, *, checking: bool, simulate: bool) -> int:
+    """Load and check the config (exit 2 with every problem); then either say ``ok``
+    (check-config) or run the daemon."""
+    from pi_mqtt_gpio.server.preflight import preflight
+
     try:
         config = load_config(path)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    from pi_mqtt_gpio.server.preflight import preflight
-
-    checking = args.command == "check-config"
-    findings = preflight(config, simulate=args.simulate)
+    findings = preflight(config, simulate=simulate)
     for warning in findings.warnings:
         if checking:
             print(f"warning: {warning}", file=sys.stderr)
@@ -132,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from pi_mqtt_gpio.server.daemon import run
 
-    return _run_loop(run(config, simulate=args.simulate))
+    return _run_loop(run(config, simulate=simulate))
 
 
 def _gpio_owners(args: argparse.Namespace) -> int:

@@ -81,9 +81,18 @@ class BinaryInputAdapter(DeviceAdapter):
     def state(self) -> dict[str, Any]:
         return self.state_for(bool(self.device.is_active))
 
+    def _active_high(self) -> bool:
+        """The pin level that means "active", as gpiozero derives it from the config: the
+        opposite of the pull, or ``active_state`` for a floating input."""
+        cfg = self.config
+        pull_up = getattr(cfg, "pull_up", False)
+        if pull_up is None:
+            return bool(getattr(cfg, "active_state", True))
+        return not pull_up
+
     def _drive(self, active: bool) -> None:
         pin = self.device.pin
-        if active == self.device._active_state:  # gpiozero: the level that means "active"
+        if active == self._active_high():
             pin.drive_high()
         else:
             pin.drive_low()
