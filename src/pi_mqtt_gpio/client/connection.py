@@ -30,6 +30,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from pi_mqtt_gpio.client.lease import Lease
+from pi_mqtt_gpio.client.registry import remote_class
 from pi_mqtt_gpio.errors import RequestTimeout, UnknownDevice, error_for
 from pi_mqtt_gpio.topics import Topics
 
@@ -433,8 +434,6 @@ class Gatekeeper:
 
     def device(self, name: str) -> Any:
         """A Remote object of the right class for ``name`` (``RemoteLED`` for an LED, ...)."""
-        from pi_mqtt_gpio.client.devices import remote_class
-
         entry = self.devices().get(name)
         if entry is None:
             raise UnknownDevice(f"no device named {name!r} on {self.topics.root}")

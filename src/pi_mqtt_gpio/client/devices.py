@@ -24,9 +24,11 @@ import difflib
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from pi_mqtt_gpio.client.connection import Gatekeeper
+from pi_mqtt_gpio.client.registry import register
+from pi_mqtt_gpio.client.registry import remote_class as _remote_class
 from pi_mqtt_gpio.errors import BadArgument, UnknownDevice
 
 __all__ = [
@@ -652,20 +654,18 @@ RemoteMCP3301 = _mcp("MCP3301")
 RemoteMCP3302 = _mcp("MCP3302")
 RemoteMCP3304 = _mcp("MCP3304")
 
-_CLASSES: dict[str, type[RemoteDevice]] = {
-    cls.device_type: cls
-    for cls in (
-        RemoteOutputDevice, RemoteDigitalOutputDevice, RemoteLED, RemoteBuzzer,
-        RemotePWMOutputDevice, RemotePWMLED, RemoteRGBLED, RemoteTonalBuzzer, RemoteMotor,
-        RemotePhaseEnableMotor, RemoteServo, RemoteAngularServo, RemoteButton,
-        RemoteDigitalInputDevice, RemoteMotionSensor, RemoteLineSensor, RemoteLightSensor,
-        RemoteDistanceSensor, RemoteMCP3001, RemoteMCP3002, RemoteMCP3004, RemoteMCP3008,
-        RemoteMCP3201, RemoteMCP3202, RemoteMCP3204, RemoteMCP3208, RemoteMCP3301,
-        RemoteMCP3302, RemoteMCP3304,
-    )
-}
+register(
+    RemoteDevice,
+    RemoteOutputDevice, RemoteDigitalOutputDevice, RemoteLED, RemoteBuzzer,
+    RemotePWMOutputDevice, RemotePWMLED, RemoteRGBLED, RemoteTonalBuzzer, RemoteMotor,
+    RemotePhaseEnableMotor, RemoteServo, RemoteAngularServo, RemoteButton,
+    RemoteDigitalInputDevice, RemoteMotionSensor, RemoteLineSensor, RemoteLightSensor,
+    RemoteDistanceSensor, RemoteMCP3001, RemoteMCP3002, RemoteMCP3004, RemoteMCP3008,
+    RemoteMCP3201, RemoteMCP3202, RemoteMCP3204, RemoteMCP3208, RemoteMCP3301,
+    RemoteMCP3302, RemoteMCP3304,
+)
 
 
 def remote_class(device_type: str) -> type[RemoteDevice]:
     """The Remote class for a gatekeeper device type (``"LED"`` -> ``RemoteLED``)."""
-    return _CLASSES.get(device_type, RemoteDevice)
+    return cast(type[RemoteDevice], _remote_class(device_type))

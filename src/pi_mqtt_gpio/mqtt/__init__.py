@@ -3,7 +3,7 @@ the broker core. Nothing in this package opens a socket or reads a clock."""
 
 from pi_mqtt_gpio.mqtt.broker import BrokerCore, BrokerLimits, InternalClient
 from pi_mqtt_gpio.mqtt.hooks import AuthRequest, AuthResult, BrokerHooks, ClientInfo, Decision
-from pi_mqtt_gpio.mqtt.session import Message
+from pi_mqtt_gpio.mqtt.message import Message
 
 __all__ = [
     "AuthRequest",

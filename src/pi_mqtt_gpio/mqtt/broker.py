@@ -27,6 +27,7 @@ from pi_mqtt_gpio.mqtt.hooks import (
     Decision,
 )
 from pi_mqtt_gpio.mqtt.logguard import LogLimiter, clip
+from pi_mqtt_gpio.mqtt.message import Message
 from pi_mqtt_gpio.mqtt.packets import (
     PROTOCOL_50,
     PROTOCOL_311,
@@ -54,7 +55,6 @@ from pi_mqtt_gpio.mqtt.retain import RetainedStore
 from pi_mqtt_gpio.mqtt.session import (
     NEVER_EXPIRES,
     Inflight,
-    Message,
     Pending,
     Session,
     SubEntry,
@@ -218,6 +218,7 @@ class BrokerCore:
         self.queued_bytes = 0  # ``Message.cost`` queued or in flight, all sessions
         # Sockets that have not completed CONNECT and authentication, oldest first.
         self._pending: dict[int, Connection] = {}
+        self._conn_sessions: dict[int, Session] = {}  # connection id -> its session
         self._pending_by_address: dict[str, int] = {}
         self._log = LogLimiter(log)
         # Topic prefixes whose deliveries a hook must approve per receiver (reply prefixes).
@@ -485,7 +486,7 @@ class BrokerCore:
         self._unpend(conn)
         if was_connected:
             self.established -= 1
-        session = conn.session
+        session = self._conn_sessions.pop(conn.id, None)
         if session is None or session.conn is not conn:
             return
         session.conn = None
@@ -774,7 +775,7 @@ class BrokerCore:
         session.expires_at = None
         session.conn = conn
         session.client = conn.client
-        conn.session = session
+        self._conn_sessions[conn.id] = session
         return session, present
 
     def _will_message(self, conn: Connection, will: Will) -> tuple[Message, int]:
@@ -851,7 +852,7 @@ class BrokerCore:
     # ------------------------------------------------------------------ PUBLISH in
     def _on_publish(self, conn: Connection, p: Publish, now: float) -> None:
         """An inbound PUBLISH: resolve its topic, check it, route it, acknowledge it."""
-        session = conn.session
+        session = self._conn_sessions.get(conn.id)
         assert session is not None and conn.client is not None
         topic = self._resolve_alias(conn, p)
         qos, pid = p.qos, p.packet_id
@@ -955,7 +956,7 @@ class BrokerCore:
         elif conn.v5:
             conn.send(PubRec(p.packet_id, ack_code))  # type: ignore[arg-type]
         else:
-            conn.session.awaiting_rel.add(p.packet_id)  # type: ignore[union-attr, arg-type]
+            self._conn_sessions[conn.id].awaiting_rel.add(p.packet_id)  # type: ignore[arg-type]
             conn.send(PubRec(p.packet_id))  # type: ignore[arg-type]
         self._dirty.add(conn)
 
@@ -985,7 +986,7 @@ class BrokerCore:
         return Decision.DENY
 
     def _on_pubrel(self, conn: Connection, pid: int) -> None:
-        session = conn.session
+        session = self._conn_sessions.get(conn.id)
         assert session is not None
         if pid in session.awaiting_rel:
             session.awaiting_rel.discard(pid)
@@ -996,7 +997,7 @@ class BrokerCore:
 
     # ------------------------------------------------------------------ acknowledgements out
     def _on_puback(self, conn: Connection, pid: int, qos: int, now: float) -> None:
-        session = conn.session
+        session = self._conn_sessions.get(conn.id)
         assert session is not None
         item = session.inflight.get(pid)
         if item is None or item.qos != qos or (qos == 2 and not item.released):
@@ -1008,7 +1009,7 @@ class BrokerCore:
             self._drain_queue(session, now)
 
     def _on_pubrec(self, conn: Connection, p: PubRec, now: float) -> None:
-        session = conn.session
+        session = self._conn_sessions.get(conn.id)
         assert session is not None
         item = session.inflight.get(p.packet_id)
         if item is None or item.qos != 2:
@@ -1027,7 +1028,7 @@ class BrokerCore:
 
     # ------------------------------------------------------------------ SUBSCRIBE
     def _on_subscribe(self, conn: Connection, p: Subscribe, now: float) -> None:
-        session = conn.session
+        session = self._conn_sessions.get(conn.id)
         client = conn.client
         assert session is not None and client is not None
         sub_ids = p.properties.get(Prop.SUBSCRIPTION_IDENTIFIER)
@@ -1106,7 +1107,7 @@ class BrokerCore:
         return True
 
     def _on_unsubscribe(self, conn: Connection, p: Unsubscribe) -> None:
-        session = conn.session
+        session = self._conn_sessions.get(conn.id)
         assert session is not None
         codes = [
             RC.SUCCESS if self._remove_subscription(session, f) else RC.NO_SUBSCRIPTION_EXISTED
@@ -1116,7 +1117,7 @@ class BrokerCore:
         self._dirty.add(conn)
 
     def _on_disconnect(self, conn: Connection, p: Disconnect, now: float) -> None:
-        session = conn.session
+        session = self._conn_sessions.get(conn.id)
         assert session is not None
         new_expiry = p.properties.get(Prop.SESSION_EXPIRY_INTERVAL)
         if new_expiry is not None:
@@ -1274,7 +1275,7 @@ class BrokerCore:
         """A client that acknowledges nothing of what is in flight for ``ack_timeout`` is
         stuck (or hostile): disconnect it; its session keeps the messages, within budget."""
         conn.ack_timer = False
-        session = conn.session
+        session = self._conn_sessions.get(conn.id)
         if conn.state is not ConnState.CONNECTED or session is None or not session.inflight:
             return
         deadline = conn.last_ack + self.limits.ack_timeout

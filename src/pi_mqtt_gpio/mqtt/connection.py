@@ -5,15 +5,12 @@ core and takes ``data_to_send()``; ``closing`` tells it to close once the outbox
 from __future__ import annotations
 
 from enum import Enum
-from typing import TYPE_CHECKING
 
 from pi_mqtt_gpio.mqtt.codec import FrameReader, encode
 from pi_mqtt_gpio.mqtt.hooks import ClientInfo
 from pi_mqtt_gpio.mqtt.logguard import clip
+from pi_mqtt_gpio.mqtt.message import Message
 from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, PROTOCOL_311, Connect, Packet
-
-if TYPE_CHECKING:
-    from pi_mqtt_gpio.mqtt.session import Message, Session
 
 __all__ = ["ConnState", "Connection", "peer_address"]
 
@@ -51,7 +48,6 @@ class Connection:
         "problem_info",
         "reader",
         "receive_max_out",
-        "session",
         "state",
         "transport",
         "version",
@@ -73,7 +69,6 @@ class Connection:
         self.version = PROTOCOL_311  # until CONNECT says otherwise
         self.client_id = ""
         self.client: ClientInfo | None = None
-        self.session: Session | None = None
         self.connect: Connect | None = None
         self.keep_alive = 0
         self.last_rx = now

@@ -9,40 +9,19 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pi_mqtt_gpio.mqtt.packets import Properties, Subscription
+from pi_mqtt_gpio.mqtt.message import Message
+from pi_mqtt_gpio.mqtt.packets import Subscription
 
 if TYPE_CHECKING:
     from pi_mqtt_gpio.mqtt.connection import Connection
     from pi_mqtt_gpio.mqtt.hooks import ClientInfo
 
-__all__ = ["NEVER_EXPIRES", "Inflight", "Message", "Pending", "Session", "SubEntry"]
+__all__ = ["NEVER_EXPIRES", "Inflight", "Pending", "Session", "SubEntry"]
 
 NEVER_EXPIRES = 0xFFFFFFFF
-MESSAGE_OVERHEAD = 64  # bytes charged per queued message beyond its topic and payload
-
-
-@dataclass(slots=True, eq=False)
-class Message:
-    """An application message as routed by the broker. Never mutated once created."""
-
-    topic: str
-    payload: bytes
-    qos: int = 0
-    retain: bool = False
-    properties: Properties = field(default_factory=dict)  # forwarded untouched
-    expires_at: float | None = None  # from Message Expiry Interval, on the broker's clock
-    sender: str | None = None  # publishing client id (No Local)
-    username: str | None = None  # publishing client's authenticated user name
-    role: str | None = None
-    raw_props: bytes | None = None  # ``properties`` as encoded by the publisher (5.0)
-
-    @property
-    def cost(self) -> int:
-        """Bytes charged against queue budgets for holding this message."""
-        return len(self.payload) + len(self.topic) + MESSAGE_OVERHEAD
 
 
 @dataclass(slots=True)

@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from pi_mqtt_gpio.mqtt.broker import BrokerCore, InternalClient
 from pi_mqtt_gpio.mqtt.connection import Connection
 from pi_mqtt_gpio.mqtt.hooks import AuthRequest, AuthResult, Decision
-from pi_mqtt_gpio.mqtt.session import Message
+from pi_mqtt_gpio.mqtt.message import Message
 from pi_mqtt_gpio.server.config import ListenerConfig
 from pi_mqtt_gpio.server.preflight import tls_context
 

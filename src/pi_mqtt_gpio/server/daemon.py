@@ -12,8 +12,8 @@ import signal
 from pi_mqtt_gpio.errors import GatekeeperError
 from pi_mqtt_gpio.mqtt.broker import BrokerCore, BrokerLimits, InternalClient
 from pi_mqtt_gpio.mqtt.hooks import BrokerHooks, ClientInfo, Decision
+from pi_mqtt_gpio.mqtt.message import Message
 from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, Properties
-from pi_mqtt_gpio.mqtt.session import Message
 from pi_mqtt_gpio.server.broker import BrokerServer
 from pi_mqtt_gpio.server.config import Config
 from pi_mqtt_gpio.server.hardware import HardwareManager, consumer_label, make_pin_factory

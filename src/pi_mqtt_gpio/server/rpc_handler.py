@@ -33,8 +33,8 @@ from pi_mqtt_gpio.errors import (
 )
 from pi_mqtt_gpio.mqtt.hooks import BrokerHooks, ClientInfo, Decision
 from pi_mqtt_gpio.mqtt.logguard import LogLimiter, clip
+from pi_mqtt_gpio.mqtt.message import Message
 from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, Prop, Properties
-from pi_mqtt_gpio.mqtt.session import Message
 from pi_mqtt_gpio.mqtt.topic_tree import topic_matches
 from pi_mqtt_gpio.server.devices.base import DeviceAdapter, Method
 from pi_mqtt_gpio.server.hardware import HardwareManager
