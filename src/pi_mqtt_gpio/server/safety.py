@@ -1,0 +1,178 @@
+"""Hardware safety guards as pure policy: relay spacing, command rate limits, flap lockout,
+interlocks and the longest time an output may stay on. No I/O, no clock reads, no threads:
+the caller passes the time and the intended change, and gets an answer.
+
+For each write the caller asks ``check()`` with what the command would leave the device at
+(``value``: its predicted value; ``active``: whether that is "on"), and gets
+
+- ``Allow(at)``: queue it now (``at`` is now);
+- ``Delay(at)``: queue it at ``at`` (a relay edge sooner than ``min_relay_interval_s`` after
+  the previous one, or a command behind one that is already delayed: commands to one device
+  run in the order they arrived, and no edge is dropped);
+- ``Refuse(code, message, retry_after)``: ``RATE_LIMITED``, ``SAFETY_LOCKOUT`` or
+  ``INTERLOCKED``.
+
+and then ``commit()`` s an allowed or delayed command, so that the next check sees the state
+the worker *will* have reached (two commands queued back to back cannot both pass an
+interlock). Switching off is never refused by an interlock, a rate limit or a lockout: a
+device can always be made safe.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Allow", "Delay", "Guard", "Refuse", "SafetyPolicy", "Verdict"]
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """The effective guards of one device (global defaults overridden by its own)."""
+
+    min_relay_interval_s: float = 0.5
+    min_command_interval_s: float = 0.2
+    flap_window_s: float = 10.0
+    flap_max_edges: int = 8
+    flap_lockout_s: float = 15.0
+    max_on_s: float | None = None
+
+    @property
+    def all_off(self) -> bool:
+        return (not self.min_relay_interval_s and not self.min_command_interval_s
+                and not self.flap_lockout_s and self.max_on_s is None)
+
+
+@dataclass(frozen=True, slots=True)
+class Allow:
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Delay:
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    code: str  # RATE_LIMITED | SAFETY_LOCKOUT | INTERLOCKED
+    message: str
+    retry_after: float
+
+
+Verdict = Allow | Delay | Refuse
+
+
+@dataclass(slots=True)
+class _Device:
+    value: Any = 0  # the value the worker will have reached once its queue has run
+    active: bool = False
+    last_write: float | None = None  # when the last write was accepted
+    last_edge: float | None = None  # when the last commanded edge runs (maybe in the future)
+    queued_until: float = float("-inf")  # the last delayed command's time
+    edges: deque[float] = field(default_factory=deque)  # commanded changes in the window
+    lockout_until: float | None = None
+
+
+class SafetyPolicy:
+    def __init__(self, guards: dict[str, Guard], interlocks: list[frozenset[str]]) -> None:
+        self.guards = guards  # guarded devices only
+        self.interlocks = interlocks
+        self._devices: dict[str, _Device] = {}
+
+    # --- state the caller tells us -------------------------------------------------------------
+    def known(self, device: str, value: Any, active: bool) -> None:
+        """The device's actual value (at start, and after anything not commanded: a blink
+        ending, a safe state). Ignored while commands for it are still queued ahead."""
+        dev = self._dev(device)
+        dev.value, dev.active = value, active
+
+    def _dev(self, device: str) -> _Device:
+        dev = self._devices.get(device)
+        if dev is None:
+            dev = self._devices[device] = _Device()
+        return dev
+
+    def predicted(self, device: str) -> tuple[Any, bool]:
+        """What the device will be once every accepted command has run."""
+        dev = self._dev(device)
+        return dev.value, dev.active
+
+    def lockout_until(self, device: str, now: float) -> float | None:
+        dev = self._devices.get(device)
+        if dev is None or dev.lockout_until is None or dev.lockout_until <= now:
+            return None
+        return dev.lockout_until
+
+    def clear_lockout(self, device: str) -> bool:
+        """Lift a lockout (the ``manage`` right); True if there was one."""
+        dev = self._devices.get(device)
+        if dev is None or dev.lockout_until is None:
+            return False
+        dev.lockout_until = None
+        dev.edges.clear()
+        return True
+
+    # --- the decision --------------------------------------------------------------------------
+    def check(self, device: str, value: Any, active: bool, now: float) -> Verdict:
+        """May a write that leaves ``device`` at ``value`` (``active``) run, and when?"""
+        dev = self._dev(device)
+        change = value != dev.value
+        switching_off = change and not active
+        interlock = self._interlock(device, active, change)
+        if interlock is not None:
+            return interlock
+        guard = self.guards.get(device)
+        if guard is None:
+            return Allow(now)
+        if dev.lockout_until is not None and now < dev.lockout_until and not switching_off:
+            return Refuse("SAFETY_LOCKOUT", f"{device} is locked out after flapping "
+                          f"({guard.flap_max_edges} changes in {guard.flap_window_s:g} s)",
+                          dev.lockout_until - now)
+        if guard.min_command_interval_s and dev.last_write is not None and not switching_off:
+            wait = dev.last_write + guard.min_command_interval_s - now
+            if wait > 0:
+                return Refuse("RATE_LIMITED", f"{device} takes one command every "
+                              f"{guard.min_command_interval_s:g} s", wait)
+        at = max(now, dev.queued_until)
+        if change and guard.min_relay_interval_s and dev.last_edge is not None:
+            at = max(at, dev.last_edge + guard.min_relay_interval_s)
+        if change and guard.flap_lockout_s and not switching_off:
+            window = [t for t in dev.edges if t > at - guard.flap_window_s]
+            if len(window) >= guard.flap_max_edges:
+                dev.lockout_until = now + guard.flap_lockout_s
+                return Refuse("SAFETY_LOCKOUT", f"{device} changed {len(window)} times in "
+                              f"{guard.flap_window_s:g} s: locked out for "
+                              f"{guard.flap_lockout_s:g} s", guard.flap_lockout_s)
+        return Allow(now) if at <= now else Delay(at)
+
+    def _interlock(self, device: str, active: bool, change: bool) -> Refuse | None:
+        if not active or (not change and self._dev(device).active):
+            return None
+        for group in self.interlocks:
+            if device not in group:
+                continue
+            others = sorted(d for d in group if d != device and self._dev(d).active)
+            if others:
+                return Refuse("INTERLOCKED", f"{device} may not be active together with "
+                              f"{', '.join(others)} (interlocked)", 0.0)
+        return None
+
+    def commit(self, device: str, value: Any, active: bool, verdict: Verdict,
+               now: float) -> None:
+        """Record an allowed or delayed write: from now on ``device`` counts as ``value``."""
+        if isinstance(verdict, Refuse):
+            return
+        dev = self._dev(device)
+        guard = self.guards.get(device)
+        if value != dev.value:
+            dev.last_edge = verdict.at
+            if guard is not None:
+                dev.edges.append(verdict.at)
+                while dev.edges and dev.edges[0] <= verdict.at - guard.flap_window_s:
+                    dev.edges.popleft()
+        dev.last_write = now
+        if isinstance(verdict, Delay):
+            dev.queued_until = verdict.at
+        dev.value, dev.active = value, active
