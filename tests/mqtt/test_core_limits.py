@@ -100,30 +100,32 @@ def test_client_ids_with_topic_characters_are_refused(version: int, client_id: s
 
 # --- unauthenticated sockets ---------------------------------------------------------------
 def test_unauthenticated_pool_evicts_the_oldest_idle_socket() -> None:
-    h = Harness(BrokerLimits(max_pending_connections=4, max_pending_per_address=2))
+    h = Harness(BrokerLimits(max_pending_connections=4, max_pending_per_address=2,
+                             pending_grace=0.25))
     core = h.core
     a1 = core.open_connection("t", "10.0.0.1:1", h.now)
     a2 = core.open_connection("t", "10.0.0.1:2", h.now)
-    a3 = core.open_connection("t", "10.0.0.1:3", h.now)  # per-address cap: a1 goes
-    assert a1.closing and a1.hard_close and not a2.closing and not a3.closing
+    h.now += 0.25 - 0.001
+    young = core.open_connection("t", "10.0.0.1:3", h.now)  # over the address's share ...
+    assert not young.closing and not a1.closing  # ... but nobody idle long enough: kept
+    h.now += 0.001  # exactly the grace: a1 and a2 count as idle now
+    a4 = core.open_connection("t", "10.0.0.1:4", h.now)  # the address's oldest idle goes
+    assert a1.closing and a1.hard_close and not a2.closing and not a4.closing
     b1 = core.open_connection("t", "10.0.0.2:1", h.now)
-    b2 = core.open_connection("t", "10.0.0.2:2", h.now)
-    assert not b2.closing and core.pending_count() == 4
+    assert core.pending_count() == 4 and not b1.closing
     real = h.client("real", peer="10.0.0.3:1")  # pool full: the oldest idle (a2) goes
     assert a2.closing and real.connack().reason_code == 0
-    assert core.pending_count() == 3 and not b1.closing
+    assert not b1.closing and not young.closing
 
 
-def test_newcomer_is_closed_when_nobody_idle_can_make_room() -> None:
+def test_newcomers_are_closed_past_twice_the_pool() -> None:
     h = Harness(BrokerLimits(max_pending_connections=2, max_pending_per_address=2))
     core = h.core
-    waiting = [core.open_connection("t", f"10.0.0.{i}:1", h.now) for i in (1, 2)]
-    for i, conn in enumerate(waiting):  # both sent CONNECT and wait for their password check
-        from pi_mqtt_gpio.mqtt.codec import encode
-        core.data_received(conn, encode(Connect(f"w{i}", PROTOCOL_50)), h.now)
-    late = core.open_connection("t", "10.0.0.3:1", h.now)
+    kept = [core.open_connection("t", f"10.0.0.{i}:1", h.now) for i in range(4)]
+    assert not any(c.closing for c in kept)  # over the pool, nobody idle: up to 2x
+    late = core.open_connection("t", "10.0.0.9:1", h.now)
     assert late.closing and late.hard_close
-    assert not any(c.closing for c in waiting)
+    assert core.pending_count() == 4
 
 
 def test_max_connections_counts_logged_in_clients_only() -> None:

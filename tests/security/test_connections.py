@@ -33,6 +33,7 @@ def test_idle_sockets_do_not_use_up_the_logins(target: Gatekeeper) -> None:
     idle = IdleSockets(target.port, 2000, ATTACKERS)
     try:
         print(f"{idle.opened} idle sockets open")
+
         results = [_timed_login(target.port) for _ in range(5)]
         print("logins while flooded:", results)
         assert all(rc == 0 and took < 2.0 for rc, took in results), results

@@ -69,6 +69,7 @@ _T = TypeVar("_T")
 
 _FORWARD_DROP = (Prop.TOPIC_ALIAS, Prop.SUBSCRIPTION_IDENTIFIER, Prop.MESSAGE_EXPIRY_INTERVAL)
 _RETAINED_NODE_COST = 300  # bytes a level of the retained tree costs (measured: ~290)
+PENDING_HARD_FACTOR = 2  # unauthenticated sockets past twice the pool: newcomers are closed
 KEEPALIVE_GRACE = 1.5  # MQTT-3.1.2-22: silence for 1.5 x Keep Alive closes the connection
 RECEIVE_MAXIMUM_DEFAULT = 65535  # a Receive Maximum that is absent means 65,535
 RC_FAILURE = 0x80  # reason codes from here on are failures (MQTT 5.0 section 2.4)
@@ -118,10 +119,13 @@ class BrokerLimits:
     # long is disconnected (5.0: 0x97); its session keeps them, within the budgets above.
     ack_timeout: float = 60.0
     # Sockets that have not completed CONNECT and authentication: a pool of their own, and
-    # a cap per source address. A new socket past either evicts the oldest one that has not
-    # even sent CONNECT; if there is none, the new socket is closed.
-    max_pending_connections: int = 64
-    max_pending_per_address: int = 16
+    # a cap per source address. A new socket past either evicts the oldest one that has sent
+    # nothing for ``pending_grace`` seconds (a real client sends CONNECT at once; a burst of
+    # real clients is not evicted before its CONNECTs are read); if there is none, the new
+    # socket is closed.
+    max_pending_connections: int = 1024
+    max_pending_per_address: int = 256
+    pending_grace: float = 0.25
 
 
 @dataclass(slots=True)
@@ -242,27 +246,29 @@ class BrokerCore:
 
     # ------------------------------------------------------------------ unauthenticated pool
     def _admit_pending(self, conn: Connection, now: float) -> None:
-        """Sockets that have not logged in yet get a pool of their own and a cap per
-        address, so that idle or slow sockets cannot take the slots of clients that log in:
-        a newcomer past a limit evicts the oldest socket that has not even sent CONNECT
-        (a real client sends it at once); if there is none, the newcomer is closed."""
+        """Sockets that have not logged in yet have a pool of their own (they never count
+        against ``max_connections``). Past the pool's size, or past an address's share, a
+        newcomer evicts the oldest socket (of that address) that has sent nothing for
+        ``pending_grace``: an idle socket, never a real client whose CONNECT is still unread
+        in a burst. Past twice the pool's size the newcomer itself is closed: memory stays
+        bounded whatever the rate of new sockets."""
         limits = self.limits
         addr = conn.address
-        if self._pending_by_address.get(addr, 0) >= limits.max_pending_per_address \
-                and not self._evict_idle(addr, now):
-            self._drop_unauthenticated(conn, now, "too many unauthenticated connections "
-                                       "from this address")
-            return
+        if self._pending_by_address.get(addr, 0) >= limits.max_pending_per_address:
+            self._evict_idle(addr, now)
         if len(self._pending) >= limits.max_pending_connections \
-                and not self._evict_idle(None, now):
+                and not self._evict_idle(None, now) \
+                and len(self._pending) >= PENDING_HARD_FACTOR * limits.max_pending_connections:
             self._drop_unauthenticated(conn, now, "too many unauthenticated connections")
             return
         self._pending[conn.id] = conn
         self._pending_by_address[addr] = self._pending_by_address.get(addr, 0) + 1
 
     def _evict_idle(self, address: str | None, now: float) -> bool:
+        idle_since = now - self.limits.pending_grace
         for victim in self._pending.values():
-            if victim.state is ConnState.NEW and (address is None or victim.address == address):
+            if victim.state is ConnState.NEW and victim.last_rx <= idle_since \
+                    and (address is None or victim.address == address):
                 self.stats.pending_evicted += 1
                 self._drop_unauthenticated(victim, now, "evicted: no CONNECT yet")
                 return True

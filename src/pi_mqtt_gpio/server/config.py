@@ -97,8 +97,8 @@ class LimitsConfig:
     max_retained_bytes: Annotated[int, Range(ge=65536)] = 64 * 1024 * 1024
     max_sessions: Annotated[int, Range(ge=16)] = 4096
     ack_timeout_s: Annotated[float, Range(gt=0)] = 60.0
-    max_pending_connections: Annotated[int, Range(ge=1)] = 64
-    max_pending_per_address: Annotated[int, Range(ge=1)] = 16
+    max_pending_connections: Annotated[int, Range(ge=1)] = 1024
+    max_pending_per_address: Annotated[int, Range(ge=1)] = 256
 
 
 def _default_listeners() -> list[ListenerConfig]:
