@@ -11,7 +11,6 @@ from pi_mqtt_gpio.mqtt.packets import (
     PROTOCOL_50,
     PROTOCOL_311,
     RC,
-    Connect,
     Disconnect,
     Prop,
     PubAck,
