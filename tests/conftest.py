@@ -96,6 +96,11 @@ def start_gatekeeper(tmp: Path, config: dict[str, Any], *, extra_args: list[str]
     return Gatekeeper(proc, result[0], result[1], path, lines)
 
 
+# Device-behaviour tests switch relays as fast as they like; the guards that would slow or
+# refuse that are tested on their own (tests/server/test_safety.py, test_guards_e2e.py).
+NO_GUARDS = {"min_relay_interval_s": 0, "min_command_interval_s": 0, "flap_lockout_s": 0}
+
+
 def broker_config(**overrides: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
         "node_id": "test",

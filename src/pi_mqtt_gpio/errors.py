@@ -49,9 +49,11 @@ class GatekeeperError(Exception):
 
     code: ErrorCode = ErrorCode.BAD_REQUEST
 
-    def __init__(self, message: str = "", *, details: dict[str, object] | None = None) -> None:
+    def __init__(self, message: str = "", *, details: dict[str, object] | None = None,
+                 retry_after: float | None = None) -> None:
         super().__init__(message or self.code.value)
         self.details = details or {}
+        self.retry_after = retry_after  # seconds until the same call may succeed (safety)
 
     @property
     def message(self) -> str:
@@ -61,6 +63,8 @@ class GatekeeperError(Exception):
         out: dict[str, object] = {"code": self.code.value, "message": self.message}
         if self.details:
             out["details"] = self.details
+        if self.retry_after is not None:
+            out["retry_after"] = round(self.retry_after, 3)
         return out
 
 
@@ -126,11 +130,10 @@ _BY_CODE: dict[str, type[GatekeeperError]] = {
 }
 
 
-def error_for(code: str, message: str = "", details: dict[str, object] | None = None
-              ) -> GatekeeperError:
+def error_for(code: str, message: str = "", details: dict[str, object] | None = None,
+              retry_after: float | None = None) -> GatekeeperError:
     """The exception for an error reply (unknown codes become ``GatekeeperError``)."""
     cls = _BY_CODE.get(code)
     if cls is None:
-        err = GatekeeperError(message or code, details=details)
-        return err
-    return cls(message, details=details)
+        return GatekeeperError(message or code, details=details, retry_after=retry_after)
+    return cls(message, details=details, retry_after=retry_after)

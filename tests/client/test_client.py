@@ -45,7 +45,7 @@ from pi_mqtt_gpio.client import (
     aio,
 )
 from pi_mqtt_gpio.errors import BadArgument, RequestTimeout, UnknownDevice, UnknownMethod
-from tests.conftest import Client, broker_config, start_gatekeeper, v5_props
+from tests.conftest import NO_GUARDS, Client, broker_config, start_gatekeeper, v5_props
 from tests.conftest import Gatekeeper as Daemon
 from tests.e2e.test_gatekeeper import DEVICES
 
@@ -55,7 +55,7 @@ ADMIN = {"allow_anonymous": True, "anonymous_role": "admin", "roles": {}}
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     d = start_gatekeeper(tmp_path_factory.mktemp("client"),
-                         broker_config(devices=DEVICES, auth=ADMIN))
+                         broker_config(devices=DEVICES, auth=ADMIN, safety=NO_GUARDS))
     yield d
     assert d.stop() == 0
 

@@ -17,7 +17,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.conftest import Client, Gatekeeper, broker_config, start_gatekeeper, v5_props
+from tests.conftest import NO_GUARDS, Client, Gatekeeper, broker_config, start_gatekeeper, v5_props
 
 DEVICES: dict[str, dict[str, Any]] = {
     "lamp": {"type": "LED", "pin": 17},
@@ -141,7 +141,7 @@ class Watcher:
 
 @pytest.fixture(scope="module")
 def gk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatekeeper]:
-    cfg = broker_config(devices=DEVICES,
+    cfg = broker_config(devices=DEVICES, safety=NO_GUARDS,
                         auth={"allow_anonymous": True, "anonymous_role": "admin", "roles": {}})
     g = start_gatekeeper(tmp_path_factory.mktemp("gatekeeper"), cfg)
     yield g

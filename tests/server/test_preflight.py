@@ -29,8 +29,14 @@ BASE = "node_id: x\nbroker: {listeners: [{type: tcp, host: 127.0.0.1, port: 0}]}
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    ("safety: {min_relay_interval_s: 5}\n", "line 3: safety: not supported yet"),
-    ("interlocks: [[a, b]]\n", "line 3: interlocks: not supported yet"),
+    ("interlocks: [[a, b]]\n", "line 3: interlocks[0][0]: no device named 'a'"),
+    ("devices: {p: {type: OutputDevice, pin: 5}, b: {type: Button, pin: 6}}\n"
+     "interlocks: [[p, b]]\n",
+     "interlocks[0][1]: 'b' is a Button, which cannot be switched on"),
+    ("devices: {p: {type: OutputDevice, pin: 5}}\ninterlocks: [[p]]\n",
+     "interlocks[0]: an interlock group needs two devices or more"),
+    ("devices: {p: {type: OutputDevice, pin: 5, safety: {flap_max_edges: 0}}}\n",
+     "devices.p.safety.flap_max_edges"),
     ("homeassistant: {discovery: true}\n", "line 3: homeassistant: not supported yet"),
     ("persistence: {path: /tmp/x.json}\n", "line 3: persistence: not supported yet"),
     ("auth: {users: {bob: {password_hash: 'h', role: operater}}}\n",
@@ -92,6 +98,9 @@ def test_unreadable_users_file(tmp_path: Path) -> None:
      f"auth: {{users: {{a: {{password_hash: '{H}', role: admin}}}}}}\n",
      "passwords travel in clear text on tcp 0.0.0.0:0"),
     (BASE + "hardware: {pin_factory: mock}\n", "the pins are simulated"),
+    (BASE + "safety: {min_relay_interval_s: 0, min_command_interval_s: 0, flap_lockout_s: 0}\n"
+     "devices: {pump: {type: OutputDevice, pin: 5}}\n",
+     "devices.pump: a relay-like output with every safety guard off"),
 ])
 def test_risky_settings_warn(tmp_path: Path, config: str, warning: str) -> None:
     path = tmp_path / "c.yaml"

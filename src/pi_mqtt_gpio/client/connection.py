@@ -499,6 +499,8 @@ def check_reply(body: dict[str, Any]) -> dict[str, Any]:
     error = body.get("error") or {}
     if not isinstance(error, dict):
         error = {}
+    retry = error.get("retry_after")
     raise error_for(str(error.get("code", "BAD_REQUEST")), str(error.get("message", "")),
-                    error.get("details") if isinstance(error.get("details"), dict) else None)
+                    error.get("details") if isinstance(error.get("details"), dict) else None,
+                    float(retry) if isinstance(retry, int | float) else None)
 

@@ -178,6 +178,7 @@ class SafetyConfig:
     flap_window_s: Annotated[float, Range(gt=0)] = 10.0
     flap_max_edges: Annotated[int, Range(ge=1)] = 8
     flap_lockout_s: Annotated[float, Range(ge=0)] = 15.0
+    max_on_s: Annotated[float, Range(gt=0)] | None = None
 
 
 @section
@@ -224,6 +225,7 @@ class Config:
     leases: LeasesConfig = field(default_factory=lambda: LeasesConfig())
     devices: dict[str, DeviceEntry] = field(default_factory=dict)
     safety: SafetyConfig = field(default_factory=lambda: SafetyConfig())
+    interlocks: list[list[str]] = field(default_factory=list)
     homeassistant: HomeAssistantConfig = field(default_factory=lambda: HomeAssistantConfig())
     persistence: PersistenceConfig = field(default_factory=lambda: PersistenceConfig())
 
@@ -236,6 +238,7 @@ class Config:
             problems.append((("node_id",), "must not contain '/'"))
         problems.extend(_role_problems(self.auth))
         problems.extend(_device_problems(self.devices))
+        problems.extend(_interlock_problems(self.interlocks, self.devices))
         return problems
 
     @property
@@ -251,6 +254,27 @@ def _role_problems(auth: AuthConfig) -> list[Problem | str]:
     for name, user in auth.users.items():
         if user.role not in known:
             problems.append((("auth", "users", name, "role"), f"{user.role!r} is not a role"))
+    return problems
+
+
+def _interlock_problems(groups: list[list[str]], devices: dict[str, Any]
+                        ) -> list[Problem | str]:
+    """Every member names an output device; a group has two members or more."""
+    from pi_mqtt_gpio.server.devices import registry
+
+    problems: list[Problem | str] = []
+    for i, group in enumerate(groups):
+        if len(set(group)) < 2:
+            problems.append((("interlocks", i), "an interlock group needs two devices or more"))
+        for j, name in enumerate(group):
+            dev = devices.get(name)
+            if dev is None:
+                problems.append((("interlocks", i, j), f"no device named {name!r}"))
+                continue
+            adapter = registry.get(dev.type)
+            if adapter is None or adapter.kind != "output":
+                problems.append((("interlocks", i, j), f"{name!r} is a {dev.type}, which "
+                                 f"cannot be switched on: only outputs can be interlocked"))
     return problems
 
 
@@ -336,8 +360,6 @@ def _line_for(loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int | 
 # Sections of the documented config that this version does not act on yet: refused rather
 # than accepted and ignored (a relay with min_relay_interval_s that chatters anyway).
 NOT_SUPPORTED_YET = {
-    "safety": "relay spacing, rate limits and flap lockout are not implemented in this version",
-    "interlocks": "interlocks are not implemented in this version",
     "homeassistant": "Home Assistant discovery is not implemented in this version",
     "persistence": "nothing is persisted in this version",
 }

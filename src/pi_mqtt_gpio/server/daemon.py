@@ -16,8 +16,10 @@ from pi_mqtt_gpio.mqtt.message import Message
 from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, Properties
 from pi_mqtt_gpio.server.broker import BrokerServer
 from pi_mqtt_gpio.server.config import Config
+from pi_mqtt_gpio.server.guards import Guards
 from pi_mqtt_gpio.server.hardware import HardwareManager, consumer_label, make_pin_factory
-from pi_mqtt_gpio.server.rpc_handler import RpcHandler
+from pi_mqtt_gpio.server.rpc_handler import RpcHandler, make_safe
+from pi_mqtt_gpio.server.safety import SafetyPolicy, guards_for
 from pi_mqtt_gpio.server.security import AccessControl, Authenticator, ControlLeaseManager
 from pi_mqtt_gpio.server.twin import Twin, dumps, utc_ts
 from pi_mqtt_gpio.topics import Topics
@@ -58,9 +60,14 @@ class Daemon:
         self._health_task: asyncio.Task[None] | None = None
         self.client: InternalClient | None = None
         self.twin = Twin(self.topics, self.hw, self._publish)
+        self.guards = Guards(
+            SafetyPolicy(guards_for(config.safety, config.devices),
+                         [frozenset(group) for group in config.interlocks]),
+            self.hw, on_event=self.twin.notice, on_state=self._republish, make_safe=make_safe)
         self.rpc = RpcHandler(self.topics, self.hw, self.twin, self._send, acl=[self.acl],
                               listening=self.core.has_subscribers, leases=self.leases,
-                              may_command=self._may_command, has_right=self._has_right)
+                              may_command=self._may_command, has_right=self._has_right,
+                              guards=self.guards)
         self.core.hooks.append(_GatekeeperHooks(self))
         self.started = False
 
@@ -77,6 +84,14 @@ class Daemon:
 
     def _on_message(self, msg: Message, sub_ids: list[int]) -> None:
         self.rpc.handle(msg)
+
+    def _republish(self, name: str) -> None:
+        """A device's state again, with or without its lockout (the guards changed it)."""
+        doc = self.twin.states.get(name)
+        if doc is None:
+            return
+        state = {k: v for k, v in doc.items() if k not in ("ts", "lockout_until")}
+        self.twin.state(name, self.guards.decorate(name, state), force=True)
 
     def _has_right(self, msg: Message, right: str) -> bool:
         if self.client is not None and msg.sender == self.client.client_id:
@@ -107,6 +122,8 @@ class Daemon:
         self.twin.catalogue()
         for name, state in states.items():
             self.twin.state(name, state)
+        self.guards.start({name: state for name, state in states.items()
+                           if self.hw.adapters[name].kind == "output"})
         self.twin.start()
         root = self.topics.root
         self.client.subscribe(self.topics.any_device("call"), now=now, qos=1)

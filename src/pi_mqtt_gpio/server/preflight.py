@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pi_mqtt_gpio.server.config import BUILTIN_ROLES, Config, ListenerConfig
+from pi_mqtt_gpio.server.safety import guards_for
 from pi_mqtt_gpio.server.security.acl import builtin_roles
 from pi_mqtt_gpio.server.security.passwords import read_users_file
 
@@ -102,6 +103,10 @@ def _warnings(config: Config, simulate: bool, out: Findings) -> None:
         hosts = ", ".join(f"{lst.type} {lst.host}:{lst.port}" for lst in plain)
         out.warnings.append(f"passwords travel in clear text on {hosts}: add a TLS listener "
                             f"and keep plain ones on 127.0.0.1")
+    for name, guard in guards_for(config.safety, config.devices).items():
+        if guard.all_off:
+            out.warnings.append(f"devices.{name}: a relay-like output with every safety guard "
+                                f"off (spacing, rate limit, flap lockout, max on time)")
     if config.hardware.pin_factory == "mock" and not simulate:
         out.warnings.append("hardware.pin_factory is 'mock': the pins are simulated, nothing "
                             "on the header will move (use --simulate for a demo, 'lgpio' "

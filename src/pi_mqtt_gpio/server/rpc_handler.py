@@ -37,19 +37,21 @@ from pi_mqtt_gpio.mqtt.message import Message
 from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, Prop, Properties
 from pi_mqtt_gpio.mqtt.topic_tree import topic_matches
 from pi_mqtt_gpio.server.devices.base import DeviceAdapter, Method
+from pi_mqtt_gpio.server.guards import Guards
 from pi_mqtt_gpio.server.hardware import HardwareManager
 from pi_mqtt_gpio.server.jsonscan import top_level_scalars
 from pi_mqtt_gpio.server.security.leases import ControlLeaseManager, Holder, Lease
 from pi_mqtt_gpio.server.twin import Twin, dumps, utc_ts
 from pi_mqtt_gpio.topics import Topics
 
-__all__ = ["RpcHandler"]
+__all__ = ["RpcHandler", "make_safe"]
 
 log = logging.getLogger("pi_mqtt_gpio.rpc")
 
 Send = Callable[..., None]  # (topic, payload, qos, properties[, retain])
 MAX_REQUEST_BYTES = 65536
 _REPLY_FIELDS = frozenset({"reply_to", "correlation_id"})
+CLEAR_LOCKOUT = "clear_lockout"  # the RPC that lifts a flap lockout (manage right)
 MAX_LEASE_DEVICES = 256  # device names one lease call may list
 
 
@@ -85,6 +87,7 @@ class RpcHandler:
         leases: ControlLeaseManager | None = None,
         may_command: Callable[[Message], bool] = lambda msg: True,
         has_right: Callable[[Message, str], bool] = lambda msg, right: False,
+        guards: Guards | None = None,
     ) -> None:
         self.topics = topics
         self.hw = hw
@@ -99,6 +102,7 @@ class RpcHandler:
         self.leases = leases
         self.may_command = may_command
         self.has_right = has_right
+        self.guards = guards
         self._lease_timer: asyncio.TimerHandle | None = None
         self._log = LogLimiter(log)
 
@@ -134,13 +138,16 @@ class RpcHandler:
                 else None
             if not isinstance(request.get("method"), str) or not request["method"]:
                 raise BadRequest("'method' must be a non-empty string")
+            if request["method"] == CLEAR_LOCKOUT:
+                self._clear_lockout(msg, name, reply)
+                return
             adapter, method, kwargs = self._resolve(msg, name, request["method"],
                                                     request.get("args"), request.get("kwargs"))
-            future = self.hw.submit(_execute, adapter, method.name, kwargs)
+            future, delay = self._queue(adapter, method, kwargs)
         except GatekeeperError as exc:
             self._refuse(msg, name, method_name, exc, self._salvage(msg, exc, reply), "call")
             return
-        self._await(msg, adapter, method, kwargs, future, reply, "call")
+        self._await(msg, adapter, method, kwargs, future, reply, "call", delay)
 
     def _set(self, msg: Message, name: str) -> None:
         method_name: str | None = None
@@ -154,11 +161,11 @@ class RpcHandler:
             adapter = self._adapter(name)
             method_name, kwargs = adapter.parse_set(text)
             adapter, method, kwargs = self._resolve(msg, name, method_name, [], kwargs)
-            future = self.hw.submit(_execute, adapter, method.name, kwargs)
+            future, delay = self._queue(adapter, method, kwargs)
         except GatekeeperError as exc:
             self._refuse(msg, name, method_name, exc, None, "set")
             return
-        self._await(msg, adapter, method, kwargs, future, None, "set")
+        self._await(msg, adapter, method, kwargs, future, None, "set", delay)
 
     # --- checks ---------------------------------------------------------------------------------
     def _parse(self, payload: bytes) -> dict[str, Any]:
@@ -343,8 +350,13 @@ class RpcHandler:
                     continue
                 if not (adapter.config.lease_required or name in lease.written):
                     continue
+                if self.guards is not None:
+                    safe = self.guards.safe(adapter, "lease")
+                    if safe is not None:
+                        safe.add_done_callback(self._publish_safe(name))
+                    continue
                 try:
-                    future = self.hw.submit(_make_safe, adapter, force=True)
+                    future = self.hw.submit(make_safe, adapter, force=True)
                 except GatekeeperError:
                     continue
                 future.add_done_callback(self._publish_safe(name))
@@ -353,6 +365,27 @@ class RpcHandler:
                      "reason": reason, "lease": lease.describe()}
             if self.listening(self.topics.audit):
                 self.send(self.topics.audit, dumps(entry), 0, {})
+
+    def _queue(self, adapter: DeviceAdapter, method: Method, kwargs: dict[str, Any]
+               ) -> tuple[asyncio.Future[Any], float]:
+        """Queue a checked command on the worker: writes to outputs through the safety
+        guards (refused, or delayed: the reply comes after it ran); the delay in seconds."""
+        if self.guards is None or not method.writes or adapter.kind != "output":
+            return self.hw.submit(_execute, adapter, method.name, kwargs), 0.0
+        at, edge = self.guards.admit(adapter, method.name, kwargs)
+        future = self.guards.submit(adapter.name, at, edge, _execute, adapter, method.name,
+                                    kwargs)
+        return future, max(0.0, (at or 0.0) - _now()) if at is not None else 0.0
+
+    def _clear_lockout(self, msg: Message, name: str, reply: _Reply | None) -> None:
+        """``{"method": "clear_lockout"}``: lift a device's flap lockout (``manage`` right)."""
+        self._adapter(name)
+        if not self.has_right(msg, "manage"):
+            raise NotAuthorized("clear_lockout needs the 'manage' right")
+        cleared = self.guards.clear_lockout(name) if self.guards is not None else False
+        if reply is not None:
+            self._reply(msg, reply, {"ok": True, "result": {"cleared": cleared}})
+        self._audit(msg, name, CLEAR_LOCKOUT, {}, "call", None)
 
     def _publish_safe(self, name: str) -> Callable[[asyncio.Future[Any]], None]:
         def done(future: asyncio.Future[Any]) -> None:
@@ -411,7 +444,7 @@ class RpcHandler:
     # --- completion -----------------------------------------------------------------------------
     def _await(self, msg: Message, adapter: DeviceAdapter, method: Method,
                kwargs: dict[str, Any], future: asyncio.Future[Any], reply: _Reply | None,
-               source: str) -> None:
+               source: str, delay: float = 0.0) -> None:
         """Complete the call when the worker resolves ``future`` (or time out). Callbacks,
         not a task per call: this is the hot path of every RPC."""
         loop = asyncio.get_running_loop()
@@ -421,7 +454,7 @@ class RpcHandler:
                 future.set_exception(RequestTimeout(
                     f"{adapter.name}.{method.name} did not complete within {self.timeout:g} s"))
 
-        timer = loop.call_later(self.timeout, timed_out)
+        timer = loop.call_later(self.timeout + delay, timed_out)
         self._inflight.add(future)
 
         def done(f: asyncio.Future[Any]) -> None:
@@ -444,6 +477,9 @@ class RpcHandler:
             self._refuse(msg, adapter.name, method.name,
                          GatekeeperError(f"internal error: {exc}"), reply, source, kwargs)
             return
+        if self.guards is not None and adapter.kind == "output":
+            self.guards.ran(adapter, state)
+            state = self.guards.decorate(adapter.name, state)
         # The caller waits on the reply: it goes out first, the retained state right after.
         published = self.twin.stamp(state)
         if reply is not None:
@@ -505,7 +541,7 @@ def _now() -> float:
     return asyncio.get_running_loop().time()
 
 
-def _make_safe(adapter: DeviceAdapter) -> dict[str, Any]:
+def make_safe(adapter: DeviceAdapter) -> dict[str, Any]:
     """Runs on the hardware worker: the device's safe state, then the state it left."""
     adapter.safe()
     return adapter.state()

@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Allow", "Delay", "Guard", "Refuse", "SafetyPolicy", "Verdict"]
+__all__ = ["GUARDED_TYPES", "Allow", "Delay", "Guard", "Refuse", "SafetyPolicy", "Verdict", "guards_for"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +119,7 @@ class SafetyPolicy:
         """May a write that leaves ``device`` at ``value`` (``active``) run, and when?"""
         dev = self._dev(device)
         change = value != dev.value
-        switching_off = change and not active
+        switching_off = not active  # leaves it off: never refused (it can always go safe)
         interlock = self._interlock(device, active, change)
         if interlock is not None:
             return interlock
@@ -142,6 +142,7 @@ class SafetyPolicy:
             window = [t for t in dev.edges if t > at - guard.flap_window_s]
             if len(window) >= guard.flap_max_edges:
                 dev.lockout_until = now + guard.flap_lockout_s
+                dev.edges.clear()  # the lockout is the penalty: the count starts again after it
                 return Refuse("SAFETY_LOCKOUT", f"{device} changed {len(window)} times in "
                               f"{guard.flap_window_s:g} s: locked out for "
                               f"{guard.flap_lockout_s:g} s", guard.flap_lockout_s)
@@ -176,3 +177,27 @@ class SafetyPolicy:
         if isinstance(verdict, Delay):
             dev.queued_until = verdict.at
         dev.value, dev.active = value, active
+
+
+# Relay-like outputs are guarded by default; LEDs, PWM, buzzers and servos only with their own
+# ``safety:`` block (so blink and fast dimming keep working).
+GUARDED_TYPES = frozenset({"OutputDevice", "DigitalOutputDevice", "Motor", "PhaseEnableMotor",
+                           "Cover"})
+_KEYS = ("min_relay_interval_s", "min_command_interval_s", "flap_window_s", "flap_max_edges",
+         "flap_lockout_s", "max_on_s")
+
+
+def guards_for(defaults: Any, devices: dict[str, Any]) -> dict[str, Guard]:
+    """The effective guard of every guarded device: ``defaults`` (the ``safety:`` section)
+    overridden key by key by the device's own ``safety:`` block."""
+    out: dict[str, Guard] = {}
+    for name, dev in devices.items():
+        own = getattr(dev, "safety", None)
+        if dev.type not in GUARDED_TYPES and own is None:
+            continue
+        values = {key: getattr(defaults, key) for key in _KEYS}
+        if own is not None:
+            values.update({key: getattr(own, key) for key in _KEYS
+                           if getattr(own, key) is not None})
+        out[name] = Guard(**values)
+    return out

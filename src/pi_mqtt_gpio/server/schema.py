@@ -161,6 +161,7 @@ def _convert_union(tp: Any, value: Any, path: Path, problems: list[Problem]) -> 
     options = get_args(tp)
     if value is None and type(None) in options:
         return None
+    trials: list[list[Problem]] = []
     for option in options:
         if option is type(None):
             continue
@@ -168,7 +169,11 @@ def _convert_union(tp: Any, value: Any, path: Path, problems: list[Problem]) -> 
         result = build(option, value, path, trial)
         if not trial:
             return result
-    problems.append((path, f"expected {_describe(tp)} (got {_short(value)})"))
+        trials.append(trial)
+    if len(trials) == 1:
+        problems.extend(trials[0])  # one real option (X | None): its own, precise problems
+    else:
+        problems.append((path, f"expected {_describe(tp)} (got {_short(value)})"))
     return None
 
 

@@ -104,6 +104,12 @@ class Twin:
         self.publish(self.topics.device(name, "state"), dumps(doc), 1, True)
         return doc
 
+    def notice(self, device: str, event: str, extra: dict[str, Any]) -> None:
+        """An event of the gatekeeper's own about a device (``lockout``, ``max_on``)."""
+        self.seq[device] = seq = self.seq.get(device, 0) + 1
+        doc = {"event": event, "seq": seq, "ts": utc_ts(), **extra}
+        self.publish(self.topics.device(device, "event"), dumps(doc), 1, False)
+
     def event(self, ev: DeviceEvent) -> None:
         if ev.event is not None:
             self.seq[ev.device] = seq = self.seq.get(ev.device, 0) + 1

@@ -25,6 +25,7 @@ __all__ = [
     "Method",
     "Param",
     "Pin",
+    "is_active",
 ]
 
 Pin = Annotated[int, Range(ge=0, le=53)]  # BCM GPIO line numbers
@@ -162,12 +163,26 @@ class Method:
 
 
 @section
+class DeviceSafetyConfig:
+    """A device's own safety guards: each key overrides the global ``safety:`` one; a device
+    with this block is guarded whatever its type."""
+
+    min_relay_interval_s: Annotated[float, Range(ge=0)] | None = None
+    min_command_interval_s: Annotated[float, Range(ge=0)] | None = None
+    flap_window_s: Annotated[float, Range(gt=0)] | None = None
+    flap_max_edges: Annotated[int, Range(ge=1)] | None = None
+    flap_lockout_s: Annotated[float, Range(ge=0)] | None = None
+    max_on_s: Annotated[float, Range(gt=0)] | None = None
+
+
+@section
 class DeviceConfig:
     """Keys every device accepts."""
 
     type: str
     description: str | None = None
     lease_required: bool = False
+    safety: DeviceSafetyConfig | None = None
 
     def lines(self) -> list[tuple[str, int, bool]]:
         """(config key, GPIO line, shared-bus line) for every line this device claims."""
@@ -176,6 +191,22 @@ class DeviceConfig:
 
     def pin_keys(self) -> tuple[str, ...]:
         return ()
+
+
+_GOES_ON = frozenset({"on", "blink", "beep", "pulse"})
+_GOES_OFF = frozenset({"off", "stop", "detach"})
+
+
+def is_active(value: Any) -> bool:
+    """Whether a device value means "on": non-zero, any non-zero channel, anything else
+    that is not None or false."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int | float):
+        return value != 0
+    if isinstance(value, list | tuple):
+        return any(is_active(v) for v in value)
+    return True
 
 
 class DeviceAdapter:
@@ -237,6 +268,26 @@ class DeviceAdapter:
     def validate(self, method: str, kwargs: dict[str, Any]) -> None:
         """Checks that depend on the config (angle limits, pwm: false); raises BadArgument.
         Runs before anything is queued, so a refused call never half-moves hardware."""
+
+    def predict(self, method: str, kwargs: dict[str, Any], current: Any) -> Any:
+        """The value a write leaves the device at (``current``: the value the commands
+        already queued will have left), for the safety guards. A method this does not know
+        counts as a change to an active state (the careful answer for interlocks)."""
+        if method in _GOES_ON:
+            return 1
+        if method in _GOES_OFF:
+            return 0
+        if method == "toggle":
+            return 0 if is_active(current) else 1
+        if method == "value":
+            return kwargs.get("value")
+        if method == "forward":
+            return kwargs.get("speed", 1.0)
+        if method == "backward":
+            return -kwargs.get("speed", 1.0)
+        if method == "reverse":
+            return -current if isinstance(current, int | float) else current
+        return ("changed", method, repr(sorted(kwargs.items())))
 
     def parse_set(self, payload: str) -> tuple[str, dict[str, Any]]:
         """Turn a plain ``set`` payload into (method, arguments); raises ``BadArgument``."""

@@ -51,6 +51,9 @@ def _type_text(tp: Any) -> str:
         return text
     if origin is typing.Literal:
         return " \\| ".join(repr(a) for a in typing.get_args(tp))
+    if dataclasses.is_dataclass(tp):
+        return "mapping (see safety.md)" if getattr(tp, "__name__", "") == "DeviceSafetyConfig" \
+            else "mapping"
     return text.replace("<class '", "").replace("'>", "").replace("|", "\\|")
 
 

@@ -1,0 +1,239 @@
+"""The safety policy (``safety.py``) applied on the event loop: every write to an output is
+admitted, delayed or refused before it is queued; delayed commands run in order at their
+time; a lockout shows in the device's state and as an event; an output on for longer than
+``max_on_s`` is driven to its safe state. Time is the loop's clock."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from pi_mqtt_gpio.errors import GatekeeperError, error_for
+from pi_mqtt_gpio.server.devices.base import DeviceAdapter, is_active
+from pi_mqtt_gpio.server.hardware import HardwareManager
+from pi_mqtt_gpio.server.safety import Delay, Refuse, SafetyPolicy
+from pi_mqtt_gpio.server.twin import utc_ts
+
+__all__ = ["Guards"]
+
+log = logging.getLogger("pi_mqtt_gpio.safety")
+
+Notify = Callable[[str, str, dict[str, Any]], None]  # (device, event, extra) -> publish
+
+
+class Guards:
+    def __init__(self, policy: SafetyPolicy, hw: HardwareManager, *,
+                 on_event: Notify, on_state: Callable[[str], None],
+                 make_safe: Callable[[DeviceAdapter], Any]) -> None:
+        self.policy = policy
+        self.hw = hw
+        self.on_event = on_event  # publishes {"event": ...} for a device
+        self.on_state = on_state  # republishes a device's state (lockout shown or lifted)
+        self.make_safe = make_safe  # the worker function that drives a device safe
+        self._later: dict[str, deque[tuple[float, Callable[[], None]]]] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._max_on: dict[str, asyncio.TimerHandle] = {}
+        self._lockout_timers: dict[str, asyncio.TimerHandle] = {}
+        # When each spaced relay's last edge ran (time.monotonic()): read and written only by
+        # the hardware worker thread, inside ``_spaced``.
+        self._spacing: dict[str, float] = {}
+        self._outstanding: dict[str, int] = {}  # admitted commands not finished, per device
+
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
+
+    def start(self, states: dict[str, dict[str, Any]]) -> None:
+        """What the outputs are at start (their safe states)."""
+        for name, state in states.items():
+            self.policy.known(name, state.get("value"), is_active(state.get("value")))
+
+    # --- admission -----------------------------------------------------------------------------
+    def admit(self, adapter: DeviceAdapter, method: str, kwargs: dict[str, Any]
+              ) -> tuple[float | None, bool]:
+        """Check a write; raise the refusal, or return when it may run (None: now) and
+        whether it is an edge (a change of value)."""
+        name = adapter.name
+        current, _active = self.policy.predicted(name)
+        value = adapter.predict(method, kwargs, current)
+        active = is_active(value)
+        now = self._now()
+        verdict = self.policy.check(name, value, active, now)
+        if isinstance(verdict, Refuse):
+            if verdict.code == "SAFETY_LOCKOUT" and name not in self._lockout_timers:
+                self._locked_out(name, now)
+            raise error_for(verdict.code, verdict.message, retry_after=verdict.retry_after)
+        self.policy.commit(name, value, active, verdict, now)
+        return (verdict.at if isinstance(verdict, Delay) else None), value != current
+
+    def submit(self, name: str, at: float | None, edge: bool, fn: Callable[..., Any],
+               *args: Any) -> asyncio.Future[Any]:
+        """Queue ``fn`` on the hardware worker now, or at ``at`` behind the device's other
+        delayed commands (in the order they were admitted). An edge of a spaced relay also
+        waits on the worker, to the microsecond, for the spacing since the last edge ran (the
+        loop's timer is only as exact as its millisecond clock)."""
+        guard = self.policy.guards.get(name)
+        if edge and guard is not None and guard.min_relay_interval_s:
+            fn, args = _spaced, (self._spacing, name, guard.min_relay_interval_s, fn, args)
+        future = self._submit(name, at, fn, args)
+        self._outstanding[name] = self._outstanding.get(name, 0) + 1
+        future.add_done_callback(lambda _f: self._finished(name))
+        return future
+
+    def _finished(self, name: str) -> None:
+        left = self._outstanding.get(name, 1) - 1
+        if left > 0:
+            self._outstanding[name] = left
+        else:
+            self._outstanding.pop(name, None)
+
+    def _submit(self, name: str, at: float | None, fn: Callable[..., Any],
+                args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        queue = self._later.get(name)
+        if at is None and not queue:
+            return self.hw.submit(fn, *args)
+        outer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def run() -> None:
+            try:
+                inner = self.hw.submit(fn, *args, force=True)
+            except GatekeeperError as exc:
+                if not outer.done():
+                    outer.set_exception(exc)
+                return
+            inner.add_done_callback(lambda f: _chain(f, outer))
+
+        when = at if at is not None else (queue[-1][0] if queue else self._now())
+        self._later.setdefault(name, deque()).append((when, run))
+        self._arm(name)
+        return outer
+
+    def _arm(self, name: str) -> None:
+        queue = self._later.get(name)
+        if not queue or name in self._timers:
+            return
+        loop = asyncio.get_running_loop()
+        self._timers[name] = loop.call_at(queue[0][0], self._fire, name)
+
+    def _fire(self, name: str) -> None:
+        self._timers.pop(name, None)
+        queue = self._later.get(name)
+        now = self._now()
+        while queue and queue[0][0] <= now:
+            queue.popleft()[1]()
+        if queue:
+            self._arm(name)
+        else:
+            self._later.pop(name, None)
+
+    def pending(self, name: str) -> bool:
+        """Commands for ``name`` admitted and not finished (delayed or on the worker)."""
+        return bool(self._outstanding.get(name)) or bool(self._later.get(name))
+
+    # --- after a command ran -------------------------------------------------------------------
+    def ran(self, adapter: DeviceAdapter, state: dict[str, Any]) -> None:
+        """A command finished: resynchronise (when nothing else is queued for the device) and
+        (re)arm the max_on timer."""
+        name = adapter.name
+        value = state.get("value")
+        if not self.pending(name):
+            self.policy.known(name, value, is_active(value))
+        guard = self.policy.guards.get(name)
+        if guard is None or guard.max_on_s is None:
+            return
+        timer = self._max_on.get(name)
+        if is_active(value):
+            if timer is None:
+                self._max_on[name] = asyncio.get_running_loop().call_later(
+                    guard.max_on_s, self._max_on_fired, adapter)
+        elif timer is not None:
+            timer.cancel()
+            del self._max_on[name]
+
+    def _max_on_fired(self, adapter: DeviceAdapter) -> None:
+        name = adapter.name
+        self._max_on.pop(name, None)
+        guard = self.policy.guards[name]
+        log.warning("%s was on for %g s (max_on_s): driving it to its safe state", name,
+                    guard.max_on_s or 0)
+        self.safe(adapter, "max_on")
+
+    def safe(self, adapter: DeviceAdapter, reason: str) -> asyncio.Future[Any] | None:
+        """Drive ``adapter`` to its safe state through the policy (switching off is never
+        refused; relay spacing may delay it), then say why as an event."""
+        name = adapter.name
+        try:
+            at, edge = self.admit(adapter, "off", {})
+        except GatekeeperError as exc:  # pragma: no cover - off is never refused
+            log.error("safe state of %s refused: %s", name, exc.message)
+            return None
+        future = self.submit(name, at, edge, self.make_safe, adapter)
+        if reason == "max_on":
+            future.add_done_callback(lambda f: self.on_event(name, "max_on", {}))
+        return future
+
+    # --- lockouts ------------------------------------------------------------------------------
+    def lockout_until(self, name: str) -> float | None:
+        return self.policy.lockout_until(name, self._now())
+
+    def decorate(self, name: str, state: dict[str, Any]) -> dict[str, Any]:
+        """``state`` with ``lockout_until`` while the device is locked out."""
+        until = self.lockout_until(name)
+        if until is None:
+            return state
+        return {**state, "lockout_until": utc_ts(time.time() + (until - self._now()))}
+
+    def _locked_out(self, name: str, now: float) -> None:
+        until = self.policy.lockout_until(name, now)
+        if until is None:
+            return
+        log.warning("%s locked out for %.0f s after flapping", name, until - now)
+        self.on_event(name, "lockout", {"lockout_until": self.decorate(name, {}).get(
+            "lockout_until")})
+        self.on_state(name)
+        loop = asyncio.get_running_loop()
+        self._lockout_timers[name] = loop.call_at(until, self._lockout_over, name)
+
+    def _lockout_over(self, name: str) -> None:
+        self._lockout_timers.pop(name, None)
+        self.on_state(name)
+
+    def clear_lockout(self, name: str) -> bool:
+        cleared = self.policy.clear_lockout(name)
+        timer = self._lockout_timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+        if cleared:
+            self.on_state(name)
+        return cleared
+
+
+def _spaced(last_edges: dict[str, float], name: str, interval: float,
+            fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    """Runs on the hardware worker: wait out what is left of the spacing (usually well under
+    a millisecond: the loop already delayed the command; more only when the worker itself
+    ran the previous edge late), run, note the edge's time."""
+    last = last_edges.get(name)
+    if last is not None:
+        wait = last + interval - time.monotonic()
+        if wait > 0:
+            time.sleep(min(wait, interval))
+    try:
+        return fn(*args)
+    finally:
+        last_edges[name] = time.monotonic()
+
+
+def _chain(inner: asyncio.Future[Any], outer: asyncio.Future[Any]) -> None:
+    if outer.done():
+        return
+    if inner.cancelled():
+        outer.cancel()
+    elif inner.exception() is not None:
+        outer.set_exception(inner.exception())  # type: ignore[arg-type]
+    else:
+        outer.set_result(inner.result())
