@@ -84,6 +84,7 @@ def test_unit_verifies(stage: Path) -> None:
 def test_installed_program_checks_and_serves_its_config(stage: Path, tmp_path: Path) -> None:
     config = yaml.safe_load((stage / "etc/pi-mqtt-gatekeeper/config.yaml").read_text())
     config["auth"]["users_file"] = str(stage / "etc/pi-mqtt-gatekeeper/users")
+    config["persistence"]["path"] = str(stage / "var/lib/pi-mqtt-gatekeeper/state.json")
     config["broker"]["listeners"] = [{"type": "tcp", "host": "127.0.0.1", "port": 0}]
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -189,7 +189,8 @@ class HomeAssistantConfig:
 
 @section
 class PersistenceConfig:
-    path: str | None = None
+    path: str | None = None  # none: nothing survives a restart
+    autosave_s: Annotated[float, Range(gt=0, le=3600)] = 3.0
 
 
 def _hostname() -> str:
@@ -239,6 +240,7 @@ class Config:
         problems.extend(_role_problems(self.auth))
         problems.extend(_device_problems(self.devices))
         problems.extend(_interlock_problems(self.interlocks, self.devices))
+        problems.extend(_restore_problems(self.devices))
         return problems
 
     @property
@@ -275,6 +277,18 @@ def _interlock_problems(groups: list[list[str]], devices: dict[str, Any]
             if adapter is None or adapter.kind != "output":
                 problems.append((("interlocks", i, j), f"{name!r} is a {dev.type}, which "
                                  f"cannot be switched on: only outputs can be interlocked"))
+    return problems
+
+
+def _restore_problems(devices: dict[str, Any]) -> list[Problem | str]:
+    from pi_mqtt_gpio.server.devices import registry
+
+    problems: list[Problem | str] = []
+    for name, dev in devices.items():
+        adapter = registry.get(dev.type)
+        if dev.restore and (adapter is None or "value" not in adapter.methods):
+            problems.append((("devices", name, "restore"),
+                             f"a {dev.type} has no value to restore: only outputs can"))
     return problems
 
 
@@ -361,7 +375,6 @@ def _line_for(loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int | 
 # than accepted and ignored (a relay with min_relay_interval_s that chatters anyway).
 NOT_SUPPORTED_YET = {
     "homeassistant": "Home Assistant discovery is not implemented in this version",
-    "persistence": "nothing is persisted in this version",
 }
 MAX_CONFIG_NODES = 100_000  # YAML nodes after aliases are expanded (a real config has < 5,000)
 

@@ -8,6 +8,7 @@ import ctypes
 import gc
 import logging
 import signal
+from typing import Any
 
 from pi_mqtt_gpio.errors import GatekeeperError
 from pi_mqtt_gpio.mqtt.broker import BrokerCore, BrokerLimits, InternalClient
@@ -18,6 +19,13 @@ from pi_mqtt_gpio.server.broker import BrokerServer
 from pi_mqtt_gpio.server.config import Config
 from pi_mqtt_gpio.server.guards import Guards
 from pi_mqtt_gpio.server.hardware import HardwareManager, consumer_label, make_pin_factory
+from pi_mqtt_gpio.server.persistence import (
+    SCHEMA_VERSION,
+    Persister,
+    StateFile,
+    StateFileError,
+    writable_problem,
+)
 from pi_mqtt_gpio.server.rpc_handler import RpcHandler, make_safe
 from pi_mqtt_gpio.server.safety import SafetyPolicy, guards_for
 from pi_mqtt_gpio.server.security import AccessControl, Authenticator, ControlLeaseManager
@@ -58,6 +66,7 @@ class Daemon:
             hardware=config.hardware,
         )
         self._health_task: asyncio.Task[None] | None = None
+        self.persister: Persister | None = None
         self.client: InternalClient | None = None
         self.twin = Twin(self.topics, self.hw, self._publish)
         self.guards = Guards(
@@ -85,6 +94,46 @@ class Daemon:
     def _on_message(self, msg: Message, sub_ids: list[int]) -> None:
         self.rpc.handle(msg)
 
+    # --- persistence ---------------------------------------------------------------------------
+    async def _load_state(self) -> dict[str, Any]:
+        persistence = self.config.persistence
+        if not persistence.path:
+            return {}
+        problem = writable_problem(persistence.path)
+        if problem is not None:
+            raise GatekeeperError(problem)
+        state_file = StateFile(persistence.path)
+        try:
+            saved = await asyncio.to_thread(state_file.load)
+        except (StateFileError, OSError) as exc:
+            raise GatekeeperError(f"persistence.path: {exc}") from None
+        self.persister = Persister(state_file, persistence.autosave_s, self._snapshot)
+        self.persister.loaded(saved)
+        return saved
+
+    def _snapshot(self) -> dict[str, Any]:
+        """What survives a restart: outputs with ``restore: true``, lockouts in force."""
+        outputs = {name: self.twin.states[name].get("value")
+                   for name, dev in self.config.devices.items()
+                   if dev.restore and name in self.twin.states}
+        return {"version": SCHEMA_VERSION, "outputs": outputs,
+                "lockouts": self.guards.lockouts_wall()}
+
+    def _restore(self, saved: dict[str, Any]) -> None:
+        if self.persister is None:
+            return
+        lockouts = saved.get("lockouts")
+        if isinstance(lockouts, dict):
+            self.guards.restore_lockouts(lockouts)
+        outputs = saved.get("outputs")
+        if isinstance(outputs, dict):
+            for name, value in outputs.items():
+                dev = self.config.devices.get(name)
+                if dev is not None and dev.restore:
+                    self.rpc.restore(name, value)
+        self.twin.on_change = lambda _name: self.persister.changed() \
+            if self.persister is not None else None
+
     def _republish(self, name: str) -> None:
         """A device's state again, with or without its lockout (the guards changed it)."""
         doc = self.twin.states.get(name)
@@ -110,6 +159,7 @@ class Daemon:
     async def start(self) -> None:
         if self.config.broker.mode != "embedded":
             raise GatekeeperError("broker.mode external is not implemented yet; use embedded")
+        saved = await self._load_state()  # before any pin is claimed: a bad file refuses start
         self.client = self.core.connect_internal(f"gatekeeper-{self.config.node_id}",
                                                  self._on_message)
         states = await self.hw.start()  # claims the lines; safe states applied
@@ -124,6 +174,7 @@ class Daemon:
             self.twin.state(name, state)
         self.guards.start({name: state for name, state in states.items()
                            if self.hw.adapters[name].kind == "output"})
+        self._restore(saved)
         self.twin.start()
         root = self.topics.root
         self.client.subscribe(self.topics.any_device("call"), now=now, qos=1)
@@ -197,6 +248,11 @@ class Daemon:
             self._health_task.cancel()
         if self.started:
             await self.rpc.drain(0.5)
+            if self.persister is not None:
+                # Saved before the outputs go safe: what restore: true brings back is the
+                # value they had, not their safe state.
+                self.twin.on_change = None
+                await self.persister.close()
             await self.twin.stop()  # no more polling; queued events are published
             states = await self.hw.stop()
             for name, state in states.items():

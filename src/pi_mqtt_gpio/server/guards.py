@@ -202,6 +202,21 @@ class Guards:
         self._lockout_timers.pop(name, None)
         self.on_state(name)
 
+    def lockouts_wall(self) -> dict[str, float]:
+        """The lockouts in force, device -> wall-clock end (for the state file)."""
+        now, wall = self._now(), time.time()
+        return {name: wall + (until - now) for name, until in self.policy.lockouts(now).items()}
+
+    def restore_lockouts(self, lockouts: dict[str, float]) -> None:
+        """Lockouts saved before a restart stay in force until their end."""
+        now, wall = self._now(), time.time()
+        for name, end in lockouts.items():
+            if name in self.policy.guards and isinstance(end, int | float) and end > wall:
+                self.policy.lock_out(name, now + (end - wall))
+                self._lockout_timers[name] = asyncio.get_running_loop().call_at(
+                    now + (end - wall), self._lockout_over, name)
+                self.on_state(name)
+
     def clear_lockout(self, name: str) -> bool:
         cleared = self.policy.clear_lockout(name)
         timer = self._lockout_timers.pop(name, None)

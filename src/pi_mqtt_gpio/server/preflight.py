@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pi_mqtt_gpio.server.config import BUILTIN_ROLES, Config, ListenerConfig
+from pi_mqtt_gpio.server.persistence import writable_problem
 from pi_mqtt_gpio.server.safety import guards_for
 from pi_mqtt_gpio.server.security.acl import builtin_roles
 from pi_mqtt_gpio.server.security.passwords import read_users_file
@@ -83,6 +84,13 @@ def _check_listeners(config: Config, out: Findings) -> None:
                 out.errors.append(f"{where}.{key}: no such file: {value}")
 
 
+def _check_persistence(config: Config, out: Findings) -> None:
+    if config.persistence.path:
+        problem = writable_problem(config.persistence.path)
+        if problem is not None:
+            out.errors.append(problem)
+
+
 def _warnings(config: Config, simulate: bool, out: Findings) -> None:
     auth = config.auth
     exposed = [lst for lst in config.broker.listeners if not _loopback(lst.host)]
@@ -118,5 +126,6 @@ def preflight(config: Config, *, simulate: bool = False) -> Findings:
     out = Findings()
     _check_users_file(config, out)
     _check_listeners(config, out)
+    _check_persistence(config, out)
     _warnings(config, simulate, out)
     return out

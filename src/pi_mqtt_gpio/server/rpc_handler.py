@@ -377,6 +377,33 @@ class RpcHandler:
                                     kwargs)
         return future, max(0.0, (at or 0.0) - _now()) if at is not None else 0.0
 
+    def restore(self, name: str, value: Any) -> None:
+        """At start: drive an output back to the value saved before the restart, through the
+        same checks and guards as a call (a refusal is logged, the safe state stays)."""
+        try:
+            adapter = self._adapter(name)
+            method = adapter.method("value")
+            if method is None:
+                raise UnknownMethod(f"{name} has no value to restore")
+            kwargs = method.bind([value], None)
+            adapter.validate(method.name, kwargs)
+            future, _delay = self._queue(adapter, method, kwargs)
+        except GatekeeperError as exc:
+            log.warning("not restoring %s to %r: %s", name, value, exc.message)
+            return
+
+        def done(f: asyncio.Future[Any]) -> None:
+            if f.cancelled() or f.exception() is not None:
+                log.warning("restoring %s failed: %s", name, f.exception())
+                return
+            _result, state = f.result()
+            if self.guards is not None:
+                self.guards.ran(adapter, state)
+            self.twin.state(name, state)
+            log.info("restored %s to %r", name, value)
+
+        future.add_done_callback(done)
+
     def _clear_lockout(self, msg: Message, name: str, reply: _Reply | None) -> None:
         """``{"method": "clear_lockout"}``: lift a device's flap lockout (``manage`` right)."""
         self._adapter(name)

@@ -105,6 +105,15 @@ class SafetyPolicy:
             return None
         return dev.lockout_until
 
+    def lock_out(self, device: str, until: float) -> None:
+        """Put a lockout in force (one that was in force before a restart)."""
+        self._dev(device).lockout_until = until
+
+    def lockouts(self, now: float) -> dict[str, float]:
+        """The lockouts in force: device -> until."""
+        return {name: dev.lockout_until for name, dev in self._devices.items()
+                if dev.lockout_until is not None and dev.lockout_until > now}
+
     def clear_lockout(self, device: str) -> bool:
         """Lift a lockout (the ``manage`` right); True if there was one."""
         dev = self._devices.get(device)

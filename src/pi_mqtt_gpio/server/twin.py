@@ -64,6 +64,7 @@ class Twin:
         self.seq: dict[str, int] = dict.fromkeys(hw.adapters, 0)
         self._tasks: list[asyncio.Task[None]] = []
         self._refresh: dict[str, asyncio.TimerHandle] = {}
+        self.on_change: Callable[[str], None] | None = None  # a device's state was published
 
     # --- publishing -----------------------------------------------------------------------------
     def status(self, online: bool) -> None:
@@ -102,6 +103,8 @@ class Twin:
             doc = self.stamp(state, ts)
         self.states[name] = doc
         self.publish(self.topics.device(name, "state"), dumps(doc), 1, True)
+        if self.on_change is not None:
+            self.on_change(name)
         return doc
 
     def notice(self, device: str, event: str, extra: dict[str, Any]) -> None:

@@ -183,6 +183,7 @@ class DeviceConfig:
     description: str | None = None
     lease_required: bool = False
     safety: DeviceSafetyConfig | None = None
+    restore: bool = False  # at start, go back to the value saved before the restart
 
     def lines(self) -> list[tuple[str, int, bool]]:
         """(config key, GPIO line, shared-bus line) for every line this device claims."""

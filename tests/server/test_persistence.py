@@ -1,0 +1,181 @@
+"""The state file: atomic saves, corrupt files moved aside, newer versions refused, no
+write when nothing changed; and end to end: restore after a restart, lockouts that stay,
+an unwritable directory refused, and kill -9 at random moments never leaving a bad file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+
+from pi_mqtt_gpio.server.persistence import (
+    SCHEMA_VERSION,
+    Persister,
+    StateFile,
+    StateFileError,
+    writable_problem,
+)
+from tests.conftest import READY, Client, start_gatekeeper, wait_for
+
+
+def test_save_is_atomic_and_loads_back(tmp_path: Path) -> None:
+    f = StateFile(tmp_path / "state.json")
+    assert f.load() == {}
+    f.save({"version": SCHEMA_VERSION, "outputs": {"led": 1}})
+    assert f.load() == {"version": SCHEMA_VERSION, "outputs": {"led": 1}}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]  # no temp left
+
+
+@pytest.mark.parametrize("text", ["", "{", "[1, 2]", "\xff"])
+def test_corrupt_file_is_moved_aside(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "state.json"
+    path.write_bytes(text.encode("latin-1"))
+    assert StateFile(path).load() == {}
+    assert not path.exists()
+    assert [p.name.startswith("state.json.corrupt-") for p in tmp_path.iterdir()] == [True]
+
+
+def test_newer_version_is_refused_older_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps({"version": SCHEMA_VERSION + 1}))
+    with pytest.raises(StateFileError, match="newer version"):
+        StateFile(path).load()
+    path.write_text(json.dumps({"outputs": {"led": 1}}))  # before versions
+    assert StateFile(path).load() == {"version": 1, "outputs": {"led": 1}}
+
+
+def test_unwritable_directory_is_named(tmp_path: Path) -> None:
+    assert writable_problem(tmp_path / "nope" / "state.json") == \
+        f"persistence.path: the directory {tmp_path / 'nope'} does not exist"
+    assert writable_problem(tmp_path / "state.json") is None
+
+
+def test_no_write_when_nothing_changed(tmp_path: Path) -> None:
+    async def main() -> int:
+        doc = {"version": 1, "outputs": {"led": 0}}
+        p = Persister(StateFile(tmp_path / "s.json"), 0.05, lambda: dict(doc))
+        for _ in range(10):
+            p.changed()
+            await asyncio.sleep(0.06)
+        doc["outputs"] = {"led": 1}
+        p.changed()
+        await asyncio.sleep(0.1)
+        await p.close()
+        return p.writes
+
+    assert asyncio.run(main()) == 2  # the first state, then the one change
+
+
+# --- end to end -------------------------------------------------------------------------------
+def _config(tmp: Path, autosave: float = 0.2) -> dict[str, Any]:
+    return {
+        "node_id": "p",
+        "broker": {"listeners": [{"type": "tcp", "host": "127.0.0.1", "port": 0}]},
+        "auth": {"allow_anonymous": True, "anonymous_role": "admin"},
+        "persistence": {"path": str(tmp / "state.json"), "autosave_s": autosave},
+        "safety": {"min_relay_interval_s": 0, "min_command_interval_s": 0,
+                   "flap_max_edges": 2, "flap_lockout_s": 60},
+        "devices": {"lamp": {"type": "LED", "pin": 17, "restore": True},
+                    "dim": {"type": "PWMLED", "pin": 12, "restore": True},
+                    "porch": {"type": "LED", "pin": 18},
+                    "pump": {"type": "OutputDevice", "pin": 22}},
+    }
+
+
+def _state(port: int, device: str) -> dict[str, Any]:
+    c = Client(port, mqtt.MQTTv5)
+    c.connect()
+    try:
+        c.subscribe(f"gatekeeper/p/device/{device}/state", 0)
+        return dict(json.loads(c.get(5).payload))
+    finally:
+        c.close()
+
+
+def test_restore_and_lockouts_survive_a_restart(tmp_path: Path) -> None:
+    gk = start_gatekeeper(tmp_path, _config(tmp_path))
+    try:
+        c = Client(gk.port, mqtt.MQTTv5)
+        c.connect()
+        for dev in ("lamp", "porch"):
+            c.publish(f"gatekeeper/p/device/{dev}/set", "ON", 1)
+        for payload in ("ON", "OFF", "ON"):  # the third change trips the lockout
+            c.publish("gatekeeper/p/device/pump/set", payload, 1)
+        c.close()
+        assert wait_for(lambda: "lockout_until" in _state(gk.port, "pump"), 3)
+    finally:
+        assert gk.stop() == 0
+    saved = json.loads((tmp_path / "state.json").read_text())
+    assert saved["outputs"] == {"lamp": 1, "dim": 0.0} and "pump" in saved["lockouts"]
+    again = start_gatekeeper(tmp_path, _config(tmp_path))
+    try:
+        assert wait_for(lambda: _state(again.port, "lamp")["value"] == 1, 3)  # restored
+        assert _state(again.port, "porch")["value"] == 0  # not restore: its safe state
+        assert "lockout_until" in _state(again.port, "pump")  # still locked out
+    finally:
+        assert again.stop() == 0
+
+
+def test_unwritable_directory_refuses_start(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    config["persistence"]["path"] = str(tmp_path / "missing" / "state.json")
+    with pytest.raises(RuntimeError, match=r"the directory .* does not exist"):
+        start_gatekeeper(tmp_path, config)
+
+
+def test_kill_9_at_random_moments_leaves_a_good_recent_file(tmp_path: Path) -> None:
+    """50 times: start, set a dimmer to a new value every 10 ms, kill -9 at a random moment
+    over the write cycle; the file always parses, and the value it holds was still current
+    no longer than autosave_s + 1 s before the kill."""
+    autosave = 0.3
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(_config(tmp_path, autosave)))
+    rng = random.Random(7)
+    set_at: dict[float, float] = {}  # value -> when it was set (acknowledged)
+    n = 0
+    worst = 0.0
+    for _ in range(50):
+        proc = subprocess.Popen([sys.executable, "-m", "pi_mqtt_gpio.server.main", "--config",
+                                 str(path), "--simulate"], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        assert proc.stdout is not None
+        port = 0
+        for line in proc.stdout:
+            m = READY.search(line)
+            if m:
+                port = int(m.group(2).rsplit(":", 1)[1])
+                break
+        assert port, "the daemon did not start"
+        c = Client(port, mqtt.MQTTv5)
+        c.connect()
+        end = time.monotonic() + rng.uniform(autosave, 4 * autosave)
+        while time.monotonic() < end:
+            n += 1
+            value = round(n / 10_000, 4)
+            c.publish("gatekeeper/p/device/dim/set", str(value), 1)
+            set_at[value] = time.time()
+            time.sleep(0.01)
+        killed_at = time.time()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(5)
+        c.close()
+        saved = json.loads((tmp_path / "state.json").read_text())  # parses, every time
+        assert saved["version"] == SCHEMA_VERSION
+        value = round(saved["outputs"]["dim"], 4)
+        later = [t for v, t in set_at.items() if v > value]  # values set after the saved one
+        worst = max(worst, killed_at - min(later) if later else 0.0)
+    print(f"50 kills: worst staleness {worst:.2f} s (autosave {autosave} s)")
+    assert worst <= autosave + 1.0
+    assert not [p for p in tmp_path.iterdir() if "corrupt" in p.name]
