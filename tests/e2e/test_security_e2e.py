@@ -21,7 +21,7 @@ import pytest
 from pi_mqtt_gpio.client import Gatekeeper, RemoteLED, RemoteMotor
 from pi_mqtt_gpio.errors import LeaseHeld, LeaseRequired, NotAuthorized
 from pi_mqtt_gpio.server.security import hash_password
-from tests.conftest import Client, broker_config, start_gatekeeper
+from tests.conftest import NO_GUARDS, Client, broker_config, start_gatekeeper
 from tests.conftest import Gatekeeper as Daemon
 from tests.e2e.test_gatekeeper import Watcher
 
@@ -61,7 +61,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory, pki: Path) -> Iterator[Daem
              "keyfile": str(pki / "server.key"), "cafile": str(pki / "ca.pem"),
              "require_certificate": True, "use_identity_as_username": True},
         ]},
-        leases={"scope": "device", "ttl_s": 30},
+        leases={"scope": "device", "ttl_s": 30}, safety=NO_GUARDS,
         auth={"allow_anonymous": False, "users_file": str(tmp / "users"),
               "users": {"alice": {"password_hash": HASH, "role": "operator"},
                         "bob": {"password_hash": HASH, "role": "operator"},
