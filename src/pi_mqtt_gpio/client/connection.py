@@ -29,6 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from pi_mqtt_gpio.client.credentials import apply_credentials
 from pi_mqtt_gpio.client.lease import Lease
 from pi_mqtt_gpio.client.registry import remote_class
 from pi_mqtt_gpio.errors import RequestTimeout, UnknownDevice, error_for
@@ -146,14 +147,7 @@ class Gatekeeper:
                              protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
                              transport="websockets" if transport == "websockets" else "tcp",
                              reconnect_on_failure=True, **kwargs)
-        if username is not None:
-            client.username_pw_set(username, password)
-        if isinstance(tls, ssl.SSLContext):
-            client.tls_set_context(tls)
-        elif isinstance(tls, str):
-            client.tls_set(ca_certs=tls)
-        elif tls:
-            client.tls_set()
+        apply_credentials(client, username, password, tls)
         client.reconnect_delay_set(min_delay=RECONNECT_MIN_S, max_delay=RECONNECT_MAX_S)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

@@ -20,6 +20,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from pi_mqtt_gpio.client.credentials import apply_credentials
 from pi_mqtt_gpio.topics import Topics
 
 __all__ = ["NodeInfo", "list_nodes"]
@@ -46,14 +47,7 @@ def list_nodes(host: str | None = None, port: int | None = None, *,
     probe = _Probe(Topics(base_topic, "+"))
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"nodes-{uuid.uuid4().hex[:10]}",
                          protocol=mqtt.MQTTv5 if protocol == 5 else mqtt.MQTTv311)
-    if username is not None:
-        client.username_pw_set(username, password)
-    if isinstance(tls, ssl.SSLContext):
-        client.tls_set_context(tls)
-    elif isinstance(tls, str):
-        client.tls_set(ca_certs=tls)
-    elif tls:
-        client.tls_set()
+    apply_credentials(client, username, password, tls)
     client.on_connect = probe.on_connect
     client.on_message = probe.on_message
     client.connect(host, port, 30)
