@@ -225,3 +225,56 @@ def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> bo
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+class PinRecorder:
+    """Every change of some MockFactory pins, in the order they happened, in one log of
+    (time.monotonic(), pin number, level): the order of changes on two pins cannot be
+    rebuilt from each pin's own ``states`` history."""
+
+    def __init__(self, pins: list[Any], clock: Any = None) -> None:
+        import time as _time
+
+        self.log: list[tuple[float, int, bool]] = []  # (time, BCM line, level)
+        self._lock = threading.Lock()
+        self._clock = clock or _time.monotonic
+        for pin in pins:
+            self._wrap(pin)
+
+    def _wrap(self, pin: Any) -> None:
+        original = pin._change_state
+        line = int(pin.info.name.removeprefix("GPIO"))  # BCM number (info.number: header)
+
+        def change(value: Any) -> Any:
+            with self._lock:
+                changed = original(value)
+                if changed:
+                    self.log.append((self._clock(), line, bool(value)))
+                return changed
+
+        pin._change_state = change
+
+    def levels(self) -> list[tuple[float, dict[int, bool]]]:
+        """The level of every recorded pin after each change."""
+        now: dict[int, bool] = {}
+        out = []
+        for t, number, level in list(self.log):
+            now[number] = level
+            out.append((t, dict(now)))
+        return out
+
+    def never_together(self, a: int, b: int) -> bool:
+        return not any(lv.get(a) and lv.get(b) for _t, lv in self.levels())
+
+    def on_times(self, number: int) -> list[float]:
+        """How long the pin stayed high, each time it went high and low again."""
+        out, since = [], None
+        for t, pin, level in list(self.log):
+            if pin != number:
+                continue
+            if level and since is None:
+                since = t
+            elif not level and since is not None:
+                out.append(t - since)
+                since = None
+        return out

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 
+from pi_mqtt_gpio.server.bindings import BindingsQueueConfig
 from pi_mqtt_gpio.server.schema import NonEmpty, Problem, Range, Tagged, build, section
 
 __all__ = [
@@ -229,6 +230,7 @@ class Config:
     interlocks: list[list[str]] = field(default_factory=list)
     homeassistant: HomeAssistantConfig = field(default_factory=lambda: HomeAssistantConfig())
     persistence: PersistenceConfig = field(default_factory=lambda: PersistenceConfig())
+    bindings_queue: BindingsQueueConfig = field(default_factory=lambda: BindingsQueueConfig())
 
     def check(self) -> list[Problem | str]:
         problems: list[Problem | str] = []
@@ -241,6 +243,7 @@ class Config:
         problems.extend(_device_problems(self.devices))
         problems.extend(_interlock_problems(self.interlocks, self.devices))
         problems.extend(_restore_problems(self.devices))
+        problems.extend(_binding_problems(self.devices, self.root))
         return problems
 
     @property
@@ -289,6 +292,46 @@ def _restore_problems(devices: dict[str, Any]) -> list[Problem | str]:
         if dev.restore and (adapter is None or "value" not in adapter.methods):
             problems.append((("devices", name, "restore"),
                              f"a {dev.type} has no value to restore: only outputs can"))
+    return problems
+
+
+def _binding_problems(devices: dict[str, Any], root: str) -> list[Problem | str]:
+    """A device binding names a device and one of its methods with arguments it accepts; a
+    publish binding stays out of this node's own tree except its ``set``/``call`` topics
+    (which then run as local calls)."""
+    from pi_mqtt_gpio.errors import GatekeeperError
+    from pi_mqtt_gpio.server.devices import registry
+
+    problems: list[Problem | str] = []
+    for button, dev in devices.items():
+        for trigger, action in (getattr(dev, "bindings", None) or {}).items():
+            where = ("devices", button, "bindings", trigger)
+            if action.publish is not None:
+                topic = action.publish.topic
+                if topic == root or topic.startswith(root + "/"):
+                    parts = topic[len(root) + 1:].split("/")
+                    if not (len(parts) == 3 and parts[0] == "device"
+                            and parts[2] in ("set", "call")):
+                        problems.append(((*where, "publish", "topic"),
+                                         "inside this node's tree only device set/call "
+                                         "topics may be published"))
+                continue
+            target = devices.get(action.device)
+            if target is None:
+                problems.append(((*where, "device"), f"no device named {action.device!r}"))
+                continue
+            adapter = registry.get(target.type)
+            method = adapter.methods.get(action.method or "") if adapter else None
+            if method is None or method.sim_only:
+                known = ", ".join(m for m, spec in (adapter.methods if adapter else {}).items()
+                                  if not spec.sim_only)
+                problems.append(((*where, "method"), f"a {target.type} has no method "
+                                 f"{action.method!r} (methods: {known})"))
+                continue
+            try:
+                method.bind(action.args, action.kwargs)
+            except GatekeeperError as exc:
+                problems.append(((*where,), exc.message))
     return problems
 
 

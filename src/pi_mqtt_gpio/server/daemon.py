@@ -8,6 +8,7 @@ import ctypes
 import gc
 import logging
 import signal
+import time
 from typing import Any
 
 from pi_mqtt_gpio.errors import GatekeeperError
@@ -15,10 +16,18 @@ from pi_mqtt_gpio.mqtt.broker import BrokerCore, BrokerLimits, InternalClient
 from pi_mqtt_gpio.mqtt.hooks import BrokerHooks, ClientInfo, Decision
 from pi_mqtt_gpio.mqtt.message import Message
 from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, Properties
+from pi_mqtt_gpio.server.bindings import Bindings, ButtonGestures, PublishQueue
 from pi_mqtt_gpio.server.broker import BrokerServer
 from pi_mqtt_gpio.server.config import Config
+from pi_mqtt_gpio.server.covers import CoverController
+from pi_mqtt_gpio.server.devices.cover import CoverAdapter
 from pi_mqtt_gpio.server.guards import Guards
-from pi_mqtt_gpio.server.hardware import HardwareManager, consumer_label, make_pin_factory
+from pi_mqtt_gpio.server.hardware import (
+    DeviceEvent,
+    HardwareManager,
+    consumer_label,
+    make_pin_factory,
+)
 from pi_mqtt_gpio.server.persistence import (
     SCHEMA_VERSION,
     Persister,
@@ -27,7 +36,7 @@ from pi_mqtt_gpio.server.persistence import (
     writable_problem,
 )
 from pi_mqtt_gpio.server.rpc_handler import RpcHandler, make_safe
-from pi_mqtt_gpio.server.safety import SafetyPolicy, guards_for
+from pi_mqtt_gpio.server.safety import SafetyPolicy, guards_for, line_interlocks
 from pi_mqtt_gpio.server.security import AccessControl, Authenticator, ControlLeaseManager
 from pi_mqtt_gpio.server.twin import Twin, dumps, utc_ts
 from pi_mqtt_gpio.topics import Topics
@@ -71,12 +80,31 @@ class Daemon:
         self.twin = Twin(self.topics, self.hw, self._publish)
         self.guards = Guards(
             SafetyPolicy(guards_for(config.safety, config.devices),
-                         [frozenset(group) for group in config.interlocks]),
+                         [*(frozenset(group) for group in config.interlocks),
+                          *line_interlocks(config.devices)]),
             self.hw, on_event=self.twin.notice, on_state=self._republish, make_safe=make_safe)
+        self.covers = {
+            name: CoverController(adapter, self.hw, self.guards, on_state=self._cover_state,
+                                  on_event=self.twin.notice)
+            for name, adapter in self.hw.adapters.items() if isinstance(adapter, CoverAdapter)}
         self.rpc = RpcHandler(self.topics, self.hw, self.twin, self._send, acl=[self.acl],
                               listening=self.core.has_subscribers, leases=self.leases,
                               may_command=self._may_command, has_right=self._has_right,
-                              guards=self.guards)
+                              guards=self.guards, covers=self.covers)
+        self.bindings = Bindings(
+            {name: dict(dev.bindings) for name, dev in config.devices.items()
+             if getattr(dev, "bindings", None)},
+            call=self.rpc.local_call, local_publish=self.rpc.local_publish,
+            send=self._publish,
+            queue=PublishQueue(max_items=config.bindings_queue.max,
+                               max_age_s=config.bindings_queue.max_age_s))
+        self.gestures = {
+            name: ButtonGestures(name, dev.gestures, emit=self._gesture)
+            for name, dev in config.devices.items() if getattr(dev, "gestures", None)}
+        for name in self.covers:
+            self.twin.intercept[name] = self._cover_input
+        for name in {*self.gestures, *self.bindings.bindings}:
+            self.twin.observe[name] = self._button_input
         self.core.hooks.append(_GatekeeperHooks(self))
         self.started = False
 
@@ -117,14 +145,22 @@ class Daemon:
                    for name, dev in self.config.devices.items()
                    if dev.restore and name in self.twin.states}
         return {"version": SCHEMA_VERSION, "outputs": outputs,
-                "lockouts": self.guards.lockouts_wall()}
+                "lockouts": self.guards.lockouts_wall(),
+                "covers": {name: cover.saved() for name, cover in self.covers.items()}}
 
     def _restore(self, saved: dict[str, Any]) -> None:
         if self.persister is None:
+            for name, cover in self.covers.items():
+                self._cover_state(name, cover.state())
             return
         lockouts = saved.get("lockouts")
         if isinstance(lockouts, dict):
             self.guards.restore_lockouts(lockouts)
+        covers = saved.get("covers")
+        for name, cover in self.covers.items():
+            if isinstance(covers, dict) and name in covers:
+                cover.restore(covers[name])
+            self._cover_state(name, cover.state())
         outputs = saved.get("outputs")
         if isinstance(outputs, dict):
             for name, value in outputs.items():
@@ -133,6 +169,34 @@ class Daemon:
                     self.rpc.restore(name, value)
         self.twin.on_change = lambda _name: self.persister.changed() \
             if self.persister is not None else None
+
+    # --- covers, gestures, bindings ------------------------------------------------------------
+    def _cover_state(self, name: str, state: dict[str, Any]) -> None:
+        self.twin.state(name, self.guards.decorate(name, state))
+
+    def _cover_input(self, ev: DeviceEvent) -> bool:
+        """A cover's endstop closed: its controller stops and calibrates."""
+        if ev.event is not None and ev.event.startswith("endstop_"):
+            at = ev.state.get("at")
+            self.covers[ev.device].endstop(ev.event.removeprefix("endstop_"),
+                                           at if isinstance(at, float) else ev.mono)
+        return True
+
+    def _button_input(self, ev: DeviceEvent) -> None:
+        """After a button's event was published: its binding, if any, and its presses and
+        releases (at the time the edge was seen) feed its gesture recognizer."""
+        if ev.event is None:
+            return
+        self.bindings.trigger(ev.device, ev.event)
+        gestures = self.gestures.get(ev.device)
+        if gestures is not None and ev.event in ("pressed", "released"):
+            loop_now = asyncio.get_running_loop().time()
+            at = loop_now - max(0.0, time.monotonic() - ev.mono) if ev.mono else loop_now
+            gestures.edge(ev.event == "pressed", at)
+
+    def _gesture(self, button: str, gesture: str) -> None:
+        self.twin.notice(button, gesture, {})
+        self.bindings.trigger(button, gesture)
 
     def _republish(self, name: str) -> None:
         """A device's state again, with or without its lockout (the guards changed it)."""
@@ -171,7 +235,8 @@ class Daemon:
         now = self.server.now()
         self.twin.catalogue()
         for name, state in states.items():
-            self.twin.state(name, state)
+            if name not in self.covers:  # a cover's state comes with its position below
+                self.twin.state(name, state)
         self.guards.start({name: state for name, state in states.items()
                            if self.hw.adapters[name].kind == "output"})
         self._restore(saved)
@@ -247,6 +312,11 @@ class Daemon:
         if self._health_task is not None:
             self._health_task.cancel()
         if self.started:
+            if self.covers:  # a moving cover stops; its position is saved just below
+                await asyncio.wait([asyncio.ensure_future(c.halt())
+                                    for c in self.covers.values()], timeout=1.5)
+            for gestures in self.gestures.values():
+                gestures.close()
             await self.rpc.drain(0.5)
             if self.persister is not None:
                 # Saved before the outputs go safe: what restore: true brings back is the
@@ -256,6 +326,8 @@ class Daemon:
             await self.twin.stop()  # no more polling; queued events are published
             states = await self.hw.stop()
             for name, state in states.items():
+                if name in self.covers:
+                    state = self.covers[name].state()
                 self.twin.state(name, state)
             self.twin.status(False)
         await self.server.stop()

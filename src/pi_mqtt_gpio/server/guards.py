@@ -57,9 +57,13 @@ class Guards:
               ) -> tuple[float | None, bool]:
         """Check a write; raise the refusal, or return when it may run (None: now) and
         whether it is an edge (a change of value)."""
-        name = adapter.name
+        current, _active = self.policy.predicted(adapter.name)
+        return self.admit_value(adapter.name, adapter.predict(method, kwargs, current))
+
+    def admit_value(self, name: str, value: Any) -> tuple[float | None, bool]:
+        """Check a write that leaves ``name`` at ``value``: a device, or one line of a
+        device that has several (a cover's relays are ``<cover>/up`` and ``<cover>/down``)."""
         current, _active = self.policy.predicted(name)
-        value = adapter.predict(method, kwargs, current)
         active = is_active(value)
         now = self._now()
         verdict = self.policy.check(name, value, active, now)
@@ -69,6 +73,10 @@ class Guards:
             raise error_for(verdict.code, verdict.message, retry_after=verdict.retry_after)
         self.policy.commit(name, value, active, verdict, now)
         return (verdict.at if isinstance(verdict, Delay) else None), value != current
+
+    def known(self, name: str, value: Any) -> None:
+        """What a device or line is now (after a write that did not go through ``ran``)."""
+        self.policy.known(name, value, is_active(value))
 
     def submit(self, name: str, at: float | None, edge: bool, fn: Callable[..., Any],
                *args: Any) -> asyncio.Future[Any]:
@@ -178,7 +186,11 @@ class Guards:
 
     # --- lockouts ------------------------------------------------------------------------------
     def lockout_until(self, name: str) -> float | None:
-        return self.policy.lockout_until(name, self._now())
+        """The end of a lockout of the device or of one of its lines (``<name>/...``)."""
+        now = self._now()
+        ends = [until for line, until in self.policy.lockouts(now).items()
+                if line == name or line.startswith(name + "/")]
+        return max(ends) if ends else None
 
     def decorate(self, name: str, state: dict[str, Any]) -> dict[str, Any]:
         """``state`` with ``lockout_until`` while the device is locked out."""
@@ -192,15 +204,18 @@ class Guards:
         if until is None:
             return
         log.warning("%s locked out for %.0f s after flapping", name, until - now)
-        self.on_event(name, "lockout", {"lockout_until": self.decorate(name, {}).get(
-            "lockout_until")})
-        self.on_state(name)
+        device, _, line = name.partition("/")  # a line of a device: the device says it
+        extra = {"lockout_until": self.decorate(device, {}).get("lockout_until")}
+        if line:
+            extra["line"] = line
+        self.on_event(device, "lockout", extra)
+        self.on_state(device)
         loop = asyncio.get_running_loop()
         self._lockout_timers[name] = loop.call_at(until, self._lockout_over, name)
 
     def _lockout_over(self, name: str) -> None:
         self._lockout_timers.pop(name, None)
-        self.on_state(name)
+        self.on_state(name.partition("/")[0])
 
     def lockouts_wall(self) -> dict[str, float]:
         """The lockouts in force, device -> wall-clock end (for the state file)."""
@@ -215,13 +230,16 @@ class Guards:
                 self.policy.lock_out(name, now + (end - wall))
                 self._lockout_timers[name] = asyncio.get_running_loop().call_at(
                     now + (end - wall), self._lockout_over, name)
-                self.on_state(name)
+                self.on_state(name.partition("/")[0])
 
     def clear_lockout(self, name: str) -> bool:
-        cleared = self.policy.clear_lockout(name)
-        timer = self._lockout_timers.pop(name, None)
-        if timer is not None:
-            timer.cancel()
+        """Lift the lockout of a device and of its lines."""
+        cleared = False
+        for line in [name, *(g for g in self.policy.guards if g.startswith(name + "/"))]:
+            cleared = self.policy.clear_lockout(line) or cleared
+            timer = self._lockout_timers.pop(line, None)
+            if timer is not None:
+                timer.cancel()
         if cleared:
             self.on_state(name)
         return cleared

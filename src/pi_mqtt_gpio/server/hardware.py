@@ -56,6 +56,7 @@ class DeviceEvent:
     event: str | None  # None: a state change without a named event (polled inputs)
     state: dict[str, Any]
     ts: float  # wall clock (time.time()) when the edge was seen
+    mono: float = 0.0  # time.monotonic() when the edge was seen (gestures, endstops)
 
 
 def chip_labels() -> dict[int, str]:
@@ -529,7 +530,7 @@ class HardwareManager:
     # --- the airlock ----------------------------------------------------------------------------
     def airlock(self, device: str, event: str | None, state: dict[str, Any]) -> None:
         """Called from any thread (gpiozero callbacks): hand the event to the event loop."""
-        item = DeviceEvent(device, event, state, time.time())
+        item = DeviceEvent(device, event, state, time.time(), time.monotonic())
         loop = self._loop
         if loop is None:
             return

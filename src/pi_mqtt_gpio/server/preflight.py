@@ -111,10 +111,18 @@ def _warnings(config: Config, simulate: bool, out: Findings) -> None:
         hosts = ", ".join(f"{lst.type} {lst.host}:{lst.port}" for lst in plain)
         out.warnings.append(f"passwords travel in clear text on {hosts}: add a TLS listener "
                             f"and keep plain ones on 127.0.0.1")
-    for name, guard in guards_for(config.safety, config.devices).items():
-        if guard.all_off:
-            out.warnings.append(f"devices.{name}: a relay-like output with every safety guard "
-                                f"off (spacing, rate limit, flap lockout, max on time)")
+    unguarded = {name.partition("/")[0] for name, guard in
+                 guards_for(config.safety, config.devices).items() if guard.all_off}
+    for name in sorted(unguarded, key=list(config.devices).index):
+        out.warnings.append(f"devices.{name}: a relay-like output with every safety guard "
+                            f"off (spacing, rate limit, flap lockout, max on time)")
+    if not config.persistence.path:
+        for name, dev in config.devices.items():
+            if dev.type == "Cover":
+                out.warnings.append(
+                    f"devices.{name}: a Cover without persistence (persistence.path): after a "
+                    f"restart its position is initial_position ({dev.initial_position:g}) "
+                    f"whatever it really is, until it next runs into an end")
     if config.hardware.pin_factory == "mock" and not simulate:
         out.warnings.append("hardware.pin_factory is 'mock': the pins are simulated, nothing "
                             "on the header will move (use --simulate for a demo, 'lgpio' "

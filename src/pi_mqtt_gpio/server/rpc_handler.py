@@ -36,6 +36,7 @@ from pi_mqtt_gpio.mqtt.logguard import LogLimiter, clip
 from pi_mqtt_gpio.mqtt.message import Message
 from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, Prop, Properties
 from pi_mqtt_gpio.mqtt.topic_tree import topic_matches
+from pi_mqtt_gpio.server.covers import CoverController
 from pi_mqtt_gpio.server.devices.base import DeviceAdapter, Method
 from pi_mqtt_gpio.server.guards import Guards
 from pi_mqtt_gpio.server.hardware import HardwareManager
@@ -88,6 +89,7 @@ class RpcHandler:
         may_command: Callable[[Message], bool] = lambda msg: True,
         has_right: Callable[[Message, str], bool] = lambda msg, right: False,
         guards: Guards | None = None,
+        covers: dict[str, CoverController] | None = None,
     ) -> None:
         self.topics = topics
         self.hw = hw
@@ -103,6 +105,7 @@ class RpcHandler:
         self.may_command = may_command
         self.has_right = has_right
         self.guards = guards
+        self.covers = covers or {}
         self._lease_timer: asyncio.TimerHandle | None = None
         self._log = LogLimiter(log)
 
@@ -125,7 +128,7 @@ class RpcHandler:
         elif leaf == "set":
             self._set(msg, name)
 
-    def _call(self, msg: Message, name: str) -> None:
+    def _call(self, msg: Message, name: str, source: str = "call") -> None:
         self.calls += 1
         reply = self._v5_reply(msg)
         method_name: str | None = None
@@ -145,11 +148,11 @@ class RpcHandler:
                                                     request.get("args"), request.get("kwargs"))
             future, delay = self._queue(adapter, method, kwargs)
         except GatekeeperError as exc:
-            self._refuse(msg, name, method_name, exc, self._salvage(msg, exc, reply), "call")
+            self._refuse(msg, name, method_name, exc, self._salvage(msg, exc, reply), source)
             return
-        self._await(msg, adapter, method, kwargs, future, reply, "call", delay)
+        self._await(msg, adapter, method, kwargs, future, reply, source, delay)
 
-    def _set(self, msg: Message, name: str) -> None:
+    def _set(self, msg: Message, name: str, source: str = "set") -> None:
         method_name: str | None = None
         try:
             try:
@@ -163,9 +166,9 @@ class RpcHandler:
             adapter, method, kwargs = self._resolve(msg, name, method_name, [], kwargs)
             future, delay = self._queue(adapter, method, kwargs)
         except GatekeeperError as exc:
-            self._refuse(msg, name, method_name, exc, None, "set")
+            self._refuse(msg, name, method_name, exc, None, source)
             return
-        self._await(msg, adapter, method, kwargs, future, None, "set", delay)
+        self._await(msg, adapter, method, kwargs, future, None, source, delay)
 
     # --- checks ---------------------------------------------------------------------------------
     def _parse(self, payload: bytes) -> dict[str, Any]:
@@ -350,6 +353,10 @@ class RpcHandler:
                     continue
                 if not (adapter.config.lease_required or name in lease.written):
                     continue
+                cover = self.covers.get(name)
+                if cover is not None:
+                    cover.safe("lease")  # stops; the position is kept and published
+                    continue
                 if self.guards is not None:
                     safe = self.guards.safe(adapter, "lease")
                     if safe is not None:
@@ -369,13 +376,48 @@ class RpcHandler:
     def _queue(self, adapter: DeviceAdapter, method: Method, kwargs: dict[str, Any]
                ) -> tuple[asyncio.Future[Any], float]:
         """Queue a checked command on the worker: writes to outputs through the safety
-        guards (refused, or delayed: the reply comes after it ran); the delay in seconds."""
+        guards (refused, or delayed: the reply comes after it ran); the delay in seconds.
+        A cover's commands go to its controller (which asks the guards relay by relay); the
+        "delay" is then how long its reply may take (``set_position`` replies on arrival)."""
+        cover = self.covers.get(adapter.name)
+        if cover is not None:
+            return cover.command(method.name, kwargs), cover.expected(method.name, kwargs)
         if self.guards is None or not method.writes or adapter.kind != "output":
             return self.hw.submit(_execute, adapter, method.name, kwargs), 0.0
         at, edge = self.guards.admit(adapter, method.name, kwargs)
         future = self.guards.submit(adapter.name, at, edge, _execute, adapter, method.name,
                                     kwargs)
         return future, max(0.0, (at or 0.0) - _now()) if at is not None else 0.0
+
+    # --- local calls (bindings) -----------------------------------------------------------------
+    def local_call(self, principal: str, device: str, method: str, args: list[Any],
+                   kwargs: dict[str, Any], *, source: str = "binding") -> None:
+        """A call made inside the gatekeeper (a button's binding) as ``principal``
+        (``local:<button>``): the same checks as a remote call (validation, leases, safety,
+        interlocks) and an audit entry, refused or not; no reply."""
+        msg = Message(self.topics.device(device, "call"), b"", 1, sender=principal,
+                      username=principal)
+        try:
+            adapter, spec, bound = self._resolve(msg, device, method, args, kwargs)
+            future, delay = self._queue(adapter, spec, bound)
+        except GatekeeperError as exc:
+            self._refuse(msg, device, method, exc, None, source, kwargs)
+            return
+        self._await(msg, adapter, spec, bound, future, None, source, delay)
+
+    def local_publish(self, principal: str, topic: str, trigger: str, payload: bytes) -> bool:
+        """A binding publishes to this node's own ``set`` or ``call`` topic: carried out as a
+        local call by ``principal`` (True), not sent through the broker."""
+        parsed = self.topics.parse_device(topic)
+        if parsed is None or parsed[1] not in ("set", "call"):
+            return False
+        name, leaf = parsed
+        msg = Message(topic, payload, 1, sender=principal, username=principal)
+        if leaf == "set":
+            self._set(msg, name, source="binding")
+        else:
+            self._call(msg, name, source="binding")
+        return True
 
     def restore(self, name: str, value: Any) -> None:
         """At start: drive an output back to the value saved before the restart, through the
@@ -505,7 +547,8 @@ class RpcHandler:
                          GatekeeperError(f"internal error: {exc}"), reply, source, kwargs)
             return
         if self.guards is not None and adapter.kind == "output":
-            self.guards.ran(adapter, state)
+            if adapter.name not in self.covers:
+                self.guards.ran(adapter, state)
             state = self.guards.decorate(adapter.name, state)
         # The caller waits on the reply: it goes out first, the retained state right after.
         published = self.twin.stamp(state)

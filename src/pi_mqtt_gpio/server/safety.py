@@ -24,7 +24,18 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["GUARDED_TYPES", "Allow", "Delay", "Guard", "Refuse", "SafetyPolicy", "Verdict", "guards_for"]
+__all__ = [
+    "GUARDED_TYPES",
+    "LINE_GUARDED_TYPES",
+    "Allow",
+    "Delay",
+    "Guard",
+    "Refuse",
+    "SafetyPolicy",
+    "Verdict",
+    "guards_for",
+    "line_interlocks",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,5 +219,22 @@ def guards_for(defaults: Any, devices: dict[str, Any]) -> dict[str, Guard]:
         if own is not None:
             values.update({key: getattr(own, key) for key in _KEYS
                            if getattr(own, key) is not None})
-        out[name] = Guard(**values)
+        if dev.type in LINE_GUARDED_TYPES:
+            # A cover: each relay is guarded on its own (spacing, flapping); its runs are
+            # bounded by its travel times, so max_on_s does not apply.
+            values["max_on_s"] = None
+            for line in LINE_GUARDED_TYPES[dev.type]:
+                out[f"{name}/{line}"] = Guard(**values)
+        else:
+            out[name] = Guard(**values)
     return out
+
+
+# Devices with several relays guarded line by line, and interlocked with each other.
+LINE_GUARDED_TYPES: dict[str, tuple[str, ...]] = {"Cover": ("up", "down")}
+
+
+def line_interlocks(devices: dict[str, Any]) -> list[frozenset[str]]:
+    """The built-in interlocks: a cover's two relays are never on together."""
+    return [frozenset(f"{name}/{line}" for line in LINE_GUARDED_TYPES[dev.type])
+            for name, dev in devices.items() if dev.type in LINE_GUARDED_TYPES]

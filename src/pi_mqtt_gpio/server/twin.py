@@ -65,6 +65,11 @@ class Twin:
         self._tasks: list[asyncio.Task[None]] = []
         self._refresh: dict[str, asyncio.TimerHandle] = {}
         self.on_change: Callable[[str], None] | None = None  # a device's state was published
+        # Device -> who looks at its events first (a cover's endstops, a button's gestures);
+        # True: consumed, not published as it is.
+        self.intercept: dict[str, Callable[[DeviceEvent], bool]] = {}
+        # Device -> who looks at its events after they were published (gestures, bindings).
+        self.observe: dict[str, Callable[[DeviceEvent], None]] = {}
 
     # --- publishing -----------------------------------------------------------------------------
     def status(self, online: bool) -> None:
@@ -114,11 +119,17 @@ class Twin:
         self.publish(self.topics.device(device, "event"), dumps(doc), 1, False)
 
     def event(self, ev: DeviceEvent) -> None:
+        hook = self.intercept.get(ev.device)
+        if hook is not None and hook(ev):
+            return
         if ev.event is not None:
             self.seq[ev.device] = seq = self.seq.get(ev.device, 0) + 1
             doc = {"event": ev.event, "seq": seq, "ts": utc_ts(ev.ts), **ev.state}
             self.publish(self.topics.device(ev.device, "event"), dumps(doc), 1, False)
         self.state(ev.device, ev.state, ev.ts)
+        observer = self.observe.get(ev.device)
+        if observer is not None:
+            observer(ev)
 
     # --- keeping it current ---------------------------------------------------------------------
     def start(self) -> None:

@@ -13,6 +13,7 @@ import time
 from typing import Annotated, Any, ClassVar
 
 from pi_mqtt_gpio.errors import BadArgument
+from pi_mqtt_gpio.server.bindings import BUTTON_EVENTS, GESTURES, BindingConfig, GesturesConfig
 from pi_mqtt_gpio.server.devices.base import DeviceAdapter, DeviceConfig, Method, Param, Pin
 from pi_mqtt_gpio.server.schema import Range, section
 
@@ -54,6 +55,19 @@ class ButtonConfig(DigitalInputConfig):
     pull_up: bool | None = True
     hold_time: Annotated[float, Range(gt=0, le=3600)] = 1.0
     hold_repeat: bool = False
+    gestures: GesturesConfig | None = None  # single, double, long_start, long_end events
+    bindings: dict[str, BindingConfig] | None = None  # gesture or event -> local action
+
+    def check(self) -> list[str]:
+        problems = DigitalInputConfig.check(self)  # (slotted dataclasses: no super())
+        for trigger in self.bindings or {}:
+            if trigger in GESTURES and self.gestures is None:
+                problems.append(f"bindings.{trigger}: a gesture binding needs "
+                                f"gestures: {{double_click_s, long_press_s}}")
+            elif trigger not in GESTURES and trigger not in BUTTON_EVENTS:
+                problems.append(f"bindings.{trigger}: not a gesture or event of a Button "
+                                f"(known: {', '.join((*GESTURES, *BUTTON_EVENTS))})")
+        return problems
 
 
 class BinaryInputAdapter(DeviceAdapter):
@@ -122,6 +136,12 @@ class ButtonAdapter(BinaryInputAdapter):
         return gpiozero.Button(cfg.pin, pull_up=cfg.pull_up, active_state=cfg.active_state,
                                bounce_time=cfg.bounce_time, hold_time=cfg.hold_time,
                                hold_repeat=cfg.hold_repeat, pin_factory=factory)
+
+    def catalogue(self) -> dict[str, Any]:
+        out = super().catalogue()
+        if self.config.gestures is not None:
+            out["events"] = [*self.events, *GESTURES]
+        return out
 
     def state_for(self, active: bool, event: str | None = None) -> dict[str, Any]:
         held = event == "held" or (event is None and bool(self.device.is_held))
