@@ -443,8 +443,9 @@ def test_home_assistant_set_payloads(payload: str, expected: tuple[str, dict[str
 @pytest.mark.parametrize("payload", ["101", "-1", "nan", "inf", "UP", ""])
 def test_bad_set_payloads_are_refused(payload: str) -> None:
     adapter = CoverAdapter("screen", cover_config(), simulate=True, emit=lambda *a: None)
-    with pytest.raises(GatekeeperError, match="BAD_ARGUMENT|expected|position"):
+    with pytest.raises(GatekeeperError, match=r"expected OPEN|position must be") as err:
         adapter.parse_set(payload)
+    assert err.value.code.value == "BAD_ARGUMENT"
 
 
 def test_the_safety_layer_interlocks_the_two_relays_and_the_configured_groups() -> None:

@@ -36,6 +36,7 @@ __all__ = [
     "RemoteAngularServo",
     "RemoteButton",
     "RemoteBuzzer",
+    "RemoteCover",
     "RemoteDevice",
     "RemoteDigitalInputDevice",
     "RemoteDigitalOutputDevice",
@@ -451,6 +452,61 @@ class RemoteMotor(RemoteDevice):
         return bool(self._get("is_active"))
 
 
+class RemoteCover(RemoteDevice):
+    """A time-based cover (shutter, blind, awning): ``open()``, ``close()``, ``stop()``,
+    ``toggle()``, ``set_position(position)`` and ``position`` from 0 (closed) to 100 (open).
+
+    ``open()`` and ``close()`` return once the motor runs; ``set_position()`` returns when
+    the cover has stopped at the position (``timeout``: how long to wait for that, by
+    default the longest travel the gatekeeper may need), and raises ``Busy`` when something
+    stopped or reversed it first (``error.details["interrupted_by"]`` says what).
+
+    Example::
+
+        screen = RemoteCover("screen", gatekeeper=gk)
+        screen.set_position(40)
+        print(screen.position, screen.is_moving)
+    """
+
+    device_type = "Cover"
+
+    def open(self) -> Any:
+        return self._call("open")
+
+    def close_cover(self) -> Any:
+        """Close the cover (``close()`` closes this object, as on every Remote device)."""
+        return self._call("close")
+
+    def stop(self) -> Any:
+        return self._call("stop")
+
+    def toggle(self) -> Any:
+        return self._call("toggle")
+
+    def set_position(self, position: float, *, timeout: float | None = None) -> Any:
+        if timeout is None:
+            timeout = self.gatekeeper.timeout + 600.0  # the longest travel a config allows
+        self._check_open()
+        reply = self.gatekeeper.call(self.name, "set_position", position, timeout=timeout)
+        return reply.get("result")
+
+    @property
+    def position(self) -> int:
+        return int(self._get("position", 0))
+
+    @property
+    def is_moving(self) -> bool:
+        return bool(self._get("is_active"))
+
+    @property
+    def is_open(self) -> bool:
+        return self.position > 0
+
+    @property
+    def is_closed(self) -> bool:
+        return self.position == 0
+
+
 class RemotePhaseEnableMotor(RemoteMotor):
     device_type = "PhaseEnableMotor"
 
@@ -539,10 +595,17 @@ class RemoteButton(_Input):
     """
 
     device_type = "Button"
-    _events = {"pressed": "when_pressed", "released": "when_released", "held": "when_held"}
+    _events = {"pressed": "when_pressed", "released": "when_released", "held": "when_held",
+               "single": "when_single", "double": "when_double",
+               "long_start": "when_long_start", "long_end": "when_long_end"}
     when_pressed = _handler_property("when_pressed", "Called when the button is pressed.")
     when_released = _handler_property("when_released", "Called when it is released.")
     when_held = _handler_property("when_held", "Called when it has been held hold_time.")
+    # With gestures configured on the gatekeeper (docs/buttons.md):
+    when_single = _handler_property("when_single", "Called after a single click.")
+    when_double = _handler_property("when_double", "Called after a double click.")
+    when_long_start = _handler_property("when_long_start", "Called when a long press starts.")
+    when_long_end = _handler_property("when_long_end", "Called when a long press ends.")
 
     @property
     def is_pressed(self) -> bool:
@@ -658,7 +721,7 @@ register(
     RemoteDevice,
     RemoteOutputDevice, RemoteDigitalOutputDevice, RemoteLED, RemoteBuzzer,
     RemotePWMOutputDevice, RemotePWMLED, RemoteRGBLED, RemoteTonalBuzzer, RemoteMotor,
-    RemotePhaseEnableMotor, RemoteServo, RemoteAngularServo, RemoteButton,
+    RemotePhaseEnableMotor, RemoteCover, RemoteServo, RemoteAngularServo, RemoteButton,
     RemoteDigitalInputDevice, RemoteMotionSensor, RemoteLineSensor, RemoteLightSensor,
     RemoteDistanceSensor, RemoteMCP3001, RemoteMCP3002, RemoteMCP3004, RemoteMCP3008,
     RemoteMCP3201, RemoteMCP3202, RemoteMCP3204, RemoteMCP3208, RemoteMCP3301,

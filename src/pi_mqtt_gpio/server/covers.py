@@ -65,6 +65,7 @@ class CoverController:
         self._report_timer: Any = None
         self._movement = 0  # generation of the current movement (stale timers do nothing)
         self.relays: dict[str, int] = {"up": 0, "down": 0}
+        self._last_off: tuple[Direction, float] | None = None  # the last relay to go off
         self.halted = False
 
     # --- time ----------------------------------------------------------------------------------
@@ -255,16 +256,11 @@ class CoverController:
                 self._arm_off(off_at)
                 self._publish()
                 return True
-            # The other way (or here): stop, pause, then start the other relay.
+            # The other way (or here): stop, then (in _start) pause and start the other.
             await self._stop(arrived=False, why="reverse")
             pos = model.position
             if pos == target:
                 return False
-            await self._sleep_until(self.now() + self.config.direction_change_pause_s)
-            if self.halted:
-                raise Busy("the gatekeeper is shutting down")
-            if model.moving is not None:  # pragma: no cover - only the runner moves it
-                return True
         elif pos == target and (target not in (0.0, 100.0) or model.calibrated):
             return False
         if pos == target:  # at an end but not calibrated: run into the stop to be sure
@@ -277,6 +273,13 @@ class CoverController:
 
     async def _start(self, direction: Direction, target: float) -> None:
         line = f"{self.name}/{direction}"
+        last = self._last_off
+        if last is not None and last[0] != direction:
+            # The motor gets direction_change_pause_s between one direction and the other,
+            # whether the reversal was one command or a stop and then the other way.
+            await self._sleep_until(last[1] + self.config.direction_change_pause_s)
+            if self.halted:
+                raise Busy("the gatekeeper is shutting down")
         # Admitted by the safety layer before anything moves: the relay (spacing, flapping,
         # the other relay: interlocked) and the cover (the config's interlocks).
         at, _edge = self.guards.admit_value(self.name, 1)
@@ -342,7 +345,10 @@ class CoverController:
             await self._sleep_until(when)
         t_worker = await self.hw.submit(self.adapter.drive, None, force=True)
         self.relays = {"up": 0, "down": 0}
-        return self._from_worker(t_worker)
+        off_at = self._from_worker(t_worker)
+        if direction is not None:
+            self._last_off = (direction, off_at)
+        return off_at
 
     def _cancel_timers(self) -> None:
         for timer in (self._off_timer, self._report_timer):

@@ -163,9 +163,9 @@ def make_pin_factory(hardware: HardwareConfig, simulate: bool,
     """A gpiozero pin factory: simulated pins (MockFactory with PWM) or lgpio on a chip,
     with every claimed line labelled ``labels[line]``."""
     if simulate or hardware.pin_factory == "mock":
-        from gpiozero.pins.mock import MockFactory, MockPWMPin
+        from pi_mqtt_gpio.server.pins.simulated import simulated_factory
 
-        return MockFactory(pin_class=MockPWMPin)
+        return simulated_factory()
     import gpiozero.pins.lgpio as gz_lgpio
     from gpiozero.pins.lgpio import LGPIOFactory
 

@@ -152,7 +152,11 @@ def _convert(tp: Any, value: Any, path: Path, problems: list[Problem]) -> Any:
     else:  # pragma: no cover - a schema bug, not a config problem
         raise TypeError(f"unsupported schema type {tp!r}")
     if result is _NO:
-        problems.append((path, f"expected {_describe(tp)} (got {_short(value)})"))
+        hint = ""
+        if isinstance(value, bool) and tp is str:
+            # YAML 1.1 reads unquoted on/off/yes/no as booleans (method: on).
+            hint = "; YAML reads unquoted on, off, yes and no as true/false: quote it ('on')"
+        problems.append((path, f"expected {_describe(tp)} (got {_short(value)}){hint}"))
         return None
     return result
 

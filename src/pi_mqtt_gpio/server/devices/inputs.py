@@ -106,7 +106,11 @@ class BinaryInputAdapter(DeviceAdapter):
 
     def _drive(self, active: bool) -> None:
         pin = self.device.pin
-        if active == self._active_high():
+        high = active == self._active_high()
+        clean = getattr(pin, "drive_clean", None)  # our simulated pins: no debounce delay
+        if clean is not None:
+            clean(high)
+        elif high:
             pin.drive_high()
         else:
             pin.drive_low()

@@ -1,0 +1,1 @@
+"""gpiozero pin factories of ours."""

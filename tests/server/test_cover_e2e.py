@@ -1,0 +1,351 @@
+"""Covers, gestures and bindings end to end: the real daemon (in this process, so that the
+MockFactory relay pins can be recorded change by change) on a real TCP port, commands from
+paho clients, and a separate watcher client on ``#`` that sees the relays in every state
+the cover publishes."""
+
+from __future__ import annotations
+
+import json
+import queue
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from pi_mqtt_gpio.server.daemon import Daemon
+from tests.conftest import Client, PinRecorder, broker_config, start_gatekeeper, v5_props
+from tests.server.test_guards_e2e import run
+
+UP, DOWN = 5, 6
+COVER = """
+devices:
+  screen: {type: Cover, up: 5, down: 6, travel_time_up_s: 2.0, travel_time_down_s: 2.0,
+           start_delay_up_s: 0.1, start_delay_down_s: 0.1, endstop_overrun_s: 0.2,
+           direction_change_pause_s: 0.3, initial_position: 0, position_step: 10}
+"""
+
+
+def call(c: Client, device: str, request: dict[str, Any], timeout: float = 10.0
+         ) -> dict[str, Any]:
+    """An RPC from ``c`` (MQTT 5: Response Topic; 3.1.1: reply_to in the payload)."""
+    reply_to = f"gatekeeper/g/reply/{c.client_id}/r"
+    c.subscribe(reply_to, 1)
+    topic = f"gatekeeper/g/device/{device}/call"
+    if c.version == mqtt.MQTTv5:
+        c.publish(topic, json.dumps(request), 1,
+                  properties=v5_props(ResponseTopic=reply_to, CorrelationData=b"c1"))
+    else:
+        c.publish(topic, json.dumps({**request, "reply_to": reply_to,
+                                     "correlation_id": "c1"}), 1)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        m = c.get(end - time.monotonic())
+        if m.topic == reply_to:
+            return dict(json.loads(m.payload))
+    raise AssertionError("no reply")
+
+
+def drain(w: Client) -> list[tuple[str, Any]]:
+    out = []
+    while True:
+        try:
+            m = w.messages.get_nowait()
+        except queue.Empty:
+            return out
+        try:
+            out.append((m.topic, json.loads(m.payload)))
+        except ValueError:
+            out.append((m.topic, m.payload.decode(errors="replace")))
+
+
+def until(w: Client, done: Any, timeout: float = 6.0) -> list[tuple[str, Any]]:
+    """What the watcher sees until ``done(topic, payload)``."""
+    out: list[tuple[str, Any]] = []
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        m = w.get(end - time.monotonic())
+        try:
+            payload = json.loads(m.payload)
+        except ValueError:
+            payload = m.payload.decode(errors="replace")
+        out.append((m.topic, payload))
+        if isinstance(payload, dict) and done(m.topic, payload):
+            return out
+    raise AssertionError(f"not seen within {timeout} s: {out[-5:]}")
+
+
+def states(seen: list[tuple[str, Any]], device: str = "screen") -> list[dict[str, Any]]:
+    return [p for t, p in seen if t == f"gatekeeper/g/device/{device}/state"]
+
+
+def watcher(port: int) -> Client:
+    w = Client(port, mqtt.MQTTv5, client_id="watcher")
+    w.connect()
+    w.subscribe("gatekeeper/g/#", 1)
+    return w
+
+
+def relays(daemon: Daemon) -> PinRecorder:
+    adapter = daemon.hw.adapters["screen"]
+    return PinRecorder([adapter.up.pin, adapter.down.pin])  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("version", [mqtt.MQTTv311, mqtt.MQTTv5], ids=["v311", "v5"])
+def test_two_second_travel_on_times_and_never_both_relays(version: int) -> None:
+    def body(daemon: Daemon, port: int) -> dict[str, Any]:
+        pins = relays(daemon)
+        w = watcher(port)
+        c = Client(port, version, client_id="caller")
+        c.connect()
+        try:
+            t0 = time.monotonic()
+            opened = call(c, "screen", {"method": "open"})
+            assert opened["ok"] and opened["state"]["state"] == "opening"
+            assert time.monotonic() - t0 < 0.5  # open answers once the relay is on
+            time.sleep(2.6)
+            half = call(c, "screen", {"method": "set_position", "kwargs": {"position": 50}})
+            reversal_start = time.monotonic()
+            back = call(c, "screen", {"method": "set_position", "kwargs": {"position": 90}})
+            took = time.monotonic() - reversal_start
+            time.sleep(0.2)
+            return {"pins": pins, "seen": drain(w), "half": half, "back": back, "took": took}
+        finally:
+            c.close()
+            w.close()
+
+    got = run(COVER, body)
+    pins: PinRecorder = got["pins"]
+    assert pins.never_together(UP, DOWN)
+    up, down = pins.on_times(UP), pins.on_times(DOWN)
+    # open from 0: delay + travel + overrun; 100 -> 50: delay + half; 50 -> 90: delay + 40 %
+    expected_up, expected_down = [0.1 + 2.0 + 0.2, 0.1 + 0.8], [0.1 + 1.0]
+    errors = [abs(a - b) for a, b in zip(up + down, expected_up + expected_down, strict=True)]
+    print(f"on-times up {up}, down {down}; worst error {max(errors) * 1000:.1f} ms")
+    assert max(errors) < 0.020
+    assert got["half"]["ok"] and got["half"]["result"] == {"position": 50}
+    assert got["back"]["ok"] and got["back"]["state"]["position"] == 90
+    seen = states(got["seen"])
+    assert all(not (s["up"] and s["down"]) for s in seen)
+    assert seen[-1]["position"] == 90 and seen[-1]["state"] == "stopped"
+    opening = [s["position"] for s in seen if s["state"] == "opening" and s["target"] == 100]
+    assert opening == sorted(opening) and len(opening) >= 8  # every 10 % step, in order
+    assert any(s["state"] == "open" and s["calibrated"] for s in seen)
+
+
+def test_a_stop_from_another_client_interrupts_set_position() -> None:
+    def body(daemon: Daemon, port: int) -> dict[str, Any]:
+        w = watcher(port)
+        caller = Client(port, mqtt.MQTTv5, client_id="caller")
+        other = Client(port, mqtt.MQTTv311, client_id="other")
+        caller.connect()
+        other.connect()
+        try:
+            replies: queue.Queue[dict[str, Any]] = queue.Queue()
+            import threading
+
+            threading.Thread(target=lambda: replies.put(call(
+                caller, "screen", {"method": "set_position", "kwargs": {"position": 100}})),
+                daemon=True).start()
+            time.sleep(0.1 + 1.0)
+            other.publish("gatekeeper/g/device/screen/set", "STOP", 1)
+            reply = replies.get(timeout=5)
+            time.sleep(0.1)
+            return {"reply": reply, "seen": drain(w)}
+        finally:
+            caller.close()
+            other.close()
+            w.close()
+
+    got = run(COVER, body)
+    err = got["reply"]["error"]
+    assert got["reply"]["ok"] is False and err["code"] == "BUSY"
+    assert err["details"]["interrupted_by"] == "stop"
+    assert 40 <= err["details"]["position"] <= 60
+    events = [p for t, p in got["seen"] if t.endswith("/screen/event")]
+    assert any(e["event"] == "stopped" for e in events)
+    assert states(got["seen"])[-1]["state"] == "stopped"
+
+
+def test_lease_expiry_while_moving_stops_the_cover() -> None:
+    config = COVER.replace("initial_position: 0,", "initial_position: 0, lease_required: true,")
+    config += "leases: {scope: device}\n"
+
+    def body(daemon: Daemon, port: int) -> dict[str, Any]:
+        pins = relays(daemon)
+        w = watcher(port)
+        alice = Client(port, mqtt.MQTTv5, client_id="alice")
+        alice.connect()
+        try:
+            reply_to = "gatekeeper/g/reply/alice/lease"
+            alice.subscribe(reply_to, 1)
+            alice.publish("gatekeeper/g/lease/call", json.dumps(
+                {"method": "acquire", "kwargs": {"devices": ["screen"], "ttl": 1.0}}), 1,
+                properties=v5_props(ResponseTopic=reply_to, CorrelationData=b"l"))
+            assert json.loads(alice.get().payload)["ok"]
+            started = time.monotonic()
+            reply = call(alice, "screen", {"method": "set_position", "kwargs": {"position": 100}})
+            stopped_after = time.monotonic() - started
+            time.sleep(0.1)
+            return {"reply": reply, "after": stopped_after, "pins": pins, "seen": drain(w)}
+        finally:
+            alice.close()
+
+    got = run(config, body)
+    assert got["reply"]["error"]["details"]["interrupted_by"] == "safe_state"
+    assert got["after"] < 1.6  # the lease ended at 1 s: no full 2.3 s travel
+    assert got["pins"].on_times(UP)[0] == pytest.approx(1.0, abs=0.2)
+    last = states(got["seen"])[-1]
+    assert last["up"] == 0 and last["down"] == 0 and 30 <= last["position"] <= 60
+    audit = [p for t, p in got["seen"] if t.endswith("/audit")]
+    assert any(a["method"] == "lost" and a["reason"] == "expired" for a in audit)
+
+
+GESTURES = COVER + """
+  wall:
+    type: Button
+    pin: 27
+    bounce_time: 0.02
+    gestures: {double_click_s: 0.3, long_press_s: 0.6}
+    bindings:
+      single: {device: screen, method: open}
+      double: {device: screen, method: set_position, kwargs: {position: 80}}
+      long_start: {device: screen, method: close}
+      long_end: {device: screen, method: stop}
+  locked_button:
+    type: Button
+    pin: 22
+    bindings:
+      pressed: {device: gate, method: 'on'}
+  gate: {type: OutputDevice, pin: 23, lease_required: true}
+"""
+
+
+def press(daemon: Daemon, name: str, hold: float = 0.05, bounces: int = 0) -> None:
+    """Press and release a button's mock pin (pulled up: low is pressed), with contact
+    bounce on both edges when asked."""
+    pin = daemon.hw.adapters[name].device.pin
+    for level in [*([False, True] * bounces), False]:
+        daemon.hw.submit(pin.drive_low if not level else pin.drive_high, force=True)
+        time.sleep(0.001)
+    time.sleep(hold)
+    for level in [*([True, False] * bounces), True]:
+        daemon.hw.submit(pin.drive_high if level else pin.drive_low, force=True)
+        time.sleep(0.001)
+
+
+def test_double_click_moves_the_cover_to_the_bound_position() -> None:
+    def body(daemon: Daemon, port: int) -> dict[str, Any]:
+        w = watcher(port)
+        presser = Client(port, mqtt.MQTTv5, client_id="presser")
+        presser.connect()
+        try:
+            for _ in range(2):  # two clicks through the simulation methods, 60 ms apart
+                assert call(presser, "wall", {"method": "sim_press"})["ok"]
+                time.sleep(0.03)
+                assert call(presser, "wall", {"method": "sim_release"})["ok"]
+                time.sleep(0.03)
+            seen = until(w, lambda t, p: t.endswith("/screen/state") and p["position"] == 80
+                         and p["state"] == "stopped")
+            time.sleep(0.4)  # past the double-click window: no single may follow
+            return {"seen": seen + drain(w)}
+        finally:
+            presser.close()
+            w.close()
+
+    got = run(GESTURES, body)
+    gestures = [p["event"] for t, p in got["seen"] if t.endswith("/wall/event")
+                and p["event"] in ("single", "double", "long_start", "long_end")]
+    assert gestures == ["double"]
+    assert states(got["seen"])[-1]["position"] == 80
+    audit = [p for t, p in got["seen"] if t.endswith("/audit") and p["device"] == "screen"]
+    assert audit and audit[0]["client_id"] == "local:wall" and audit[0]["source"] == "binding"
+    assert audit[0]["method"] == "set_position" and audit[0]["ok"]
+
+
+def test_bouncy_click_and_hold_give_one_gesture_each() -> None:
+    def body(daemon: Daemon, port: int) -> dict[str, Any]:
+        w = watcher(port)
+        try:
+            press(daemon, "wall", hold=0.05, bounces=3)  # a click with bouncy contacts
+            time.sleep(0.6)
+            press(daemon, "wall", hold=0.9)  # a hold: close while held, stop on release
+            # (the stop waits for the down relay's spacing: 0.5 s after it went on)
+            closing: list[bool] = []
+
+            def stopped_after_closing(topic: str, p: dict[str, Any]) -> bool:
+                if topic.endswith("/screen/state") and p["state"] == "closing":
+                    closing.append(True)
+                return bool(closing) and topic.endswith("/screen/state") \
+                    and p["state"] == "stopped"
+
+            seen = until(w, stopped_after_closing)
+            return {"seen": seen + drain(w)}
+        finally:
+            w.close()
+
+    got = run(GESTURES.replace("initial_position: 0", "initial_position: 50"), body)
+    wall = [p["event"] for t, p in got["seen"] if t.endswith("/wall/event")]
+    assert wall == ["pressed", "released", "single", "pressed", "long_start", "released",
+                    "long_end"]
+    screen = states(got["seen"])
+    assert any(s["state"] == "opening" for s in screen)  # single: open
+    assert any(s["state"] == "closing" for s in screen)  # long_start: close
+    assert screen[-1]["state"] == "stopped"  # long_end: stop
+
+
+def test_a_refused_binding_is_audited_with_its_code() -> None:
+    def body(daemon: Daemon, port: int) -> dict[str, Any]:
+        w = watcher(port)
+        try:
+            press(daemon, "locked_button")
+            time.sleep(0.3)
+            return {"seen": drain(w), "gate": daemon.hw.adapters["gate"].device.value}
+        finally:
+            w.close()
+
+    got = run(GESTURES, body)
+    audit = [p for t, p in got["seen"] if t.endswith("/audit") and p["device"] == "gate"]
+    assert len(audit) == 1 and audit[0]["ok"] is False
+    assert audit[0]["client_id"] == "local:locked_button"
+    assert audit[0]["error"]["code"] == "LEASE_REQUIRED"
+    assert got["gate"] == 0
+    gate_states = states(got["seen"], "gate")
+    assert all(s["value"] == 0 for s in gate_states)
+
+
+def test_sigterm_while_moving_saves_the_position_and_a_restart_restores_it(tmp_path: Any
+                                                                          ) -> None:
+    state_file = tmp_path / "state.json"
+    config = broker_config(
+        node_id="g",
+        persistence={"path": str(state_file), "autosave_s": 30},
+        devices={"screen": {"type": "Cover", "up": 5, "down": 6, "travel_time_up_s": 2.0,
+                            "travel_time_down_s": 2.0, "initial_position": 0}})
+    gk = start_gatekeeper(tmp_path, config)
+    try:
+        c = Client(gk.port, mqtt.MQTTv5, client_id="mover")
+        c.connect()
+        c.publish("gatekeeper/g/device/screen/set", "OPEN", 1)
+        time.sleep(1.0)
+        c.close()
+        assert gk.stop() == 0
+    finally:
+        if gk.alive():
+            gk.stop()
+    saved = json.loads(state_file.read_text())["covers"]["screen"]
+    assert 35 <= saved["position"] <= 65 and saved["calibrated"] is False
+    gk = start_gatekeeper(tmp_path, config)
+    try:
+        w = watcher(gk.port)
+        try:
+            m = w.get()
+            while m.topic != "gatekeeper/g/device/screen/state":
+                m = w.get()
+            state = json.loads(m.payload)
+            assert state["position"] == round(saved["position"]) and state["up"] == 0
+            assert state["state"] == "stopped"
+        finally:
+            w.close()
+    finally:
+        assert gk.stop() == 0
