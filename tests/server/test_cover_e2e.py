@@ -221,16 +221,24 @@ GESTURES = COVER + """
 """
 
 
+def on_worker(daemon: Daemon, fn: Any) -> None:
+    """Run ``fn`` on the daemon's hardware worker (queued from its event loop), as a real
+    edge would arrive."""
+    loop = daemon.hw._loop
+    assert loop is not None
+    loop.call_soon_threadsafe(lambda: daemon.hw.submit(fn, force=True))
+
+
 def press(daemon: Daemon, name: str, hold: float = 0.05, bounces: int = 0) -> None:
     """Press and release a button's mock pin (pulled up: low is pressed), with contact
     bounce on both edges when asked."""
     pin = daemon.hw.adapters[name].device.pin
     for level in [*([False, True] * bounces), False]:
-        daemon.hw.submit(pin.drive_low if not level else pin.drive_high, force=True)
+        on_worker(daemon, pin.drive_low if not level else pin.drive_high)
         time.sleep(0.001)
     time.sleep(hold)
     for level in [*([True, False] * bounces), True]:
-        daemon.hw.submit(pin.drive_high if level else pin.drive_low, force=True)
+        on_worker(daemon, pin.drive_high if level else pin.drive_low)
         time.sleep(0.001)
 
 
@@ -349,3 +357,51 @@ def test_sigterm_while_moving_saves_the_position_and_a_restart_restores_it(tmp_p
             w.close()
     finally:
         assert gk.stop() == 0
+
+
+ENDSTOPS = """
+devices:
+  screen: {type: Cover, up: 5, down: 6, travel_time_up_s: 1.0, travel_time_down_s: 1.0,
+           endstop_overrun_s: 0.5, initial_position: 0,
+           endstops: {open: 16, closed: 19, bounce_time: 0.01},
+           learning: {enabled: true, alpha: 0.5, clamp_percent: 50}}
+safety: {min_relay_interval_s: 0, min_command_interval_s: 0}
+"""
+
+
+def test_an_endstop_stops_the_relay_at_once_and_teaches_the_travel_time() -> None:
+    def body(daemon: Daemon, port: int) -> dict[str, Any]:
+        pins = relays(daemon)
+        w = watcher(port)
+        c = Client(port, mqtt.MQTTv5, client_id="caller")
+        c.connect()
+        adapter: Any = daemon.hw.adapters["screen"]
+        closed_pin = adapter.endstop_inputs["closed"].pin
+        open_pin = adapter.endstop_inputs["open"].pin
+        try:
+            # no endstop closes on the way down: the full time runs, endstop_missed
+            assert call(c, "screen", {"method": "close"})["ok"]
+            until(w, lambda t, p: t.endswith("/screen/event") and p["event"] == "endstop_missed")
+            on_worker(daemon, closed_pin.drive_low)  # now it is at the bottom
+            time.sleep(0.2)
+            # a full travel up from the closed endstop, 0.8 s until the open one closes
+            assert call(c, "screen", {"method": "open"})["ok"]
+            time.sleep(0.05)
+            on_worker(daemon, closed_pin.drive_high)
+            time.sleep(0.75)
+            switched = time.monotonic()
+            on_worker(daemon, open_pin.drive_low)
+            seen = until(w, lambda t, p: t.endswith("/screen/event") and p["event"] == "opened")
+            return {"pins": pins, "seen": seen, "switched": switched}
+        finally:
+            c.close()
+            w.close()
+
+    got = run(ENDSTOPS, body)
+    up = got["pins"].on_times(UP)
+    assert len(up) == 1 and up[0] == pytest.approx(0.8, abs=0.06)  # not 1.0 + 0.5 overrun
+    last = states(got["seen"])[-1]
+    assert last["position"] == 100 and last["calibrated"] and last["up"] == 0
+    # learned: 1.0 + 0.5 * (0.8 - 1.0) = 0.9 (the 10 ms debounce makes it a little more)
+    assert last["travel_time_up_s"] == pytest.approx(0.9, abs=0.03)
+    assert last["travel_time_down_s"] == 1.0

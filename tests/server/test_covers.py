@@ -474,3 +474,36 @@ def test_the_safety_layer_interlocks_the_two_relays_and_the_configured_groups() 
             rig.close()
 
     run_virtual(body)
+
+
+def test_the_rate_limit_is_on_commands_not_on_the_relay_writes_they_cause() -> None:
+    """open right after a set_position arrived is not refused (the relay went off just
+    before); two moving commands within min_command_interval_s are; stop never is."""
+
+    async def body(vt: VirtualTime) -> None:
+        from pi_mqtt_gpio.server.safety import guards_for
+
+        cfg = cover_config(initial_position=80, start_delay_up_s=0)
+        defaults = Guard(min_relay_interval_s=0, min_command_interval_s=0.2)
+        guards = guards_for(defaults, {"screen": cfg})
+        assert guards["screen/up"].min_command_interval_s == 0
+        assert guards["screen/commands"].min_command_interval_s == 0.2
+        rig = Rig(vt, initial_position=80, start_delay_up_s=0)
+        rig.guards.policy.guards.update(guards)
+        try:
+            arrived = rig.c.command("set_position", {"position": 90.0})
+            await vt.advance(0.1 * 22.0 + 0.001)
+            assert arrived.result()[0] == {"position": 90}
+            opened = rig.c.command("open", {})
+            await vt.advance(0)
+            assert opened.done() and rig.relays() == (1, 0)
+            with pytest.raises(GatekeeperError) as err:
+                rig.c.command("close", {})
+            assert err.value.code.value == "RATE_LIMITED" and err.value.retry_after
+            stopped = rig.c.command("stop", {})
+            await vt.advance(0)
+            assert stopped.done() and rig.relays() == (0, 0)
+        finally:
+            rig.close()
+
+    run_virtual(body)

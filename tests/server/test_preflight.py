@@ -104,6 +104,12 @@ def test_unreadable_users_file(tmp_path: Path) -> None:
     (BASE + "safety: {min_relay_interval_s: 0, min_command_interval_s: 0, flap_lockout_s: 0}\n"
      "devices: {pump: {type: OutputDevice, pin: 5}}\n",
      "devices.pump: a relay-like output with every safety guard off"),
+    (BASE + "devices: {screen: {type: Cover, up: 5, down: 6}}\n",
+     "devices.screen: a Cover without persistence (persistence.path)"),
+    (BASE + "safety: {min_relay_interval_s: 0, min_command_interval_s: 0, flap_lockout_s: 0}\n"
+     "persistence: {path: /tmp/pi-mqtt-preflight-test-state.json}\n"
+     "devices: {screen: {type: Cover, up: 5, down: 6}}\n",
+     "devices.screen: a relay-like output with every safety guard off"),
 ])
 def test_risky_settings_warn(tmp_path: Path, config: str, warning: str) -> None:
     path = tmp_path / "c.yaml"

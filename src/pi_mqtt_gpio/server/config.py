@@ -257,6 +257,9 @@ def _role_problems(auth: AuthConfig) -> list[Problem | str]:
     if auth.allow_anonymous and auth.anonymous_role not in known:
         problems.append((("auth", "anonymous_role"), f"{auth.anonymous_role!r} is not a role"))
     for name, user in auth.users.items():
+        if name.startswith("local:"):
+            problems.append((("auth", "users", name), "user names starting with 'local:' are "
+                             "the principals of local bindings (local:<button>)"))
         if user.role not in known:
             problems.append((("auth", "users", name, "role"), f"{user.role!r} is not a role"))
     return problems

@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from pi_mqtt_gpio.errors import Busy, GatekeeperError
+from pi_mqtt_gpio.errors import Busy, GatekeeperError, RateLimited
 from pi_mqtt_gpio.server.devices.cover import CoverAdapter, CoverConfig, CoverModel, Direction
 
 __all__ = ["CoverController"]
@@ -66,6 +66,7 @@ class CoverController:
         self._movement = 0  # generation of the current movement (stale timers do nothing)
         self.relays: dict[str, int] = {"up": 0, "down": 0}
         self._last_off: tuple[Direction, float] | None = None  # the last relay to go off
+        self._last_command: float | None = None  # the last command accepted (rate limit)
         self.halted = False
 
     # --- time ----------------------------------------------------------------------------------
@@ -148,9 +149,24 @@ class CoverController:
         if method == "state":
             future.set_result((None, self.state()))
             return future
+        if method != "stop":  # a stop is never refused
+            self._rate_limit()
         self._queue.append((method, kwargs, future))
         self._kick()
         return future
+
+    def _rate_limit(self) -> None:
+        """The cover's ``min_command_interval_s`` between two commands that move it
+        (raises ``RATE_LIMITED`` with ``retry_after``)."""
+        guard = self.guards.policy.guards.get(f"{self.name}/commands")
+        interval = guard.min_command_interval_s if guard is not None else 0.0
+        now = self.now()
+        if interval and self._last_command is not None:
+            wait = self._last_command + interval - now
+            if wait > 0:
+                raise RateLimited(f"{self.name} takes one command every {interval:g} s",
+                                  retry_after=wait)
+        self._last_command = now
 
     def safe(self, reason: str) -> asyncio.Future[Result]:
         """Stop now (a lease ended, shutdown), ahead of anything queued; position kept."""

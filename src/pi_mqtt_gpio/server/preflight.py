@@ -111,8 +111,11 @@ def _warnings(config: Config, simulate: bool, out: Findings) -> None:
         hosts = ", ".join(f"{lst.type} {lst.host}:{lst.port}" for lst in plain)
         out.warnings.append(f"passwords travel in clear text on {hosts}: add a TLS listener "
                             f"and keep plain ones on 127.0.0.1")
-    unguarded = {name.partition("/")[0] for name, guard in
-                 guards_for(config.safety, config.devices).items() if guard.all_off}
+    owners: dict[str, bool] = {}  # device -> every guard of it (or of its lines) is off
+    for name, guard in guards_for(config.safety, config.devices).items():
+        owner = name.partition("/")[0]
+        owners[owner] = owners.get(owner, True) and guard.all_off
+    unguarded = {owner for owner, off in owners.items() if off}
     for name in sorted(unguarded, key=list(config.devices).index):
         out.warnings.append(f"devices.{name}: a relay-like output with every safety guard "
                             f"off (spacing, rate limit, flap lockout, max on time)")

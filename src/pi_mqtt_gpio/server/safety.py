@@ -221,10 +221,15 @@ def guards_for(defaults: Any, devices: dict[str, Any]) -> dict[str, Guard]:
                            if getattr(own, key) is not None})
         if dev.type in LINE_GUARDED_TYPES:
             # A cover: each relay is guarded on its own (spacing, flapping); its runs are
-            # bounded by its travel times, so max_on_s does not apply.
+            # bounded by its travel times, so max_on_s does not apply; the rate limit is
+            # on the cover's commands (its controller), not on the relay writes they cause.
             values["max_on_s"] = None
+            rate = values["min_command_interval_s"]
+            values["min_command_interval_s"] = 0.0
             for line in LINE_GUARDED_TYPES[dev.type]:
                 out[f"{name}/{line}"] = Guard(**values)
+            out[f"{name}/commands"] = Guard(min_relay_interval_s=0.0,
+                                            min_command_interval_s=rate, flap_lockout_s=0.0)
         else:
             out[name] = Guard(**values)
     return out
