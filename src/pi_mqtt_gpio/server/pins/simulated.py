@@ -25,6 +25,7 @@ class SimulatedPin(MockPWMPin):  # type: ignore[misc]
         self._settle_lock = threading.Lock()
         self._settle_timer: threading.Timer | None = None
         self._reported: Any = None
+        self._bounce: float | None = self._bounce
 
     def _set_bounce(self, value: Any) -> None:
         super()._set_bounce(value)
@@ -61,7 +62,8 @@ class SimulatedPin(MockPWMPin):  # type: ignore[misc]
                 self._settle_timer = None
             if self._bounce:
                 self._reported = level
-        bounce, self._bounce = self._bounce, None
+        bounce: float | None = self._bounce
+        self._bounce = None
         try:
             if level:
                 self.drive_high()
