@@ -37,7 +37,7 @@ BASE = "node_id: x\nbroker: {listeners: [{type: tcp, host: 127.0.0.1, port: 0}]}
      "interlocks[0]: an interlock group needs two devices or more"),
     ("devices: {p: {type: OutputDevice, pin: 5, safety: {flap_max_edges: 0}}}\n",
      "devices.p.safety.flap_max_edges"),
-    ("homeassistant: {discovery: true}\n", "line 3: homeassistant: not supported yet"),
+    ("homeassistant: {prefix: 'ha/#'}\n", "line 3: homeassistant.prefix: must be non-empty"),
     ("persistence: {path: /nonexistent-dir/x.json}\n",
      "persistence.path: the directory /nonexistent-dir does not exist"),
     ("devices: {b: {type: Button, pin: 6, restore: true}}\n",

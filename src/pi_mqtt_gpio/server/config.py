@@ -244,6 +244,7 @@ class Config:
         problems.extend(_interlock_problems(self.interlocks, self.devices))
         problems.extend(_restore_problems(self.devices))
         problems.extend(_binding_problems(self.devices, self.root))
+        problems.extend(_homeassistant_problems(self.devices, self.homeassistant))
         return problems
 
     @property
@@ -295,6 +296,24 @@ def _restore_problems(devices: dict[str, Any]) -> list[Problem | str]:
         if dev.restore and (adapter is None or "value" not in adapter.methods):
             problems.append((("devices", name, "restore"),
                              f"a {dev.type} has no value to restore: only outputs can"))
+    return problems
+
+
+def _homeassistant_problems(devices: dict[str, Any], ha: HomeAssistantConfig
+                            ) -> list[Problem | str]:
+    """A device's entity override names a component its type can be shown as."""
+    from pi_mqtt_gpio.server.homeassistant import allowed_components
+
+    problems: list[Problem | str] = []
+    if not ha.prefix or any(c in ha.prefix for c in "+#\x00"):
+        problems.append((("homeassistant", "prefix"), "must be non-empty without '+', '#'"))
+    for name, dev in devices.items():
+        own = getattr(dev, "homeassistant", None)
+        component = getattr(own, "component", None)
+        if component is not None and component not in allowed_components(dev.type):
+            allowed = ", ".join(allowed_components(dev.type)) or "none"
+            problems.append((("devices", name, "homeassistant", "component"),
+                             f"a {dev.type} can be shown as: {allowed}"))
     return problems
 
 
@@ -419,9 +438,7 @@ def _line_for(loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int | 
 
 # Sections of the documented config that this version does not act on yet: refused rather
 # than accepted and ignored (a relay with min_relay_interval_s that chatters anyway).
-NOT_SUPPORTED_YET = {
-    "homeassistant": "Home Assistant discovery is not implemented in this version",
-}
+NOT_SUPPORTED_YET: dict[str, str] = {}
 MAX_CONFIG_NODES = 100_000  # YAML nodes after aliases are expanded (a real config has < 5,000)
 
 

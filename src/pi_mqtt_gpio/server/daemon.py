@@ -28,6 +28,7 @@ from pi_mqtt_gpio.server.hardware import (
     consumer_label,
     make_pin_factory,
 )
+from pi_mqtt_gpio.server.homeassistant import Discovery, discovery
 from pi_mqtt_gpio.server.persistence import (
     SCHEMA_VERSION,
     Persister,
@@ -40,6 +41,7 @@ from pi_mqtt_gpio.server.safety import SafetyPolicy, guards_for, line_interlocks
 from pi_mqtt_gpio.server.security import AccessControl, Authenticator, ControlLeaseManager
 from pi_mqtt_gpio.server.twin import Twin, dumps, utc_ts
 from pi_mqtt_gpio.topics import Topics
+from pi_mqtt_gpio.version import package_version
 
 __all__ = ["Daemon", "run"]
 
@@ -103,6 +105,16 @@ class Daemon:
             for name, dev in config.devices.items() if getattr(dev, "gestures", None)}
         for name in self.covers:
             self.twin.intercept[name] = self._cover_input
+        self.discovery: Discovery | None = None
+        if config.homeassistant.discovery:
+            self.discovery = Discovery(
+                discovery(self.topics, dict(config.devices), prefix=config.homeassistant.prefix,
+                          version=package_version(),
+                          events=lambda name: list(self.hw.adapters[name].catalogue()["events"])),
+                prefix=config.homeassistant.prefix, publish=self._publish,
+                republish_states=self._republish_all,
+                call_later=lambda delay, fn: asyncio.get_running_loop().call_later(delay, fn))
+        self.rpc.on_set_refused = self._republish
         for name in {*self.gestures, *self.bindings.bindings}:
             self.twin.observe[name] = self._button_input
         self.core.hooks.append(_GatekeeperHooks(self))
@@ -120,6 +132,9 @@ class Daemon:
         self.server.schedule_pump()
 
     def _on_message(self, msg: Message, sub_ids: list[int]) -> None:
+        if self.discovery is not None and msg.topic == self.discovery.birth_topic:
+            self.discovery.birth(msg.payload)
+            return
         self.rpc.handle(msg)
 
     # --- persistence ---------------------------------------------------------------------------
@@ -146,7 +161,8 @@ class Daemon:
                    if dev.restore and name in self.twin.states}
         return {"version": SCHEMA_VERSION, "outputs": outputs,
                 "lockouts": self.guards.lockouts_wall(),
-                "covers": {name: cover.saved() for name, cover in self.covers.items()}}
+                "covers": {name: cover.saved() for name, cover in self.covers.items()},
+                "homeassistant": self.discovery.saved() if self.discovery is not None else []}
 
     def _restore(self, saved: dict[str, Any]) -> None:
         if self.persister is None:
@@ -198,6 +214,11 @@ class Daemon:
         self.twin.notice(button, gesture, {})
         self.bindings.trigger(button, gesture)
 
+    def _republish_all(self) -> None:
+        """Every device's state again (Home Assistant restarted)."""
+        for name in list(self.twin.states):
+            self._republish(name)
+
     def _republish(self, name: str) -> None:
         """A device's state again, with or without its lockout (the guards changed it)."""
         doc = self.twin.states.get(name)
@@ -247,6 +268,12 @@ class Daemon:
         self.client.subscribe(self.topics.lease_call, now=now, qos=1)
         self.rpc.publish_leases()
         self.twin.status(True)
+        if self.discovery is not None:
+            self.client.subscribe(self.discovery.birth_topic, now=now, qos=1)
+            self.discovery.start(saved.get("homeassistant"))
+            if self.persister is not None and saved.get("homeassistant") != \
+                    self.discovery.saved():
+                self.persister.changed()
         self._health_task = asyncio.create_task(self._health_loop())
         self.started = True
         _trim_memory()
@@ -317,6 +344,8 @@ class Daemon:
                                     for c in self.covers.values()], timeout=1.5)
             for gestures in self.gestures.values():
                 gestures.close()
+            if self.discovery is not None:
+                self.discovery.close()
             await self.rpc.drain(0.5)
             if self.persister is not None:
                 # Saved before the outputs go safe: what restore: true brings back is the

@@ -106,6 +106,9 @@ class RpcHandler:
         self.has_right = has_right
         self.guards = guards
         self.covers = covers or {}
+        # A refused plain set: the device's state is published again unchanged, so that a
+        # dashboard that moved its switch optimistically (Home Assistant) snaps back.
+        self.on_set_refused: Callable[[str], None] | None = None
         self._lease_timer: asyncio.TimerHandle | None = None
         self._log = LogLimiter(log)
 
@@ -563,6 +566,9 @@ class RpcHandler:
 
     def _refuse(self, msg: Message, device: str, method: str | None, exc: GatekeeperError,
                 reply: _Reply | None, source: str, kwargs: dict[str, Any] | None = None) -> None:
+        if source == "set" and self.on_set_refused is not None \
+                and device in self.hw.adapters:
+            self.on_set_refused(device)
         self._log.log(logging.INFO, msg.sender or "", _now(), "%s %s.%s from %r refused: %s %s",
                       source, clip(device), clip(method), clip(msg.sender), exc.code.value,
                       clip(exc.message, 200))

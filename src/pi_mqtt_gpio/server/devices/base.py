@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
 from pi_mqtt_gpio.errors import BadArgument
+from pi_mqtt_gpio.server.homeassistant import EntityOverride
 from pi_mqtt_gpio.server.schema import Range, section
 
 __all__ = [
@@ -184,6 +185,8 @@ class DeviceConfig:
     lease_required: bool = False
     safety: DeviceSafetyConfig | None = None
     restore: bool = False  # at start, go back to the value saved before the restart
+    # Home Assistant: the entity's own settings, or false to leave the device out.
+    homeassistant: EntityOverride | bool | None = None
 
     def lines(self) -> list[tuple[str, int, bool]]:
         """(config key, GPIO line, shared-bus line) for every line this device claims."""

@@ -3,6 +3,7 @@ output devices, with gpiozero's method names, arguments and defaults)."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, ClassVar, Literal
 
 from pi_mqtt_gpio.errors import BadArgument
@@ -56,7 +57,36 @@ def _on_off_safe(adapter: DeviceAdapter) -> None:
         adapter.device.off()
 
 
+def _json_light(payload: str) -> dict[str, Any] | None:
+    """Home Assistant's JSON-schema light command (``{"state": "ON", "brightness": 128,
+    "color": {"r": 255, "g": 0, "b": 0}}``), or None when the payload is not JSON."""
+    text = payload.strip()
+    if not text.startswith("{"):
+        return None
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        raise BadArgument("set payload is not valid JSON") from None
+    if not isinstance(doc, dict) or str(doc.get("state", "")).upper() not in ("ON", "OFF"):
+        raise BadArgument('a JSON light command needs "state": "ON" or "OFF"')
+    brightness = doc.get("brightness")
+    if brightness is not None and (isinstance(brightness, bool)
+                                   or not isinstance(brightness, int | float)
+                                   or not 0 <= brightness <= 255):
+        raise BadArgument("brightness must be a number from 0 to 255")
+    color = doc.get("color")
+    if color is not None and (not isinstance(color, dict) or any(
+            isinstance(color.get(k), bool) or not isinstance(color.get(k), int | float)
+            or not 0 <= color[k] <= 255 for k in "rgb")):
+        raise BadArgument('color must be {"r": 0-255, "g": 0-255, "b": 0-255}')
+    return {"on": str(doc["state"]).upper() == "ON", "brightness": brightness,
+            "color": None if color is None else tuple(color[k] / 255 for k in "rgb")}
+
+
 def _on_off_set(payload: str) -> tuple[str, dict[str, Any]]:
+    light = _json_light(payload)
+    if light is not None:
+        return ("on", {}) if light["on"] else ("off", {})
     word = payload.strip().upper()
     if word in _ON:
         return "on", {}
@@ -231,6 +261,13 @@ class PWMOutputDeviceAdapter(DeviceAdapter):
         _on_off_safe(self)
 
     def parse_set(self, payload: str) -> tuple[str, dict[str, Any]]:
+        light = _json_light(payload)
+        if light is not None:
+            if not light["on"]:
+                return "off", {}
+            if light["brightness"] is None:
+                return "on", {}
+            return "value", {"value": round(light["brightness"] / 255, 4)}
         value = number(payload)
         if value is None:
             return _on_off_set(payload)
@@ -333,6 +370,15 @@ class RGBLEDAdapter(DeviceAdapter):
         _on_off_safe(self)
 
     def parse_set(self, payload: str) -> tuple[str, dict[str, Any]]:
+        light = _json_light(payload)
+        if light is not None:
+            if not light["on"]:
+                return "off", {}
+            color = light["color"] or (1.0, 1.0, 1.0)
+            scale = 1.0 if light["brightness"] is None else light["brightness"] / 255
+            if light["color"] is None and light["brightness"] is None:
+                return "on", {}
+            return "color", {"color": tuple(round(c * scale, 4) for c in color)}
         text = payload.strip()
         if text.startswith("#"):
             return "color", {"color": parse_color(text)}

@@ -1,0 +1,284 @@
+"""Home Assistant MQTT discovery: one retained config per entity, made from the device
+registry. Pure: config in, (topic, payload) out; the daemon publishes them.
+
+- Topic ``<prefix>/<component>/<node_id>/<device>[_<suffix>]/config``, ``unique_id``
+  ``<node_id>_<device>[_<suffix>]``; full key names (not the abbreviations).
+- One ``device`` block per node, shared by every entity: HA shows one device per Pi.
+- Availability from ``{root}/status``; commands to ``{root}/device/<name>/set`` (the plain
+  payloads of each adapter's ``parse_set``); states read with templates from the JSON state.
+- A device may override its entity (``homeassistant: {component, name, icon, device_class,
+  entity_category, enabled_by_default}``) or hide it (``homeassistant: false``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from pi_mqtt_gpio.server.schema import NonEmpty, section
+from pi_mqtt_gpio.topics import Topics
+
+__all__ = ["COMPONENTS", "EntityOverride", "allowed_components", "discovery", "health_topic_id"]
+
+Component = Literal["light", "switch", "cover", "number", "binary_sensor", "sensor", "event"]
+COMPONENTS = ("light", "switch", "cover", "number", "binary_sensor", "sensor", "event")
+
+
+@section
+class EntityOverride:
+    """A device's own Home Assistant entity settings."""
+
+    component: Component | None = None
+    name: Annotated[str, NonEmpty()] | None = None
+    icon: str | None = None  # "mdi:..."
+    device_class: str | None = None
+    entity_category: Literal["config", "diagnostic"] | None = None
+    enabled_by_default: bool | None = None
+
+
+ON_OFF = ("OutputDevice", "DigitalOutputDevice", "LED", "Buzzer")
+DIMMABLE = ("PWMOutputDevice", "PWMLED")
+NUMBERS = ("Motor", "PhaseEnableMotor", "Servo", "AngularServo", "AlsaMixer")
+BINARY = ("Button", "DigitalInputDevice", "MotionSensor", "LineSensor", "LightSensor")
+BINARY_CLASS = {"MotionSensor": "motion", "LightSensor": "light", "Button": None,
+                "DigitalInputDevice": None, "LineSensor": None}
+ON_OFF_STATE = "{{ 'ON' if value_json.is_active else 'OFF' }}"
+
+
+def allowed_components(type_name: str) -> tuple[str, ...]:
+    """The entity kinds a device type can be shown as (the first is the default)."""
+    if type_name == "LED":
+        return ("light", "switch")
+    if type_name in ON_OFF:
+        return ("switch", "light")
+    if type_name in DIMMABLE:
+        return ("light", "number")
+    if type_name == "RGBLED":
+        return ("light",)
+    if type_name == "Cover":
+        return ("cover",)
+    if type_name in NUMBERS:
+        return ("number",)
+    if type_name == "Button":
+        return ("binary_sensor",)  # and its event entity
+    if type_name in BINARY:
+        return ("binary_sensor",)
+    if type_name == "DistanceSensor" or type_name.startswith("MCP3"):
+        return ("sensor",)
+    return ()  # TonalBuzzer: nothing Home Assistant has a fitting entity for
+
+
+def health_topic_id(node_id: str) -> str:
+    return f"{node_id}_health"
+
+
+def discovery(topics: Topics, devices: dict[str, Any], *, prefix: str, version: str,
+              events: Callable[[str], list[str]]) -> dict[str, dict[str, Any]]:
+    """Every discovery config: config topic -> payload. ``events(name)``: the event types
+    of a device (a button's gestures when it has them)."""
+    node = topics.node_id
+    device_block = {
+        "identifiers": [f"pi-mqtt-gpio_{node}"],
+        "name": node,
+        "manufacturer": "pi-mqtt-gpio",
+        "model": "GPIO Gatekeeper",
+        "sw_version": version,
+    }
+    common = {
+        "availability_topic": topics.status,
+        "payload_available": "online",
+        "payload_not_available": "offline",
+        "device": device_block,
+    }
+    out: dict[str, dict[str, Any]] = {}
+
+    def add(component: str, object_id: str, payload: dict[str, Any]) -> None:
+        topic = f"{prefix}/{component}/{node}/{object_id}/config"
+        out[topic] = {"unique_id": f"{node}_{object_id}", "object_id": f"{node}_{object_id}",
+                      **payload, **common}
+
+    for name, dev in devices.items():
+        override = getattr(dev, "homeassistant", None)
+        if override is False:
+            continue
+        own = override if isinstance(override, EntityOverride) else None
+        for component, suffix, payload in _entities(topics, name, dev, own, events(name)):
+            if own is not None:
+                for key in ("icon", "device_class", "entity_category"):
+                    value = getattr(own, key)
+                    if value is not None and (suffix is None or key == "icon"):
+                        payload[key] = value
+                if own.enabled_by_default is not None:
+                    payload["enabled_by_default"] = own.enabled_by_default
+            add(component, name if suffix is None else f"{name}_{suffix}", payload)
+    add("binary_sensor", "health", {
+        "name": "GPIO health",
+        "state_topic": topics.health,
+        "value_template": "{{ 'OFF' if value_json.status == 'ok' else 'ON' }}",
+        "device_class": "problem",
+        "entity_category": "diagnostic",
+        "json_attributes_topic": topics.health,
+        "json_attributes_template": "{{ {'problems': value_json.problems} | tojson }}",
+    })
+    return out
+
+
+def _entities(topics: Topics, name: str, dev: Any, own: EntityOverride | None,
+              events: list[str]) -> list[tuple[str, str | None, dict[str, Any]]]:
+    """(component, object id suffix, payload) of each entity of one device."""
+    kind = dev.type
+    components = allowed_components(kind)
+    if not components:
+        return []
+    component = own.component if own is not None and own.component else components[0]
+    state = topics.device(name, "state")
+    command = topics.device(name, "set")
+    label = (own.name if own is not None and own.name else None) or dev.description \
+        or name.replace("_", " ").capitalize()
+    base: dict[str, Any] = {"name": label, "state_topic": state}
+    if component in ("light", "switch") and kind not in DIMMABLE and kind != "RGBLED":
+        return [(component, None, {**base, "command_topic": command,
+                                   "payload_on": "ON", "payload_off": "OFF",
+                                   "state_value_template" if component == "light"
+                                   else "value_template": ON_OFF_STATE})]
+    if component == "light" and kind in DIMMABLE:
+        return [("light", None, {
+            **base, "command_topic": command, "payload_on": "ON", "payload_off": "OFF",
+            "state_value_template": ON_OFF_STATE,
+            "brightness_command_topic": command,
+            "brightness_command_template": "{{ (value / 255) | round(4) }}",
+            "brightness_state_topic": state,
+            "brightness_value_template": "{{ (value_json.value * 255) | round(0) | int }}",
+            "brightness_scale": 255, "on_command_type": "brightness",
+        })]
+    if component == "light" and kind == "RGBLED":
+        return [("light", None, {
+            **base, "command_topic": command, "payload_on": "ON", "payload_off": "OFF",
+            "state_value_template": ON_OFF_STATE,
+            "rgb_command_topic": command,
+            "rgb_state_topic": state,
+            "rgb_value_template": "{{ value_json.value | map('multiply', 255) | map('round') "
+                                  "| map('int') | join(',') }}",
+            "on_command_type": "last",
+        })]
+    if component == "cover":
+        payload = {
+            **base, "command_topic": command, "payload_open": "OPEN",
+            "payload_close": "CLOSE", "payload_stop": "STOP",
+            "value_template": "{{ value_json.state }}",
+            "state_open": "open", "state_opening": "opening", "state_closed": "closed",
+            "state_closing": "closing", "state_stopped": "stopped",
+            "position_topic": state, "position_template": "{{ value_json.position }}",
+            "set_position_topic": command, "position_open": 100, "position_closed": 0,
+        }
+        if getattr(dev, "device_class", None):
+            payload["device_class"] = dev.device_class
+        return [("cover", None, payload)]
+    if component == "number":
+        lo, hi, step, unit, key = _number_range(dev)
+        payload = {**base, "command_topic": command, "min": lo, "max": hi, "step": step,
+                   "mode": "slider", "value_template": f"{{{{ value_json.{key} }}}}"}
+        if unit:
+            payload["unit_of_measurement"] = unit
+        return [("number", None, payload)]
+    if component == "binary_sensor":
+        payload = {**base, "value_template": ON_OFF_STATE}
+        device_class = BINARY_CLASS.get(kind)
+        if device_class:
+            payload["device_class"] = device_class
+        out: list[tuple[str, str | None, dict[str, Any]]] = [("binary_sensor", None, payload)]
+        if kind == "Button":
+            out.append(("event", "event", {
+                "name": f"{label} press", "state_topic": topics.device(name, "event"),
+                "event_types": events,
+                "value_template": '{"event_type": "{{ value_json.event }}"}',
+                "device_class": "button",
+            }))
+        return out
+    if component == "sensor":
+        if kind == "DistanceSensor":
+            return [("sensor", None, {**base, "value_template": "{{ value_json.distance }}",
+                                      "unit_of_measurement": "m", "device_class": "distance",
+                                      "state_class": "measurement",
+                                      "suggested_display_precision": 3})]
+        return [("sensor", None, {**base, "value_template": "{{ value_json.voltage }}",
+                                  "unit_of_measurement": "V", "device_class": "voltage",
+                                  "state_class": "measurement",
+                                  "suggested_display_precision": 3})]
+    return []  # pragma: no cover - every allowed component is handled above
+
+
+def _number_range(dev: Any) -> tuple[float, float, float, str | None, str]:
+    """min, max, step, unit and the state key of a device shown as a number."""
+    kind = dev.type
+    if kind == "AngularServo":
+        lo, hi = sorted((dev.min_angle, dev.max_angle))
+        return lo, hi, 1, "°", "angle"
+    if kind == "AlsaMixer":
+        return dev.min, dev.max, dev.step, dev.unit, "value"
+    if kind in ("PWMOutputDevice", "PWMLED"):
+        return 0, 1, 0.01, None, "value"
+    return -1, 1, 0.01, None, "value"  # motors (speed, - backward), servos (position)
+
+
+class Discovery:
+    """Publishes the discovery configs (retained), clears those of devices that left the
+    config, and answers Home Assistant's birth message (``<prefix>/status`` = ``online``)
+    by publishing every config and state again within a second."""
+
+    BIRTH_DELAY_S = 0.2  # HA has subscribed when it sends its birth; a short grace anyway
+
+    def __init__(self, configs: dict[str, dict[str, Any]], *, prefix: str,
+                 publish: Callable[[str, bytes, int, bool], None],
+                 republish_states: Callable[[], None],
+                 call_later: Callable[..., Any]) -> None:
+        self.configs = configs
+        self.prefix = prefix
+        self.publish = publish
+        self.republish_states = republish_states
+        self.call_later = call_later
+        self.stale: set[str] = set()  # config topics published before and gone now
+        self._pending: Any = None
+        self.births = 0
+
+    @property
+    def birth_topic(self) -> str:
+        return f"{self.prefix}/status"
+
+    def start(self, previous: Any) -> None:
+        """Publish every config; clear the ones published last time that are gone
+        (``previous``: the config topics saved by the last run)."""
+        if isinstance(previous, list):
+            self.stale = {t for t in previous if isinstance(t, str)
+                          and t.startswith(self.prefix + "/") and t not in self.configs}
+        self._publish_all()
+
+    def saved(self) -> list[str]:
+        """What the next start needs: every config topic it may have to clear."""
+        return sorted({*self.configs, *self.stale})
+
+    def _publish_all(self) -> None:
+        import json
+
+        for topic in sorted(self.stale):
+            self.publish(topic, b"", 1, True)
+        for topic, payload in self.configs.items():
+            self.publish(topic, json.dumps(payload, separators=(",", ":")).encode(), 1, True)
+
+    def birth(self, payload: bytes) -> None:
+        """A message on ``<prefix>/status``: ``online`` means HA (re)started."""
+        if payload.strip() != b"online" or self._pending is not None:
+            return
+        self._pending = self.call_later(self.BIRTH_DELAY_S, self._reborn)
+
+    def _reborn(self) -> None:
+        self._pending = None
+        self.births += 1
+        self._publish_all()
+        self.stale.clear()  # HA was listening: the clears have reached it
+        self.republish_states()
+
+    def close(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
