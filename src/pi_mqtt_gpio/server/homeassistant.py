@@ -159,7 +159,7 @@ def _entities(topics: Topics, name: str, dev: Any, own: EntityOverride | None,
             "rgb_state_topic": state,
             "rgb_value_template": "{{ value_json.value | map('multiply', 255) | map('round') "
                                   "| map('int') | join(',') }}",
-            "on_command_type": "last",
+            "on_command_type": "first",  # ON (white) at once, then the colour
         })]
     if component == "cover":
         payload = {
