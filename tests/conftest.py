@@ -278,3 +278,11 @@ class PinRecorder:
                 out.append(t - since)
                 since = None
         return out
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The real Home Assistant stage (tests/ha) runs last: its Home Assistant is set up in
+    the background (scripts/ha-setup) while everything else runs."""
+    ha = [item for item in items if "/tests/ha/" in str(item.path)]
+    if ha:
+        items[:] = [item for item in items if item not in ha] + ha
