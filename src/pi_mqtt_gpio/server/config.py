@@ -15,6 +15,7 @@ import yaml
 
 from pi_mqtt_gpio.server.bindings import BindingsQueueConfig
 from pi_mqtt_gpio.server.schema import NonEmpty, Problem, Range, Tagged, build, section
+from pi_mqtt_gpio.server.watchdog import WatchdogConfig
 
 __all__ = [
     "BUILTIN_ROLES",
@@ -231,6 +232,7 @@ class Config:
     homeassistant: HomeAssistantConfig = field(default_factory=lambda: HomeAssistantConfig())
     persistence: PersistenceConfig = field(default_factory=lambda: PersistenceConfig())
     bindings_queue: BindingsQueueConfig = field(default_factory=lambda: BindingsQueueConfig())
+    watchdog: WatchdogConfig | None = None
 
     def check(self) -> list[Problem | str]:
         problems: list[Problem | str] = []
@@ -245,6 +247,7 @@ class Config:
         problems.extend(_restore_problems(self.devices))
         problems.extend(_binding_problems(self.devices, self.root))
         problems.extend(_homeassistant_problems(self.devices, self.homeassistant))
+        problems.extend(_watchdog_problems(self.devices, self.watchdog))
         return problems
 
     @property
@@ -296,6 +299,21 @@ def _restore_problems(devices: dict[str, Any]) -> list[Problem | str]:
         if dev.restore and (adapter is None or "value" not in adapter.methods):
             problems.append((("devices", name, "restore"),
                              f"a {dev.type} has no value to restore: only outputs can"))
+    return problems
+
+
+def _watchdog_problems(devices: dict[str, Any], watchdog: WatchdogConfig | None
+                       ) -> list[Problem | str]:
+    """The watchdog's two lines belong to it: no device may use them."""
+    if watchdog is None:
+        return []
+    problems: list[Problem | str] = []
+    reserved = {watchdog.out: "out", watchdog.in_: "in"}
+    for name, dev in devices.items():
+        for key, line, _shared in dev.lines():
+            if line in reserved:
+                problems.append((("devices", name, *key.split(".")),
+                                 f"GPIO{line} is the watchdog's {reserved[line]} line"))
     return problems
 
 

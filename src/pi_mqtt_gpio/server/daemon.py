@@ -40,6 +40,7 @@ from pi_mqtt_gpio.server.rpc_handler import RpcHandler, make_safe
 from pi_mqtt_gpio.server.safety import SafetyPolicy, guards_for, line_interlocks
 from pi_mqtt_gpio.server.security import AccessControl, Authenticator, ControlLeaseManager
 from pi_mqtt_gpio.server.twin import Twin, dumps, utc_ts
+from pi_mqtt_gpio.server.watchdog import WATCHDOG_DEVICE, Watchdog
 from pi_mqtt_gpio.topics import Topics
 from pi_mqtt_gpio.version import package_version
 
@@ -70,6 +71,10 @@ class Daemon:
         )
         labels = {line: consumer_label(config.hardware.consumer_tag, name, line)
                   for name, dev in config.devices.items() for _k, line, _s in dev.lines()}
+        if config.watchdog is not None:
+            for role, line in (("watchdog-out", config.watchdog.out),
+                               ("watchdog-in", config.watchdog.in_)):
+                labels[line] = consumer_label(config.hardware.consumer_tag, role, line)
         self.hw = HardwareManager(
             dict(config.devices),
             lambda: make_pin_factory(config.hardware, self.simulate, labels),
@@ -77,6 +82,7 @@ class Daemon:
             hardware=config.hardware,
         )
         self._health_task: asyncio.Task[None] | None = None
+        self._health_pending: set[asyncio.Task[None]] = set()
         self.persister: Persister | None = None
         self.client: InternalClient | None = None
         self.twin = Twin(self.topics, self.hw, self._publish)
@@ -109,12 +115,17 @@ class Daemon:
         if config.homeassistant.discovery:
             self.discovery = Discovery(
                 discovery(self.topics, dict(config.devices), prefix=config.homeassistant.prefix,
-                          version=package_version(),
+                          version=package_version(), watchdog=config.watchdog is not None,
                           events=lambda name: list(self.hw.adapters[name].catalogue()["events"])),
                 prefix=config.homeassistant.prefix, publish=self._publish,
                 republish_states=self._republish_all,
                 call_later=lambda delay, fn: asyncio.get_running_loop().call_later(delay, fn))
         self.rpc.on_set_refused = self._republish
+        self.watchdog: Watchdog | None = None
+        if config.watchdog is not None:
+            self.watchdog = Watchdog(config.watchdog, self.hw, simulate=self.simulate,
+                                     on_change=self._health_now)
+            self.twin.intercept[WATCHDOG_DEVICE] = self._watchdog_edge
         for name in {*self.gestures, *self.bindings.bindings}:
             self.twin.observe[name] = self._button_input
         self.core.hooks.append(_GatekeeperHooks(self))
@@ -210,6 +221,18 @@ class Daemon:
             at = loop_now - max(0.0, time.monotonic() - ev.mono) if ev.mono else loop_now
             gestures.edge(ev.event == "pressed", at)
 
+    def _watchdog_edge(self, ev: DeviceEvent) -> bool:
+        at = ev.state.get("at")
+        if self.watchdog is not None:
+            self.watchdog.edge(at if isinstance(at, float) else None)
+        return True
+
+    def _health_now(self) -> None:
+        """Publish the health at once (the watchdog's status changed)."""
+        task = asyncio.ensure_future(self.publish_health())
+        self._health_pending.add(task)
+        task.add_done_callback(self._health_pending.discard)
+
     def _gesture(self, button: str, gesture: str) -> None:
         self.twin.notice(button, gesture, {})
         self.bindings.trigger(button, gesture)
@@ -249,6 +272,8 @@ class Daemon:
                                                  self._on_message)
         states = await self.hw.start()  # claims the lines; safe states applied
         try:
+            if self.watchdog is not None:
+                await self.watchdog.start()
             await self.server.start()
         except BaseException:
             await self.hw.stop()
@@ -299,6 +324,10 @@ class Daemon:
             except Exception as exc:
                 status, gpio = "degraded", {"error": str(exc)}
                 problems.append(f"GPIO inventory: {exc}")
+        if self.watchdog is not None and self.watchdog.problem() is not None:
+            if status == "ok":
+                status = "degraded"
+            problems.append(self.watchdog.problem() or "")
         if status == "ok" and self.hw.events_dropped:
             status = "degraded"
             problems.append(f"{self.hw.events_dropped} input events dropped")
@@ -306,6 +335,7 @@ class Daemon:
             status = "degraded"
             problems.append(f"{self.hw.pending} hardware commands queued")
         doc = {"status": status, "problems": problems, "ts": utc_ts(), "gpio": gpio,
+               "watchdog": self.watchdog.describe() if self.watchdog is not None else None,
                "simulated": self.simulate,
                "events_dropped": self.hw.events_dropped, "commands_queued": self.hw.pending}
         self._publish(self.topics.health, dumps(doc), 1, True)
@@ -353,6 +383,8 @@ class Daemon:
                 self.twin.on_change = None
                 await self.persister.close()
             await self.twin.stop()  # no more polling; queued events are published
+            if self.watchdog is not None:
+                await self.watchdog.stop()
             states = await self.hw.stop()
             for name, state in states.items():
                 if name in self.covers:

@@ -73,7 +73,8 @@ def health_topic_id(node_id: str) -> str:
 
 
 def discovery(topics: Topics, devices: dict[str, Any], *, prefix: str, version: str,
-              events: Callable[[str], list[str]]) -> dict[str, dict[str, Any]]:
+              events: Callable[[str], list[str]], watchdog: bool = False
+              ) -> dict[str, dict[str, Any]]:
     """Every discovery config: config topic -> payload. ``events(name)``: the event types
     of a device (a button's gestures when it has them)."""
     node = topics.node_id
@@ -120,6 +121,15 @@ def discovery(topics: Topics, devices: dict[str, Any], *, prefix: str, version: 
         "json_attributes_topic": topics.health,
         "json_attributes_template": "{{ {'problems': value_json.problems} | tojson }}",
     })
+    if watchdog:
+        add("binary_sensor", "watchdog", {
+            "name": "GPIO loopback",
+            "state_topic": topics.health,
+            "value_template": "{{ 'ON' if value_json.watchdog and "
+                              "value_json.watchdog.status != 'ok' else 'OFF' }}",
+            "device_class": "problem",
+            "entity_category": "diagnostic",
+        })
     return out
 
 

@@ -12,6 +12,7 @@ Why not pydantic: it costs the daemon ~17-20 MiB of RSS on a Raspberry Pi (issue
 from __future__ import annotations
 
 import dataclasses
+import keyword
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -238,7 +239,9 @@ def _convert_dict(tp: Any, value: Any, path: Path, problems: list[Problem]) -> A
 def _build_section(cls: type, data: Mapping[str, Any], path: Path,
                    problems: list[Problem]) -> Any:
     hints = _hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    # A field named after a Python keyword with a trailing "_" (in_) is the key "in".
+    fields = {(f.name[:-1] if f.name.endswith("_") and keyword.iskeyword(f.name[:-1])
+               else f.name): f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     before = len(problems)
     for key in data:
@@ -246,7 +249,7 @@ def _build_section(cls: type, data: Mapping[str, Any], path: Path,
             problems.append(((*path, str(key)), "unknown key"))
     for name, f in fields.items():
         if name in data:
-            kwargs[name] = build(hints[name], data[name], (*path, name), problems)
+            kwargs[f.name] = build(hints[f.name], data[name], (*path, name), problems)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             problems.append(((*path, name), "required key missing"))
     if len(problems) != before:

@@ -13,7 +13,7 @@ from typing import Any
 
 from gpiozero.pins.mock import MockFactory, MockPin, MockPWMPin
 
-__all__ = ["SimulatedPin", "simulated_factory"]
+__all__ = ["SimulatedPin", "WiredPin", "simulated_factory"]
 
 
 class SimulatedPin(MockPWMPin):  # type: ignore[misc]
@@ -78,6 +78,24 @@ class SimulatedPin(MockPWMPin):  # type: ignore[misc]
                 self._settle_timer.cancel()
                 self._settle_timer = None
         super().close()
+
+
+class WiredPin(SimulatedPin):
+    """An output wired to an input (``input_pin``): its level drives the input, as a jumper
+    between two header pins does (the loopback watchdog's wire in simulation)."""
+
+    def __init__(self, factory: Any, info: Any, input_pin: Any = None) -> None:
+        super().__init__(factory, info)
+        self.input_pin = input_pin
+
+    def _change_state(self, value: Any) -> bool:
+        wire = self.input_pin
+        if wire is not None:
+            if value:
+                wire.drive_high()
+            else:
+                wire.drive_low()
+        return bool(super()._change_state(value))
 
 
 def simulated_factory() -> Any:
