@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 
 from pi_mqtt_gpio.server.bindings import BindingsQueueConfig
+from pi_mqtt_gpio.server.pins.mcp23017 import ExpanderConfig
 from pi_mqtt_gpio.server.schema import NonEmpty, Problem, Range, Tagged, build, section
 from pi_mqtt_gpio.server.watchdog import WatchdogConfig
 
@@ -233,6 +234,7 @@ class Config:
     persistence: PersistenceConfig = field(default_factory=lambda: PersistenceConfig())
     bindings_queue: BindingsQueueConfig = field(default_factory=lambda: BindingsQueueConfig())
     watchdog: WatchdogConfig | None = None
+    expanders: dict[str, ExpanderConfig] = field(default_factory=dict)
 
     def check(self) -> list[Problem | str]:
         problems: list[Problem | str] = []
@@ -248,6 +250,7 @@ class Config:
         problems.extend(_binding_problems(self.devices, self.root))
         problems.extend(_homeassistant_problems(self.devices, self.homeassistant))
         problems.extend(_watchdog_problems(self.devices, self.watchdog))
+        problems.extend(_expander_problems(self.devices, self.expanders))
         return problems
 
     @property
@@ -299,6 +302,46 @@ def _restore_problems(devices: dict[str, Any]) -> list[Problem | str]:
         if dev.restore and (adapter is None or "value" not in adapter.methods):
             problems.append((("devices", name, "restore"),
                              f"a {dev.type} has no value to restore: only outputs can"))
+    return problems
+
+
+# Device types whose lines may be expander pins: plain digital inputs and outputs (an expander
+# pin has no PWM and no microsecond timing).
+EXPANDER_TYPES = frozenset({"OutputDevice", "DigitalOutputDevice", "LED", "Buzzer", "Button",
+                            "DigitalInputDevice", "MotionSensor", "LineSensor", "Cover"})
+
+
+def _expander_problems(devices: dict[str, Any], expanders: dict[str, ExpanderConfig]
+                       ) -> list[Problem | str]:
+    """Expander pins name a configured expander, on a type that can use one; an expander's
+    interrupt line is not a device's; two expanders do not share a bus address."""
+    problems: list[Problem | str] = []
+    for name in expanders:
+        if not name or any(c in name for c in ":/+# "):
+            problems.append((("expanders", name), "expander names must not contain : / + # "
+                             "or spaces"))
+    seen: dict[tuple[int, int], str] = {}
+    for name, exp in expanders.items():
+        other = seen.setdefault((exp.bus, exp.address), name)
+        if other != name:
+            problems.append((("expanders", name, "address"),
+                             f"bus {exp.bus} address 0x{exp.address:02x} is {other}'s"))
+    interrupts = {exp.interrupt: name for name, exp in expanders.items()
+                  if exp.interrupt is not None}
+    for name, dev in devices.items():
+        for key, line, _shared in dev.lines():
+            where = ("devices", name, *key.split("."))
+            if isinstance(line, str):
+                expander = line.partition(":")[0]
+                if expander not in expanders:
+                    problems.append((where, f"no expander named {expander!r} (expanders: "
+                                     f"{', '.join(expanders) or 'none'})"))
+                elif dev.type not in EXPANDER_TYPES:
+                    problems.append((where, f"a {dev.type} cannot use an expander pin (no PWM "
+                                     f"or precise timing there): give it a GPIO number"))
+            elif line in interrupts:
+                problems.append((where, f"GPIO{line} is expander {interrupts[line]}'s "
+                                 f"interrupt line"))
     return problems
 
 
@@ -414,7 +457,7 @@ def _pin_conflicts(devices: dict[str, Any]) -> list[Problem | str]:
                 owners[line] = (name, key, shared)
             elif not (shared and other[2]) and not (other[0] == name and other[1] == key):
                 problems.append(((("devices", name, key)),
-                                 f"GPIO{line} is already used by {other[0]}.{other[1]}"))
+                                 f"{_line_name(line)} is already used by {other[0]}.{other[1]}"))
     return problems
 
 
@@ -554,3 +597,8 @@ def load_config(path: str | Path) -> Config:
     except UnicodeDecodeError:
         raise ConfigError(str(path), ["not UTF-8 text"]) from None
     return parse_config(text, str(path))
+
+
+def _line_name(line: int | str) -> str:
+    """``GPIO17``, or an expander pin as it is written (``io1:3``)."""
+    return f"GPIO{line}" if isinstance(line, int) else f"expander pin {line}"

@@ -49,6 +49,7 @@ __all__ = ["Daemon", "run"]
 log = logging.getLogger("pi_mqtt_gpio.daemon")
 
 HEALTH_INTERVAL_S = 60.0
+EXPANDER_DEVICE = "__expander__"  # the airlock name of expander failures (never a device)
 SIMULATED_WARNING_ROUNDS = 60  # health rounds between two "pins are simulated" warnings (1 h)
 
 
@@ -77,7 +78,9 @@ class Daemon:
                 labels[line] = consumer_label(config.hardware.consumer_tag, role, line)
         self.hw = HardwareManager(
             dict(config.devices),
-            lambda: make_pin_factory(config.hardware, self.simulate, labels),
+            lambda: make_pin_factory(config.hardware, self.simulate, labels,
+                                     expanders=dict(config.expanders),
+                                     on_expander_failure=self._expander_failure),
             simulate=self.simulate,
             hardware=config.hardware,
         )
@@ -122,6 +125,8 @@ class Daemon:
                 call_later=lambda delay, fn: asyncio.get_running_loop().call_later(delay, fn))
         self.rpc.on_set_refused = self._republish
         self.watchdog: Watchdog | None = None
+        self.expander_problems: dict[str, str] = {}
+        self.twin.intercept[EXPANDER_DEVICE] = self._expander_event
         if config.watchdog is not None:
             self.watchdog = Watchdog(config.watchdog, self.hw, simulate=self.simulate,
                                      on_change=self._health_now)
@@ -220,6 +225,32 @@ class Daemon:
             loop_now = asyncio.get_running_loop().time()
             at = loop_now - max(0.0, time.monotonic() - ev.mono) if ev.mono else loop_now
             gestures.edge(ev.event == "pressed", at)
+
+    def _expander_failure(self, name: str, problem: str | None) -> None:
+        """An expander stopped answering (problem) or answers again (None); from its
+        thread, through the airlock."""
+        self.hw.airlock(EXPANDER_DEVICE, name, {"problem": problem})
+
+    def _expander_event(self, ev: DeviceEvent) -> bool:
+        """Its devices' states say unavailable (or are read again), the health says why."""
+        name, problem = ev.event or "", ev.state.get("problem")
+        if problem:
+            self.expander_problems[name] = str(problem)
+        else:
+            self.expander_problems.pop(name, None)
+        for device, cfg in self.config.devices.items():
+            if not any(isinstance(line, str) and line.partition(":")[0] == name
+                       for _k, line, _s in cfg.lines()):
+                continue
+            if problem:
+                doc = self.twin.states.get(device, {})
+                state = {k: v for k, v in doc.items() if k != "ts"}
+                self.twin.state(device, {**state, "available": False,
+                                         "error": str(problem)})
+            else:
+                self.twin.refresh_later(device, 0.0)
+        self._health_now()
+        return True
 
     def _watchdog_edge(self, ev: DeviceEvent) -> bool:
         at = ev.state.get("at")
@@ -324,6 +355,9 @@ class Daemon:
             except Exception as exc:
                 status, gpio = "degraded", {"error": str(exc)}
                 problems.append(f"GPIO inventory: {exc}")
+        if self.expander_problems and status == "ok":
+            status = "degraded"
+        problems.extend(self.expander_problems.values())
         if self.watchdog is not None and self.watchdog.problem() is not None:
             if status == "ok":
                 status = "degraded"

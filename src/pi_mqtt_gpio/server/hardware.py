@@ -159,9 +159,69 @@ class _LabellingLgpio:
 
 
 def make_pin_factory(hardware: HardwareConfig, simulate: bool,
-                     labels: dict[int, str] | None = None) -> Any:
+                     labels: dict[int, str] | None = None, *,
+                     expanders: dict[str, Any] | None = None,
+                     on_expander_failure: Callable[[str, str | None], None] | None = None
+                     ) -> Any:
     """A gpiozero pin factory: simulated pins (MockFactory with PWM) or lgpio on a chip,
-    with every claimed line labelled ``labels[line]``."""
+    with every claimed line labelled ``labels[line]``; with I/O expanders, wrapped so that
+    their pins (``io1:3``) come from them (simulated register files under simulation)."""
+    base = _board_factory(hardware, simulate, labels)
+    if not expanders:
+        return base
+    from pi_mqtt_gpio.server.pins.mcp23017 import (
+        MCP23017,
+        ExpanderFactory,
+        SimulatedMCP23017,
+    )
+
+    chips: dict[str, Any] = {}
+    try:
+        for name, cfg in expanders.items():
+            if simulate or hardware.pin_factory == "mock":
+                bus: Any = SimulatedMCP23017()
+            else:
+                from smbus2 import SMBus
+
+                try:
+                    bus = SMBus(cfg.bus)
+                except OSError as exc:
+                    raise HardwareError(f"expander {name}: cannot open /dev/i2c-{cfg.bus}: "
+                                        f"{exc.strerror} (is I2C enabled?)") from exc
+            chips[name] = MCP23017(name, cfg, bus, on_failure=on_expander_failure)
+        factory = ExpanderFactory(base, chips)
+        for name, chip in chips.items():
+            try:
+                chip.start()
+            except OSError as exc:
+                raise HardwareError(f"expander {name} (I2C bus {chip.config.bus}, address "
+                                    f"0x{chip.address:02x}) does not answer: {exc}") from exc
+            if isinstance(chip.bus, SimulatedMCP23017):
+                chip.bus.on_interrupt = chip.interrupt
+            elif chip.config.interrupt is not None:
+                _interrupt_line(base, chip)
+        return factory
+    except BaseException:
+        for chip in chips.values():
+            chip.close()
+        base.close()
+        raise
+
+
+def _interrupt_line(base: Any, chip: Any) -> None:
+    """The chip's INT output (open drain, active low) on a board GPIO: a fall means a change
+    on an input; the chip is read then (its polling thread only checks it still answers)."""
+    import gpiozero
+
+    line = gpiozero.DigitalInputDevice(chip.config.interrupt, pull_up=True, pin_factory=base)
+    line.when_activated = chip.interrupt
+    chip.interrupt_device = line
+    if line.is_active:  # already low: a change is waiting
+        chip.interrupt()
+
+
+def _board_factory(hardware: HardwareConfig, simulate: bool,
+                   labels: dict[int, str] | None = None) -> Any:
     if simulate or hardware.pin_factory == "mock":
         from pi_mqtt_gpio.server.pins.simulated import simulated_factory
 
@@ -397,14 +457,16 @@ class HardwareManager:
         return {name: a.state() for name, a in self.adapters.items()}
 
     def _lines(self) -> list[int]:
-        return sorted({line for a in self.adapters.values() for _k, line, _s in a.config.lines()})
+        """The board's GPIO lines the devices use (expander pins are not the board's)."""
+        return sorted({line for a in self.adapters.values() for _k, line, _s in a.config.lines()
+                       if isinstance(line, int)})
 
     def inventory(self) -> dict[str, Any]:
         """GPIO line ownership for ``{root}/system/health`` (runs on the worker)."""
         chip = getattr(self.factory, "chip", None)
         if chip is None:  # simulated pins: only our own lines exist
             lines = sorted({(line, name) for name, a in self.adapters.items()
-                            for _k, line, _s in a.config.lines()})
+                            for _k, line, _s in a.config.lines() if isinstance(line, int)})
             return {"chip": "mock", "lines": [
                 {"line": line, "name": f"GPIO{line}", "used": True,
                  "consumer": consumer_label(self.hardware.consumer_tag, name, line),

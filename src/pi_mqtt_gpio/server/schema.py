@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import keyword
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-__all__ = ["NonEmpty", "Problem", "Range", "Tagged", "build", "section"]
+__all__ = ["Matches", "NonEmpty", "Problem", "Range", "Tagged", "build", "section"]
 
 Path = tuple[str | int, ...]
 Problem = tuple[Path, str]
@@ -47,6 +48,14 @@ class Range:
 @dataclass(frozen=True, slots=True)
 class NonEmpty:
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class Matches:
+    """A string matching ``pattern`` (described as ``what`` in the problem)."""
+
+    pattern: str
+    what: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +88,12 @@ def _hints(cls: type) -> dict[str, Any]:
 
 def _describe(tp: Any) -> str:
     origin = get_origin(tp)
+    if origin is typing.Annotated:
+        base, *meta = get_args(tp)
+        for m in meta:
+            if isinstance(m, Matches):
+                return m.what
+        return _describe(base)
     if tp is int:
         return "an integer"
     if tp is float:
@@ -121,6 +136,9 @@ def build(tp: Any, value: Any, path: Path, problems: list[Problem]) -> Any:
             msg = c.problem(result)
         elif isinstance(c, NonEmpty) and not result:
             msg = "must not be empty"
+        elif isinstance(c, Matches) and isinstance(result, str) \
+                and not re.fullmatch(c.pattern, result):
+            msg = f"must be {c.what}"
         if msg:
             problems.append((path, f"{msg} (got {_short(value)})"))
             return None
@@ -167,6 +185,7 @@ def _convert_union(tp: Any, value: Any, path: Path, problems: list[Problem]) -> 
     if value is None and type(None) in options:
         return None
     trials: list[list[Problem]] = []
+    same_kind: list[Problem] | None = None
     for option in options:
         if option is type(None):
             continue
@@ -175,7 +194,12 @@ def _convert_union(tp: Any, value: Any, path: Path, problems: list[Problem]) -> 
         if not trial:
             return result
         trials.append(trial)
-    if len(trials) == 1:
+        base = get_args(option)[0] if get_origin(option) is typing.Annotated else option
+        if base in (int, str, float) and type(value) is base:
+            same_kind = trial  # the option of the value's own type says best what is wrong
+    if same_kind is not None:
+        problems.extend(same_kind)
+    elif len(trials) == 1:
         problems.extend(trials[0])  # one real option (X | None): its own, precise problems
     else:
         problems.append((path, f"expected {_describe(tp)} (got {_short(value)})"))

@@ -39,7 +39,7 @@ class MCPConfig(DeviceConfig):
     publish_interval: Annotated[float, Range(ge=0.05, le=3600)] = 1.0
     publish_delta: Annotated[float, Range(ge=0, le=1)] = 0.01
 
-    def lines(self) -> list[tuple[str, int, bool]]:
+    def lines(self) -> list[tuple[str, int | str, bool]]:
         clock, mosi, miso, selects = SPI_PINS[self.port]
         return [("port", clock, True), ("port", mosi, True), ("port", miso, True),
                 ("device", selects[self.device], False)]

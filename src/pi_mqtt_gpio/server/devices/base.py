@@ -16,7 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pi_mqtt_gpio.errors import BadArgument
 from pi_mqtt_gpio.server.homeassistant import EntityOverride
-from pi_mqtt_gpio.server.schema import Range, section
+from pi_mqtt_gpio.server.schema import Matches, Range, section
 
 __all__ = [
     "REQUIRED",
@@ -29,7 +29,10 @@ __all__ = [
     "is_active",
 ]
 
-Pin = Annotated[int, Range(ge=0, le=53)]  # BCM GPIO line numbers
+# A BCM GPIO line number, or a pin of an I/O expander: "<expander>:<0-15>" ("io1:3").
+Pin = Annotated[int, Range(ge=0, le=53)] | Annotated[
+    str, Matches(r"[A-Za-z_][A-Za-z0-9_-]*:(1[0-5]|[0-9])",
+                 "a GPIO number or an expander pin like 'io1:3'")]
 Emit = Callable[[str, str, dict[str, Any]], None]  # (device, event, state) from any thread
 
 
@@ -188,8 +191,9 @@ class DeviceConfig:
     # Home Assistant: the entity's own settings, or false to leave the device out.
     homeassistant: EntityOverride | bool | None = None
 
-    def lines(self) -> list[tuple[str, int, bool]]:
-        """(config key, GPIO line, shared-bus line) for every line this device claims."""
+    def lines(self) -> list[tuple[str, int | str, bool]]:
+        """(config key, GPIO line or expander pin, shared-bus line) for every line this
+        device claims."""
         return [(name, getattr(self, name), False) for name in self.pin_keys()
                 if getattr(self, name) is not None]
 

@@ -74,8 +74,8 @@ class CoverConfig(DeviceConfig):
     def pin_keys(self) -> tuple[str, ...]:
         return ("up", "down")
 
-    def lines(self) -> list[tuple[str, int, bool]]:
-        out = [("up", self.up, False), ("down", self.down, False)]
+    def lines(self) -> list[tuple[str, int | str, bool]]:
+        out: list[tuple[str, int | str, bool]] = [("up", self.up, False), ("down", self.down, False)]
         if self.endstops is not None:
             for key in ("open", "closed"):
                 line = getattr(self.endstops, key)
