@@ -229,6 +229,13 @@ if [ ! -f "$CACHE/rootfs.img" ]; then
       --platform manylinux2014_x86_64 --platform any \
       --python-version "$PYV" --implementation cp --abi "cp$PYT" \
       --upgrade --target "$RF/usr/local/lib/python$PYV/dist-packages" $PIP_PKGS >&2
+  # Wheels built on the host (no wheel on PyPI), for the guest's Python.
+  for w in "$CACHE"/local-wheels/*.whl; do
+    [ -e "$w" ] || continue
+    python3 -m pip install -q --no-deps --only-binary=:all: --platform linux_x86_64 \
+        --python-version "$PYV" --implementation cp --abi "cp$PYT" \
+        --upgrade --target "$RF/usr/local/lib/python$PYV/dist-packages" "$w" >&2
+  done
   rm -rf "$RF/lib/modules"; mkdir -p "$RF/lib/modules"
   cp -a "$MODTREE/lib/modules/$KVER" "$RF/lib/modules/"
   mkdir -p "$RF/host" "$RF/run/gpiosim"

@@ -1,6 +1,6 @@
 """The real daemon against a real kernel GPIO chip (gpio-sim, inside the gpiosim VM).
 
-Run by ``scripts/hw-stage`` through ``../shared/gpiosim-vm/run.sh``; skipped outside the VM.
+Run by ``scripts/hw-stage`` through ``vm/run.sh``; skipped outside the VM.
 The daemon uses the lgpio pin factory (not mock); inputs are driven through gpio-sim's
 ``pull`` attribute, which makes the kernel deliver real edge events.
 """
@@ -45,12 +45,13 @@ LINES = {"lamp": 17, "relay": 23, "dimmer": 18, "bell": 27, "contact": 22}
 
 class Daemon:
     def __init__(self, tmp: Path, port: int, extra: dict[str, Any] | None = None,
-                 devices: dict[str, Any] | None = None) -> None:
+                 devices: dict[str, Any] | None = None,
+                 top: dict[str, Any] | None = None) -> None:
         cfg = {"node_id": "vm", "hardware": {"pin_factory": "lgpio", "chip": "auto",
                                              "consumer_tag": TAG, **(extra or {})},
                "broker": {"listeners": [{"type": "tcp", "host": "127.0.0.1", "port": port}]},
                "auth": {"allow_anonymous": True, "anonymous_role": "admin"},
-               "devices": devices if devices is not None else DEVICES}
+               "devices": devices if devices is not None else DEVICES, **(top or {})}
         self.path = tmp / f"gk-{port}.yaml"
         self.path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         env = dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}:{os.environ.get('PYTHONPATH', '')}")

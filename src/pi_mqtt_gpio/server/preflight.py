@@ -132,9 +132,23 @@ def _warnings(config: Config, simulate: bool, out: Findings) -> None:
                             "for real pins)")
 
 
+def _check_mixers(config: Config, simulate: bool, out: Findings) -> None:
+    """Every AlsaMixer's card and control exist (not under simulation)."""
+    if simulate or config.hardware.pin_factory == "mock":
+        return
+    from pi_mqtt_gpio.server.devices.mixer import control_problem
+
+    for name, dev in config.devices.items():
+        if dev.type == "AlsaMixer":
+            problem = control_problem(dev)
+            if problem is not None:
+                out.errors.append(f"devices.{name}: {problem}")
+
+
 def preflight(config: Config, *, simulate: bool = False) -> Findings:
     """Everything the daemon would refuse at start, and the warnings worth a look."""
     out = Findings()
+    _check_mixers(config, simulate, out)
     _check_users_file(config, out)
     _check_listeners(config, out)
     _check_persistence(config, out)

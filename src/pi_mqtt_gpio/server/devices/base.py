@@ -33,7 +33,7 @@ __all__ = [
 Pin = Annotated[int, Range(ge=0, le=53)] | Annotated[
     str, Matches(r"[A-Za-z_][A-Za-z0-9_-]*:(1[0-5]|[0-9])",
                  "a GPIO number or an expander pin like 'io1:3'")]
-Emit = Callable[[str, str, dict[str, Any]], None]  # (device, event, state) from any thread
+Emit = Callable[[str, str | None, dict[str, Any]], None]  # (device, event, state), any thread
 
 
 class _Required:
