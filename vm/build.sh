@@ -238,6 +238,9 @@ if [ ! -f "$CACHE/rootfs.img" ]; then
   done
   rm -rf "$RF/lib/modules"; mkdir -p "$RF/lib/modules"
   cp -a "$MODTREE/lib/modules/$KVER" "$RF/lib/modules/"
+  # kmod's modprobe in the guest wants its own indexes (modules.dep.bin, aliases): busybox's
+  # depmod wrote the text modules.dep only.
+  chroot "$RF" depmod -a "$KVER"
   mkdir -p "$RF/host" "$RF/run/gpiosim"
   echo gpiosim-vm > "$RF/etc/hostname"
   rm -rf "$RF/var/cache/apt/archives/"*.deb

@@ -157,7 +157,16 @@ class AlsaMixerAdapter(DeviceAdapter):
         return float(sum(values) / len(values)) if values else 0.0
 
     def _has_switch(self) -> bool:
-        return any("Mute" in cap for cap in self.device.switchcap())
+        """Whether the control has a playback mute switch (found out once)."""
+        has = getattr(self, "_switch", None)
+        if has is None:
+            try:
+                self.device.getmute()
+                has = True
+            except Exception:  # alsaaudio.ALSAAudioError: no playback switch capabilities
+                has = False
+            self._switch = has
+        return bool(has)
 
     def state(self) -> dict[str, Any]:
         cfg = self.config
