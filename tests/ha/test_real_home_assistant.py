@@ -34,7 +34,8 @@ NODE = "hapi"
 HA_USER, HA_PASSWORD = "hass", "hass-secret-1"
 ADMIN, ADMIN_PASSWORD = "tester", "tester-secret-1"
 
-# Every device type on one node (on the simulated lines of a Compute Module: 54 of them).
+# Every device type on one node (on the simulated lines of a Compute Module: 54 of them),
+# an expander's button and the loopback watchdog.
 DEVICES = """
   porch:   {type: LED, pin: 17, description: Porch light}
   heater:  {type: OutputDevice, pin: 23}
@@ -60,6 +61,12 @@ DEVICES = """
   adc:     {type: MCP3008, channel: 0}
   lamp:    {type: LED, pin: 30, homeassistant: {component: switch, icon: "mdi:lamp"}}
   hidden:  {type: LED, pin: 31, homeassistant: false}
+  volume:  {type: AlsaMixer, control: Master}
+  hall:    {type: Button, pin: "io1:3"}
+"""
+EXTRA = """
+expanders: {io1: {type: MCP23017}}
+watchdog: {out: 32, in: 33}
 """
 
 # unique_id -> the entity's domain in HA
@@ -70,7 +77,8 @@ EXPECTED = {
     "wall": "binary_sensor", "wall_event": "event", "bell": "binary_sensor",
     "bell_event": "event", "door": "binary_sensor", "pir": "binary_sensor",
     "line": "binary_sensor", "ldr": "binary_sensor", "gap": "sensor", "adc": "sensor",
-    "lamp": "switch", "health": "binary_sensor",
+    "lamp": "switch", "health": "binary_sensor", "volume": "number",
+    "hall": "binary_sensor", "hall_event": "event", "watchdog": "binary_sensor",
 }
 
 
@@ -86,6 +94,7 @@ persistence: {{path: {tmp / 'state.json'}, autosave_s: 0.5}}
 safety: {{min_relay_interval_s: 0, min_command_interval_s: 0, flap_lockout_s: 0}}
 devices:
 {devices}
+{EXTRA}
 """
 
 

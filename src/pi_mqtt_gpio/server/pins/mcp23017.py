@@ -451,10 +451,10 @@ class ExpanderFactory:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.base, name)
 
-    def pin(self, spec: Any) -> Any:
+    def pin(self, spec: Any, **kwargs: Any) -> Any:
         parsed = parse_pin(spec)
         if parsed is None or parsed[0] not in self.chips:
-            return self.base.pin(spec)
+            return self.base.pin(spec, **kwargs)
         name = f"{parsed[0]}:{parsed[1]}"
         pin = self._pins.get(name)
         if pin is None:
