@@ -192,3 +192,44 @@ def test_alsa_mixer_on_snd_dummy_syncs_both_ways(tmp_path: Path) -> None:
     finally:
         client.close()
         daemon.stop()
+
+
+def test_the_interrupt_line_brings_edges_without_polling(tmp_path: Path) -> None:
+    """With ``interrupt`` the chip is not polled for inputs (only checked once a second):
+    an edge comes when its INT line (a gpio-sim line here) falls, read from INTF/INTCAP."""
+    from smbus2 import SMBus
+
+    bus_number = stub_bus()
+    int_line = 4
+    smbus = SMBus(bus_number)
+    smbus.write_byte_data(ADDRESS, GPIOA, 0xFF)
+    sim.set_pull(int_line, True)  # INT idles high (open drain, pulled up)
+    daemon = Daemon(tmp_path, 1888, devices={"hall": {"type": "Button", "pin": "io1:3"}},
+                    top={"expanders": {"io1": {"type": "MCP23017", "bus": bus_number,
+                                               "address": ADDRESS, "interrupt": int_line}}})
+    client = Mqtt(1888, "interrupt-test")
+    try:
+        client.subscribe("gatekeeper/vm/device/hall/event")
+        latencies = []
+        for _ in range(5):
+            smbus.write_byte_data(ADDRESS, GPIOA, 0xF7)  # GPA3 low: pressed
+            smbus.write_byte_data(ADDRESS, INTFA, 0x08)
+            smbus.write_byte_data(ADDRESS, 0x10, 0xF7)  # INTCAPA
+            fell = time.time()
+            sim.set_pull(int_line, False)  # the chip pulls INT low
+            event, at = events(client, "/hall/event", 0.9)  # well before a 1 s check
+            assert event["event"] == "pressed"
+            latencies.append(at - fell)
+            sim.set_pull(int_line, True)
+            smbus.write_byte_data(ADDRESS, GPIOA, 0xFF)
+            sim.set_pull(int_line, False)
+            event, _ = events(client, "/hall/event", 0.9)
+            assert event["event"] == "released"
+            sim.set_pull(int_line, True)
+        latencies.sort()
+        print(f"INT line fall -> MQTT event through the expander: p50 "
+              f"{latencies[len(latencies) // 2] * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms")
+    finally:
+        client.close()
+        daemon.stop()
+        smbus.close()

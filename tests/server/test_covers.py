@@ -507,3 +507,26 @@ def test_the_rate_limit_is_on_commands_not_on_the_relay_writes_they_cause() -> N
             rig.close()
 
     run_virtual(body)
+
+
+def test_a_flood_of_commands_is_bounded() -> None:
+    """Stops are never rate limited, but they queue: past 32 waiting, BUSY (memory stays
+    bounded whatever a client sends)."""
+
+    async def body(vt: VirtualTime) -> None:
+        rig = Rig(vt, initial_position=50)
+        try:
+            accepted, refused = 0, 0
+            for _ in range(200):
+                try:
+                    rig.c.command("stop", {})
+                    accepted += 1
+                except Busy:
+                    refused += 1
+            assert accepted == 32 and refused == 168
+            await vt.advance(0.1)
+            rig.c.command("stop", {})  # drained: accepted again
+        finally:
+            rig.close()
+
+    run_virtual(body)

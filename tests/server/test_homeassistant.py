@@ -231,3 +231,27 @@ def test_a_refused_set_republishes_the_state_unchanged(tmp_path: Path) -> None:
         watcher.close()
     finally:
         assert gk.stop() == 0
+
+
+def test_a_flood_of_birth_messages_republishes_at_most_every_two_seconds() -> None:
+    from pi_mqtt_gpio.server.homeassistant import Discovery
+
+    published: list[str] = []
+    timers: list[tuple[float, Any]] = []
+    d = Discovery({"homeassistant/light/pi/a/config": {"name": "a"}}, prefix="homeassistant",
+                  publish=lambda t, p, q, r: published.append(t), republish_states=lambda: None,
+                  call_later=lambda delay, fn: timers.append((delay, fn)) or _Handle())
+    for _ in range(100):
+        d.birth(b"online")
+    assert len(timers) == 1 and timers[0][0] == pytest.approx(0.2)  # coalesced
+    timers.pop()[1]()
+    assert published == ["homeassistant/light/pi/a/config"]
+    d.birth(b"online")
+    assert timers[0][0] > 1.5  # the next one waits for the spacing
+    d.birth(b"offline")
+    assert len(timers) == 1
+
+
+class _Handle:
+    def cancel(self) -> None:
+        pass

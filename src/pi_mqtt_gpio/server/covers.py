@@ -149,7 +149,9 @@ class CoverController:
         if method == "state":
             future.set_result((None, self.state()))
             return future
-        if method != "stop":  # a stop is never refused
+        if len(self._queue) >= MAX_QUEUED:
+            raise Busy(f"{len(self._queue)} commands for {self.name} are already waiting")
+        if method != "stop":  # a stop is never refused (but it queues like any command)
             self._rate_limit()
         self._queue.append((method, kwargs, future))
         self._kick()
@@ -459,3 +461,4 @@ class CoverController:
 
 
 _LATER = object()  # a handler's result: the reply comes later (set_position)
+MAX_QUEUED = 32  # commands waiting for one cover; more are refused BUSY (a flood of stops)

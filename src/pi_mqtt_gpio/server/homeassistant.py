@@ -12,6 +12,7 @@ registry. Pure: config in, (topic, payload) out; the daemon publishes them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
@@ -237,6 +238,7 @@ class Discovery:
     by publishing every config and state again within a second."""
 
     BIRTH_DELAY_S = 0.2  # HA has subscribed when it sends its birth; a short grace anyway
+    MIN_SPACING_S = 2.0  # births in quick succession (a flood) republish at most this often
 
     def __init__(self, configs: dict[str, dict[str, Any]], *, prefix: str,
                  publish: Callable[[str, bytes, int, bool], None],
@@ -249,6 +251,7 @@ class Discovery:
         self.call_later = call_later
         self.stale: set[str] = set()  # config topics published before and gone now
         self._pending: Any = None
+        self._last: float | None = None  # when the last republish ran
         self.births = 0
 
     @property
@@ -279,10 +282,14 @@ class Discovery:
         """A message on ``<prefix>/status``: ``online`` means HA (re)started."""
         if payload.strip() != b"online" or self._pending is not None:
             return
-        self._pending = self.call_later(self.BIRTH_DELAY_S, self._reborn)
+        delay = self.BIRTH_DELAY_S
+        if self._last is not None:
+            delay = max(delay, self._last + self.MIN_SPACING_S - time.monotonic())
+        self._pending = self.call_later(delay, self._reborn)
 
     def _reborn(self) -> None:
         self._pending = None
+        self._last = time.monotonic()
         self.births += 1
         self._publish_all()
         self.stale.clear()  # HA was listening: the clears have reached it
