@@ -56,12 +56,16 @@ def test_refused_with_its_line(tmp_path: Path, extra: str, message: str) -> None
         assert message in res.stderr, res.stderr
 
 
-def test_external_broker_is_not_supported_yet(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("broker", "message"), [
+    ("  mode: external\n", "broker: mode external needs an 'external' section"),
+    ("  mode: external\n  external: {port: 1883}\n", "give host (and port) or hosts"),
+    ("  mode: external\n  external: {hosts: [a, 'b:x']}\n", "hosts: 'a' is not host:port"),
+])
+def test_external_broker_config_problems(tmp_path: Path, broker: str, message: str) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text("node_id: x\nbroker:\n  mode: external\n  external: {host: b.lan}\n")
+    path.write_text("node_id: x\nbroker:\n" + broker)
     for res in _both(path):
-        assert res.returncode == 2 and "line 3: broker.mode external: not supported yet" \
-            in res.stderr
+        assert res.returncode == 2 and message in res.stderr, res.stderr
 
 
 def test_users_file_role_typo_names_file_and_line(tmp_path: Path) -> None:

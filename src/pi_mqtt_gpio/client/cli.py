@@ -41,7 +41,7 @@ def _connect(args: argparse.Namespace) -> Gatekeeper:
     return Gatekeeper(args.host, args.port, username=args.user, password=args.password,
                       node_id=args.node, base_topic=args.base_topic,
                       tls=args.cafile or args.tls, protocol=4 if args.v311 else 5,
-                      timeout=args.timeout)
+                      timeout=args.timeout, fleet=True if args.fleet else None)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", help="gatekeeper or broker host (PI_MQTT_HOST)")
     parser.add_argument("--port", type=int, help="port (PI_MQTT_PORT; 1883, 8883 with TLS)")
     parser.add_argument("--user", help="user name (PI_MQTT_USER)")
+    parser.add_argument("--fleet", action="store_true",
+                        help="the node is on a shared (external) broker: append the user name "
+                             "to command topics (found out from the node by itself otherwise)")
     parser.add_argument("--password", help="password (PI_MQTT_PASSWORD)")
     parser.add_argument("--node", help="the gatekeeper's node_id (PI_MQTT_NODE)")
     parser.add_argument("--base-topic", default="gatekeeper")

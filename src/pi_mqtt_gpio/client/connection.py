@@ -92,6 +92,7 @@ class Gatekeeper:
         timeout: float = 5.0,
         client_id: str | None = None,
         keepalive: int = 30,
+        fleet: bool | None = None,
     ) -> None:
         env = os.environ
         self.host = host or env.get("PI_MQTT_HOST") or "localhost"
@@ -110,6 +111,15 @@ class Gatekeeper:
         self.v5 = protocol == 5
         self.client_id = client_id or f"gk-client-{uuid.uuid4().hex[:12]}"
         self.reply_prefix = self.topics.reply_prefix(self.client_id)
+        # Fleet mode (the node uses an external broker): commands carry the user name as
+        # their last topic level and replies go under {root}/reply/<username>/. None: found
+        # out from the node's catalogue.
+        self.username = username
+        self.fleet = False
+        if fleet:
+            self._enter_fleet()
+        self._fleet_auto = fleet is None
+        self._catalogue_seen = False
         self.states: dict[str, dict[str, Any]] = {}
         self._raw: dict[str, bytes] = {}  # state payloads not parsed yet (see _on_message)
         self._waiters = 0
@@ -174,6 +184,18 @@ class Gatekeeper:
             self.close()
             raise ConnectionLost(err)
 
+    def _enter_fleet(self) -> None:
+        if not self.username:
+            raise ValueError("a node on an external broker needs a username: the broker "
+                             "checks the caller's name in the topic")
+        self.fleet = True
+        self.reply_prefix = f"{self.topics.reply_prefix(self.username)}/{self.client_id}"
+
+    def command_topic(self, topic: str) -> str:
+        """A command topic as this connection must publish it (``/<username>`` appended
+        for a node on an external broker)."""
+        return f"{topic}/{self.username}" if self.fleet else topic
+
     def _check_node(self, wait: float) -> None:
         """Fail fast on a node id that is not on this broker, naming the ones that are."""
         with self._changed:
@@ -198,7 +220,7 @@ class Gatekeeper:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        if self.v5 and props is not None:
+        if self.v5 and props is not None and not self.fleet:
             info = getattr(props, "ResponseInformation", None)
             if info:
                 self.reply_prefix = info
@@ -245,7 +267,12 @@ class Gatekeeper:
                         self._callbacks.put((listener, (name, doc)))
             elif topic == self.topics.devices:
                 doc = json.loads(m.payload)
+                if self._fleet_auto and not self.fleet and isinstance(doc, dict) \
+                        and doc.get("broker") == "external" and self.username:
+                    self._enter_fleet()
+                    client.subscribe(f"{self.reply_prefix}/#", 0)
                 with self._changed:
+                    self._catalogue_seen = True
                     self.catalogue = {d["name"]: d for d in doc.get("devices", [])}
                     self._changed.notify_all()
             elif topic == self.topics.lease:
@@ -344,6 +371,11 @@ class Gatekeeper:
             raise ConnectionLost("the Gatekeeper connection is closed")
         if not self._connected.wait(self.timeout):
             raise ConnectionLost(f"not connected to {self.host}:{self.port}")
+        if self._fleet_auto and not self._catalogue_seen:
+            # Whether the node is on an external broker (commands then carry our user name)
+            # is in its catalogue: wait for it briefly before the first call.
+            with self._changed:
+                self._changed.wait_for(lambda: self._catalogue_seen, self.timeout)
         n = next(self._ids)
         request: dict[str, Any] = {"method": method, "args": list(args), "kwargs": kwargs or {}}
         future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
@@ -364,7 +396,7 @@ class Gatekeeper:
         future.add_done_callback(lambda _f: self._forget(key))
         # QoS 0: a call is answered or times out; QoS 1 could deliver it twice after a
         # reconnect, and a repeated toggle() is a different command.
-        info = self._mqtt.publish(topic or self.topics.device(device, "call"),
+        info = self._mqtt.publish(self.command_topic(topic or self.topics.device(device, "call")),
                                   json.dumps(request), 0, properties=props)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and info.rc != MQTTErrorCode.MQTT_ERR_NO_CONN:
             with self._lock:

@@ -74,12 +74,27 @@ class ListenerConfig:
 
 @section
 class ExternalBrokerConfig:
-    host: str
+    host: str | None = None
     port: Port = 1883
+    hosts: list[str] | None = None  # "host:port" of a cluster's nodes, tried in turn
     tls: bool = False
+    ca_file: str | None = None
     username: str | None = None
     password_file: str | None = None
     client_id: str | None = None
+
+    def check(self) -> list[str]:
+        problems = []
+        if (self.host is None) == (not self.hosts):
+            problems.append("give host (and port) or hosts: [\"host:port\", ...], one of them")
+        for entry in self.hosts or []:
+            host, sep, port = entry.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                problems.append(f"hosts: {entry!r} is not host:port")
+        if self.client_id is not None and (not self.client_id
+                                           or any(c in self.client_id for c in "/+#")):
+            problems.append("client_id must be non-empty without '/', '+', '#'")
+        return problems
 
 
 @section
@@ -188,6 +203,8 @@ class SafetyConfig:
 class HomeAssistantConfig:
     discovery: bool = True
     prefix: str = "homeassistant"
+    # With an external broker: HA's MQTT user name, the last level of its command topics.
+    username: str = "homeassistant"
 
 
 @section
@@ -566,11 +583,6 @@ def parse_config(text: str, source: str = "<config>") -> Config:
             data = {k: v for k, v in data.items() if k != section_key}
             problems.append(f"line {lines.get((section_key,), 0)}: {section_key}: "
                             f"not supported yet ({why})")
-    broker = data.get("broker")
-    if isinstance(broker, dict) and (broker.get("mode") == "external" or "external" in broker):
-        at = lines.get(("broker", "mode")) or lines.get(("broker", "external"), 0)
-        problems.append(f"line {at}: broker.mode external: not supported yet (the embedded "
-                        f"broker is the one that works today)")
     for key, line in lines.items():
         if key and key[0] == "__duplicate__":
             problems.append(f"line {line}: {_dotted(key[1:])}: key given twice")

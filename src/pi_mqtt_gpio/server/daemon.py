@@ -40,6 +40,7 @@ from pi_mqtt_gpio.server.rpc_handler import RpcHandler, make_safe
 from pi_mqtt_gpio.server.safety import SafetyPolicy, guards_for, line_interlocks
 from pi_mqtt_gpio.server.security import AccessControl, Authenticator, ControlLeaseManager
 from pi_mqtt_gpio.server.twin import Twin, dumps, utc_ts
+from pi_mqtt_gpio.server.uplink import Uplink
 from pi_mqtt_gpio.server.watchdog import WATCHDOG_DEVICE, Watchdog
 from pi_mqtt_gpio.topics import Topics
 from pi_mqtt_gpio.version import package_version
@@ -119,11 +120,27 @@ class Daemon:
             self.discovery = Discovery(
                 discovery(self.topics, dict(config.devices), prefix=config.homeassistant.prefix,
                           version=package_version(), watchdog=config.watchdog is not None,
+                          command_suffix=config.homeassistant.username
+                          if config.broker.mode == "external" else None,
                           events=lambda name: list(self.hw.adapters[name].catalogue()["events"])),
                 prefix=config.homeassistant.prefix, publish=self._publish,
                 republish_states=self._republish_all,
                 call_later=lambda delay, fn: asyncio.get_running_loop().call_later(delay, fn))
         self.rpc.on_set_refused = self._republish
+        self.uplink: Uplink | None = None
+        if config.broker.mode == "external" and config.broker.external is not None:
+            ext = config.broker.external
+            subscriptions = [f"{self.topics.any_device(leaf)}/+" for leaf in ("set", "call")]
+            subscriptions.append(f"{self.topics.lease_call}/+")
+            if config.homeassistant.discovery:
+                subscriptions.append(f"{config.homeassistant.prefix}/status")
+            self.uplink = Uplink(ext, client_id=ext.client_id or
+                                 f"gatekeeper-{config.node_id}", will_topic=self.topics.status,
+                                 on_message=self._uplink_message,
+                                 on_connected=self._uplink_connected,
+                                 subscriptions=subscriptions)
+            self.rpc.listening = lambda topic: True  # the broker does not say who listens
+            self.twin.broker_mode = "external"
         self.watchdog: Watchdog | None = None
         self.expander_problems: dict[str, str] = {}
         self.twin.intercept[EXPANDER_DEVICE] = self._expander_event
@@ -142,6 +159,9 @@ class Daemon:
 
     def _send(self, topic: str, payload: bytes, qos: int, props: Properties,
               retain: bool = False) -> None:
+        if self.uplink is not None:
+            self.uplink.publish(topic, payload, qos, retain, props)
+            return
         assert self.client is not None
         self.client.publish(topic, payload, now=self.server.now(), qos=qos, retain=retain,
                             properties=props)
@@ -294,18 +314,43 @@ class Daemon:
         return self.acl.authorize_publish(_sender(msg), msg.topic, msg.qos, False) \
             is Decision.ALLOW
 
+    # --- external broker mode -----------------------------------------------------------------
+    def _uplink_message(self, msg: Message) -> None:
+        """A command from the external broker: ``.../set/<user>``, ``.../call/<user>`` or
+        ``{root}/lease/call/<user>``. The broker's ACL guarantees the last level is the
+        publisher's user name; the gatekeeper applies that user's role."""
+        if self.discovery is not None and msg.topic == self.discovery.birth_topic:
+            self.discovery.birth(msg.payload)
+            return
+        base, _, user = msg.topic.rpartition("/")
+        if not user or not self.topics.is_command(base):
+            return
+        role = self.authenticator.role_of(user)
+        self.rpc.handle(Message(base, msg.payload, msg.qos, False, msg.properties,
+                                sender=user, username=user, role=role))
+
+    def _uplink_connected(self) -> None:
+        """(Re)connected to the external broker: everything retained is published again."""
+        self.twin.status(True)
+        self.twin.catalogue()
+        self._republish_all()
+        self.rpc.publish_leases()
+        if self.discovery is not None:
+            self.discovery.republish()
+        self._health_now()
+
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
-        if self.config.broker.mode != "embedded":
-            raise GatekeeperError("broker.mode external is not implemented yet; use embedded")
         saved = await self._load_state()  # before any pin is claimed: a bad file refuses start
-        self.client = self.core.connect_internal(f"gatekeeper-{self.config.node_id}",
-                                                 self._on_message)
+        if self.uplink is None:
+            self.client = self.core.connect_internal(f"gatekeeper-{self.config.node_id}",
+                                                     self._on_message)
         states = await self.hw.start()  # claims the lines; safe states applied
         try:
             if self.watchdog is not None:
                 await self.watchdog.start()
-            await self.server.start()
+            if self.uplink is None:
+                await self.server.start()
         except BaseException:
             await self.hw.stop()
             raise
@@ -319,18 +364,22 @@ class Daemon:
         self._restore(saved)
         self.twin.start()
         root = self.topics.root
-        self.client.subscribe(self.topics.any_device("call"), now=now, qos=1)
-        self.client.subscribe(self.topics.any_device("set"), now=now, qos=1)
-        self.client.subscribe(self.topics.lease_call, now=now, qos=1)
+        if self.client is not None:
+            self.client.subscribe(self.topics.any_device("call"), now=now, qos=1)
+            self.client.subscribe(self.topics.any_device("set"), now=now, qos=1)
+            self.client.subscribe(self.topics.lease_call, now=now, qos=1)
         self.rpc.publish_leases()
         self.twin.status(True)
         if self.discovery is not None:
-            self.client.subscribe(self.discovery.birth_topic, now=now, qos=1)
+            if self.client is not None:
+                self.client.subscribe(self.discovery.birth_topic, now=now, qos=1)
             self.discovery.start(saved.get("homeassistant"))
             if self.persister is not None and saved.get("homeassistant") != \
                     self.discovery.saved():
                 self.persister.changed()
         self._health_task = asyncio.create_task(self._health_loop())
+        if self.uplink is not None:
+            self.uplink.start(asyncio.get_running_loop())
         self.started = True
         _trim_memory()
         log.info("gatekeeper %s up: %d devices (simulate=%s)", root, len(self.hw.adapters),
@@ -425,6 +474,8 @@ class Daemon:
                     state = self.covers[name].state()
                 self.twin.state(name, state)
             self.twin.status(False)
+        if self.uplink is not None:
+            await asyncio.to_thread(self.uplink.stop)
         await self.server.stop()
         self.authenticator.close()
 
@@ -539,6 +590,8 @@ async def run(config: Config, *, simulate: bool = False) -> int:
         log.error("cannot start: %s", exc)
         return 1
     ready = ", ".join(f"{kind} {host}:{port}" for kind, host, port in daemon.server.bound)
+    if daemon.uplink is not None:
+        ready = ", ".join(f"external {h}:{p}" for h, p in daemon.uplink.hosts)
     print(f"pi-mqtt-gatekeeper ready: {daemon.topics.root} on {ready}", flush=True)
     _hint(daemon)
     await stop.wait()

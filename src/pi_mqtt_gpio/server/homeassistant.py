@@ -74,8 +74,8 @@ def health_topic_id(node_id: str) -> str:
 
 
 def discovery(topics: Topics, devices: dict[str, Any], *, prefix: str, version: str,
-              events: Callable[[str], list[str]], watchdog: bool = False
-              ) -> dict[str, dict[str, Any]]:
+              events: Callable[[str], list[str]], watchdog: bool = False,
+              command_suffix: str | None = None) -> dict[str, dict[str, Any]]:
     """Every discovery config: config topic -> payload. ``events(name)``: the event types
     of a device (a button's gestures when it has them)."""
     node = topics.node_id
@@ -105,6 +105,11 @@ def discovery(topics: Topics, devices: dict[str, Any], *, prefix: str, version: 
             continue
         own = override if isinstance(override, EntityOverride) else None
         for component, suffix, payload in _entities(topics, name, dev, own, events(name)):
+            if command_suffix:  # an external broker: commands carry HA's user name
+                for key in ("command_topic", "brightness_command_topic", "rgb_command_topic",
+                            "set_position_topic"):
+                    if key in payload:
+                        payload[key] = f"{payload[key]}/{command_suffix}"
             if own is not None:
                 for key in ("icon", "device_class", "entity_category"):
                     value = getattr(own, key)
@@ -277,6 +282,10 @@ class Discovery:
             self.publish(topic, b"", 1, True)
         for topic, payload in self.configs.items():
             self.publish(topic, json.dumps(payload, separators=(",", ":")).encode(), 1, True)
+
+    def republish(self) -> None:
+        """Every config again (the link to an external broker came back)."""
+        self._publish_all()
 
     def birth(self, payload: bytes) -> None:
         """A message on ``<prefix>/status``: ``online`` means HA (re)started."""

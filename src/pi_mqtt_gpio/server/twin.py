@@ -65,6 +65,8 @@ class Twin:
         self._tasks: list[asyncio.Task[None]] = []
         self._refresh: dict[str, asyncio.TimerHandle] = {}
         self.on_change: Callable[[str], None] | None = None  # a device's state was published
+        # "external": callers append their user name to command topics (fleet mode)
+        self.broker_mode = "embedded"
         # Device -> who looks at its events first (a cover's endstops, a button's gestures);
         # True: consumed, not published as it is.
         self.intercept: dict[str, Callable[[DeviceEvent], bool]] = {}
@@ -85,7 +87,7 @@ class Twin:
             devices.append(entry)
         doc = {"node_id": self.topics.node_id, "root": self.topics.root,
                "simulate": self.hw.simulate, "simulated": self.hw.simulate,
-               "version": package_version(), "devices": devices}
+               "version": package_version(), "broker": self.broker_mode, "devices": devices}
         self.publish(self.topics.devices, dumps(doc), 1, True)
 
     @staticmethod

@@ -1,0 +1,288 @@
+"""External broker mode against Debian's real Mosquitto with the shipped ACL
+(``deploy/mosquitto/fleet.acl``): three simulated gatekeepers on one broker, callers that
+append their own user name to command topics, a spoofed suffix dropped by Mosquitto, a viewer
+refused by the gatekeeper, a broker restart, a node killed with ``kill -9`` (its Will), and a
+gatekeeper whose password the broker refuses."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from tests.conftest import ROOT, Client, Gatekeeper, start_gatekeeper, v5_props
+
+pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None,
+                                reason="Debian's mosquitto is not installed (scripts/test "
+                                       "installs it)")
+
+NODES = ("n1", "n2", "n3")
+PASSWORD = "secret-fleet-1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Mosquitto:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.port = free_port()
+        acl = (ROOT / "deploy" / "mosquitto" / "fleet.acl").read_text()
+        block = acl[acl.index("user gk-kitchen"):acl.index("user gk-garage")]
+        for node in NODES:  # one user per gatekeeper, as the shipped example for "kitchen"
+            acl += "\n" + block.replace("kitchen", node)
+        acl += "\nuser watcher\ntopic read #\n"
+        (tmp / "fleet.acl").write_text(acl)
+        passwd = tmp / "fleet.passwd"
+        users = [*(f"gk-{n}" for n in NODES), "alice", "bob", "victor", "watcher",
+                 "homeassistant"]
+        for i, user in enumerate(users):
+            subprocess.run(["mosquitto_passwd", *(["-c"] if i == 0 else []), "-b", str(passwd),
+                            user, PASSWORD], check=True, capture_output=True)
+        (tmp / "mosquitto.conf").write_text(
+            f"per_listener_settings false\nlistener {self.port} 127.0.0.1\n"
+            f"allow_anonymous false\npassword_file {passwd}\nacl_file {tmp / 'fleet.acl'}\n"
+            f"persistence false\n"
+            # run as whoever runs the tests (as root Mosquitto would switch to its own user,
+            # which cannot read the test's files)
+            f"user {pwd.getpwuid(os.geteuid()).pw_name}\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.tmp / "mosquitto.conf")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+def node_config(tmp: Path, node: str, port: int, password: str = PASSWORD) -> dict[str, Any]:
+    pw = tmp / f"{node}.pw"
+    pw.write_text(password + "\n")
+    return {
+        "node_id": node,
+        "broker": {"mode": "external",
+                   "external": {"host": "127.0.0.1", "port": port, "username": f"gk-{node}",
+                                "password_file": str(pw)}},
+        "auth": {"users": {"alice": {"role": "operator"}, "bob": {"role": "operator"},
+                           "victor": {"role": "viewer"}}},
+        "safety": {"min_relay_interval_s": 0, "min_command_interval_s": 0,
+                   "flap_lockout_s": 0},
+        "devices": {"lamp": {"type": "LED", "pin": 17}},
+    }
+
+
+def client(port: int, user: str, version: int = mqtt.MQTTv5) -> Client:
+    c = Client(port, version, client_id=f"{user}-{time.monotonic_ns()}")
+    c.c.username_pw_set(user, PASSWORD)
+    c.connect()
+    return c
+
+
+def call(c: Client, user: str, node: str, method: str, topic: str | None = None
+         ) -> dict[str, Any] | None:
+    reply_to = f"gatekeeper/{node}/reply/{user}/{c.client_id}"
+    c.subscribe(f"{reply_to}/#", 1)
+    c.publish(topic or f"gatekeeper/{node}/device/lamp/call/{user}",
+              json.dumps({"method": method}), 1,
+              properties=v5_props(ResponseTopic=f"{reply_to}/r", CorrelationData=b"1"))
+    end = time.monotonic() + 3
+    while time.monotonic() < end:
+        try:
+            m = c.get(end - time.monotonic())
+        except Exception:
+            return None
+        if m.topic.startswith(reply_to):
+            return dict(json.loads(m.payload))
+    return None
+
+
+def seen(w: Client, predicate: Any, timeout: float) -> list[tuple[str, bytes]]:
+    out: list[tuple[str, bytes]] = []
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            m = w.get(max(0.01, end - time.monotonic()))
+        except Exception:
+            break
+        out.append((m.topic, bytes(m.payload)))
+        if predicate(out):
+            return out
+    raise AssertionError(f"not seen within {timeout} s; last: {out[-5:]}")
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mosquitto,
+                                                                      dict[str, Gatekeeper]]]:
+    tmp = tmp_path_factory.mktemp("fleet")
+    broker = Mosquitto(tmp)
+    nodes: dict[str, Gatekeeper] = {}
+    try:
+        for node in NODES:
+            (tmp / node).mkdir()
+            nodes[node] = start_gatekeeper(tmp / node, node_config(tmp, node, broker.port))
+        w = client(broker.port, "watcher")
+        w.subscribe("gatekeeper/+/status", 1)
+        seen(w, lambda got: {t for t, p in got if p == b"online"} ==
+             {f"gatekeeper/{n}/status" for n in NODES}, 10)
+        w.close()
+        yield broker, nodes
+    finally:
+        for gk in nodes.values():
+            if gk.alive():
+                gk.stop()
+        broker.stop()
+
+
+def test_calls_through_each_node_with_the_callers_own_name(fleet: Any) -> None:
+    broker, _nodes = fleet
+    alice = client(broker.port, "alice")
+    try:
+        for node in NODES:
+            reply = call(alice, "alice", node, "on")
+            assert reply is not None and reply["ok"] and reply["state"]["value"] == 1, reply
+            assert call(alice, "alice", node, "off")["ok"]  # type: ignore[index]
+    finally:
+        alice.close()
+
+
+def test_a_spoofed_suffix_is_dropped_by_mosquitto_and_moves_nothing(fleet: Any) -> None:
+    broker, _nodes = fleet
+    watcher = client(broker.port, "watcher")
+    watcher.subscribe("gatekeeper/n1/#", 1)
+    time.sleep(0.3)
+    while not watcher.messages.empty():
+        watcher.messages.get()
+    alice = client(broker.port, "alice")
+    try:
+        # alice publishes as if she were bob: Mosquitto's ACL drops it (she gets no reply)
+        assert call(alice, "alice", "n1", "on", topic="gatekeeper/n1/device/lamp/call/bob") \
+            is None
+        time.sleep(0.5)
+        moved = [(t, p) for t, p in (watcher.messages.get() for _ in
+                                     range(watcher.messages.qsize()))
+                 if t.endswith("/lamp/state") or t.endswith("/audit")
+                 or t.endswith("/call/bob")]
+        assert moved == []
+        reply = call(alice, "alice", "n1", "state")
+        assert reply is not None and reply["state"]["value"] == 0
+    finally:
+        alice.close()
+        watcher.close()
+
+
+def test_a_viewer_is_refused_by_the_gatekeeper(fleet: Any) -> None:
+    broker, _nodes = fleet
+    victor = client(broker.port, "victor")
+    try:
+        reply = call(victor, "victor", "n2", "on")
+        assert reply is not None and reply["error"]["code"] == "NOT_AUTHORIZED"
+    finally:
+        victor.close()
+
+
+def test_the_client_stub_appends_its_user_name(fleet: Any) -> None:
+    from pi_mqtt_gpio.client import Gatekeeper as Stub
+    from pi_mqtt_gpio.client import RemoteLED
+
+    broker, _nodes = fleet
+    gk = Stub("127.0.0.1", broker.port, username="alice", password=PASSWORD, node_id="n3")
+    try:
+        assert gk.fleet  # found out from the node's catalogue
+        led = RemoteLED("lamp", gatekeeper=gk)
+        led.on()
+        assert led.is_lit
+        led.off()
+    finally:
+        gk.close()
+
+
+def test_broker_restart_brings_every_node_back_with_its_twin(fleet: Any) -> None:
+    broker, _nodes = fleet
+    broker.stop()
+    stopped = time.monotonic()
+    broker.start()
+    watcher = client(broker.port, "watcher")
+    try:
+        watcher.subscribe("gatekeeper/#", 1)
+        got = seen(watcher, lambda got: {t for t, p in got if t.endswith("/status")
+                                         and p == b"online"} == {f"gatekeeper/{n}/status"
+                                                                 for n in NODES}
+                   and {t for t, _ in got if t.endswith("/lamp/state")} ==
+                   {f"gatekeeper/{n}/device/lamp/state" for n in NODES}, 15)
+        back = time.monotonic() - stopped
+        print(f"broker restart: all {len(NODES)} nodes online with their twin "
+              f"{back:.1f} s after the broker went down")
+        assert back < 10
+        assert any(t == "gatekeeper/n1/devices" for t, _ in got)
+    finally:
+        watcher.close()
+
+
+def test_kill_9_of_a_node_leaves_its_retained_offline(fleet: Any) -> None:
+    broker, nodes = fleet
+    nodes["n3"].stop(signal.SIGKILL)
+    watcher = client(broker.port, "watcher")
+    try:
+        watcher.subscribe("gatekeeper/n3/status", 1)
+        got = seen(watcher, lambda got: got[-1][1] == b"offline", 60)
+        assert got[-1] == ("gatekeeper/n3/status", b"offline")
+    finally:
+        watcher.close()
+
+
+def test_a_refused_password_is_a_clear_log_line_and_backoff(fleet: Any, tmp_path: Path
+                                                            ) -> None:
+    broker, _nodes = fleet
+    config = node_config(tmp_path, "n1", broker.port, password="wrong")
+    config["node_id"] = "nbad"
+    config["broker"]["external"]["username"] = "gk-n1"
+    gk = start_gatekeeper(tmp_path, config)
+    try:
+        time.sleep(4)
+        assert gk.alive()
+        refused = [line for line in gk.log if "refused the gatekeeper's connection" in line]
+        assert len(refused) == 1, gk.log  # said once, retried quietly with backoff
+        assert "password_file" in refused[0]
+    finally:
+        gk.stop()
+
+
+
+def test_nodes_lists_the_fleet_with_status_and_version(fleet: Any) -> None:
+    import sys
+
+    broker, _nodes = fleet
+    out = subprocess.run([sys.executable, "-m", "pi_mqtt_gpio.client.cli", "--host",
+                          "127.0.0.1", "--port", str(broker.port), "--user", "alice",
+                          "--password", PASSWORD, "nodes"], capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 0, out.stderr
+    lines = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines() if line}
+    for node in ("n1", "n2"):
+        assert lines[node][0] == "online" and lines[node][1]  # a version
