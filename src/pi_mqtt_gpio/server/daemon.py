@@ -141,6 +141,8 @@ class Daemon:
                                  subscriptions=subscriptions)
             self.rpc.listening = lambda topic: True  # the broker does not say who listens
             self.twin.broker_mode = "external"
+            uplink = self.uplink
+            self.bindings.link_up = uplink.connected.is_set  # publish bindings wait meanwhile
         self.watchdog: Watchdog | None = None
         self.expander_problems: dict[str, str] = {}
         self.twin.intercept[EXPANDER_DEVICE] = self._expander_event
@@ -338,6 +340,9 @@ class Daemon:
         if self.discovery is not None:
             self.discovery.republish()
         self._health_now()
+        sent = self.bindings.link_restored()
+        if sent:
+            log.info("sent %d binding publishes that waited for the broker", sent)
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:

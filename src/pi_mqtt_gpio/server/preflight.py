@@ -68,6 +68,8 @@ def _check_users_file(config: Config, out: Findings) -> None:
 
 
 def _check_listeners(config: Config, out: Findings) -> None:
+    if config.broker.mode == "external":
+        return  # no listeners are opened: the gatekeeper is a client of another broker
     for i, listener in enumerate(config.broker.listeners):
         where = f"broker.listeners[{i}]"
         try:
@@ -93,7 +95,8 @@ def _check_persistence(config: Config, out: Findings) -> None:
 
 def _warnings(config: Config, simulate: bool, out: Findings) -> None:
     auth = config.auth
-    exposed = [lst for lst in config.broker.listeners if not _loopback(lst.host)]
+    exposed = [lst for lst in config.broker.listeners if not _loopback(lst.host)] \
+        if config.broker.mode == "embedded" else []
     if auth.allow_anonymous and exposed:
         roles = builtin_roles(config.homeassistant.prefix)
         roles.update(auth.roles)

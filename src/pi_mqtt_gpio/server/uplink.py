@@ -63,6 +63,7 @@ class Uplink:
         self._thread: threading.Thread | None = None
         self._client: mqtt.Client | None = None
         self._last_problem: str | None = None
+        self._pending_subs: dict[int, str] = {}
         self.connects = 0
 
     def _password(self) -> str | None:
@@ -110,6 +111,7 @@ class Uplink:
             client.tls_set_context(ctx)
         client.will_set(self.will_topic, b"offline", 1, True)
         client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_paho_message
         client.on_disconnect = self._on_disconnect
         return client
@@ -172,8 +174,7 @@ class Uplink:
             self.v311_said = True
         self._last_problem = None
         self.connects += 1
-        for topic in self.subscriptions:
-            client.subscribe(topic, 1)
+        self._subscribe(client, self.subscriptions)
         self.connected.set()
         host, port = client.host, client.port
         log.info("connected to the broker %s:%s (MQTT %s)", host, port,
@@ -181,6 +182,30 @@ class Uplink:
         loop = self._loop
         if loop is not None:
             loop.call_soon_threadsafe(self.on_connected)
+
+    def _subscribe(self, client: mqtt.Client, topics: list[str]) -> None:
+        for topic in topics:
+            _rc, mid = client.subscribe(topic, 1)
+            if mid is not None:
+                self._pending_subs[mid] = topic
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any,
+                      properties: Any) -> None:
+        """A refused subscription (a cluster still electing its stream leader answers 0x80
+        for a while) is made again after a second: commands must keep arriving."""
+        topic = self._pending_subs.pop(mid, None)
+        if topic is None:
+            return
+        if any(getattr(r, "is_failure", False) or (isinstance(r, int) and r >= 0x80)
+               for r in reasons):
+            log.warning("the broker refused the subscription to %s; retrying", topic)
+            timer = threading.Timer(1.0, self._resubscribe, (client, topic))
+            timer.daemon = True
+            timer.start()
+
+    def _resubscribe(self, client: mqtt.Client, topic: str) -> None:
+        if client is self._client and self.connected.is_set() and not self._stop.is_set():
+            self._subscribe(client, [topic])
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:

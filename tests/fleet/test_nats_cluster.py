@@ -1,0 +1,257 @@
+"""A fleet on a clustered engine: a 3-node NATS cluster (Debian's nats-server 2.9, JetStream,
+its MQTT gateway: MQTT 3.1.1 only, QoS ≤ 1), three simulated gatekeepers listing all three
+nodes in ``hosts``, callers spread over the nodes, per-user publish permissions as subjects.
+``kill -9`` of a node: every gatekeeper comes back through another node, the twin is
+intact, calls succeed again within 20 s and no command runs twice; a spoofed suffix moves
+nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from tests.conftest import Client, Gatekeeper, start_gatekeeper
+
+pytestmark = pytest.mark.skipif(shutil.which("nats-server") is None,
+                                reason="Debian's nats-server is not installed (scripts/test "
+                                       "installs it)")
+
+NODES = ("n1", "n2", "n3")
+PASSWORD = "secret-nats-1"
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def users() -> str:
+    """NATS users with MQTT subjects as permissions ('/' becomes '.')."""
+    entries = []
+    for node in NODES:
+        entries.append(
+            f'{{user: "gk-{node}", password: "{PASSWORD}", permissions: {{'
+            f'publish: {{allow: ["gatekeeper.{node}.>", "homeassistant.>", "$MQTT.>"]}}, '
+            f'subscribe: {{allow: ["gatekeeper.{node}.device.*.call.*", '
+            f'"gatekeeper.{node}.device.*.set.*", "gatekeeper.{node}.lease.call.*", '
+            f'"homeassistant.status", "$MQTT.>"]}}}}}}')
+    for user in ("alice", "bob"):
+        entries.append(
+            f'{{user: "{user}", password: "{PASSWORD}", permissions: {{'
+            f'publish: {{allow: ["gatekeeper.*.device.*.call.{user}", '
+            f'"gatekeeper.*.device.*.set.{user}", "gatekeeper.*.lease.call.{user}", '
+            f'"$MQTT.>"]}}, '
+            f'subscribe: {{allow: ["gatekeeper.*.status", "gatekeeper.*.devices", '
+            f'"gatekeeper.*.device.*.state", "gatekeeper.*.reply.{user}.>", "$MQTT.>"]}}}}}}')
+    entries.append(f'{{user: "watcher", password: "{PASSWORD}"}}')
+    return ",\n    ".join(entries)
+
+
+class Cluster:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        ports = free_ports(9)
+        self.client_ports, self.route_ports, self.mqtt_ports = ports[:3], ports[3:6], ports[6:]
+        routes = ", ".join(f"nats://127.0.0.1:{p}" for p in self.route_ports)
+        self.procs: list[subprocess.Popen[bytes] | None] = [None, None, None]
+        for i, name in enumerate("abc"):
+            (tmp / f"{name}.conf").write_text(f"""
+server_name: {name}
+listen: 127.0.0.1:{self.client_ports[i]}
+jetstream {{ store_dir: "{tmp / name}" }}
+cluster {{ name: fleet, listen: 127.0.0.1:{self.route_ports[i]}, routes: [{routes}] }}
+mqtt {{ listen: 127.0.0.1:{self.mqtt_ports[i]}, stream_replicas: 3 }}
+authorization {{
+  users: [
+    {users()}
+  ]
+}}
+""")
+        for i in range(3):
+            self.start(i)
+        self.wait_ready()
+
+    def start(self, i: int) -> None:
+        name = "abc"[i]
+        with open(self.tmp / f"{name}.log", "ab") as log:
+            self.procs[i] = subprocess.Popen(
+                ["nats-server", "-c", str(self.tmp / f"{name}.conf")],
+                stdout=subprocess.DEVNULL, stderr=log)
+
+    def kill(self, i: int) -> None:
+        proc = self.procs[i]
+        if proc is not None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            self.procs[i] = None
+
+    def wait_ready(self, timeout: float = 40) -> None:
+        """Until a retained message written on one node is read on another (JetStream up)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                w = client(self.mqtt_ports[0], "watcher")
+                w.publish("probe/ready", "1", 1, retain=True)
+                w.close()
+                r = client(self.mqtt_ports[2], "watcher")
+                r.subscribe("probe/ready", 1)
+                r.get(2)
+                r.close()
+                return
+            except Exception:
+                time.sleep(0.5)
+        raise RuntimeError("the NATS cluster did not become ready")
+
+    def stop(self) -> None:
+        for i in range(3):
+            proc = self.procs[i]
+            if proc is not None:
+                proc.terminate()
+                proc.wait(10)
+
+
+def client(port: int, user: str) -> Client:
+    c = Client(port, mqtt.MQTTv311, client_id=f"{user}-{time.monotonic_ns()}")
+    c.c.username_pw_set(user, PASSWORD)
+    c.connect()
+    return c
+
+
+def call(c: Client, user: str, node: str, method: str, topic: str | None = None,
+         timeout: float = 3.0) -> dict[str, Any] | None:
+    reply_to = f"gatekeeper/{node}/reply/{user}/{c.client_id}"
+    granted = c.subscribe(reply_to, 1)
+    if any(getattr(r, "is_failure", False) for r in granted):
+        return None  # the cluster refuses new subscriptions for a moment after a failover
+    c.publish(topic or f"gatekeeper/{node}/device/lamp/call/{user}",
+              json.dumps({"method": method, "reply_to": reply_to,
+                          "correlation_id": f"{time.monotonic_ns()}"}), 1)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            m = c.get(end - time.monotonic())
+        except Exception:
+            return None
+        if m.topic == reply_to:
+            return dict(json.loads(m.payload))
+    return None
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster,
+                                                                      dict[str, Gatekeeper]]]:
+    tmp = tmp_path_factory.mktemp("nats")
+    c = Cluster(tmp)
+    nodes: dict[str, Gatekeeper] = {}
+    try:
+        hosts = [f"127.0.0.1:{p}" for p in c.mqtt_ports]
+        for i, node in enumerate(NODES):
+            (tmp / node).mkdir()
+            (tmp / f"{node}.pw").write_text(PASSWORD)
+            config = {
+                "node_id": node,
+                "broker": {"mode": "external", "external": {
+                    "hosts": hosts[i:] + hosts[:i], "username": f"gk-{node}",
+                    "password_file": str(tmp / f"{node}.pw")}},
+                "auth": {"users": {"alice": {"role": "operator"},
+                                   "bob": {"role": "operator"}}},
+                "safety": {"min_relay_interval_s": 0, "min_command_interval_s": 0,
+                           "flap_lockout_s": 0},
+                "homeassistant": {"discovery": False},
+                "devices": {"lamp": {"type": "LED", "pin": 17}},
+            }
+            nodes[node] = start_gatekeeper(tmp / node, config)
+        yield c, nodes
+    finally:
+        for name, gk in nodes.items():
+            if gk.alive():
+                gk.stop()
+            print(f"--- {name}:\n" + "\n".join(gk.log[-15:]))
+        c.stop()
+
+
+def wait_call(port: int, user: str, node: str, method: str, timeout: float
+              ) -> tuple[dict[str, Any], float]:
+    start = time.monotonic()
+    end = start + timeout
+    while time.monotonic() < end:
+        try:
+            c = client(port, user)
+        except Exception:
+            time.sleep(0.5)
+            continue
+        try:
+            reply = call(c, user, node, method, timeout=2)
+        finally:
+            c.close()
+        if reply is not None:
+            return reply, time.monotonic() - start
+    raise AssertionError(f"no reply from {node} within {timeout} s")
+
+
+def test_calls_through_every_node_of_the_cluster(cluster: Any) -> None:
+    c, _nodes = cluster
+    for i, node in enumerate(NODES):  # the caller on another cluster node than the gatekeeper
+        reply, _ = wait_call(c.mqtt_ports[(i + 1) % 3], "alice", node, "on", 20)
+        assert reply["ok"] and reply["state"]["value"] == 1, reply
+
+
+def test_a_spoofed_suffix_moves_nothing(cluster: Any) -> None:
+    c, _nodes = cluster
+    alice = client(c.mqtt_ports[0], "alice")
+    try:
+        assert call(alice, "alice", "n1", "off") is not None
+        # NATS acknowledges the denied publish and drops it: no reply, nothing moves
+        assert call(alice, "alice", "n1", "on", topic="gatekeeper/n1/device/lamp/call/bob") \
+            is None
+        reply = call(alice, "alice", "n1", "state")
+        assert reply is not None and reply["state"]["value"] == 0
+    finally:
+        alice.close()
+
+
+def test_kill_9_of_a_cluster_node_every_gatekeeper_comes_back(cluster: Any) -> None:
+    c, _nodes = cluster
+    watcher = client(c.mqtt_ports[2], "watcher")
+    watcher.subscribe("gatekeeper/+/audit", 1)
+    time.sleep(0.5)
+    c.kill(0)  # the first node: the first host of n1 (and maybe the streams' leader)
+    killed = time.monotonic()
+    times = {}
+    for node in NODES:  # until each node answers again (state calls: harmless to repeat)
+        reply, _ = wait_call(c.mqtt_ports[1], "bob", node, "state", 20)
+        assert reply["ok"], reply
+        times[node] = time.monotonic() - killed
+    print("after kill -9 of a NATS node, calls succeed again after "
+          + ", ".join(f"{n} {t:.1f} s" for n, t in times.items()))
+    assert max(times.values()) < 20
+    bob = client(c.mqtt_ports[1], "bob")
+    try:
+        for node in NODES:  # one toggle each
+            reply = call(bob, "bob", node, "toggle", timeout=5)
+            assert reply is not None and reply["ok"], reply
+    finally:
+        bob.close()
+    # no command ran twice: exactly one audit entry per toggle
+    time.sleep(1.0)
+    audits = [json.loads(m.payload) for m in list(watcher.messages.queue)]
+    toggles = [a for a in audits if a.get("method") == "toggle"]
+    assert len(toggles) == len(NODES), toggles
+    watcher.close()
+    c.start(0)
