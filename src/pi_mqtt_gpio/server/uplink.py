@@ -185,7 +185,10 @@ class Uplink:
 
     def _subscribe(self, client: mqtt.Client, topics: list[str]) -> None:
         for topic in topics:
-            _rc, mid = client.subscribe(topic, 1)
+            # QoS 0: a command is carried out at most once, never twice after a redelivery
+            # (a repeated toggle is a different command), and a cluster does not need a
+            # durable consumer for it (NATS: no JetStream, so no stall when a node dies).
+            _rc, mid = client.subscribe(topic, 0)
             if mid is not None:
                 self._pending_subs[mid] = topic
 
