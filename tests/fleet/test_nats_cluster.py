@@ -255,3 +255,22 @@ def test_kill_9_of_a_cluster_node_every_gatekeeper_comes_back(cluster: Any) -> N
     assert len(toggles) == len(NODES), toggles
     watcher.close()
     c.start(0)
+
+
+def test_a_name_the_3_1_1_gateway_cannot_carry_stops_the_gatekeeper(cluster: Any,
+                                                                    tmp_path: Path) -> None:
+    c, _nodes = cluster
+    (tmp_path / "pw").write_text(PASSWORD)
+    config = {"node_id": "n1", "broker": {"mode": "external", "external": {
+        "hosts": [f"127.0.0.1:{p}" for p in c.mqtt_ports[1:]], "username": "gk-n1",
+        "password_file": str(tmp_path / "pw")}},
+        "homeassistant": {"discovery": False},
+        "devices": {"porch.light": {"type": "LED", "pin": 17}}}
+    gk = start_gatekeeper(tmp_path, config)
+    try:
+        assert gk.proc.wait(30) == 1
+    finally:
+        if gk.alive():
+            gk.stop()
+    text = "\n".join(gk.log)
+    assert "speaks only MQTT 3.1.1" in text and "device 'porch.light'" in text, text

@@ -9,6 +9,7 @@ import gc
 import logging
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pi_mqtt_gpio.errors import GatekeeperError
@@ -128,6 +129,9 @@ class Daemon:
                 call_later=lambda delay, fn: asyncio.get_running_loop().call_later(delay, fn))
         self.rpc.on_set_refused = self._republish
         self.uplink: Uplink | None = None
+        self.fatal: str | None = None  # why the daemon stopped itself (exit status 1)
+        self.uplink_loop: asyncio.AbstractEventLoop | None = None
+        self.request_stop: Callable[[], None] = lambda: None
         if config.broker.mode == "external" and config.broker.external is not None:
             ext = config.broker.external
             subscriptions = [f"{self.topics.any_device(leaf)}/+" for leaf in ("set", "call")]
@@ -138,7 +142,8 @@ class Daemon:
                                  f"gatekeeper-{config.node_id}", will_topic=self.topics.status,
                                  on_message=self._uplink_message,
                                  on_connected=self._uplink_connected,
-                                 subscriptions=subscriptions)
+                                 subscriptions=subscriptions,
+                                 on_v311=self._v311_names)
             self.rpc.listening = lambda topic: True  # the broker does not say who listens
             self.twin.broker_mode = "external"
             uplink = self.uplink
@@ -331,6 +336,28 @@ class Daemon:
         self.rpc.handle(Message(base, msg.payload, msg.qos, False, msg.properties,
                                 sender=user, username=user, role=role))
 
+    def _v311_names(self) -> str | None:
+        """The broker speaks only MQTT 3.1.1 — in practice NATS's MQTT gateway, which
+        refuses '.' and spaces in topics: a node id or device name with them cannot be
+        carried. Called on the uplink's thread; a problem stops the gatekeeper."""
+        names = [("base_topic", self.config.base_topic), ("node_id", self.config.node_id),
+                 *((f"device {name!r}", name) for name in self.config.devices)]
+        bad = [f"{what} {value!r}" for what, value in names if "." in value or " " in value]
+        if not bad:
+            return None
+        problem = (f"the broker speaks only MQTT 3.1.1 (like NATS's MQTT gateway, which refuses "
+                   f"'.' and spaces in topics): {', '.join(bad)} cannot be carried; rename "
+                   f"without '.' and spaces")
+        loop = self.uplink_loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._stop_for, problem)
+        return problem
+
+    def _stop_for(self, problem: str) -> None:
+        log.error("stopping: %s", problem)
+        self.fatal = problem
+        self.request_stop()
+
     def _uplink_connected(self) -> None:
         """(Re)connected to the external broker: everything retained is published again."""
         self.twin.status(True)
@@ -384,7 +411,8 @@ class Daemon:
                 self.persister.changed()
         self._health_task = asyncio.create_task(self._health_loop())
         if self.uplink is not None:
-            self.uplink.start(asyncio.get_running_loop())
+            self.uplink_loop = asyncio.get_running_loop()
+            self.uplink.start(self.uplink_loop)
         self.started = True
         _trim_memory()
         log.info("gatekeeper %s up: %d devices (simulate=%s)", root, len(self.hw.adapters),
@@ -599,10 +627,11 @@ async def run(config: Config, *, simulate: bool = False) -> int:
         ready = ", ".join(f"external {h}:{p}" for h, p in daemon.uplink.hosts)
     print(f"pi-mqtt-gatekeeper ready: {daemon.topics.root} on {ready}", flush=True)
     _hint(daemon)
+    daemon.request_stop = stop.set
     await stop.wait()
     log.info("shutting down")
     await daemon.stop()
-    return 0
+    return 1 if daemon.fatal else 0
 
 
 def _hint(daemon: Daemon) -> None:

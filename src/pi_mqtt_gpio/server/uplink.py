@@ -44,13 +44,15 @@ BACKOFF_MAX_S = 30.0
 class Uplink:
     def __init__(self, config: Any, *, client_id: str, will_topic: str,
                  on_message: Callable[[Message], None], on_connected: Callable[[], None],
-                 subscriptions: list[str]) -> None:
+                 subscriptions: list[str],
+                 on_v311: Callable[[], str | None] = lambda: None) -> None:
         self.config = config
         self.client_id = client_id
         self.will_topic = will_topic
         self.on_message = on_message
         self.on_connected = on_connected
         self.subscriptions = subscriptions
+        self.on_v311 = on_v311  # falling back to 3.1.1: a problem (str) stops the uplink
         self.hosts = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) if ":" in h
                       else (h, config.port) for h in (config.hosts or [])] \
             or [(config.host, config.port)]
@@ -137,13 +139,15 @@ class Uplink:
                 self.connected.clear()
                 if self._stop.is_set():
                     return
-                if self._refused == "protocol" and self.protocol == mqtt.MQTTv5:
+                if self.protocol == mqtt.MQTTv5 and (
+                        self._refused == "protocol"
+                        or (not was_connected and self._refused is None)):
+                    # Refused MQTT 5, or closed at the CONNECT without a CONNACK: a broker
+                    # that speaks 3.1.1 only (NATS's MQTT gateway).
                     self.protocol = mqtt.MQTTv311
-                    continue  # at once, with 3.1.1
-                if not was_connected and self._refused is None and self.protocol == \
-                        mqtt.MQTTv5 and not self.v311_said:
-                    # Closed at the CONNECT without a CONNACK: a 3.1.1-only broker (NATS).
-                    self.protocol = mqtt.MQTTv311
+                    if self.on_v311() is not None:
+                        return  # it cannot carry our topics: the daemon stops
+                    attempt -= 1  # the same host again, at once, with 3.1.1
                     continue
                 if was_connected:
                     log.warning("lost the broker %s:%s; reconnecting", host, port)
