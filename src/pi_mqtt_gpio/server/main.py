@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
                                                                "consumer_tag")
     owners.add_argument("--chip", help="chip number, /dev/gpiochipN or label (default: auto)")
     owners.add_argument("--json", action="store_true")
+    doc = sub.add_parser("asyncapi", help="print an AsyncAPI 3.0 document of the node's "
+                                          "topics and payloads")
+    doc.add_argument("--config", dest="asyncapi_config", required=True)
     return parser
 
 
@@ -86,11 +89,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _gpio_owners(args)
     if args.command in ("hash-password", "passwd"):
         return _passwords(args)
+    if args.command == "asyncapi":
+        return _asyncapi(args.asyncapi_config, args.simulate)
     path = args.check_config if args.command == "check-config" else args.config
     if not path:
         parser.error("--config FILE is required")
     return _check_and_run(path, checking=args.command == "check-config",
                           simulate=args.simulate)
+
+
+def _asyncapi(path: str, simulate: bool) -> int:
+    """``asyncapi --config FILE``: the node's AsyncAPI 3.0 document on stdout."""
+    import json
+
+    from pi_mqtt_gpio.server.asyncapi import asyncapi
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    simulate = simulate or config.hardware.pin_factory == "mock"
+    print(json.dumps(asyncapi(config, simulate=simulate), indent=2))
+    return 0
 
 
 def _read_password(from_stdin: bool) -> str | None:
