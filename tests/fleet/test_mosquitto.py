@@ -20,6 +20,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+import yaml
 
 from tests.conftest import ROOT, Client, Gatekeeper, start_gatekeeper, v5_props
 
@@ -38,14 +39,14 @@ def free_port() -> int:
 
 
 class Mosquitto:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, extra_acl: str = "") -> None:
         self.tmp = tmp
         self.port = free_port()
         acl = (ROOT / "deploy" / "mosquitto" / "fleet.acl").read_text()
         block = acl[acl.index("user gk-kitchen"):acl.index("user gk-garage")]
         for node in NODES:  # one user per gatekeeper, as the shipped example for "kitchen"
             acl += "\n" + block.replace("kitchen", node)
-        acl += "\nuser watcher\ntopic read #\n"
+        acl += "\nuser watcher\ntopic read #\n" + extra_acl
         (tmp / "fleet.acl").write_text(acl)
         passwd = tmp / "fleet.passwd"
         users = [*(f"gk-{n}" for n in NODES), "alice", "bob", "victor", "watcher",
@@ -286,3 +287,42 @@ def test_nodes_lists_the_fleet_with_status_and_version(fleet: Any) -> None:
     lines = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines() if line}
     for node in ("n1", "n2"):
         assert lines[node][0] == "online" and lines[node][1]  # a version
+
+
+def test_publish_bindings_wait_for_the_broker_and_device_bindings_do_not(tmp_path: Path
+                                                                        ) -> None:
+    """The broker is down: a button's device binding still switches its light; its publish
+    binding waits and goes out when the broker is back."""
+    from tests.ha.test_real_home_assistant import GatekeeperThread
+
+    broker = Mosquitto(tmp_path, extra_acl="user gk-n1\ntopic write doorbell/#\n")
+    config = node_config(tmp_path, "n1", broker.port)
+    config["devices"] = {
+        "lamp": {"type": "LED", "pin": 17},
+        "wall": {"type": "Button", "pin": 27, "bindings": {
+            "pressed": {"device": "lamp", "method": "toggle"},
+            "released": {"publish": {"topic": "doorbell/n1/rang", "payload": "rang",
+                                     "qos": 1, "retain": True}}}}}  # retained: no race
+    gk = GatekeeperThread(yaml.safe_dump(config))
+    try:
+        gk.start()
+        watcher = client(broker.port, "watcher")
+        watcher.subscribe("gatekeeper/n1/status", 1)
+        seen(watcher, lambda got: got[-1][1] == b"online", 10)
+        watcher.close()
+        broker.stop()
+        pin = gk.pin("wall").pin
+        gk.run(lambda: gk.daemon.hw.submit(pin.drive_low, force=True))  # type: ignore[union-attr]
+        time.sleep(0.3)
+        gk.run(lambda: gk.daemon.hw.submit(pin.drive_high, force=True))  # type: ignore[union-attr]
+        time.sleep(0.3)
+        assert gk.pin("lamp", "value") == 1  # the device binding needed no broker
+        broker.start()
+        watcher = client(broker.port, "watcher")
+        watcher.subscribe("doorbell/n1/rang", 1)
+        got = seen(watcher, lambda got: any(t == "doorbell/n1/rang" for t, _ in got), 20)
+        assert (("doorbell/n1/rang", b"rang")) in got
+        watcher.close()
+    finally:
+        gk.close()
+        broker.stop()

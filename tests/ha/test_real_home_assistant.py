@@ -136,7 +136,8 @@ class GatekeeperThread:
             return daemon
 
         self.daemon = asyncio.run_coroutine_threadsafe(start(), self.loop).result(30)
-        return int(self.daemon.server.port("tcp"))
+        bound = [port for kind, _h, port in self.daemon.server.bound if kind == "tcp"]
+        return bound[0] if bound else 0  # 0: external mode, no listener of its own
 
     def stop(self) -> None:
         if self.daemon is not None:
