@@ -1,0 +1,56 @@
+"""HTTP on the WebSocket listener: plain GETs get the dashboard's static files (only those),
+with a strict Content-Security-Policy; WebSocket upgrades are MQTT as before; the vendored
+MQTT.js is the file its recorded hash names."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from pi_mqtt_gpio.server.web import STATIC
+from tests.conftest import Client, Gatekeeper
+
+
+def get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def test_static_files_and_nothing_else(broker: Gatekeeper) -> None:
+    port = broker.ports["websocket"]
+    status, headers, body = get(port, "/vendor/mqtt.esm.js")
+    assert status == 200 and headers["content-type"].startswith("text/javascript")
+    assert body == (STATIC / "vendor" / "mqtt.esm.js").read_bytes()
+    assert "default-src 'self'" in headers["content-security-policy"]
+    assert headers["x-content-type-options"] == "nosniff"
+    for path in ("/../pyproject.toml", "/vendor/../../web/__init__.py", "/%2e%2e/__init__.py",
+                 "/nope.js", "/vendor/", "//etc/passwd"):
+        status, _headers, body = get(port, path)
+        assert status == 404, path
+        assert b"import" not in body
+
+
+def test_mqtt_over_websocket_still_works_beside_http(broker: Gatekeeper) -> None:
+    c = Client(broker.ports["websocket"], mqtt.MQTTv5, transport="websockets")
+    c.connect()
+    try:
+        c.subscribe("web/test", 1)
+        c.publish("web/test", "hello", 1)
+        assert c.get(5).payload == b"hello"
+    finally:
+        c.close()
+
+
+def test_the_vendored_mqtt_js_is_the_recorded_file() -> None:
+    vendor: Path = STATIC / "vendor"
+    for line in (vendor / "mqtt.sha256").read_text().splitlines():
+        digest, name = line.split()
+        assert hashlib.sha256((vendor / name).read_bytes()).hexdigest() == digest, name
