@@ -22,7 +22,14 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
-from tests.conftest import ROOT, Client, Gatekeeper, start_gatekeeper, v5_props
+from tests.conftest import (
+    ROOT,
+    Client,
+    Gatekeeper,
+    GatekeeperThread,
+    start_gatekeeper,
+    v5_props,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None,
                                 reason="Debian's mosquitto is not installed (scripts/test "
@@ -293,8 +300,6 @@ def test_publish_bindings_wait_for_the_broker_and_device_bindings_do_not(tmp_pat
                                                                         ) -> None:
     """The broker is down: a button's device binding still switches its light; its publish
     binding waits and goes out when the broker is back."""
-    from tests.ha.test_real_home_assistant import GatekeeperThread
-
     broker = Mosquitto(tmp_path, extra_acl="user gk-n1\ntopic write doorbell/#\n")
     config = node_config(tmp_path, "n1", broker.port)
     config["devices"] = {

@@ -12,9 +12,7 @@ Skipped only with PI_MQTT_SKIP_HA=1, which scripts/test refuses in CI.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,9 +20,8 @@ from typing import Any
 
 import pytest
 
-from pi_mqtt_gpio.server.config import parse_config
-from pi_mqtt_gpio.server.daemon import Daemon
 from pi_mqtt_gpio.server.security.passwords import hash_password
+from tests.conftest import GatekeeperThread
 from tests.ha.harness import HomeAssistant, ha_venv
 
 pytestmark = pytest.mark.skipif(os.environ.get("PI_MQTT_SKIP_HA") == "1",
@@ -96,63 +93,6 @@ devices:
 {devices}
 {EXTRA}
 """
-
-
-class GatekeeperThread:
-    """The daemon on its own event loop in a thread of this process."""
-
-    def __init__(self, text: str, port: int = 0) -> None:
-        self.text = text.replace("port: 0", f"port: {port}") if port else text
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.daemon: Daemon | None = None
-
-    def run(self, fn: Callable[[], Any]) -> Any:
-        async def call() -> Any:
-            result = fn()
-            if asyncio.iscoroutine(result):
-                result = await result
-            return result
-
-        return asyncio.run_coroutine_threadsafe(call(), self.loop).result(30)
-
-    def start(self) -> int:
-        from gpiozero.pins.mock import MockFactory
-
-        from pi_mqtt_gpio.server.pins import simulated
-
-        def factory() -> Any:  # a Compute Module's 54 simulated lines
-            return MockFactory(revision="a02100", pin_class=simulated.SimulatedPin)
-
-        async def start() -> Daemon:
-            daemon = Daemon(parse_config(self.text), simulate=True)
-            original = simulated.simulated_factory
-            simulated.simulated_factory = factory
-            try:
-                await daemon.start()
-            finally:
-                simulated.simulated_factory = original
-            return daemon
-
-        self.daemon = asyncio.run_coroutine_threadsafe(start(), self.loop).result(30)
-        bound = [port for kind, _h, port in self.daemon.server.bound if kind == "tcp"]
-        return bound[0] if bound else 0  # 0: external mode, no listener of its own
-
-    def stop(self) -> None:
-        if self.daemon is not None:
-            asyncio.run_coroutine_threadsafe(self.daemon.stop(), self.loop).result(30)
-            self.daemon = None
-
-    def close(self) -> None:
-        self.stop()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-    def pin(self, device: str, attr: str | None = None) -> Any:
-        assert self.daemon is not None
-        dev = self.daemon.hw.adapters[device].device
-        return getattr(dev, attr) if attr else dev
 
 
 def wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:

@@ -115,3 +115,22 @@ def test_expander_devices_end_to_end_and_a_chip_that_stops_answering() -> None:
     assert hall and hall[-1]["available"] is False
     recovered = [p for t, p in got["up"] if t.endswith("/hall/state")]
     assert recovered and "available" not in recovered[-1]
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ('devices: {d: {type: PWMLED, pin: "io1:3"}}', "a PWMLED cannot use an expander pin"),
+    ('devices: {d: {type: LED, pin: "io9:3"}}', "no expander named 'io9'"),
+    ("devices: {d: {type: LED, pin: 4}}", "GPIO4 is expander io1's interrupt line"),
+    ('devices: {a: {type: LED, pin: "io1:3"}, b: {type: LED, pin: "io1:3"}}',
+     "expander pin io1:3 is already used by a.pin"),
+    ("expanders: {io2: {type: MCP23017}}", "bus 1 address 0x20 is io1's"),
+])
+def test_expander_config_problems(extra: str, message: str) -> None:
+    from pi_mqtt_gpio.server.config import ConfigError, parse_config
+
+    if extra.startswith("expanders:"):  # a second expander beside io1
+        text = "expanders:\n  io1: {type: MCP23017, interrupt: 4}\n  io2: {type: MCP23017}\n"
+    else:
+        text = "expanders: {io1: {type: MCP23017, interrupt: 4}}\n" + extra + "\n"
+    with pytest.raises(ConfigError, match=message):
+        parse_config(text)

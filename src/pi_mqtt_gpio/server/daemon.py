@@ -329,8 +329,8 @@ class Daemon:
         if self.discovery is not None and msg.topic == self.discovery.birth_topic:
             self.discovery.birth(msg.payload)
             return
-        base, _, user = msg.topic.rpartition("/")
-        if not user or not self.topics.is_command(base):
+        base, _, user = msg.topic.rpartition("/")  # only command topics are subscribed
+        if not user:
             return
         role = self.authenticator.role_of(user)
         self.rpc.handle(Message(base, msg.payload, msg.qos, False, msg.properties,

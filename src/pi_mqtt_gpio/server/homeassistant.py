@@ -12,6 +12,7 @@ registry. Pure: config in, (topic, payload) out; the daemon publishes them.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
@@ -276,8 +277,6 @@ class Discovery:
         return sorted({*self.configs, *self.stale})
 
     def _publish_all(self) -> None:
-        import json
-
         for topic in sorted(self.stale):
             self.publish(topic, b"", 1, True)
         for topic, payload in self.configs.items():
