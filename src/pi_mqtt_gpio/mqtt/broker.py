@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from pi_mqtt_gpio.mqtt.codec import decode_frame, encode_publish, peek_protocol_level
+from pi_mqtt_gpio.mqtt.codec import decode_frame, encode, encode_publish, peek_protocol_level
 from pi_mqtt_gpio.mqtt.connection import Connection, ConnState
 from pi_mqtt_gpio.mqtt.errors import MQTTError, ProtocolError
 from pi_mqtt_gpio.mqtt.hooks import (
@@ -812,6 +812,19 @@ class BrokerCore:
                 if info:
                     out[Prop.RESPONSE_INFORMATION] = info
                     break
+        if conn.client is not None and Prop.USER_PROPERTY in packet.properties:
+            asked = list(packet.properties[Prop.USER_PROPERTY])
+            extra: list[tuple[str, str]] = []
+            for hook in self.hooks:
+                try:
+                    extra.extend(hook.connack_user_properties(conn.client, asked))
+                except Exception:
+                    log.exception("connack_user_properties hook failed")
+            # MQTT-3.2.2-20: never grow the CONNACK past the client's Maximum Packet Size.
+            limit = packet.properties.get(Prop.MAXIMUM_PACKET_SIZE, 0)
+            if extra and (not limit or len(encode(ConnAck(True, RC.SUCCESS, {
+                    **out, Prop.USER_PROPERTY: extra}))) <= limit):
+                out[Prop.USER_PROPERTY] = extra
         return out
 
     def _resume(self, conn: Connection, session: Session, now: float) -> None:

@@ -91,6 +91,11 @@ class BrokerHooks:
         """Response Information for a 5.0 client that asked for it (Request Response Info)."""
         return None
 
+    def connack_user_properties(self, client: ClientInfo,
+                                asked: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """User Properties for a 5.0 CONNACK, given the CONNECT's own (``asked``)."""
+        return []
+
     def on_connected(self, client: ClientInfo) -> None:
         return None
 

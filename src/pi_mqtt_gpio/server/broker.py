@@ -26,7 +26,7 @@ from pi_mqtt_gpio.mqtt.hooks import AuthRequest, AuthResult, Decision
 from pi_mqtt_gpio.mqtt.message import Message
 from pi_mqtt_gpio.server.config import ListenerConfig
 from pi_mqtt_gpio.server.preflight import tls_context
-from pi_mqtt_gpio.server.web import process_request
+from pi_mqtt_gpio.server.web import handler
 
 __all__ = ["BrokerServer"]
 
@@ -200,8 +200,10 @@ class BrokerServer:
         listeners: list[ListenerConfig],
         *,
         hard_limit: int | None = None,
+        web: dict[str, Any] | None = None,
     ) -> None:
         self.core = core
+        self.process_request = handler(web)
         self.authenticate = authenticate
         self.listener_configs = listeners
         self.links: dict[int, _Link] = {}
@@ -245,7 +247,7 @@ class BrokerServer:
                     self._ws_handler(ws, kind, identity),
                     listener.host, listener.port, ssl=ctx, subprotocols=["mqtt"],  # type: ignore[list-item]
                     max_size=max(2 * self.core.limits.max_packet_size, 65536),
-                    compression=None, process_request=process_request,
+                    compression=None, process_request=self.process_request,
                 )
                 self._servers.append(ws_server)
                 sock = next(iter(ws_server.sockets)).getsockname()

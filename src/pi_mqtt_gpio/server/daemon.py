@@ -70,7 +70,10 @@ class Daemon:
         self.core = BrokerCore(broker_limits(config), hooks=[self.acl])
         self.leases = ControlLeaseManager(config.leases.scope, config.leases.ttl_s)
         self.server = BrokerServer(
-            self.core, self.authenticator.authenticate, list(config.broker.listeners)
+            self.core, self.authenticator.authenticate, list(config.broker.listeners),
+            web={"node_id": config.node_id, "base_topic": config.base_topic,
+                 "root": self.topics.root, "broker": config.broker.mode, "mqtt_path": "/mqtt",
+                 "anonymous": config.auth.allow_anonymous},
         )
         labels = {line: consumer_label(config.hardware.consumer_tag, name, line)
                   for name, dev in config.devices.items() for _k, line, _s in dev.lines()}

@@ -105,6 +105,12 @@ class AlsaMixerAdapter(DeviceAdapter):
         "state": Method("state", writes=False, doc="The current state."),
     }
 
+    def catalogue(self) -> dict[str, Any]:
+        cfg = self.config
+        return {**super().catalogue(), "range": {"min": cfg.min, "max": cfg.max,
+                                                 "step": cfg.step, "unit": cfg.unit,
+                                                 "key": "value"}}
+
     def __init__(self, name: str, config: Any, *, simulate: bool, emit: Any) -> None:
         super().__init__(name, config, simulate=simulate, emit=emit)
         self._wake_r, self._wake_w = -1, -1

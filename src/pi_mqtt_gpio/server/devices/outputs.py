@@ -664,6 +664,11 @@ class AngularServoAdapter(ServoAdapter):
             raise BadArgument(f"angle must be between {lo:g} and {hi:g}, got {angle:g}")
         return angle
 
+    def catalogue(self) -> dict[str, Any]:
+        lo, hi = self._limits
+        return {**super().catalogue(), "range": {"min": lo, "max": hi, "step": 1,
+                                                 "unit": "°", "key": "angle"}}
+
     methods = {
         **ServoAdapter.methods,
         "angle": Method("angle", (Param("angle", "float", nullable=True),),

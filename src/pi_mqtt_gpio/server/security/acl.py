@@ -9,6 +9,7 @@ may publish nothing, its pending Will included).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from pi_mqtt_gpio.topics import Topics
 __all__ = ["AccessControl", "builtin_roles"]
 
 _CACHE_MAX = 4096
+ACCESS_PROPERTY = "gatekeeper-access"  # CONNECT asks, CONNACK answers (User Property)
 _UNSAFE_ID_CHARS = "+#/"  # an id with these would widen a filter it is substituted into
 
 
@@ -154,6 +156,24 @@ class AccessControl(BrokerHooks):
         if unsafe_client_id(client.client_id):
             return None
         return self.topics.reply_prefix(client.client_id)
+
+    def connack_user_properties(self, client: ClientInfo,
+                                asked: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """A client that sends the User Property ``gatekeeper-access`` in CONNECT (the
+        dashboard does) learns its own access in CONNACK: role, rights and the publish and
+        deny filters as they apply to it, so that it can disable what it may not do instead
+        of letting it fail. Only its own access; nothing about other users."""
+        if client.internal or not any(name == ACCESS_PROPERTY for name, _ in asked):
+            return []
+        role = self._expand(client)
+        access = {"username": client.username, "client_id": client.client_id,
+                  "role": self.current_role(client) if role is not None else None,
+                  "rights": sorted(role.rights) if role is not None else [],
+                  "publish": list(role.publish) if role is not None else [],
+                  "deny": list(role.deny) if role is not None else [],
+                  "reply": None if unsafe_client_id(client.client_id)
+                  else self.topics.reply_prefix(client.client_id)}
+        return [(ACCESS_PROPERTY, json.dumps(access, separators=(",", ":")))]
 
     def read_protected(self) -> tuple[str, ...]:
         """Reply prefixes, and the fixed start of every deny filter: a subscription that

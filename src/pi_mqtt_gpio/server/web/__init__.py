@@ -6,6 +6,8 @@ named; everything else is 404. Every answer carries a strict Content-Security-Po
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from urllib.parse import unquote, urlsplit
 from websockets.datastructures import Headers
 from websockets.http11 import Response
 
-__all__ = ["STATIC", "process_request"]
+__all__ = ["STATIC", "handler", "process_request"]
 
 STATIC = Path(__file__).resolve().parent / "static"
 TYPES = {
@@ -27,6 +29,7 @@ TYPES = {
 SECURITY = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
                                "img-src 'self' data:; connect-src 'self' ws: wss:; "
+                               "worker-src 'self' blob:; "
                                "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -54,14 +57,27 @@ def _response(status: int, reason: str, body: bytes, content_type: str) -> Respo
     return Response(status, reason, headers, body)
 
 
-def process_request(connection: Any, request: Any) -> Response | None:
-    """websockets' hook: None lets a WebSocket handshake go on; else the HTTP answer."""
-    if request.headers.get("Upgrade", "").lower() == "websocket":
-        return None
-    path = unquote(urlsplit(request.path).path) or "/"
-    if path.endswith("/"):
-        path += "index.html"
-    file = _files().get(path)
-    if file is None:
-        return _response(404, "Not Found", b"not found\n", "text/plain; charset=utf-8")
-    return _response(200, "OK", _body(file), TYPES[file.suffix])
+def handler(node: dict[str, Any] | None = None) -> Callable[[Any, Any], Response | None]:
+    """websockets' ``process_request`` hook. ``node`` is what the page may know before it
+    logs in (served as ``/node.json``): the node id, its topic root, whether anonymous
+    clients are let in. Nothing secret: the same names are in every topic."""
+    node_body = json.dumps(node, separators=(",", ":")).encode() if node else None
+
+    def process_request(connection: Any, request: Any) -> Response | None:
+        """None lets a WebSocket handshake go on; else the HTTP answer."""
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return None
+        path = unquote(urlsplit(request.path).path) or "/"
+        if path == "/node.json" and node_body is not None:
+            return _response(200, "OK", node_body, TYPES[".json"])
+        if path.endswith("/"):
+            path += "index.html"
+        file = _files().get(path)
+        if file is None:
+            return _response(404, "Not Found", b"not found\n", "text/plain; charset=utf-8")
+        return _response(200, "OK", _body(file), TYPES[file.suffix])
+
+    return process_request
+
+
+process_request = handler()

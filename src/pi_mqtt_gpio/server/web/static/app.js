@@ -1,0 +1,457 @@
+// The dashboard: one MQTT 5 connection over WebSocket, as the user who logged in (or
+// anonymously when the node lets anonymous clients in). It reads the node's retained twin
+// (catalogue, states, leases, health), its events and audit, and calls devices with
+// MQTT 5 request/response, exactly like any other client: the broker's ACL, the rights,
+// the leases and the safety guards apply to it unchanged.
+import mqtt from "./vendor/mqtt.esm.js";
+import { makeCard } from "./cards.js";
+import { $, el, fmtTime, toast, topicMatches } from "./util.js";
+
+const params = new URLSearchParams(location.search);
+const ACCESS = "gatekeeper-access";
+const AUTH_CODES = new Set([4, 5, 134, 135, 140]); // bad user name or password / not authorized
+
+const app = {
+  info: null,          // /node.json when the gatekeeper serves the page itself
+  client: null,
+  creds: null,         // {username, password} while logged in (memory only)
+  access: null,        // what CONNACK said we may do (null: unknown, e.g. another broker)
+  reply: null,         // our reply prefix
+  clientId: null,
+  connected: false,
+  base: params.get("base") || "gatekeeper",
+  nodes: new Map(),    // node_id -> {catalogue, status}
+  node: null,          // node_id shown
+  root: null,
+  catalogue: null,
+  cards: new Map(),
+  online: false,
+  leases: null,
+  leaseIds: new Map(), // our lease ids by device key
+  pending: new Map(),  // correlation -> {resolve, timer}
+  seq: 0,
+  subscribed: [],
+  published: 0,        // every PUBLISH this page sent (the browser test counts them)
+};
+window.gatekeeperDashboard = app;
+
+function brokerUrl() {
+  if (params.get("broker")) return params.get("broker");
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  return `${scheme}://${location.host}${(app.info && app.info.mqtt_path) || "/mqtt"}`;
+}
+
+const external = () => app.catalogue && app.catalogue.broker === "external";
+const suffix = () => (external() && app.creds ? `/${app.creds.username}` : "");
+export const callTopic = (name) => `${app.root}/device/${name}/call${suffix()}`;
+const leaseTopic = () => `${app.root}/lease/call${suffix()}`;
+
+export function mayPublish(topic) {
+  if (!app.access) return true; // unknown (another broker): the broker and the node decide
+  if (app.access.deny.some((f) => topicMatches(f, topic))) return false;
+  return app.access.publish.some((f) => topicMatches(f, topic));
+}
+export const hasRight = (right) => !app.access || app.access.rights.includes(right);
+export const live = () => app.connected && app.online;
+
+// ---------------------------------------------------------------- connection
+function connect(creds) {
+  if (app.client) app.client.end(true);
+  app.creds = creds;
+  app.access = null;
+  setConn("connecting", "connecting…");
+  const clientId = `web-${Math.random().toString(36).slice(2, 10)}`;
+  const client = mqtt.connect(brokerUrl(), {
+    protocolVersion: 5, clientId, clean: true, keepalive: 30, reconnectPeriod: 1000,
+    connectTimeout: 8000, resubscribe: false,
+    username: creds ? creds.username : undefined,
+    password: creds ? creds.password : undefined,
+    properties: { requestResponseInformation: true, userProperties: { [ACCESS]: "1" } },
+  });
+  app.client = client;
+  app.clientId = clientId;
+  client.on("connect", (connack) => {
+    if (client !== app.client) return;
+    const props = connack.properties || {};
+    const raw = props.userProperties && props.userProperties[ACCESS];
+    try { app.access = raw ? JSON.parse(Array.isArray(raw) ? raw[0] : raw) : null; }
+    catch { app.access = null; }
+    app.reply = (app.access && app.access.reply) || props.responseInformation || null;
+    app.connected = true;
+    setConn("online", "connected");
+    banner(null);
+    $("#login").hidden = true;
+    showWho();
+    app.subscribed = [];
+    subscribeAll();
+    refreshControls();
+  });
+  client.on("message", onMessage);
+  client.on("error", (err) => {
+    if (client !== app.client) return;
+    if (AUTH_CODES.has(err.code)) {
+      client.end(true);
+      app.connected = false;
+      setConn("closed", "not logged in");
+      showLogin(creds ? "Wrong user name or password, or this user may not connect." : null);
+    }
+  });
+  client.on("close", () => {
+    if (client !== app.client || !app.connected) return;
+    app.connected = false;
+    setConn("reconnecting", "reconnecting…");
+    banner("Connection to the gatekeeper lost — reconnecting…", "bad");
+    for (const [, p] of app.pending) { clearTimeout(p.timer); p.resolve({ ok: false, error: { code: "TIMEOUT", message: "connection lost" } }); }
+    app.pending.clear();
+    refreshControls();
+  });
+}
+
+function subscribeAll() {
+  const filters = [];
+  if (app.info) {
+    // served by the node itself: this node only
+  } else {
+    filters.push(`${app.base}/+/devices`, `${app.base}/+/status`);
+  }
+  if (app.root) {
+    for (const leaf of ["status", "devices", "device/+/state", "device/+/event", "lease",
+      "system/health", "audit"]) filters.push(`${app.root}/${leaf}`);
+  }
+  const reply = replyPrefix();
+  if (reply) filters.push(`${reply}/#`);
+  const todo = filters.filter((f) => !app.subscribed.includes(f));
+  if (!todo.length) return;
+  app.subscribed.push(...todo);
+  app.client.subscribe(todo, { qos: 1 }, () => {});
+}
+
+function replyPrefix() {
+  if (app.reply) return app.reply;
+  if (!app.root) return null;
+  return `${app.root}/reply/${external() && app.creds ? app.creds.username : app.clientId}`;
+}
+
+function onMessage(topic, payload, packet) {
+  const text = new TextDecoder().decode(payload);
+  const reply = replyPrefix();
+  if (reply && topic.startsWith(reply + "/")) return onReply(topic, text, packet);
+  if (!app.info) {
+    const m = topic.match(/^([^/]+)\/([^/]+)\/(devices|status)$/);
+    if (m && m[1] === app.base) noteNode(m[2], m[3], text);
+  }
+  if (!app.root || !topic.startsWith(app.root + "/")) return;
+  const rest = topic.slice(app.root.length + 1);
+  if (rest === "status") return setOnline(text === "online");
+  if (rest === "devices") return setCatalogue(text);
+  if (rest === "lease") return setLeases(parse(text));
+  if (rest === "system/health") return setHealth(parse(text));
+  if (rest === "audit") return addAudit(parse(text));
+  const m = rest.match(/^device\/([^/]+)\/(state|event)$/);
+  if (!m) return;
+  const card = app.cards.get(m[1]);
+  const doc = parse(text);
+  if (!card || !doc) return;
+  if (m[2] === "state") card.state(doc); else card.event(doc);
+}
+
+const parse = (text) => { try { return JSON.parse(text); } catch { return null; } };
+
+// ---------------------------------------------------------------- calls
+/** Call a method on the node: resolves with the reply ({ok, result} or {ok: false, error}). */
+export function call(topic, method, kwargs = {}, { timeout = 30000 } = {}) {
+  const reply = replyPrefix();
+  if (!app.connected || !reply) return Promise.resolve({ ok: false, error: { code: "TIMEOUT", message: "not connected" } });
+  const id = `${Date.now().toString(36)}-${++app.seq}`;
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      app.pending.delete(id);
+      resolve({ ok: false, error: { code: "TIMEOUT", message: "no answer from the gatekeeper" } });
+    }, timeout);
+    app.pending.set(id, { resolve, timer });
+    app.published += 1;
+    app.client.publish(topic, JSON.stringify({ method, kwargs }), {
+      qos: 1, properties: { responseTopic: `${reply}/${id}`, correlationData: new TextEncoder().encode(id) },
+    }, (err) => {
+      if (!err) return;
+      clearTimeout(timer);
+      app.pending.delete(id);
+      resolve({ ok: false, error: { code: "NOT_AUTHORIZED", message: `the broker refused the command (${err.code || err.message})` } });
+    });
+  });
+}
+
+function onReply(topic, text) {
+  const id = topic.slice(replyPrefix().length + 1);
+  const pending = app.pending.get(id);
+  if (!pending) return;
+  app.pending.delete(id);
+  clearTimeout(pending.timer);
+  pending.resolve(parse(text) || { ok: false, error: { code: "BAD_REQUEST", message: "unreadable reply" } });
+}
+
+/** A device call from a control: refusals are shown with their code and retry_after. */
+export async function command(name, method, kwargs = {}, opts = {}) {
+  const res = await call(callTopic(name), method, kwargs, opts);
+  if (!res.ok) refused(`${name}.${method}`, res.error || {}, opts.quiet);
+  return res;
+}
+
+function refused(what, error, quiet = []) {
+  if (quiet.includes(error.code)) return;
+  const retry = error.retry_after != null ? ` — retry in ${Number(error.retry_after).toFixed(1)} s` : "";
+  toast(`${what} refused: ${error.code || "ERROR"}${retry}. ${error.message || ""}`, "bad");
+}
+
+// ---------------------------------------------------------------- node list (shared broker)
+function noteNode(id, leaf, text) {
+  const node = app.nodes.get(id) || { id, catalogue: null, status: "unknown" };
+  if (leaf === "status") node.status = text || "unknown";
+  else node.catalogue = parse(text);
+  if (!text && leaf === "devices") app.nodes.delete(id); else app.nodes.set(id, node);
+  renderNodes();
+}
+
+function renderNodes() {
+  const list = $("#node-list");
+  list.replaceChildren(...[...app.nodes.values()].sort((a, b) => a.id.localeCompare(b.id)).map((n) =>
+    el("li", {}, el("a", { href: `#node=${encodeURIComponent(n.id)}`, "data-node": n.id },
+      el("span", {}, n.id, " ", el("small", { class: "hint" },
+        n.catalogue ? `${n.catalogue.devices.length} devices` : "")),
+      el("span", { class: "pill", "data-state": n.status }, n.status)))));
+  $("#no-nodes").hidden = app.nodes.size > 0;
+}
+
+function route() {
+  if (app.info) return showNode(app.info.node_id, app.info.root);
+  const m = location.hash.match(/^#node=(.+)$/);
+  if (!m) {
+    showNode(null, null);
+    $("#nodes").hidden = false;
+    return;
+  }
+  const id = decodeURIComponent(m[1]);
+  showNode(id, `${app.base}/${id}`);
+}
+
+function showNode(id, root) {
+  if (app.client && app.root && app.root !== root) {
+    const old = app.subscribed.filter((f) => f.startsWith(app.root + "/"));
+    if (old.length) app.client.unsubscribe(old);
+    app.subscribed = app.subscribed.filter((f) => !old.includes(f));
+  }
+  app.node = id;
+  app.root = root;
+  app.catalogue = null;
+  app.cards.clear();
+  app.online = false;
+  $("#devices").replaceChildren();
+  $("#lease-list").replaceChildren();
+  $("#audit-list").replaceChildren();
+  $("#health-body").textContent = "no report yet";
+  $("#node").hidden = !root;
+  $("#nodes").hidden = !!root;
+  $("#node-title").textContent = id || "";
+  $("#node-status").hidden = !root;
+  document.title = id ? `${id} — GPIO Gatekeeper` : "GPIO Gatekeeper";
+  if (app.connected) subscribeAll();
+  refreshControls();
+}
+
+// ---------------------------------------------------------------- twin
+function setOnline(online) {
+  app.online = online;
+  const pill = $("#node-status");
+  pill.dataset.state = online ? "online" : "offline";
+  pill.textContent = online ? "online" : "offline";
+  document.body.classList.toggle("node-offline", !online);
+  if (!online && app.connected) banner("The gatekeeper is offline: its devices cannot be controlled.", "bad");
+  else if (app.connected) banner(null);
+  refreshControls();
+}
+
+function setCatalogue(text) {
+  const doc = parse(text);
+  if (!doc || !Array.isArray(doc.devices)) return;
+  const same = app.catalogue && JSON.stringify(app.catalogue) === text;
+  app.catalogue = doc;
+  if (same) return;
+  app.cards.clear();
+  const grid = $("#devices");
+  grid.replaceChildren();
+  for (const dev of doc.devices) {
+    const card = makeCard(dev, { command, simulated: !!doc.simulated });
+    app.cards.set(dev.name, card);
+    grid.append(card.root);
+  }
+  $("#lease-devices").replaceChildren(...doc.devices.filter((d) => d.kind === "output").map((d) =>
+    el("option", { value: d.name }, d.name)));
+  subscribeAll(); // the reply prefix may depend on the broker mode
+  refreshControls();
+  if (app.leases) setLeases(app.leases);
+}
+
+export function refreshControls() {
+  document.body.classList.toggle("disconnected", !app.connected);
+  for (const [name, card] of app.cards) {
+    card.enable({
+      write: live() && mayPublish(callTopic(name)),
+      simulate: live() && !!(app.catalogue && app.catalogue.simulated) && hasRight("simulate")
+        && mayPublish(callTopic(name)),
+      readonly: !!app.access && !mayPublish(callTopic(name)),
+    });
+  }
+  const leaseOk = live() && !!app.root && mayPublish(leaseTopic());
+  $("#lease-form").hidden = !app.root || (!!app.access && !mayPublish(leaseTopic()));
+  for (const c of $("#lease-form").querySelectorAll("button, input, select")) c.disabled = !leaseOk;
+  for (const b of document.querySelectorAll("#lease-list button")) b.disabled = !leaseOk;
+}
+
+function setHealth(doc) {
+  if (!doc) return;
+  const body = $("#health-body");
+  const lines = doc.gpio && Array.isArray(doc.gpio.lines) ? doc.gpio.lines : [];
+  const ours = lines.filter((l) => l.owner === "ours").length;
+  const other = lines.filter((l) => l.used && l.owner !== "ours").length;
+  body.replaceChildren(
+    el("div", { class: `health-${doc.status}`, id: "health-status" }, doc.status || "unknown"),
+    el("div", { class: "hint" }, `${ours} GPIO lines held by the gatekeeper`
+      + (other ? `, ${other} by other programs` : "") + (doc.gpio && doc.gpio.chip ? ` (chip ${doc.gpio.chip})` : "")),
+    ...(doc.problems || []).map((p) => el("div", { class: "error" }, p)),
+    el("div", { class: "hint" }, `reported ${fmtTime(doc.ts)}`));
+}
+
+function addAudit(doc) {
+  if (!doc) return;
+  const list = $("#audit-list");
+  const who = doc.username || doc.client_id || "?";
+  const args = doc.kwargs && Object.keys(doc.kwargs).length ? JSON.stringify(doc.kwargs) : "";
+  const outcome = doc.ok ? "ok" : (doc.error && doc.error.code) || "refused";
+  list.prepend(el("li", { class: doc.ok ? "" : "bad" },
+    `${fmtTime(doc.ts)} ${who} ${doc.device}.${doc.method || "?"}(${args}) via ${doc.source}: ${outcome}`));
+  while (list.children.length > 100) list.lastChild.remove();
+}
+
+// ---------------------------------------------------------------- leases
+function setLeases(doc) {
+  if (!doc || !Array.isArray(doc.leases)) return;
+  app.leases = doc;
+  $("#lease-devices-label").hidden = doc.scope !== "device";
+  const list = $("#lease-list");
+  list.replaceChildren(...(doc.leases.length ? doc.leases.map(leaseRow)
+    : [el("p", { class: "hint" }, `No leases held (scope: ${doc.scope}).`)]));
+  refreshControls();
+  tickLeases();
+}
+
+function leaseRow(lease) {
+  const mine = lease.client_id === app.clientId;
+  const key = leaseKey(lease.devices);
+  const row = el("div", { class: "lease", "data-expires": lease.expires },
+    el("span", { class: "who" }, mine ? "you" : lease.holder),
+    el("span", {}, lease.devices ? lease.devices.join(", ") : "all devices"),
+    el("span", { class: "ttl" }, ""));
+  if (mine) {
+    row.append(
+      el("button", { type: "button", onclick: () => leaseCall("renew", { devices: lease.devices || undefined, ttl: lease.ttl, lease_id: app.leaseIds.get(key) }) }, "Renew"),
+      el("button", { type: "button", onclick: () => leaseCall("release", { lease_id: app.leaseIds.get(key), devices: app.leaseIds.has(key) ? undefined : lease.devices || undefined }) }, "Release"));
+  } else if (hasRight("force_release") && app.access) {
+    row.append(el("button", { type: "button", onclick: () => leaseCall("release", { devices: lease.devices || undefined, force: true }) }, "Break"));
+  }
+  return row;
+}
+
+const leaseKey = (devices) => (devices ? [...devices].sort().join(",") : "*");
+
+async function leaseCall(method, kwargs) {
+  for (const k of Object.keys(kwargs)) if (kwargs[k] === undefined) delete kwargs[k];
+  const res = await call(leaseTopic(), method, kwargs);
+  if (!res.ok) return refused(`lease ${method}`, res.error || {});
+  if (method === "acquire" || method === "renew") {
+    app.leaseIds.set(leaseKey(res.result.devices), res.result.lease_id);
+    toast(`Lease ${method === "acquire" ? "acquired" : "renewed"} until ${fmtTime(res.result.expires)}`);
+  } else {
+    toast("Lease released");
+  }
+}
+
+function tickLeases() {
+  for (const row of document.querySelectorAll("#lease-list .lease")) {
+    const left = Math.max(0, Math.round((Date.parse(row.dataset.expires) - Date.now()) / 1000));
+    row.querySelector(".ttl").textContent = `${left} s left`;
+  }
+}
+
+// ---------------------------------------------------------------- page chrome
+function setConn(state, text) {
+  const pill = $("#conn");
+  pill.dataset.state = state;
+  pill.textContent = text;
+}
+
+function banner(text, kind) {
+  const b = $("#banner");
+  b.hidden = !text;
+  b.textContent = text || "";
+  if (kind) b.dataset.kind = kind; else delete b.dataset.kind;
+}
+
+function showWho() {
+  const role = app.access && app.access.role ? ` (${app.access.role})` : "";
+  $("#who").textContent = app.creds ? `${app.creds.username}${role}` : `anonymous${role}`;
+  $("#login-open").hidden = !!app.creds;
+  $("#logout").hidden = !app.creds;
+}
+
+function showLogin(error) {
+  $("#login").hidden = false;
+  $("#node").hidden = true;
+  $("#nodes").hidden = true;
+  const e = $("#login-error");
+  e.hidden = !error;
+  e.textContent = error || "";
+  $("#username").focus();
+}
+
+function hideLogin() {
+  $("#login").hidden = true;
+  route();
+}
+
+async function start() {
+  try {
+    const res = await fetch("node.json", { cache: "no-store" });
+    app.info = res.ok ? await res.json() : null;
+  } catch { app.info = null; }
+  $("#login-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const creds = { username: $("#username").value.trim(), password: $("#password").value };
+    $("#password").value = "";
+    hideLogin();
+    connect(creds);
+  });
+  $("#login-open").addEventListener("click", () => showLogin(null));
+  $("#logout").addEventListener("click", () => {
+    app.creds = null;
+    if (app.info && !app.info.anonymous) {
+      app.client.end(true);
+      app.connected = false;
+      setConn("closed", "logged out");
+      showLogin(null);
+    } else connect(null);
+  });
+  window.addEventListener("hashchange", route);
+  setInterval(tickLeases, 1000);
+  route();
+  if (app.info && !app.info.anonymous) showLogin(null);
+  else connect(null);
+}
+
+$("#lease-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const devices = [...$("#lease-devices").selectedOptions].map((o) => o.value);
+  const ttl = Number($("#lease-ttl").value) || 60;
+  leaseCall("acquire", { devices: app.leases && app.leases.scope === "device" && devices.length ? devices : undefined, ttl });
+});
+
+start();

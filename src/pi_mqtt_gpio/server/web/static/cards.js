@@ -1,0 +1,197 @@
+// One card per device, chosen by the catalogue's type and capabilities. A card shows the
+// retained state and the latest events, and its controls call the device's methods.
+import { el, fmtTime } from "./util.js";
+
+const has = (dev, cap) => (dev.capabilities || []).includes(cap);
+const hasMethod = (dev, m) => (dev.methods || []).includes(m);
+const param = (dev, method, name) => {
+  const m = (dev.method_params || []).find((x) => x.name === method);
+  return m && m.params.find((p) => p.name === name);
+};
+
+function kindOf(dev) {
+  if (dev.type === "Cover") return "cover";
+  if (dev.kind === "input") return "input";
+  if (has(dev, "rgb")) return "rgb";
+  if (has(dev, "dimmable")) return "dimmer";
+  if (has(dev, "motor")) return "motor";
+  if (has(dev, "servo")) return "servo";
+  if (has(dev, "number") || dev.range) return "number";
+  if (has(dev, "light") || has(dev, "switch")) return "switch";
+  return "generic";
+}
+
+/** A range input that the twin moves, except while the user holds it. */
+function slider({ min, max, step, label, onCommit }) {
+  const input = el("input", { type: "range", min, max, step, "aria-label": label, class: "w" });
+  let busy = false;
+  input.addEventListener("pointerdown", () => { busy = true; });
+  input.addEventListener("input", () => { busy = true; });
+  input.addEventListener("change", async () => {
+    busy = true;
+    try { await onCommit(Number(input.value)); } finally { busy = false; }
+  });
+  return {
+    input,
+    set(v) { if (!busy && v !== null && v !== undefined && Number.isFinite(Number(v))) input.value = String(v); },
+  };
+}
+
+export function makeCard(dev, ctx) {
+  const kind = kindOf(dev);
+  const value = el("div", { class: "value", "data-role": "value" }, "…");
+  const controls = el("div", { class: "controls" });
+  const sims = el("div", { class: "controls sim" });
+  const events = el("ul", { class: "events", hidden: true });
+  const notes = el("div", { class: "lock" });
+  const root = el("article", { class: "card", id: `card-${dev.name}`, "data-device": dev.name, "data-type": dev.type, "data-kind": kind },
+    el("h3", {}, dev.name, el("span", { class: "type" }, dev.type)),
+    dev.description ? el("p", { class: "desc" }, dev.description) : null,
+    value, notes, controls, sims, events);
+  const call = (method, kwargs, opts) => ctx.command(dev.name, method, kwargs, opts);
+  const row = (...children) => { const r = el("div", { class: "row" }, ...children); controls.append(r); return r; };
+  const btn = (label, onclick, cls = "w") => el("button", { type: "button", class: cls, onclick }, label);
+  let state = {};
+  let render = () => { value.textContent = JSON.stringify(stripTs(state)); };
+
+  if (kind === "switch") {
+    const toggle = el("button", { type: "button", class: "w toggle", "aria-pressed": "false",
+      onclick: () => call(state.is_active ? "off" : "on") }, "Off");
+    row(toggle,
+      hasMethod(dev, "blink") ? btn("Blink ×3", () => call("blink", { on_time: 0.3, off_time: 0.3, n: 3 })) : null,
+      hasMethod(dev, "beep") ? btn("Beep", () => call("beep", { on_time: 0.2, off_time: 0.2, n: 1 })) : null);
+    render = () => {
+      const on = !!state.is_active;
+      value.textContent = state.blinking ? "blinking" : on ? "on" : "off";
+      toggle.textContent = on ? "On" : "Off";
+      toggle.setAttribute("aria-pressed", String(on));
+    };
+  } else if (kind === "dimmer") {
+    const toggle = el("button", { type: "button", class: "w toggle", "aria-pressed": "false",
+      onclick: () => call(state.is_active ? "off" : "on") }, "Off");
+    const s = slider({ min: 0, max: 100, step: 1, label: `${dev.name} brightness`, onCommit: (v) => call("value", { value: v / 100 }) });
+    row(toggle);
+    row(s.input);
+    render = () => {
+      const pct = Math.round((Number(state.value) || 0) * 100);
+      value.textContent = state.blinking ? "pulsing" : `${pct} %`;
+      toggle.textContent = state.is_active ? "On" : "Off";
+      toggle.setAttribute("aria-pressed", String(!!state.is_active));
+      s.set(pct);
+    };
+  } else if (kind === "rgb") {
+    const picker = el("input", { type: "color", class: "w", "aria-label": `${dev.name} colour`, value: "#ffffff" });
+    picker.addEventListener("change", () => call("color", { color: picker.value }));
+    const off = btn("Off", () => call("off"));
+    row(picker, off);
+    render = () => {
+      const hex = state.color || "#000000";
+      value.replaceChildren(el("span", { class: "swatch" }, hex));
+      value.style.color = hex === "#000000" ? "" : hex;
+      if (document.activeElement !== picker && hex !== "#000000") picker.value = hex;
+    };
+  } else if (kind === "cover") {
+    const s = slider({ min: 0, max: 100, step: 1, label: `${dev.name} position`,
+      onCommit: (v) => call("set_position", { position: v }, { timeout: 180000, quiet: ["BUSY"] }) });
+    row(btn("Open", () => call("open")), btn("Stop", () => call("stop")), btn("Close", () => call("close")));
+    row(s.input);
+    render = () => {
+      const pos = state.position == null ? null : Math.round(Number(state.position));
+      const target = state.target != null && state.state !== "stopped" ? ` → ${Math.round(state.target)} %` : "";
+      value.textContent = `${pos == null ? "?" : pos} % · ${state.state || "?"}${target}`;
+      s.set(pos);
+    };
+  } else if (kind === "motor") {
+    const s = slider({ min: -100, max: 100, step: 5, label: `${dev.name} speed`, onCommit: (v) => call("value", { value: v / 100 }) });
+    row(btn("Stop", () => call("stop")));
+    row(s.input);
+    render = () => {
+      const v = Number(state.value) || 0;
+      value.textContent = v === 0 ? "stopped" : `${state.direction || (v > 0 ? "forward" : "backward")} ${Math.round(Math.abs(v) * 100)} %`;
+      s.set(Math.round(v * 100));
+    };
+  } else if (kind === "servo") {
+    const r = dev.range || { min: -1, max: 1, step: 0.05, unit: "", key: "value" };
+    const method = r.key === "angle" ? "angle" : "value";
+    const s = slider({ min: r.min, max: r.max, step: r.step, label: `${dev.name} ${r.key}`, onCommit: (v) => call(method, { [method]: v }) });
+    row(btn("Min", () => call("min")), btn("Mid", () => call("mid")), btn("Max", () => call("max")),
+      hasMethod(dev, "detach") ? btn("Detach", () => call("detach")) : null);
+    row(s.input);
+    render = () => {
+      const v = state[r.key];
+      value.textContent = v == null ? "detached" : `${Number(v).toFixed(r.key === "angle" ? 0 : 2)}${r.unit || ""}`;
+      s.set(v);
+    };
+  } else if (kind === "number") {
+    const r = dev.range || { min: 0, max: 1, step: 0.01, unit: "", key: "value" };
+    const s = slider({ min: r.min, max: r.max, step: r.step, label: `${dev.name} level`, onCommit: (v) => call("value", { value: v }) });
+    const mute = hasMethod(dev, "mute") ? el("button", { type: "button", class: "w toggle", "aria-pressed": "false",
+      onclick: () => call(state.muted ? "unmute" : "mute") }, "Mute") : null;
+    row(s.input);
+    if (mute) row(mute);
+    render = () => {
+      value.textContent = `${state[r.key] == null ? "?" : Number(state[r.key]).toFixed(r.step < 1 ? 2 : 0)}${r.unit ? ` ${r.unit}` : ""}${state.muted ? " (muted)" : ""}`;
+      s.set(state[r.key]);
+      if (mute) mute.setAttribute("aria-pressed", String(!!state.muted));
+    };
+  } else if (kind === "input") {
+    render = () => {
+      if (dev.type === "DistanceSensor") value.textContent = state.distance == null ? "?" : `${Number(state.distance).toFixed(3)} m`;
+      else if (has(dev, "motion")) value.textContent = state.is_active ? "motion" : "no motion";
+      else if (has(dev, "button")) value.textContent = state.is_held ? "held" : state.is_pressed ? "pressed" : "released";
+      else if (state.voltage != null) value.textContent = `${Number(state.voltage).toFixed(3)} V`;
+      else value.textContent = state.is_active ? "active" : "inactive";
+    };
+    if (ctx.simulated) {
+      const label = el("div", { class: "hint" }, "Simulated input");
+      sims.append(label);
+      if (hasMethod(dev, "sim_press")) {
+        const [on, off] = has(dev, "motion") ? ["Motion", "No motion"] : ["Press", "Release"];
+        sims.append(el("div", { class: "row" },
+          btn(on, () => call("sim_press"), "s"), btn(off, () => call("sim_release"), "s")));
+      } else if (hasMethod(dev, "sim_set")) {
+        const p = param(dev, "sim_set", "value") || { min: 0, max: 1 };
+        const lo = p.min ?? 0;
+        const hi = p.max ?? 1;
+        const s = slider({ min: lo, max: hi, step: (hi - lo) / 100, label: `${dev.name} simulated value`, onCommit: (v) => call("sim_set", { value: v }) });
+        s.input.className = "s";
+        sims.append(el("div", { class: "row" }, s.input));
+      }
+    }
+  } else {
+    const simple = (dev.method_params || []).filter((m) => !m.params.some((p) => p.required) && m.name !== "state" && !m.simulation_only);
+    row(...simple.map((m) => btn(m.name, () => call(m.name))));
+  }
+  if (dev.lease_required) notes.append(el("span", { "data-role": "lease-note" }, "Needs a control lease. "));
+
+  const recent = [];
+  return {
+    root,
+    state(doc) {
+      state = doc;
+      root.dataset.active = String(!!doc.is_active);
+      try { render(); } catch { value.textContent = "?"; }
+      const lock = root.querySelector("[data-role=lockout]");
+      if (lock) lock.remove();
+      if (doc.lockout_until) notes.append(el("span", { "data-role": "lockout" }, `Locked out until ${fmtTime(doc.lockout_until)}.`));
+    },
+    event(doc) {
+      recent.unshift(`${fmtTime(doc.ts)} ${doc.event}`);
+      recent.length = Math.min(recent.length, 5);
+      events.hidden = false;
+      events.replaceChildren(...recent.map((t) => el("li", {}, t)));
+    },
+    enable({ write, simulate, readonly }) {
+      for (const c of root.querySelectorAll(".w")) c.disabled = !write;
+      for (const c of root.querySelectorAll(".s")) c.disabled = !simulate;
+      sims.hidden = !ctx.simulated;
+      root.classList.toggle("readonly", readonly);
+      root.title = readonly ? "View only: your role may not control this device" : "";
+    },
+  };
+}
+
+function stripTs(doc) {
+  const { ts, ...rest } = doc || {};
+  return rest;
+}
