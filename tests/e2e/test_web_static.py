@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from pi_mqtt_gpio.server.web import STATIC
 from tests.conftest import Client, Gatekeeper
@@ -54,3 +57,44 @@ def test_the_vendored_mqtt_js_is_the_recorded_file() -> None:
     for line in (vendor / "mqtt.sha256").read_text().splitlines():
         digest, name = line.split()
         assert hashlib.sha256((vendor / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_node_json_tells_the_page_what_it_may_know_before_login(broker: Gatekeeper) -> None:
+    status, headers, body = get(broker.ports["websocket"], "/node.json")
+    assert status == 200 and headers["content-type"] == "application/json"
+    assert json.loads(body) == {"node_id": "test", "base_topic": "gatekeeper",
+                                "root": "gatekeeper/test", "broker": "embedded",
+                                "mqtt_path": "/mqtt", "anonymous": True}
+    status, _h, body = get(broker.ports["websocket"], "/")
+    assert status == 200 and b'<script type="module" src="app.js">' in body
+
+
+def _access(port: int, props: dict[str, object]) -> dict[str, object] | None:
+    c = Client(port, mqtt.MQTTv5)
+    properties = Properties(PacketTypes.CONNECT)
+    for key, value in props.items():
+        setattr(properties, key, value)
+    _rc, connack = c.connect(properties=properties)
+    try:
+        for name, value in getattr(connack, "UserProperty", []) or []:
+            if name == "gatekeeper-access":
+                return dict(json.loads(value))
+        return None
+    finally:
+        c.close()
+
+
+def test_connack_tells_a_client_that_asks_its_own_access(broker: Gatekeeper) -> None:
+    port = broker.ports["tcp"]
+    access = _access(port, {"UserProperty": [("gatekeeper-access", "1")],
+                            "RequestResponseInformation": 1})
+    assert access is not None
+    assert access["role"] == "everyone" and access["publish"] == ["#"]
+    assert access["rights"] == [] and access["username"] is None
+    assert str(access["reply"]).startswith("gatekeeper/test/reply/")
+    # Not asked: not told (other clients' CONNACKs stay as they were).
+    assert _access(port, {"RequestResponseInformation": 1}) is None
+    assert _access(port, {"UserProperty": [("something-else", "1")]}) is None
+    # MQTT-3.2.2-20: the property is left out rather than exceed the client's maximum size.
+    assert _access(port, {"UserProperty": [("gatekeeper-access", "1")],
+                          "MaximumPacketSize": 64}) is None

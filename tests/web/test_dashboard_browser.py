@@ -1,0 +1,362 @@
+"""The dashboard in a real browser: Debian's chromium, headless, driven by playwright, against
+the real daemon (simulated pins, the real broker, MQTT over the WebSocket listener).
+
+Every page here fails its test on any console error, page error, failed request or HTTP
+error, except the WebSocket failures of a deliberate outage, inside that outage.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from pi_mqtt_gpio.server.security.passwords import hash_password
+from tests.conftest import Client, Gatekeeper, GatekeeperThread, wait_for
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+expect = playwright_sync.expect
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ROOT = "gatekeeper/web"
+PASSWORDS = {"ada": "ada-admin-pw", "otto": "otto-operator-pw", "vera": "vera-viewer-pw"}
+SCREENSHOTS = os.environ.get("PI_MQTT_SCREENSHOTS")  # a directory: keep the screenshots
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def node_config(tcp: int, ws: int) -> str:
+    users = "\n".join(
+        f"    {name}: {{password_hash: '{hash_password(pw)}', role: {role}}}"
+        for (name, pw), role in zip(PASSWORDS.items(), ("admin", "operator", "viewer"),
+                                    strict=True))
+    return f"""
+node_id: web
+hardware: {{pin_factory: mock}}
+broker:
+  listeners:
+    - {{type: tcp, host: 127.0.0.1, port: {tcp}}}
+    - {{type: websocket, host: 127.0.0.1, port: {ws}}}
+auth:
+  allow_anonymous: false
+  users:
+{users}
+leases: {{scope: device, ttl_s: 60}}
+homeassistant: {{discovery: false}}
+devices:
+  porch_light: {{type: LED, pin: 17, description: Porch light}}
+  heater: {{type: OutputDevice, pin: 23, safety: {{min_command_interval_s: 30}}}}
+  doorbell: {{type: Button, pin: 27, pull_up: true}}
+  gate: {{type: Motor, forward: 19, backward: 16, lease_required: true, safe_state: stop}}
+  screen:
+    type: Cover
+    up: 20
+    down: 21
+    travel_time_up_s: 2.5
+    travel_time_down_s: 2.5
+    endstop_overrun_s: 0.2
+    initial_position: 100
+    position_step: 5
+"""
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: scripts/test installs Debian's chromium")
+        pytest.skip("Debian's chromium is not installed (scripts/test installs it)")
+    with playwright_sync.sync_playwright() as p:
+        # --no-sandbox: CI runs as root, where chromium's sandbox refuses to start.
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+class Node:
+    def __init__(self) -> None:
+        self.tcp, self.ws = free_port(), free_port()
+        self.gk = GatekeeperThread(node_config(self.tcp, self.ws))
+        self.gk.start()
+        self.url = f"http://127.0.0.1:{self.ws}/"
+
+    def pin(self, device: str) -> Any:
+        return self.gk.pin(device).pin
+
+    def cover_pins(self) -> tuple[Any, Any]:
+        assert self.gk.daemon is not None
+        adapter: Any = self.gk.daemon.hw.adapters["screen"]
+        return adapter.up.pin, adapter.down.pin
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[Node]:
+    n = Node()
+    yield n
+    n.gk.close()
+
+
+class Watched:
+    """A page whose problems are collected, and whose WebSocket frames are counted."""
+
+    def __init__(self, browser: Any, **context: Any) -> None:
+        self.context = browser.new_context(**context)
+        self.page = self.context.new_page()
+        self.problems: list[str] = []
+        self.allow_ws_errors = False
+        self.sent_publishes = 0
+        page = self.page
+        page.on("console", self._console)
+        page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
+        page.on("requestfailed", lambda r: self.problems.append(f"failed: {r.url} {r.failure}"))
+        page.on("response", lambda r: r.status >= 400
+                and self.problems.append(f"HTTP {r.status}: {r.url}"))
+        page.on("websocket", self._websocket)
+
+    def _console(self, msg: Any) -> None:
+        if msg.type != "error":
+            return
+        if self.allow_ws_errors and "WebSocket connection to" in msg.text:
+            return  # the outage the test made
+        self.problems.append(f"console error: {msg.text}")
+
+    def _websocket(self, ws: Any) -> None:
+        def sent(payload: Any) -> None:
+            if isinstance(payload, bytes | bytearray) and payload and payload[0] >> 4 == 3:
+                self.sent_publishes += 1  # MQTT PUBLISH (packet type 3)
+        ws.on("framesent", sent)
+
+    def close(self) -> None:
+        self.context.close()
+        assert not self.problems, self.problems
+
+
+@pytest.fixture
+def watched(browser: Any) -> Iterator[Any]:
+    pages: list[Watched] = []
+
+    def make(**context: Any) -> Watched:
+        w = Watched(browser, **context)
+        pages.append(w)
+        return w
+
+    yield make
+    for w in pages:
+        w.close()
+
+
+def login(w: Watched, node: Node, user: str) -> Any:
+    page = w.page
+    page.goto(node.url)
+    expect(page.locator("#login")).to_be_visible()
+    page.fill("#username", user)
+    page.fill("#password", PASSWORDS[user])
+    page.click("#login-form button[type=submit]")
+    expect(page.locator("#conn")).to_have_text("connected")
+    expect(page.locator("#node-status")).to_have_text("online")
+    expect(page.locator("#card-porch_light [data-role=value]")).to_have_text(re.compile("^(on|off)$"))
+    return page
+
+
+def watcher(node: Node, *topics: str) -> Client:
+    c = Client(node.tcp, mqtt.MQTTv5)
+    c.c.username_pw_set("ada", PASSWORDS["ada"])
+    c.connect()
+    for t in topics:
+        c.subscribe(t, 1)
+    return c
+
+
+def value(page: Any, device: str) -> Any:
+    return page.locator(f"#card-{device} [data-role=value]")
+
+
+def test_admin_sees_the_twin_switches_an_led_moves_a_cover_and_presses_a_button(
+        node: Node, watched: Any) -> None:
+    w = watched()
+    page = login(w, node, "ada")
+    expect(page.locator("#who")).to_have_text("ada (admin)")
+    expect(value(page, "screen")).to_have_text("100 % · open")
+    expect(page.locator("#health-status")).to_have_text("ok")
+
+    # The LED: the page's click moves the MockFactory pin, and the twin comes back.
+    assert node.pin("porch_light").state == 0
+    page.click("#card-porch_light button.toggle")
+    assert wait_for(lambda: node.pin("porch_light").state == 1)
+    expect(value(page, "porch_light")).to_have_text("on")
+    expect(page.locator("#audit-list li").first).to_contain_text("porch_light.on() via call: ok")
+
+    # The cover: drag the slider to 0; the position moves live while it travels.
+    events = watcher(node, f"{ROOT}/device/doorbell/event")
+    page.locator("#card-screen input[type=range]").fill("0")
+    seen: list[str] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        text = value(page, "screen").inner_text()
+        if not seen or seen[-1] != text:
+            seen.append(text)
+        if text.startswith("0 % · closed"):
+            break
+        time.sleep(0.05)
+    positions = {int(t.split(" ")[0]) for t in seen}
+    assert seen[-1].startswith("0 % · closed"), seen
+    assert len([p for p in positions if 0 < p < 100]) >= 4, seen  # live, not just the end
+    assert any("closing" in t for t in seen), seen
+    up, down = node.cover_pins()
+    assert up.state == 0 and down.state == 0  # arrived: both relays off
+    assert page.locator("#card-screen input[type=range]").input_value() == "0"
+
+    # A simulated press: the event shows on the card and goes out on MQTT.
+    page.click("#card-doorbell button:text-is('Press')")
+    expect(page.locator("#card-doorbell .events li").first).to_contain_text("pressed")
+    expect(value(page, "doorbell")).to_have_text("pressed")
+    page.click("#card-doorbell button:text-is('Release')")
+    expect(page.locator("#card-doorbell .events li").first).to_contain_text("released")
+    got = [events.get(5).payload for _ in range(2)]
+    assert b'"pressed"' in got[0] and b'"released"' in got[1]
+    events.close()
+
+
+def test_refusals_show_their_code_and_retry_after_and_leases_work(node: Node,
+                                                                 watched: Any) -> None:
+    w = watched()
+    page = login(w, node, "otto")
+    expect(page.locator("#who")).to_have_text("otto (operator)")
+    # An operator has no 'simulate' right: the simulated inputs are there, but disabled.
+    expect(page.locator("#card-doorbell button:text-is('Press')")).to_be_disabled()
+
+    # Safety: the heater takes one command per 30 s (switching off is never refused);
+    # switching it on again so soon is refused, with retry_after.
+    page.click("#card-heater button.toggle")
+    expect(value(page, "heater")).to_have_text("on")
+    page.click("#card-heater button.toggle")
+    expect(value(page, "heater")).to_have_text("off")
+    page.click("#card-heater button.toggle")
+    toast = page.locator(".toast.bad").last
+    expect(toast).to_contain_text("heater.on refused: RATE_LIMITED — retry in 29.")
+    assert node.pin("heater").state == 0  # still off
+    expect(page.locator("#audit-list li").first).to_contain_text("heater.on() via call: "
+                                                                 "RATE_LIMITED")
+
+    # The gate needs a lease: refused without one, then acquired from the lease panel.
+    page.click("#card-gate button:text-is('Stop')")
+    expect(page.locator(".toast.bad").last).to_contain_text("gate.stop refused: LEASE_REQUIRED")
+    page.select_option("#lease-devices", ["gate"])
+    page.fill("#lease-ttl", "30")
+    page.click("#lease-form button[type=submit]")
+    row = page.locator("#lease-list .lease")
+    expect(row).to_contain_text("you")
+    expect(row).to_contain_text("gate")
+    expect(row.locator(".ttl")).to_contain_text("s left")
+    left = int(row.locator(".ttl").inner_text().split()[0])
+    assert 25 <= left <= 30
+    page.locator("#card-gate input[type=range]").fill("50")
+    assert wait_for(lambda: node.gk.pin("gate").value == 0.5)
+    expect(value(page, "gate")).to_have_text("forward 50 %")
+    page.click("#card-gate button:text-is('Stop')")
+    assert wait_for(lambda: node.gk.pin("gate").value == 0)
+    expect(value(page, "gate")).to_have_text("stopped")
+    row.locator("button:text-is('Release')").click()
+    expect(page.locator("#lease-list")).to_contain_text("No leases held")
+    page.click("#card-gate button:text-is('Stop')")  # no lease any more: refused again
+    expect(page.locator(".toast.bad").last).to_contain_text("gate.stop refused: LEASE_REQUIRED")
+
+
+def test_a_viewer_sees_every_control_disabled_and_publishes_nothing(node: Node,
+                                                                    watched: Any) -> None:
+    spy = watcher(node, f"{ROOT}/device/+/call", f"{ROOT}/device/+/set", f"{ROOT}/lease/call")
+    w = watched()
+    page = login(w, node, "vera")
+    expect(page.locator("#who")).to_have_text("vera (viewer)")
+    expect(page.locator("#lease-form")).to_be_hidden()
+    controls = page.locator(".card button, .card input, .card select")
+    assert controls.count() >= 11  # every device has some (the buttons simulate)
+    for i in range(controls.count()):
+        expect(controls.nth(i)).to_be_disabled()
+    before = node.pin("porch_light").state
+    for selector in ("#card-porch_light button.toggle", "#card-screen button:text-is('Open')",
+                     "#card-doorbell button:text-is('Press')"):
+        page.locator(selector).click(force=True)  # a disabled control does nothing
+    page.wait_for_timeout(500)
+    assert w.sent_publishes == 0
+    assert page.evaluate("window.gatekeeperDashboard.published") == 0
+    assert spy.nothing(0.3)  # nothing reached the broker on a command topic
+    assert node.pin("porch_light").state == before
+    spy.close()
+
+
+def test_wrong_password_is_refused_with_a_message(node: Node, watched: Any) -> None:
+    w = watched()
+    page = w.page
+    page.goto(node.url)
+    page.fill("#username", "ada")
+    page.fill("#password", "not-her-password")
+    page.click("#login-form button[type=submit]")
+    expect(page.locator("#login-error")).to_contain_text("Wrong user name or password")
+    expect(page.locator("#node")).to_be_hidden()
+
+
+def test_anonymous_node_needs_no_login(broker: Gatekeeper, watched: Any) -> None:
+    w = watched()
+    page = w.page
+    page.goto(f"http://127.0.0.1:{broker.ports['websocket']}/")
+    expect(page.locator("#conn")).to_have_text("connected")
+    expect(page.locator("#login")).to_be_hidden()
+    expect(page.locator("#who")).to_have_text("anonymous (everyone)")
+
+
+def test_phone_layout_and_screenshots(node: Node, watched: Any, tmp_path: Path) -> None:
+    out = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path
+    phone = watched(viewport={"width": 390, "height": 844}, device_scale_factor=2,
+                    is_mobile=True, has_touch=True)
+    page = login(phone, node, "ada")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, f"the page scrolls sideways on a phone ({width} px)"
+    box = page.locator("#card-porch_light").bounding_box()
+    assert box is not None and box["width"] >= 330  # one card per row, full width
+    toggle = page.locator("#card-porch_light button.toggle")
+    tbox = toggle.bounding_box()
+    assert tbox is not None and tbox["height"] >= 44  # a touch target
+    state = node.pin("porch_light").state
+    toggle.tap()
+    assert wait_for(lambda: node.pin("porch_light").state != state)
+    page.screenshot(path=str(out / "dashboard-phone.png"))
+    desktop = watched(viewport={"width": 1280, "height": 900})
+    page = login(desktop, node, "ada")
+    page.screenshot(path=str(out / "dashboard-desktop.png"), full_page=True)
+    assert (out / "dashboard-phone.png").stat().st_size > 10_000
+
+
+def test_the_connection_goes_down_and_comes_back(node: Node, watched: Any) -> None:
+    """Runs last in this file: it restarts the node."""
+    w = watched()
+    page = login(w, node, "ada")
+    w.allow_ws_errors = True
+    started = time.monotonic()
+    node.gk.stop()  # SIGTERM-like: offline published, every client disconnected
+    expect(page.locator("#node-status")).to_have_text("offline", timeout=2000)
+    expect(page.locator("#conn")).to_have_text("reconnecting…", timeout=3000)
+    assert time.monotonic() - started < 3
+    expect(page.locator("#card-porch_light button.toggle")).to_be_disabled()
+    page.wait_for_timeout(1500)  # a few failed reconnects
+    node.gk.start()  # the same ports
+    expect(page.locator("#conn")).to_have_text("connected", timeout=10000)
+    expect(page.locator("#node-status")).to_have_text("online")
+    w.allow_ws_errors = False
+    toggle = page.locator("#card-porch_light button.toggle")
+    expect(toggle).to_be_enabled()
+    state = node.pin("porch_light").state
+    toggle.click()
+    assert wait_for(lambda: node.pin("porch_light").state != state)
