@@ -64,7 +64,7 @@ def test_node_json_tells_the_page_what_it_may_know_before_login(broker: Gatekeep
     assert status == 200 and headers["content-type"] == "application/json"
     assert json.loads(body) == {"node_id": "test", "base_topic": "gatekeeper",
                                 "root": "gatekeeper/test", "broker": "embedded",
-                                "mqtt_path": "/mqtt", "anonymous": True}
+                                "mqtt_path": "/mqtt", "anonymous": True, "devices": 0}
     status, _h, body = get(broker.ports["websocket"], "/")
     assert status == 200 and b'<script type="module" src="app.js">' in body
 

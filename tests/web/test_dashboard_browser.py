@@ -202,9 +202,11 @@ def test_admin_sees_the_twin_switches_an_led_moves_a_cover_and_presses_a_button(
     events = watcher(node, f"{ROOT}/device/doorbell/event")
     page.locator("#card-screen input[type=range]").fill("0")
     seen: list[str] = []
+    sliders: set[str] = set()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         text = value(page, "screen").inner_text()
+        sliders.add(page.locator("#card-screen input[type=range]").input_value())
         if not seen or seen[-1] != text:
             seen.append(text)
         if text.startswith("0 % · closed"):
@@ -214,6 +216,7 @@ def test_admin_sees_the_twin_switches_an_led_moves_a_cover_and_presses_a_button(
     assert seen[-1].startswith("0 % · closed"), seen
     assert len([p for p in positions if 0 < p < 100]) >= 4, seen  # live, not just the end
     assert any("closing" in t for t in seen), seen
+    assert len([v for v in sliders if 0 < int(v) < 100]) >= 4, sliders  # the slider too
     up, down = node.cover_pins()
     assert up.state == 0 and down.state == 0  # arrived: both relays off
     assert page.locator("#card-screen input[type=range]").input_value() == "0"

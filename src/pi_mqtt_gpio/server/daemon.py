@@ -73,7 +73,7 @@ class Daemon:
             self.core, self.authenticator.authenticate, list(config.broker.listeners),
             web={"node_id": config.node_id, "base_topic": config.base_topic,
                  "root": self.topics.root, "broker": config.broker.mode, "mqtt_path": "/mqtt",
-                 "anonymous": config.auth.allow_anonymous},
+                 "anonymous": config.auth.allow_anonymous, "devices": len(config.devices)},
         )
         labels = {line: consumer_label(config.hardware.consumer_tag, name, line)
                   for name, dev in config.devices.items() for _k, line, _s in dev.lines()}

@@ -12,7 +12,8 @@ const ACCESS = "gatekeeper-access";
 const AUTH_CODES = new Set([4, 5, 134, 135, 140]); // bad user name or password / not authorized
 
 const app = {
-  info: null,          // /node.json when the gatekeeper serves the page itself
+  info: null,          // /node.json when a gatekeeper serves the page itself
+  single: false,       // that gatekeeper has devices: its page only (else: the node list)
   client: null,
   creds: null,         // {username, password} while logged in (memory only)
   access: null,        // what CONNACK said we may do (null: unknown, e.g. another broker)
@@ -109,11 +110,7 @@ function connect(creds) {
 
 function subscribeAll() {
   const filters = [];
-  if (app.info) {
-    // served by the node itself: this node only
-  } else {
-    filters.push(`${app.base}/+/devices`, `${app.base}/+/status`);
-  }
+  if (!app.single) filters.push(`${app.base}/+/devices`, `${app.base}/+/status`);
   if (app.root) {
     for (const leaf of ["status", "devices", "device/+/state", "device/+/event", "lease",
       "system/health", "audit"]) filters.push(`${app.root}/${leaf}`);
@@ -127,16 +124,18 @@ function subscribeAll() {
 }
 
 function replyPrefix() {
-  if (app.reply) return app.reply;
   if (!app.root) return null;
-  return `${app.root}/reply/${external() && app.creds ? app.creds.username : app.clientId}`;
+  // A node on another broker answers where we ask; the broker's ACL lets each user read
+  // its own <root>/reply/<username>/# (Mosquitto: pattern read gatekeeper/+/reply/%u/#).
+  if (external()) return `${app.root}/reply/${app.creds ? app.creds.username : app.clientId}`;
+  return app.reply || `${app.root}/reply/${app.clientId}`;
 }
 
 function onMessage(topic, payload, packet) {
   const text = new TextDecoder().decode(payload);
   const reply = replyPrefix();
   if (reply && topic.startsWith(reply + "/")) return onReply(topic, text, packet);
-  if (!app.info) {
+  if (!app.single) {
     const m = topic.match(/^([^/]+)\/([^/]+)\/(devices|status)$/);
     if (m && m[1] === app.base) noteNode(m[2], m[3], text);
   }
@@ -214,16 +213,18 @@ function noteNode(id, leaf, text) {
 
 function renderNodes() {
   const list = $("#node-list");
-  list.replaceChildren(...[...app.nodes.values()].sort((a, b) => a.id.localeCompare(b.id)).map((n) =>
+  // A broker-only node (no devices, e.g. the hub serving this page) has nothing to show.
+  const shown = [...app.nodes.values()].filter((n) => !n.catalogue || n.catalogue.devices.length > 0);
+  list.replaceChildren(...shown.sort((a, b) => a.id.localeCompare(b.id)).map((n) =>
     el("li", {}, el("a", { href: `#node=${encodeURIComponent(n.id)}`, "data-node": n.id },
       el("span", {}, n.id, " ", el("small", { class: "hint" },
         n.catalogue ? `${n.catalogue.devices.length} devices` : "")),
       el("span", { class: "pill", "data-state": n.status }, n.status)))));
-  $("#no-nodes").hidden = app.nodes.size > 0;
+  $("#no-nodes").hidden = shown.length > 0;
 }
 
 function route() {
-  if (app.info) return showNode(app.info.node_id, app.info.root);
+  if (app.single) return showNode(app.info.node_id, app.info.root);
   const m = location.hash.match(/^#node=(.+)$/);
   if (!m) {
     showNode(null, null);
@@ -231,7 +232,8 @@ function route() {
     return;
   }
   const id = decodeURIComponent(m[1]);
-  showNode(id, `${app.base}/${id}`);
+  const known = app.nodes.get(id);
+  showNode(id, (known && known.catalogue && known.catalogue.root) || `${app.base}/${id}`);
 }
 
 function showNode(id, root) {
@@ -345,7 +347,8 @@ function setLeases(doc) {
 }
 
 function leaseRow(lease) {
-  const mine = lease.client_id === app.clientId;
+  const mine = lease.client_id === app.clientId
+    || (external() && !!app.creds && lease.username === app.creds.username);
   const key = leaseKey(lease.devices);
   const row = el("div", { class: "lease", "data-expires": lease.expires },
     el("span", { class: "who" }, mine ? "you" : lease.holder),
@@ -423,6 +426,8 @@ async function start() {
     const res = await fetch("node.json", { cache: "no-store" });
     app.info = res.ok ? await res.json() : null;
   } catch { app.info = null; }
+  app.single = !!app.info && app.info.devices > 0 && !params.has("nodes");
+  if (app.info && !params.get("base")) app.base = app.info.base_topic;
   $("#login-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const creds = { username: $("#username").value.trim(), password: $("#password").value };

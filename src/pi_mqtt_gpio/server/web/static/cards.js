@@ -24,12 +24,15 @@ function kindOf(dev) {
 /** A range input that the twin moves, except while the user holds it. */
 function slider({ min, max, step, label, onCommit }) {
   const input = el("input", { type: "range", min, max, step, "aria-label": label, class: "w" });
+  input.value = String((Number(min) + Number(max)) / 2); // after min and max are known
   let busy = false;
   input.addEventListener("pointerdown", () => { busy = true; });
   input.addEventListener("input", () => { busy = true; });
-  input.addEventListener("change", async () => {
-    busy = true;
-    try { await onCommit(Number(input.value)); } finally { busy = false; }
+  input.addEventListener("change", () => {
+    // Sent; from now on the slider follows the twin again (a cover's slider moves live
+    // while it travels to the target).
+    busy = false;
+    onCommit(Number(input.value));
   });
   return {
     input,
@@ -135,7 +138,9 @@ export function makeCard(dev, ctx) {
       if (mute) mute.setAttribute("aria-pressed", String(!!state.muted));
     };
   } else if (kind === "input") {
+    let simSlider = null;
     render = () => {
+      if (simSlider) simSlider.set(state.value);
       if (dev.type === "DistanceSensor") value.textContent = state.distance == null ? "?" : `${Number(state.distance).toFixed(3)} m`;
       else if (has(dev, "motion")) value.textContent = state.is_active ? "motion" : "no motion";
       else if (has(dev, "button")) value.textContent = state.is_held ? "held" : state.is_pressed ? "pressed" : "released";
@@ -153,9 +158,9 @@ export function makeCard(dev, ctx) {
         const p = param(dev, "sim_set", "value") || { min: 0, max: 1 };
         const lo = p.min ?? 0;
         const hi = p.max ?? 1;
-        const s = slider({ min: lo, max: hi, step: (hi - lo) / 100, label: `${dev.name} simulated value`, onCommit: (v) => call("sim_set", { value: v }) });
-        s.input.className = "s";
-        sims.append(el("div", { class: "row" }, s.input));
+        simSlider = slider({ min: lo, max: hi, step: (hi - lo) / 100, label: `${dev.name} simulated value`, onCommit: (v) => call("sim_set", { value: v }) });
+        simSlider.input.className = "s";
+        sims.append(el("div", { class: "row" }, simSlider.input));
       }
     }
   } else {
