@@ -38,7 +38,9 @@ auth:
     b: {{password_hash: '{digest}', role: node}}
   roles:
     person:
-      subscribe: ["gatekeeper/#"]
+      subscribe: ["gatekeeper/+/status", "gatekeeper/+/devices", "gatekeeper/+/device/+/state",
+                  "gatekeeper/+/device/+/event", "gatekeeper/+/lease", "gatekeeper/+/system/health",
+                  "gatekeeper/+/audit", "gatekeeper/+/reply/{{username}}/#"]
       publish: ["gatekeeper/+/device/+/call/{{username}}", "gatekeeper/+/lease/call/{{username}}"]
     node:
       subscribe: ["gatekeeper/{{username}}/#"]
