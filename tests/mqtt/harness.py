@@ -48,6 +48,11 @@ class Harness:
         fc.send(Connect(client_id, version, **connect))  # type: ignore[arg-type]
         return fc
 
+    def revoke(self, username: str) -> None:
+        """Every publish of ``username`` is refused from now on (rights changed)."""
+        self.hooks.revoked.add(username)
+        self.core.invalidate_authorization()
+
     def advance(self, seconds: float) -> None:
         self.now += seconds
         self.core.on_timer(self.now)

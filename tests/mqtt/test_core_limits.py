@@ -46,7 +46,7 @@ def test_will_is_authorised_again_when_published(version: int) -> None:
     subscribe(watcher, "will/#")
     c = h.client("a", version, username="u", will=Will("will/a", b"gone"))
     assert c.connack().reason_code == 0
-    h.hooks.revoked.add("u")  # rights changed while connected
+    h.revoke("u")  # rights changed while connected
     c.close()
     assert publishes(watcher) == [] and h.core.stats.wills_refused == 1
 
@@ -62,7 +62,7 @@ def test_delayed_will_is_authorised_when_its_delay_ends() -> None:
     c.connack()
     c.close()
     h.advance(4)
-    h.hooks.revoked.add("u")
+    h.revoke("u")
     h.advance(2)
     assert publishes(watcher) == [] and h.core.stats.wills_refused == 1
 

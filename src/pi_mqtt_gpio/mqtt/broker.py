@@ -16,7 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from pi_mqtt_gpio.mqtt.codec import decode_frame, encode, encode_publish, peek_protocol_level
+from pi_mqtt_gpio.mqtt.codec import (
+    decode_frame,
+    encode,
+    encode_publish,
+    encode_varint,
+    peek_protocol_level,
+    split_publish,
+)
 from pi_mqtt_gpio.mqtt.connection import Connection, ConnState
 from pi_mqtt_gpio.mqtt.errors import MQTTError, ProtocolError
 from pi_mqtt_gpio.mqtt.hooks import (
@@ -68,6 +75,10 @@ log = logging.getLogger("pi_mqtt_gpio.broker")
 _T = TypeVar("_T")
 
 _FORWARD_DROP = (Prop.TOPIC_ALIAS, Prop.SUBSCRIPTION_IDENTIFIER, Prop.MESSAGE_EXPIRY_INTERVAL)
+_FAST_TOPICS = 16  # topic names remembered per connection (fast path) ...
+_FAST_TOPIC_MAX = 256  # ... of at most this many bytes each
+_TARGETS_MAX = 4096  # topics whose receivers are remembered (fast path) ...
+_TARGETS_SIZE = 65536  # ... and how many receivers in all
 _RETAINED_NODE_COST = 300  # bytes a level of the retained tree costs (measured: ~290)
 PENDING_HARD_FACTOR = 2  # unauthenticated sockets past twice the pool: newcomers are closed
 KEEPALIVE_GRACE = 1.5  # MQTT-3.1.2-22: silence for 1.5 x Keep Alive closes the connection
@@ -202,8 +213,16 @@ class BrokerCore:
         self,
         limits: BrokerLimits | None = None,
         hooks: list[BrokerHooks] | None = None,
+        *,
+        fast_path: bool = True,
     ) -> None:
         self.limits = limits or BrokerLimits()
+        # The fast path forwards the common PUBLISH without building the packet objects of
+        # the general path (same bytes out: tests/mqtt/test_fast_path.py runs both).
+        self.fast_path = fast_path
+        self.auth_epoch = 0  # bumped when authorisation may have changed (caches drop)
+        self._targets: dict[str, tuple[int, list[tuple[str, int, list[int]]] | None]] = {}
+        self._targets_size = 0  # receivers held by ``_targets`` (bounded)
         self.hooks: list[BrokerHooks] = list(hooks or [])
         self.sessions: dict[str, Session] = {}
         self.connections: dict[int, Connection] = {}
@@ -340,6 +359,14 @@ class BrokerCore:
                     conn.version = PROTOCOL_50  # so a malformed CONNECT gets a 5.0 CONNACK
                 self._on_connect(conn, body, first, now)
                 continue
+            if self.fast_path:
+                if (first == 0x30 or first == 0x32) and self._fast_publish(conn, first, body,
+                                                                           now):
+                    continue
+                if first == 0x40 and len(body) == 2 and (body[0] or body[1]):
+                    # PUBACK (success, no properties)
+                    self._on_puback(conn, (body[0] << 8) | body[1], 1, now)
+                    continue
             self._dispatch(conn, first, body, now)
 
     def connection_lost(self, conn: Connection, now: float) -> None:
@@ -903,6 +930,154 @@ class BrokerCore:
                 session.awaiting_rel.add(pid)  # type: ignore[arg-type]
             conn.send(PubRec(pid, code))  # type: ignore[arg-type]
         self._dirty.add(conn)
+
+    # ------------------------------------------------------------------ PUBLISH in, fast
+    def invalidate_authorization(self) -> None:
+        """Rights may have changed (users reloaded): forget every cached decision."""
+        self.auth_epoch += 1
+
+    def _fast_publish(self, conn: Connection, first: int, body: bytes, now: float) -> bool:
+        """The common PUBLISH (QoS 0/1, no DUP, no RETAIN, no Topic Alias, no Message Expiry,
+        a topic this connection already published to and was allowed, only plain
+        subscriptions matching): routed with cached decisions and, for a receiver of the
+        publisher's version, the publisher's own bytes. False (nothing done) for anything
+        else: the general path then handles it, errors included."""
+        if conn.state is not ConnState.CONNECTED:
+            return False
+        cut = split_publish(first, body, conn.version == PROTOCOL_50)
+        if cut is None:
+            return False
+        tkey, pid, props, raw, pos = cut
+        qos = 1 if pid else 0
+        known = conn.fast_topics.get(tkey)
+        if known is not None and known[1] == self.auth_epoch and known[2] & (1 << qos):
+            topic = known[0]
+        else:
+            found = self._fast_admit(conn, tkey, qos, known)
+            if found is None:
+                return False
+            topic = found
+        payload = body[pos:]
+        if props.get(Prop.PAYLOAD_FORMAT_INDICATOR) == 1:
+            try:
+                payload.decode("utf-8")
+            except UnicodeDecodeError:
+                return False
+        targets = self._route_targets(topic)
+        if targets is None:
+            return False
+        self.stats.messages_in += 1
+        msg: Message | None = None  # built only for a receiver the general path serves
+        sessions = self.sessions
+        protected = bool(self._protected) and topic.startswith(self._protected)
+        version = conn.version
+        same: bytes | None = None  # the PUBLISH as a QoS 0 receiver of ``version`` gets it
+        other: bytes | None = None  # ... and as one of the other version gets it
+        count = 0
+        for cid, sub_qos, sub_ids in targets:
+            session = sessions.get(cid)
+            if session is None:
+                continue
+            count += 1
+            out = session.conn
+            if ((qos and sub_qos) or sub_ids or protected or out is None
+                    or out.state is not ConnState.CONNECTED or out.congested
+                    or out.alias_out_max or out.max_packet_out
+                    or session.internal_handler is not None):
+                if msg is None:
+                    client = conn.client
+                    assert client is not None
+                    msg = Message(topic, payload, qos, False, props, None, conn.client_id,
+                                  client.username, client.role, raw)
+                self._deliver(session, msg, qos if qos < sub_qos else sub_qos, False,
+                              sub_ids, now)
+                continue
+            if out.version == version:
+                if same is None:
+                    if qos:
+                        same = encode_publish(topic, payload, 0, False, False, None, props,
+                                              version, raw)
+                    else:  # the publisher's own bytes
+                        same = b"\x30" + encode_varint(len(body)) + body
+                data = same
+            else:
+                if other is None:
+                    other = encode_publish(topic, payload, 0, False, False, None, props,
+                                           out.version, raw)
+                data = other
+            out.write(data)
+            self._dirty.add(out)
+            self.stats.messages_out += 1
+        if pid:
+            if conn.version == PROTOCOL_50 and not count:
+                conn.write(bytes((0x40, 3, pid >> 8, pid & 0xFF, RC.NO_MATCHING_SUBSCRIBERS)))
+            else:
+                conn.write(bytes((0x40, 2, pid >> 8, pid & 0xFF)))
+            self._dirty.add(conn)
+        return True
+
+    def _fast_admit(self, conn: Connection, tkey: bytes, qos: int,
+                    known: tuple[str, int, int] | None) -> str | None:
+        """A topic name seen for the first time (at this QoS, since the last change of
+        rights): valid and allowed? Then remembered, for short topics and a few of them."""
+        try:
+            topic = tkey.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        if "\x00" in topic or "+" in topic or "#" in topic or not self._topic_ok(topic):
+            return None
+        client = conn.client
+        assert client is not None
+        if self._authorize_publish(client, topic, qos, False) is not Decision.ALLOW:
+            return None  # the general path refuses it, logs it and tells the hooks
+        if len(tkey) <= _FAST_TOPIC_MAX:
+            mask = known[2] if known is not None and known[1] == self.auth_epoch else 0
+            cached = conn.fast_topics
+            if len(cached) >= _FAST_TOPICS and tkey not in cached:
+                cached.clear()
+            cached[tkey] = (topic, self.auth_epoch, mask | (1 << qos))
+        return topic
+
+    def _route_targets(self, topic: str) -> list[tuple[str, int, list[int]]] | None:
+        """Who gets a message on ``topic`` from its plain subscriptions: (client id, QoS,
+        Subscription Identifiers) per session, as ``_route`` aggregates them. None when a
+        shared or No Local subscription matches (those depend on more than the topic)."""
+        tree = self.subscriptions
+        hit = self._targets.get(topic)
+        if hit is not None and hit[0] == tree.version:
+            return hit[1]
+        per_client: dict[str, _Acc] = {}
+        plain = True
+        for node in tree.match(topic):
+            if node.shared:
+                plain = False
+                break
+            for cid, entry in node.subs.items():
+                opts = entry.options
+                if opts.no_local:
+                    plain = False
+                    break
+                acc = per_client.get(cid)
+                sid = entry.subscription_id
+                if acc is None:
+                    per_client[cid] = _Acc(opts.qos, opts.retain_as_published,
+                                           [sid] if sid else [])
+                else:
+                    if opts.qos > acc.qos:
+                        acc.qos = opts.qos
+                    if sid:
+                        acc.sub_ids.append(sid)
+            if not plain:
+                break
+        result = [(cid, acc.qos, acc.sub_ids) for cid, acc in per_client.items()] \
+            if plain else None
+        size = len(result) if result else 1
+        if len(self._targets) >= _TARGETS_MAX or self._targets_size + size > _TARGETS_SIZE:
+            self._targets.clear()
+            self._targets_size = 0
+        self._targets[topic] = (tree.version, result)
+        self._targets_size += size
+        return result
 
     def _resolve_alias(self, conn: Connection, p: Publish) -> str:
         """The topic of ``p``, through its 5.0 Topic Alias (MQTT-3.3.2-9/10/12)."""

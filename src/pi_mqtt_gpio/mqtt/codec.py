@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pi_mqtt_gpio.mqtt.errors import MalformedPacket, PacketTooLarge, ProtocolError
+from pi_mqtt_gpio.mqtt.errors import MalformedPacket, MQTTError, PacketTooLarge, ProtocolError
 from pi_mqtt_gpio.mqtt.packets import (
     PROTOCOL_50,
     RC,
@@ -472,6 +472,51 @@ def _decode_publish(first: int, body: bytes, version: int, from_client: bool) ->
     if not topic and Prop.TOPIC_ALIAS not in props:
         raise ProtocolError("empty topic name without a topic alias", RC.TOPIC_NAME_INVALID)
     return Publish(topic, body[pos:], qos, bool(first & 0x01), dup, packet_id, props, raw)
+
+
+_NOT_FAST = (Prop.TOPIC_ALIAS, Prop.MESSAGE_EXPIRY_INTERVAL, Prop.SUBSCRIPTION_IDENTIFIER)
+
+
+def split_publish(first: int, body: bytes, v5: bool
+                  ) -> tuple[bytes, int | None, Properties, bytes | None, int] | None:
+    """The common inbound PUBLISH (QoS 0 or 1, no DUP, no RETAIN, a topic name, no Topic
+    Alias, Message Expiry or Subscription Identifier), cut without decoding its topic:
+    (topic bytes, packet id, properties, their encoded block, payload offset). None for
+    anything else, well-formed or not: ``decode_frame`` then decides (and raises)."""
+    if first not in (0x30, 0x32):
+        return None
+    end = len(body)
+    if end < 2:
+        return None
+    n = (body[0] << 8) | body[1]
+    pos = 2 + n
+    if not n or pos > end:
+        return None
+    packet_id = None
+    if first == 0x32:
+        if pos + 2 > end:
+            return None
+        packet_id = (body[pos] << 8) | body[pos + 1]
+        if not packet_id:
+            return None
+        pos += 2
+    props: Properties = {}
+    raw = None
+    if v5:
+        if pos >= end:
+            return None
+        if body[pos] == 0:
+            pos += 1
+        else:
+            start = pos
+            try:
+                props, pos = _read_props(body, pos, end, PacketType.PUBLISH)
+            except MQTTError:
+                return None
+            if any(p in props for p in _NOT_FAST):
+                return None
+            raw = body[start:pos]
+    return body[2:2 + n], packet_id, props, raw, pos
 
 
 def _decode_ack(cls: Any, kind: PacketType, body: bytes, version: int) -> Any:

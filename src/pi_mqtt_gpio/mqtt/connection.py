@@ -38,6 +38,7 @@ class Connection:
         "congested",
         "connect",
         "disconnect_reason",
+        "fast_topics",
         "hard_close",
         "id",
         "keep_alive",
@@ -78,6 +79,9 @@ class Connection:
         self.max_packet_out = 0  # the client's Maximum Packet Size (0: no limit)
         self.alias_out_max = 0  # the client's Topic Alias Maximum
         self.alias_out: dict[str, int] = {}
+        # Topics this client published that were valid and allowed: raw bytes -> (topic,
+        # authorisation epoch, bit mask of the QoS levels allowed). A few, short ones only.
+        self.fast_topics: dict[bytes, tuple[str, int, int]] = {}
         self.alias_in: dict[int, str] = {}
         self.problem_info = True
         self.closing = False

@@ -97,6 +97,7 @@ class SubscriptionTree(Generic[V]):
         self._cache: dict[str, list[TopicNode[V]]] = {}
         self.count = 0  # subscriptions held
         self.nodes = 0  # tree nodes below the root (what subscriptions cost in memory)
+        self.version = 0  # changes with every subscription added, changed or removed
 
     def _node(self, topic_filter: str, create: bool) -> TopicNode[V] | None:
         node = self.root
@@ -119,6 +120,7 @@ class SubscriptionTree(Generic[V]):
         bucket = node.subs if group is None else node.shared.setdefault(group, {})
         existed = key in bucket
         bucket[key] = value
+        self.version += 1
         if not existed:
             self.count += 1
         return existed
@@ -144,6 +146,7 @@ class SubscriptionTree(Generic[V]):
             if not members:
                 del node.shared[group]
         self.count -= 1
+        self.version += 1
         while node.parent is not None and node.empty():
             del node.parent.children[node.level]
             self.nodes -= 1

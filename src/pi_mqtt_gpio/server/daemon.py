@@ -480,6 +480,7 @@ class Daemon:
             await self.authenticator.reload()
         except (OSError, ValueError) as exc:
             log.error("reloading users failed (keeping the old ones): %s", exc)
+        self.core.invalidate_authorization()  # roles may have changed: no cached decision
 
     async def stop(self) -> None:
         """Refuse new commands, drive outputs to their safe state, publish ``offline``,
