@@ -1,6 +1,6 @@
 """Broker benchmark: our embedded broker and, when installed, Debian's mosquitto, same run.
 
-    .venv/bin/python benchmarks/broker.py [--quick] [--only ours|mosquitto]
+    .venv/bin/python benchmarks/broker.py [--quick] [--only ours|mosquitto] [--rounds N]
 
 Scenarios (loopback, clients are raw sockets in separate processes so that the broker, not a
 Python MQTT client library, is what is measured):
@@ -9,6 +9,8 @@ Python MQTT client library, is what is measured):
   fanout    1 -> 50 subscribers, QoS 0: deliveries/s
   rr        MQTT 5 request/response through the broker (Response Topic + Correlation Data),
             sequential round trips: p50 / p99 in microseconds
+  starve    8 publishers saturate the broker (QoS 0, one subscriber drains): PINGRESP,
+            SUBACK and a new client's CONNACK latency, p50 and max in milliseconds
   idle      1,000 connected idle clients: time to connect them all, broker RSS added
 Prints numbers; asserts nothing about speed.
 """
@@ -16,6 +18,7 @@ Prints numbers; asserts nothing about speed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
 import resource
@@ -291,6 +294,81 @@ def request_response(port: int, n: int) -> dict[str, float]:
             "p99_us": samples[int(len(samples) * 0.99) - 1], "n": n}
 
 
+def _blaster_proc(port: int, index: int, stop: Any) -> None:
+    """A publisher that sends QoS 0 as fast as the broker reads it, until told to stop."""
+    s = connect(port, f"blaster{index}-{os.getpid()}")
+    batch = b"".join(encode(Publish(f"load/{index}", b"x" * 64, 0), PROTOCOL_311)
+                     for _ in range(200))
+    while not stop.is_set():
+        s.sendall(batch)
+    s.close()
+
+
+def _drain_proc(port: int, conn: Any) -> None:
+    s = connect(port, f"drain-{os.getpid()}")
+    subscribe(s, "load/#", 0)
+    conn.send("ready")
+    s.settimeout(30)
+    with contextlib.suppress(OSError):
+        while s.recv(1 << 20):
+            pass
+
+
+def _round_trip(s: socket.socket, packet: bytes, kind: int) -> float:
+    t0 = time.perf_counter()
+    s.sendall(packet)
+    reader = FrameReader()
+    while True:
+        reader.feed(s.recv(65536))
+        while (frame := reader.next_frame()) is not None:
+            if frame[0] >> 4 == kind:
+                return (time.perf_counter() - t0) * 1000
+
+
+def starvation(port: int, seconds: float = 3.0, publishers: int = 8) -> dict[str, float]:
+    """Control packets while ``publishers`` saturate the broker (and one subscriber drains
+    them): PINGREQ->PINGRESP and SUBSCRIBE->SUBACK on a connected probe, and a new
+    CONNECT->CONNACK, every 100 ms; milliseconds."""
+    parent, child = mp.Pipe()
+    drain = mp.Process(target=_drain_proc, args=(port, child), daemon=True)
+    drain.start()
+    assert parent.recv() == "ready"
+    stop = mp.Event()
+    procs = [mp.Process(target=_blaster_proc, args=(port, i, stop), daemon=True)
+             for i in range(publishers)]
+    for proc in procs:
+        proc.start()
+    time.sleep(0.5)  # let them saturate it
+    probe = connect(port, f"probe-{os.getpid()}")
+    samples: dict[str, list[float]] = {"ping": [], "suback": [], "connack": []}
+    end = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < end:
+        i += 1
+        samples["ping"].append(_round_trip(probe, b"\xc0\x00", 13))
+        samples["suback"].append(_round_trip(
+            probe, encode(Subscribe(i % 60000 + 1, [Subscription(f"probe/{i}", 0)]),
+                          PROTOCOL_311), 9))
+        t0 = time.perf_counter()
+        fresh = connect(port, f"fresh{i}-{os.getpid()}")
+        samples["connack"].append((time.perf_counter() - t0) * 1000)
+        fresh.close()
+        time.sleep(0.1)
+    stop.set()
+    for proc in procs:
+        proc.join(5)
+        if proc.is_alive():
+            proc.terminate()
+    drain.terminate()
+    probe.close()
+    out: dict[str, float] = {}
+    for name, values in samples.items():
+        values.sort()
+        out[f"{name}_p50_ms"] = statistics.median(values)
+        out[f"{name}_max_ms"] = values[-1]
+    return out
+
+
 def idle_clients(broker: Broker, n: int) -> dict[str, float]:
     before = broker.rss_kib()
     socks = []
@@ -318,6 +396,7 @@ def run_all(broker: Broker, quick: bool) -> dict[str, dict[str, float]]:
     results["qos1"] = throughput(broker.port, 1, int(40_000 * scale))
     results["fanout"] = throughput(broker.port, 0, int(4000 * scale) // 1000 * 1000 or 1000, 50)
     results["rr"] = request_response(broker.port, int(5000 * scale))
+    results["starve"] = starvation(broker.port, 3.0 * scale if quick else 3.0)
     results["idle"] = idle_clients(broker, 1000)
     return results
 
@@ -326,27 +405,40 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer messages")
     parser.add_argument("--only", choices=["ours", "mosquitto"])
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="interleaved rounds (ours, mosquitto, ours, ...): medians")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(soft, 8192), hard), hard))
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        runs: dict[str, dict[str, dict[str, float]]] = {}
-        for name in ("ours", "mosquitto"):
-            if args.only and args.only != name:
-                continue
-            broker = start_ours(tmp) if name == "ours" else start_mosquitto(tmp)
-            if broker is None:
-                print("mosquitto not installed (apt-get install mosquitto): comparison skipped")
-                continue
-            try:
-                runs[name] = run_all(broker, args.quick)
-            finally:
-                broker.stop()
+        rounds: dict[str, list[dict[str, dict[str, float]]]] = {}
+        for _round in range(args.rounds):
+            for name in ("ours", "mosquitto"):
+                if args.only and args.only != name:
+                    continue
+                broker = start_ours(tmp) if name == "ours" else start_mosquitto(tmp)
+                if broker is None:
+                    print("mosquitto not installed (apt-get install mosquitto): "
+                          "comparison skipped")
+                    continue
+                try:
+                    rounds.setdefault(name, []).append(run_all(broker, args.quick))
+                finally:
+                    broker.stop()
+        runs = {name: {scenario: {metric: statistics.median(r[scenario][metric] for r in results)
+                                  for metric in results[0][scenario]}
+                       for scenario in results[0]}
+                for name, results in rounds.items()}
+        if args.rounds > 1:
+            print(f"medians of {args.rounds} interleaved rounds")
     print(f"\n{'scenario':<10} {'metric':<14} " + " ".join(f"{n:>12}" for n in runs) +
           ("   ratio" if len(runs) == 2 else ""))
     metrics = [("qos0", "rate"), ("qos0", "delivered"), ("qos1", "rate"), ("fanout", "rate"),
                ("fanout", "delivered"), ("rr", "p50_us"), ("rr", "p99_us"),
+               ("starve", "ping_p50_ms"), ("starve", "ping_max_ms"),
+               ("starve", "suback_p50_ms"), ("starve", "suback_max_ms"),
+               ("starve", "connack_p50_ms"), ("starve", "connack_max_ms"),
                ("idle", "connect_s"), ("idle", "rss_added_mib")]
     for scenario, metric in metrics:
         values = [runs[n][scenario][metric] for n in runs]

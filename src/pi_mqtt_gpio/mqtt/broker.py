@@ -34,7 +34,7 @@ from pi_mqtt_gpio.mqtt.hooks import (
     Decision,
 )
 from pi_mqtt_gpio.mqtt.logguard import LogLimiter, clip
-from pi_mqtt_gpio.mqtt.message import Message
+from pi_mqtt_gpio.mqtt.message import MESSAGE_OVERHEAD, Message
 from pi_mqtt_gpio.mqtt.packets import (
     PROTOCOL_50,
     PROTOCOL_311,
@@ -980,18 +980,48 @@ class BrokerCore:
                 continue
             count += 1
             out = session.conn
-            if ((qos and sub_qos) or sub_ids or protected or out is None
-                    or out.state is not ConnState.CONNECTED or out.congested
+            if (sub_ids or protected or out is None or out.state is not ConnState.CONNECTED
                     or out.alias_out_max or out.max_packet_out
                     or session.internal_handler is not None):
+                slow = True
+            elif qos and sub_qos:  # a QoS 1 delivery: with a window and nothing queued
+                slow = (len(session.inflight) >= out.receive_max_out or bool(session.queue)
+                        or session.queued_bytes + len(payload) + len(topic) + MESSAGE_OVERHEAD
+                        > self.limits.max_queued_bytes_per_client)
+            else:
+                slow = out.congested
+            if slow or (qos and sub_qos):
                 if msg is None:
                     client = conn.client
                     assert client is not None
                     msg = Message(topic, payload, qos, False, props, None, conn.client_id,
                                   client.username, client.role, raw)
-                self._deliver(session, msg, qos if qos < sub_qos else sub_qos, False,
-                              sub_ids, now)
+                if slow:
+                    self._deliver(session, msg, qos if qos < sub_qos else sub_qos, False,
+                                  sub_ids, now)
+                    continue
+                cost = msg.cost
+                if self.queued_bytes + cost > self.limits.max_queued_bytes:
+                    self._deliver(session, msg, 1, False, sub_ids, now)
+                    continue
+                assert out is not None
+                out_pid = session.allocate_pid()
+                if out.version == version:  # the publisher's bytes with our packet id
+                    at = 2 + len(tkey)
+                    data = b"\x32" + encode_varint(len(body)) + body[:at] \
+                        + bytes((out_pid >> 8, out_pid & 0xFF)) + body[at + 2:]
+                else:
+                    data = encode_publish(topic, payload, 1, False, False, out_pid, props,
+                                          out.version, raw)
+                out.write(data)
+                self._dirty.add(out)
+                self.stats.messages_out += 1
+                if not session.inflight:
+                    self._watch_acks(out, now)
+                session.inflight[out_pid] = Inflight(msg, 1, False, sub_ids)
+                self._charge(session, cost)
                 continue
+            assert out is not None
             if out.version == version:
                 if same is None:
                     if qos:
