@@ -3,6 +3,8 @@
 
     .venv/bin/python benchmarks/rpc.py [--quick]
 
+"rpc lean client" calls from a raw MQTT 5 socket and "echo same daemon" is a plain
+request/response between two raw clients through the same daemon (the broker hop alone).
 "stub" makes the same calls through the client stub (``RemoteLED.on()``) and from 10 threads
 at once through one connection (issue 4). The RPC scenario runs twice in the same run: against our daemon (embedded broker, one
 process), and against what a user would otherwise build: Debian's mosquitto plus a separate
@@ -35,7 +37,18 @@ from paho.mqtt.properties import Properties
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from broker import free_port, wait_port  # noqa: E402
+from broker import (  # noqa: E402
+    PROTOCOL_50,
+    FrameReader,
+    Prop,
+    Publish,
+    connect,
+    encode,
+    free_port,
+    request_response,
+    subscribe,
+    wait_port,
+)
 
 NODE = "bench"
 TOPIC_ROOT = f"gatekeeper/{NODE}"
@@ -131,6 +144,36 @@ class ThreadedCaller(Caller):
     def close(self) -> None:
         super().close()
         self.c.loop_stop()
+
+
+def lean_round_trips(port: int, n: int) -> dict[str, float]:
+    """RPC calls from a lean client (a raw MQTT 5 socket, as in benchmarks/broker.py), to
+    compare with a plain request/response echo between two such clients through the same
+    daemon (``request_response``): what the gatekeeper adds on top of the broker hop."""
+    cid = f"lean-{os.getpid()}"
+    s = connect(port, cid, PROTOCOL_50)
+    reply = f"{TOPIC_ROOT}/reply/{cid}"
+    subscribe(s, f"{reply}/#", 0, PROTOCOL_50)
+    reader = FrameReader()
+    samples = []
+    body = json.dumps({"method": "toggle"}).encode()
+    for i in range(n):
+        req = encode(Publish(f"{TOPIC_ROOT}/device/led/call", body, 0, properties={
+            Prop.RESPONSE_TOPIC: f"{reply}/r", Prop.CORRELATION_DATA: i.to_bytes(4, "big")}),
+            PROTOCOL_50)
+        t0 = time.perf_counter()
+        s.sendall(req)
+        got = False
+        while not got:
+            reader.feed(s.recv(65536))
+            while (frame := reader.next_frame()) is not None:
+                if frame[0] >> 4 == 3 and f"{reply}/r".encode() in frame[1][:80]:
+                    got = True
+        samples.append((time.perf_counter() - t0) * 1e6)
+    s.close()
+    samples.sort()
+    return {"p50_us": statistics.median(samples),
+            "p99_us": samples[int(len(samples) * 0.99) - 1], "calls": n}
 
 
 def rpc_round_trips(port: int, n: int, threaded: bool = False) -> dict[str, float]:
@@ -321,6 +364,8 @@ def main() -> int:
         proc, port = start_daemon(tmp, {"led": {"type": "LED", "pin": 17},
                                         "button": {"type": "Button", "pin": 27}})
         try:
+            results["rpc lean client"] = lean_round_trips(port, n)
+            results["echo same daemon"] = request_response(port, n)
             results["rpc ours"] = rpc_round_trips(port, n)
             results["rpc ours, paho thread"] = rpc_round_trips(port, n, threaded=True)
             results["stub RemoteLED"] = stub_round_trips(port, n)
@@ -372,6 +417,9 @@ def main() -> int:
           f"p99={stub['p99_us'] / ours['p99_us']:.2f}x")
     print(f"{'ratio stub/paho thread':<28} p50={stub['p50_us'] / threaded['p50_us']:.2f}x  "
           f"p99={stub['p99_us'] / threaded['p99_us']:.2f}x")
+    lean, echo = results["rpc lean client"], results["echo same daemon"]
+    print(f"{'ratio lean rpc/echo':<28} p50={lean['p50_us'] / echo['p50_us']:.2f}x  "
+          f"p99={lean['p99_us'] / echo['p99_us']:.2f}x")
     base = results["rpc mosquitto+paho daemon"]
     if base:
         print(f"{'ratio ours/baseline':<28} p50={ours['p50_us'] / base['p50_us']:.2f}x  "

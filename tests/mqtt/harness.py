@@ -74,7 +74,10 @@ class FakeClient:
         self.backlog: list[Packet] = []  # received but not yet looked at
 
     def send_raw(self, data: bytes) -> None:
-        self.h.core.data_received(self.conn, data, self.h.now)
+        core = self.h.core
+        core.data_received(self.conn, data, self.h.now)
+        while core.take_backlogged():  # the transport's later turns
+            core.process_backlog(self.conn, self.h.now)
         self.h.settle()
 
     def send(self, packet: Packet) -> None:

@@ -105,6 +105,7 @@ class BrokerLimits:
     max_queued_messages: int = 1000
     max_keepalive: int = 600
     receive_maximum: int = 1024  # inbound QoS 1/2 the client may have unacknowledged
+    frames_per_turn: int = 256  # packets of one connection handled before the others' turn
     max_inflight_out: int = 1024  # cap on the client's Receive Maximum for our deliveries
     topic_alias_maximum: int = 64  # inbound aliases a 5.0 client may use
     connect_timeout: float = 5.0  # seconds to complete CONNECT (and authentication)
@@ -223,6 +224,7 @@ class BrokerCore:
         self.auth_epoch = 0  # bumped when authorisation may have changed (caches drop)
         self._targets: dict[str, tuple[int, list[tuple[str, int, list[int]]] | None]] = {}
         self._targets_size = 0  # receivers held by ``_targets`` (bounded)
+        self._backlogged: list[Connection] = []
         self.hooks: list[BrokerHooks] = list(hooks or [])
         self.sessions: dict[str, Session] = {}
         self.connections: dict[int, Connection] = {}
@@ -312,10 +314,22 @@ class BrokerCore:
         return len(self._pending)
 
     def data_received(self, conn: Connection, data: bytes, now: float) -> None:
+        """Take bytes from the network. At most ``limits.frames_per_turn`` packets are
+        handled at once; then ``conn.backlog`` is set, the connection is listed by
+        ``take_backlogged`` and the transport calls ``process_backlog`` on a later turn of
+        its loop (not reading meanwhile), so that one client sending as fast as it can does
+        not keep the others waiting."""
         if conn.state is ConnState.CLOSED or conn.closing:
             return
         conn.last_rx = now
         self._guarded(conn, now, self._feed, data)
+
+    def process_backlog(self, conn: Connection, now: float) -> None:
+        """Handle the next packets already received (see ``data_received``)."""
+        conn.backlog = False
+        if conn.state is ConnState.CLOSED or conn.closing:
+            return
+        self._guarded(conn, now, self._process, None)
 
     def _feed(self, conn: Connection, now: float, data: bytes) -> None:
         reader = conn.reader
@@ -340,9 +354,16 @@ class BrokerCore:
             log.exception("internal error handling %r; closing it", conn)
             self._close(conn, now, RC.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
 
-    def _process(self, conn: Connection, now: float) -> None:
+    def _process(self, conn: Connection, now: float, _arg: None = None) -> None:
         reader = conn.reader
+        budget = self.limits.frames_per_turn
         while conn.state is not ConnState.CLOSED and not conn.closing:
+            budget -= 1
+            if budget < 0:
+                if reader.buffered and not conn.backlog:
+                    conn.backlog = True
+                    self._backlogged.append(conn)
+                return
             if conn.state is ConnState.AUTHENTICATING:
                 return
             if conn.state is ConnState.NEW and reader.peek_first() not in (None, 0x10):
@@ -391,6 +412,12 @@ class BrokerCore:
         dirty = list(self._dirty)
         self._dirty.clear()
         return dirty
+
+    def take_backlogged(self) -> list[Connection]:
+        """Connections with packets left for a later turn (``process_backlog``)."""
+        out = self._backlogged
+        self._backlogged = []
+        return out
 
     def take_internal(self) -> list[tuple[InternalClient, Message, list[int]]]:
         out = self._internal_out

@@ -31,6 +31,7 @@ class Connection:
         "alias_in",
         "alias_out",
         "alias_out_max",
+        "backlog",
         "cert_cn",
         "client",
         "client_id",
@@ -82,6 +83,7 @@ class Connection:
         # Topics this client published that were valid and allowed: raw bytes -> (topic,
         # authorisation epoch, bit mask of the QoS levels allowed). A few, short ones only.
         self.fast_topics: dict[bytes, tuple[str, int, int]] = {}
+        self.backlog = False  # packets received but not handled yet (the others' turn first)
         self.alias_in: dict[int, str] = {}
         self.problem_info = True
         self.closing = False

@@ -48,6 +48,10 @@ class _Link:
     def write(self, chunks: list[bytes]) -> None:
         raise NotImplementedError
 
+    def later(self) -> None:
+        """Handle the connection's remaining packets at a later turn of the loop."""
+        raise NotImplementedError
+
     def buffered(self) -> int:
         raise NotImplementedError
 
@@ -87,6 +91,22 @@ class _TcpLink(_Link, asyncio.Protocol):
         server = self.server
         server.core.data_received(self.conn, data, server.now())
         server.pump()
+
+    def later(self) -> None:
+        """More packets than one turn's worth: stop reading, let the other connections (and
+        timers) have the loop, go on at the next turn."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.pause_reading()
+        asyncio.get_running_loop().call_soon(self._backlog)
+
+    def _backlog(self) -> None:
+        server = self.server
+        server.core.process_backlog(self.conn, server.now())
+        server.pump()  # lists this connection again (``later``) while packets are left
+        transport = self.transport
+        if not self.conn.backlog and transport is not None and not transport.is_closing():
+            transport.resume_reading()
 
     def eof_received(self) -> bool | None:
         return False  # the peer is done sending: close our side too
@@ -138,11 +158,12 @@ class _TcpLink(_Link, asyncio.Protocol):
 
 
 class _WsLink(_Link):
-    __slots__ = ("_closing", "_pending", "_size", "_wake", "ws")
+    __slots__ = ("_closing", "_pending", "_size", "_wake", "server", "ws")
 
-    def __init__(self, ws: ServerConnection, conn: Connection) -> None:
+    def __init__(self, ws: ServerConnection, conn: Connection, server: BrokerServer) -> None:
         self.ws = ws
         self.conn = conn
+        self.server = server
         self._pending: list[bytes] = []
         self._size = 0
         self._wake = asyncio.Event()
@@ -156,6 +177,15 @@ class _WsLink(_Link):
 
     def buffered(self) -> int:
         return self._size
+
+    def later(self) -> None:
+        # The handler reads no further message while ``conn.backlog`` is set.
+        asyncio.get_running_loop().call_soon(self._backlog)
+
+    def _backlog(self) -> None:
+        server = self.server
+        server.core.process_backlog(self.conn, server.now())
+        server.pump()
 
     def close(self) -> None:
         self._closing = True
@@ -291,7 +321,7 @@ class BrokerServer:
         peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         cert_cn = _cert_cn(ws.transport.get_extra_info("peercert")) if identity else None
         conn = self.core.open_connection(kind, peer_text, self.now(), cert_cn)
-        link = _WsLink(ws, conn)
+        link = _WsLink(ws, conn, self)
         self.links[conn.id] = link
         writer = asyncio.create_task(link.writer())
         self.pump()
@@ -302,6 +332,8 @@ class BrokerServer:
                     break
                 self.core.data_received(conn, message, self.now())
                 self.pump()
+                while conn.backlog and not conn.closing:  # the others' turn, then the rest
+                    await asyncio.sleep(0)
                 if conn.closing:
                     break
         except ConnectionClosed:
@@ -346,6 +378,12 @@ class BrokerServer:
                 dirty = core.take_dirty()
                 for conn in dirty:
                     self._flush(conn)
+                for conn in core.take_backlogged():
+                    link = self.links.get(conn.id)
+                    if link is not None:
+                        link.later()
+                    else:
+                        conn.backlog = False  # gone: nothing left to handle
                 if not internal and not dirty:
                     break
             self._arm_timer()
