@@ -322,6 +322,17 @@ class BrokerCore:
         if conn.state is ConnState.CLOSED or conn.closing:
             return
         conn.last_rx = now
+        if conn.state is ConnState.CONNECTED:  # the common case, without ``_guarded``'s call
+            try:
+                conn.reader.feed(data)
+                self._process(conn, now)
+            except MQTTError as exc:
+                self.stats.protocol_errors += 1
+                self._protocol_violation(conn, exc, now)
+            except Exception:
+                log.exception("internal error handling %r; closing it", conn)
+                self._close(conn, now, RC.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
+            return
         self._guarded(conn, now, self._feed, data)
 
     def process_backlog(self, conn: Connection, now: float) -> None:
@@ -985,12 +996,16 @@ class BrokerCore:
                 return False
             topic = found
         payload = body[pos:]
-        if props.get(Prop.PAYLOAD_FORMAT_INDICATOR) == 1:
+        if props and props.get(Prop.PAYLOAD_FORMAT_INDICATOR) == 1:
             try:
                 payload.decode("utf-8")
             except UnicodeDecodeError:
                 return False
-        targets = self._route_targets(topic)
+        hit = self._targets.get(topic)
+        if hit is not None and hit[0] == self.subscriptions.version:
+            targets = hit[1]
+        else:
+            targets = self._route_targets(topic)
         if targets is None:
             return False
         self.stats.messages_in += 1
@@ -1055,7 +1070,9 @@ class BrokerCore:
                         same = encode_publish(topic, payload, 0, False, False, None, props,
                                               version, raw)
                     else:  # the publisher's own bytes
-                        same = b"\x30" + encode_varint(len(body)) + body
+                        size = len(body)
+                        same = (bytes((0x30, size)) if size < 128
+                                else b"\x30" + encode_varint(size)) + body
                 data = same
             else:
                 if other is None:

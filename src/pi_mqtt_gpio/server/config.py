@@ -117,6 +117,7 @@ class LimitsConfig:
     ack_timeout_s: Annotated[float, Range(gt=0)] = 60.0
     max_pending_connections: Annotated[int, Range(ge=1)] = 1024
     max_pending_per_address: Annotated[int, Range(ge=1)] = 256
+    frames_per_turn: Annotated[int, Range(ge=1, le=65536)] = 256
 
 
 def _default_listeners() -> list[ListenerConfig]:

@@ -544,6 +544,7 @@ def broker_limits(config: Config) -> BrokerLimits:
         ack_timeout=limits.ack_timeout_s,
         max_pending_connections=limits.max_pending_connections,
         max_pending_per_address=limits.max_pending_per_address,
+        frames_per_turn=limits.frames_per_turn,
     )
 
 
