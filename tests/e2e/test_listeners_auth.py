@@ -227,3 +227,27 @@ def test_sigterm_publishes_offline_and_exits_zero(tmp_path: Path) -> None:
     assert watcher.get().payload == b"offline"
     assert wait_for(lambda: not watcher.disconnects.empty())
     watcher.c.loop_stop()
+
+
+def test_the_dashboard_is_served_over_tls_too(secured: Gatekeeper, certs: Path) -> None:
+    import http.client
+    import json
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(certs / "cert.pem"))
+
+    def get(path: str) -> tuple[int, bytes]:
+        # one request per connection: the listener answers HTTP and closes
+        conn = http.client.HTTPSConnection("127.0.0.1", secured.ports["websocket+tls"],
+                                           context=ctx, timeout=5)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    status, body = get("/")
+    assert status == 200 and b"app.js" in body
+    status, body = get("/node.json")
+    assert status == 200 and json.loads(body)["anonymous"] is False

@@ -363,3 +363,33 @@ def test_the_connection_goes_down_and_comes_back(node: Node, watched: Any) -> No
     state = node.pin("porch_light").state
     toggle.click()
     assert wait_for(lambda: node.pin("porch_light").state != state)
+
+
+def test_the_page_over_tls_logs_in_over_wss(watched: Any, tmp_path: Path) -> None:
+    """The TLS WebSocket listener serves the page over https and MQTT over wss."""
+    import subprocess
+
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem"),
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    wss = free_port()
+    text = node_config(free_port(), free_port()).replace(
+        "    - {type: websocket, host: 127.0.0.1, port:",
+        f"    - {{type: websocket, host: 127.0.0.1, port: {wss}, "
+        f"certfile: {tmp_path / 'cert.pem'}, keyfile: {tmp_path / 'key.pem'}}}\n"
+        "    - {type: websocket, host: 127.0.0.1, port:")
+    gk = GatekeeperThread(text)
+    gk.start()
+    try:
+        w = watched(ignore_https_errors=True)  # a self-signed certificate
+        page = w.page
+        page.goto(f"https://127.0.0.1:{wss}/")
+        page.fill("#username", "ada")
+        page.fill("#password", PASSWORDS["ada"])
+        page.click("#login-form button[type=submit]")
+        expect(page.locator("#conn")).to_have_text("connected")
+        page.click("#card-porch_light button.toggle")
+        assert wait_for(lambda: gk.pin("porch_light").pin.state == 1)
+    finally:
+        gk.close()
