@@ -368,16 +368,33 @@ class BrokerCore:
     def _process(self, conn: Connection, now: float, _arg: None = None) -> None:
         reader = conn.reader
         budget = self.limits.frames_per_turn
-        while conn.state is not ConnState.CLOSED and not conn.closing:
+        fast = self.fast_path
+        connected = ConnState.CONNECTED
+        while not conn.closing:
+            state = conn.state
             budget -= 1
             if budget < 0:
-                if reader.buffered and not conn.backlog:
+                if reader.buffered and not conn.backlog and state is connected:
                     conn.backlog = True
                     self._backlogged.append(conn)
                 return
-            if conn.state is ConnState.AUTHENTICATING:
+            if state is connected and fast:
+                frame = reader.next_frame()
+                if frame is None:
+                    return
+                first, body = frame
+                if (first == 0x30 or first == 0x32) and self._fast_publish(conn, first, body,
+                                                                           now):
+                    continue
+                if first == 0x40 and len(body) == 2 and (body[0] or body[1]):
+                    # PUBACK (success, no properties)
+                    self._on_puback(conn, (body[0] << 8) | body[1], 1, now)
+                    continue
+                self._dispatch(conn, first, body, now)
+                continue
+            if state is ConnState.CLOSED or state is ConnState.AUTHENTICATING:
                 return
-            if conn.state is ConnState.NEW and reader.peek_first() not in (None, 0x10):
+            if state is ConnState.NEW and reader.peek_first() not in (None, 0x10):
                 # MQTT-3.1.0-1: the first packet must be CONNECT; close without reply, and
                 # without waiting for the rest of whatever this is.
                 self._close(conn, now, None, "first packet was not CONNECT")
@@ -391,14 +408,6 @@ class BrokerCore:
                     conn.version = PROTOCOL_50  # so a malformed CONNECT gets a 5.0 CONNACK
                 self._on_connect(conn, body, first, now)
                 continue
-            if self.fast_path:
-                if (first == 0x30 or first == 0x32) and self._fast_publish(conn, first, body,
-                                                                           now):
-                    continue
-                if first == 0x40 and len(body) == 2 and (body[0] or body[1]):
-                    # PUBACK (success, no properties)
-                    self._on_puback(conn, (body[0] << 8) | body[1], 1, now)
-                    continue
             self._dispatch(conn, first, body, now)
 
     def connection_lost(self, conn: Connection, now: float) -> None:
