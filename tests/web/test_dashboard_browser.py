@@ -393,3 +393,47 @@ def test_the_page_over_tls_logs_in_over_wss(watched: Any, tmp_path: Path) -> Non
         assert wait_for(lambda: gk.pin("porch_light").pin.state == 1)
     finally:
         gk.close()
+
+
+def test_every_card_type_of_the_demo_works(watched: Any, tmp_path: Path) -> None:
+    """The demo config (deploy/demo.yaml: servo, mixer, RGB, PWM, buzzer, expander pins,
+    motion and distance sensors, a button with gestures) through each card's controls."""
+    import yaml
+
+    from tests.conftest import start_gatekeeper
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "deploy" / "demo.yaml")
+                            .read_text())
+    config["broker"]["listeners"] = [{"type": "tcp", "host": "127.0.0.1", "port": 0},
+                                     {"type": "websocket", "host": "127.0.0.1", "port": 0}]
+    gk = start_gatekeeper(tmp_path, config)
+    try:
+        page = watched().page
+        page.goto(f"http://127.0.0.1:{gk.ports['websocket']}/")
+        expect(page.locator("#who")).to_have_text("anonymous (admin)")
+        expect(page.locator("#login")).to_be_hidden()
+        page.click("#card-camera_pan button:text-is('Max')")
+        expect(value(page, "camera_pan")).to_have_text("90°")
+        page.locator("#card-camera_pan input[type=range]").fill("-45")
+        expect(value(page, "camera_pan")).to_have_text("-45°")
+        page.click("#card-volume button.toggle")
+        expect(value(page, "volume")).to_contain_text("(muted)")
+        page.locator("#card-volume input[type=range]").fill("20")
+        expect(value(page, "volume")).to_contain_text("20")
+        page.locator("#card-mood_light input[type=color]").fill("#ff0000")
+        expect(value(page, "mood_light")).to_have_text("#ff0000")
+        page.locator("#card-status_led input[type=range]").fill("30")
+        expect(value(page, "status_led")).to_have_text("30 %")
+        page.click("#card-hallway_pir button:text-is('Motion')")
+        expect(value(page, "hallway_pir")).to_have_text("motion")
+        expect(page.locator("#card-hallway_pir .events li").first).to_contain_text("motion")
+        page.locator("#card-garage_gap input[type=range]").fill("0.25")
+        expect(value(page, "garage_gap")).to_have_text("0.500 m")  # max_distance 2 m
+        page.click("#card-hall_light button.toggle")  # on the MCP23017 expander
+        expect(value(page, "hall_light")).to_have_text("on")
+        page.click("#card-wall_button button:text-is('Press')")
+        page.click("#card-wall_button button:text-is('Release')")
+        expect(page.locator("#card-wall_button .events")).to_contain_text("single")
+        expect(page.locator(".toast.bad")).to_have_count(0)
+    finally:
+        assert gk.stop() == 0
