@@ -82,13 +82,31 @@ devices:
 """
 
 
+def watcher_and_caller(port: int) -> tuple[Client, Client]:
+    """A client watching the whole node and one making calls (MQTT 5)."""
+    w = Client(port, mqtt.MQTTv5, client_id="watcher")
+    w.connect()
+    w.subscribe("gatekeeper/g/#", 1)
+    c = Client(port, mqtt.MQTTv5, client_id="caller")
+    c.connect()
+    return w, c
+
+
+def stop_and_recover(watcher: Client, bus: Any) -> tuple[Any, Any]:
+    """The simulated chip stops answering until the health says so, then answers again:
+    what the watcher saw until degraded, and until ok again."""
+    bus.answering = False
+    down = until(watcher, lambda t, p: t.endswith("/system/health")
+                 and p["status"] == "degraded", timeout=5)
+    bus.answering = True
+    up = until(watcher, lambda t, p: t.endswith("/system/health") and p["status"] == "ok",
+               timeout=5)
+    return down, up
+
+
 def test_expander_devices_end_to_end_and_a_chip_that_stops_answering() -> None:
     def body(daemon: Daemon, port: int) -> dict[str, Any]:
-        w = Client(port, mqtt.MQTTv5, client_id="watcher")
-        w.connect()
-        w.subscribe("gatekeeper/g/#", 1)
-        c = Client(port, mqtt.MQTTv5, client_id="caller")
-        c.connect()
+        w, c = watcher_and_caller(port)
         factory: Any = daemon.hw.factory
         bus: SimulatedMCP23017 = factory.chips["io1"].bus
         try:
@@ -96,12 +114,7 @@ def test_expander_devices_end_to_end_and_a_chip_that_stops_answering() -> None:
             pressed = until(w, lambda t, p: t.endswith("/hall/event") and p["event"] == "pressed")
             assert call(c, "lamp", {"method": "on"})["ok"]
             olat = bus.regs[OLAT + 1]
-            bus.answering = False  # the chip stops answering
-            down = until(w, lambda t, p: t.endswith("/system/health")
-                         and p["status"] == "degraded", timeout=5)
-            bus.answering = True
-            up = until(w, lambda t, p: t.endswith("/system/health") and p["status"] == "ok",
-                       timeout=5)
+            down, up = stop_and_recover(w, bus)
             return {"pressed": pressed, "olat": olat, "down": down, "up": up}
         finally:
             c.close()

@@ -350,7 +350,11 @@ def _expander_problems(devices: dict[str, Any], expanders: dict[str, ExpanderCon
         for key, line, _shared in dev.lines():
             where = ("devices", name, *key.split("."))
             if isinstance(line, str):
-                expander = line.partition(":")[0]
+                expander, _, number = line.partition(":")
+                if expander in expanders and expanders[expander].type == "PCF8574" \
+                        and number.isdigit() and int(number) > 7:
+                    problems.append((where, f"a PCF8574 has pins 0 to 7 ({expander} is "
+                                     f"one), not {number}"))
                 if expander not in expanders:
                     problems.append((where, f"no expander named {expander!r} (expanders: "
                                      f"{', '.join(expanders) or 'none'})"))

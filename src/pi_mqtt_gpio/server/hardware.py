@@ -174,12 +174,15 @@ def make_pin_factory(hardware: HardwareConfig, simulate: bool,
         ExpanderFactory,
         SimulatedMCP23017,
     )
+    from pi_mqtt_gpio.server.pins.pcf857x import PCF857x, SimulatedPCF857x, SMBusPort
 
     chips: dict[str, Any] = {}
     try:
         for name, cfg in expanders.items():
+            pcf = cfg.type != "MCP23017"
+            width = 1 if cfg.type == "PCF8574" else 2
             if simulate or hardware.pin_factory == "mock":
-                bus: Any = SimulatedMCP23017()
+                bus: Any = SimulatedPCF857x(width) if pcf else SimulatedMCP23017()
             else:
                 from smbus2 import SMBus
 
@@ -188,7 +191,10 @@ def make_pin_factory(hardware: HardwareConfig, simulate: bool,
                 except OSError as exc:
                     raise HardwareError(f"expander {name}: cannot open /dev/i2c-{cfg.bus}: "
                                         f"{exc.strerror} (is I2C enabled?)") from exc
-            chips[name] = MCP23017(name, cfg, bus, on_failure=on_expander_failure)
+                if pcf:
+                    bus = SMBusPort(bus, width)
+            chip_class = PCF857x if pcf else MCP23017
+            chips[name] = chip_class(name, cfg, bus, on_failure=on_expander_failure)
         factory = ExpanderFactory(base, chips)
         for name, chip in chips.items():
             try:
@@ -196,7 +202,7 @@ def make_pin_factory(hardware: HardwareConfig, simulate: bool,
             except OSError as exc:
                 raise HardwareError(f"expander {name} (I2C bus {chip.config.bus}, address "
                                     f"0x{chip.address:02x}) does not answer: {exc}") from exc
-            if isinstance(chip.bus, SimulatedMCP23017):
+            if isinstance(chip.bus, SimulatedMCP23017 | SimulatedPCF857x):
                 chip.bus.on_interrupt = chip.interrupt
             elif chip.config.interrupt is not None:
                 _interrupt_line(base, chip)

@@ -1,4 +1,5 @@
 """MCP23017 I²C expanders as gpiozero pins: ``"io1:3"`` is pin 3 (GPA3) of expander ``io1``,
+(PCF8574/PCF8575: ``pcf857x.py``, the same pins on another chip driver),
 ``"io1:8"`` is GPB0. Every gpiozero input and output type (and so gestures, bindings,
 safety, Home Assistant) works on them unchanged, through ``ExpanderFactory``: a gpiozero pin
 factory that hands out expander pins by name and everything else from the board's factory.
@@ -43,11 +44,21 @@ IODIR, IPOL, GPINTEN, DEFVAL, INTCON, IOCON, GPPU, INTF, INTCAP, GPIO, OLAT = (
 
 @section
 class ExpanderConfig:
-    type: Literal["MCP23017"]
+    type: Literal["MCP23017", "PCF8574", "PCF8575"]
     bus: Annotated[int, Range(ge=0, le=255)] = 1
-    address: Annotated[int, Range(ge=0x20, le=0x27)] = 0x20
+    address: Annotated[int, Range(ge=0x20, le=0x3F)] = 0x20
     interrupt: Annotated[int, Range(ge=0, le=53)] | None = None  # the INT line (GPIO)
     poll_interval_s: Annotated[float, Range(ge=0.005, le=10)] = 0.02
+
+    def check(self) -> list[str]:
+        """Each chip's address pins give it 0x20-0x27; the PCF8574A variant 0x38-0x3F."""
+        if 0x20 <= self.address <= 0x27 or (self.type == "PCF8574"
+                                            and 0x38 <= self.address <= 0x3F):
+            return []
+        where = "0x20-0x27, or 0x38-0x3F for a PCF8574A" if self.type == "PCF8574" \
+            else "0x20-0x27"
+        article = "an" if self.type == "MCP23017" else "a"
+        return [f"{article} {self.type} answers at {where}, not 0x{self.address:02x}"]
 
 
 def parse_pin(value: Any) -> tuple[str, int] | None:
@@ -366,8 +377,8 @@ class ExpanderPin:
         if value == "down":
             from gpiozero.exc import PinFixedPull
 
-            raise PinFixedPull(f"{self!r}: an MCP23017 has pull-ups only (pull_up: true, or "
-                               f"a floating input with active_state)")
+            raise PinFixedPull(f"{self!r}: an {self.chip.config.type} has pull-ups only "
+                               f"(pull_up: true, or a floating input with active_state)")
         self._pull = value
         self.chip.set_bit("gppu", GPPU, self.n, value == "up")
 
@@ -432,9 +443,9 @@ class ExpanderPin:
     def drive_low(self) -> None:
         self._simulated().drive(self.n, False)
 
-    def _simulated(self) -> SimulatedMCP23017:
+    def _simulated(self) -> Any:
         bus = self.chip.bus
-        if not isinstance(bus, SimulatedMCP23017):
+        if not hasattr(bus, "drive"):  # a simulated chip (MCP23017 or PCF857x)
             raise RuntimeError(f"{self!r} is a real expander pin: it cannot be driven")
         return bus
 
