@@ -39,13 +39,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from broker import (  # noqa: E402
     PROTOCOL_50,
-    FrameReader,
-    Prop,
-    Publish,
     connect,
-    encode,
     free_port,
     request_response,
+    round_trips,
     subscribe,
     wait_port,
 )
@@ -154,26 +151,12 @@ def lean_round_trips(port: int, n: int) -> dict[str, float]:
     s = connect(port, cid, PROTOCOL_50)
     reply = f"{TOPIC_ROOT}/reply/{cid}"
     subscribe(s, f"{reply}/#", 0, PROTOCOL_50)
-    reader = FrameReader()
-    samples = []
-    body = json.dumps({"method": "toggle"}).encode()
-    for i in range(n):
-        req = encode(Publish(f"{TOPIC_ROOT}/device/led/call", body, 0, properties={
-            Prop.RESPONSE_TOPIC: f"{reply}/r", Prop.CORRELATION_DATA: i.to_bytes(4, "big")}),
-            PROTOCOL_50)
-        t0 = time.perf_counter()
-        s.sendall(req)
-        got = False
-        while not got:
-            reader.feed(s.recv(65536))
-            while (frame := reader.next_frame()) is not None:
-                if frame[0] >> 4 == 3 and f"{reply}/r".encode() in frame[1][:80]:
-                    got = True
-        samples.append((time.perf_counter() - t0) * 1e6)
-    s.close()
-    samples.sort()
-    return {"p50_us": statistics.median(samples),
-            "p99_us": samples[int(len(samples) * 0.99) - 1], "calls": n}
+    try:
+        return {**round_trips(s, f"{TOPIC_ROOT}/device/led/call",
+                              json.dumps({"method": "toggle"}).encode(), f"{reply}/r", n),
+                "calls": n}
+    finally:
+        s.close()
 
 
 def rpc_round_trips(port: int, n: int, threaded: bool = False) -> dict[str, float]:

@@ -56,3 +56,14 @@ def test_a_backlog_of_a_closed_connection_is_dropped() -> None:
     h.core.connection_lost(flood.conn, h.now)
     h.core.process_backlog(flood.conn, h.now)  # nothing happens, nothing raises
     assert not flood.conn.backlog
+
+
+def test_the_config_key_reaches_the_core() -> None:
+    from pi_mqtt_gpio.server.config import ConfigError, parse_config
+    from pi_mqtt_gpio.server.daemon import broker_limits
+
+    config = parse_config("broker: {limits: {frames_per_turn: 5}}\ndevices: {}\n")
+    assert broker_limits(config).frames_per_turn == 5
+    assert parse_config("devices: {}\n").broker.limits.frames_per_turn == 256
+    with pytest.raises(ConfigError, match="frames_per_turn"):
+        parse_config("broker: {limits: {frames_per_turn: 0}}\ndevices: {}\n")

@@ -13,7 +13,12 @@ import pytest
 
 from pi_mqtt_gpio.server.security.passwords import hash_password
 from tests.conftest import GatekeeperThread, wait_for
-from tests.web.test_dashboard_browser import Watched, browser, free_port  # noqa: F401
+from tests.web.test_dashboard_browser import (  # noqa: F401
+    Watched,
+    browser,
+    free_port,
+    head,
+)
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 expect = playwright_sync.expect
@@ -23,14 +28,7 @@ PASSWORD = "fleet-test-pw"
 
 def hub_config(tcp: int, ws: int) -> str:
     digest = hash_password(PASSWORD)
-    return f"""
-node_id: hub
-hardware: {{pin_factory: mock}}
-broker:
-  listeners:
-    - {{type: tcp, host: 127.0.0.1, port: {tcp}}}
-    - {{type: websocket, host: 127.0.0.1, port: {ws}}}
-auth:
+    return head("hub", tcp, ws) + f"""auth:
   allow_anonymous: false
   users:
     ada: {{password_hash: '{digest}', role: person}}

@@ -326,12 +326,8 @@ class BrokerCore:
             try:
                 conn.reader.feed(data)
                 self._process(conn, now)
-            except MQTTError as exc:
-                self.stats.protocol_errors += 1
-                self._protocol_violation(conn, exc, now)
-            except Exception:
-                log.exception("internal error handling %r; closing it", conn)
-                self._close(conn, now, RC.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
+            except Exception as exc:
+                self._failed(conn, now, exc)
             return
         self._guarded(conn, now, self._feed, data)
 
@@ -358,12 +354,18 @@ class BrokerCore:
         right reason code on 5.0) and never escapes to the transport."""
         try:
             step(conn, now, arg)
-        except MQTTError as exc:
+        except Exception as exc:
+            self._failed(conn, now, exc)
+
+    def _failed(self, conn: Connection, now: float, exc: Exception) -> None:
+        """What handling ``conn``'s bytes raised: a protocol violation closes it with its
+        reason code, anything else is an internal error (logged, 0x83)."""
+        if isinstance(exc, MQTTError):
             self.stats.protocol_errors += 1
             self._protocol_violation(conn, exc, now)
-        except Exception:
-            log.exception("internal error handling %r; closing it", conn)
-            self._close(conn, now, RC.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
+            return
+        log.error("internal error handling %r; closing it", conn, exc_info=exc)
+        self._close(conn, now, RC.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
 
     def _process(self, conn: Connection, now: float, _arg: None = None) -> None:
         reader = conn.reader
