@@ -389,8 +389,19 @@ class BrokerCore:
                                                                            now):
                     continue
                 if first == 0x40 and len(body) == 2 and (body[0] or body[1]):
-                    # PUBACK (success, no properties)
-                    self._on_puback(conn, (body[0] << 8) | body[1], 1, now)
+                    # PUBACK (success, no properties); the common case inline
+                    pid = (body[0] << 8) | body[1]
+                    session = self._conn_sessions.get(conn.id)
+                    item = session.inflight.get(pid) if session is not None else None
+                    if item is not None and item.qos == 1 and not session.queue:  # type: ignore[union-attr]
+                        del session.inflight[pid]  # type: ignore[union-attr]
+                        msg = item.message
+                        cost = len(msg.payload) + len(msg.topic) + MESSAGE_OVERHEAD
+                        session.queued_bytes -= cost  # type: ignore[union-attr]
+                        self.queued_bytes -= cost
+                        conn.last_ack = now
+                        continue
+                    self._on_puback(conn, pid, 1, now)
                     continue
                 self._dispatch(conn, first, body, now)
                 continue
@@ -1058,7 +1069,12 @@ class BrokerCore:
                     self._deliver(session, msg, 1, False, sub_ids, now)
                     continue
                 assert out is not None
-                out_pid = session.allocate_pid()
+                inflight = session.inflight
+                out_pid = session.next_pid
+                if out_pid in inflight:
+                    out_pid = session.allocate_pid()
+                else:
+                    session.next_pid = out_pid % 65535 + 1
                 if out.version == version:  # the publisher's bytes with our packet id
                     at = 2 + len(tkey)
                     data = b"\x32" + encode_varint(len(body)) + body[:at] \
@@ -1069,10 +1085,11 @@ class BrokerCore:
                 out.write(data)
                 self._dirty.add(out)
                 self.stats.messages_out += 1
-                if not session.inflight:
+                if not inflight:
                     self._watch_acks(out, now)
-                session.inflight[out_pid] = Inflight(msg, 1, False, sub_ids)
-                self._charge(session, cost)
+                inflight[out_pid] = Inflight(msg, 1, False, sub_ids)
+                session.queued_bytes += cost
+                self.queued_bytes += cost
                 continue
             assert out is not None
             if out.version == version:
