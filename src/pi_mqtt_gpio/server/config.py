@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 
 from pi_mqtt_gpio.server.bindings import BindingsQueueConfig
+from pi_mqtt_gpio.server.compat.config import CompatConfig, compat_problems
 from pi_mqtt_gpio.server.pins.mcp23017 import ExpanderConfig
 from pi_mqtt_gpio.server.schema import NonEmpty, Problem, Range, Tagged, build, section
 from pi_mqtt_gpio.server.watchdog import WatchdogConfig
@@ -253,6 +254,7 @@ class Config:
     bindings_queue: BindingsQueueConfig = field(default_factory=lambda: BindingsQueueConfig())
     watchdog: WatchdogConfig | None = None
     expanders: dict[str, ExpanderConfig] = field(default_factory=dict)
+    compat: CompatConfig = field(default_factory=lambda: CompatConfig())
 
     def check(self) -> list[Problem | str]:
         problems: list[Problem | str] = []
@@ -269,6 +271,8 @@ class Config:
         problems.extend(_homeassistant_problems(self.devices, self.homeassistant))
         problems.extend(_watchdog_problems(self.devices, self.watchdog))
         problems.extend(_expander_problems(self.devices, self.expanders))
+        problems.extend(compat_problems(self.compat, self.devices, self.root,
+                                        self.homeassistant.prefix))
         return problems
 
     @property

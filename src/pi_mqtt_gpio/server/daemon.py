@@ -19,6 +19,7 @@ from pi_mqtt_gpio.mqtt.message import Message
 from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, Properties
 from pi_mqtt_gpio.server.bindings import Bindings, ButtonGestures, PublishQueue
 from pi_mqtt_gpio.server.broker import BrokerServer
+from pi_mqtt_gpio.server.compat.mqtt_io import MqttIoBridge, MqttIoTopics
 from pi_mqtt_gpio.server.config import Config
 from pi_mqtt_gpio.server.covers import CoverController
 from pi_mqtt_gpio.server.devices.cover import CoverAdapter
@@ -65,8 +66,11 @@ class Daemon:
         self.topics = Topics(config.base_topic, config.node_id)
         self.authenticator = Authenticator(config.auth,
                                            max_concurrent=config.auth.max_concurrent_checks)
+        compat = config.compat.mqtt_io
+        self.mqtt_io = MqttIoTopics(compat, config.devices, self.topics) \
+            if compat is not None else None
         self.acl = AccessControl(config.auth, self.topics, role_of=self.authenticator.role_of,
-                                 ha_prefix=config.homeassistant.prefix)
+                                 ha_prefix=config.homeassistant.prefix, aliases=self.mqtt_io)
         self.core = BrokerCore(broker_limits(config), hooks=[self.acl])
         self.leases = ControlLeaseManager(config.leases.scope, config.leases.ttl_s)
         self.server = BrokerServer(
@@ -131,7 +135,14 @@ class Daemon:
                 republish_states=self._republish_all,
                 call_later=lambda delay, fn: asyncio.get_running_loop().call_later(delay, fn))
         self.rpc.on_set_refused = self._republish
+        self.bridge: MqttIoBridge | None = None
+        if self.mqtt_io is not None:
+            self.bridge = MqttIoBridge(self.mqtt_io, publish=self._publish,
+                                       call=self.rpc.command, refuse=self.rpc.refuse,
+                                       may_command=self._may_command)
+            self.twin.listeners.append(self.bridge.state)
         self.uplink: Uplink | None = None
+        self.status_link: Uplink | None = None  # external mode: holds mqtt-io's status Will
         self.fatal: str | None = None  # why the daemon stopped itself (exit status 1)
         self.uplink_loop: asyncio.AbstractEventLoop | None = None
         self.request_stop: Callable[[], None] = lambda: None
@@ -141,6 +152,16 @@ class Daemon:
             subscriptions.append(f"{self.topics.lease_call}/+")
             if config.homeassistant.discovery:
                 subscriptions.append(f"{config.homeassistant.prefix}/status")
+            if self.mqtt_io is not None and compat is not None:
+                subscriptions.extend(self.mqtt_io.subscriptions())
+                # MQTT gives a connection one Will: mqtt-io's "dead" needs its own.
+                self.status_link = Uplink(
+                    ext, client_id=compat.client_id or f"gatekeeper-{config.node_id}-mqtt-io",
+                    will_topic=self.mqtt_io.status_topic,
+                    will_payload=compat.status_payload_dead.encode(),
+                    stop_payload=compat.status_payload_stopped.encode(),
+                    on_message=lambda _msg: None, on_connected=self._status_link_connected,
+                    subscriptions=[])
             self.uplink = Uplink(ext, client_id=ext.client_id or
                                  f"gatekeeper-{config.node_id}", will_topic=self.topics.status,
                                  on_message=self._uplink_message,
@@ -180,6 +201,8 @@ class Daemon:
     def _on_message(self, msg: Message, sub_ids: list[int]) -> None:
         if self.discovery is not None and msg.topic == self.discovery.birth_topic:
             self.discovery.birth(msg.payload)
+            return
+        if self.bridge is not None and self.bridge.handle(msg):
             return
         self.rpc.handle(msg)
 
@@ -332,6 +355,15 @@ class Daemon:
         if self.discovery is not None and msg.topic == self.discovery.birth_topic:
             self.discovery.birth(msg.payload)
             return
+        if self.bridge is not None and self.mqtt_io is not None \
+                and self.mqtt_io.command(msg.topic) is not None:
+            # mqtt-io's topics carry no user name: the broker's ACL decided who may publish
+            # them; the gatekeeper applies compat.mqtt_io.username's role.
+            user = self.config.compat.mqtt_io.username  # type: ignore[union-attr]
+            self.bridge.handle(Message(msg.topic, msg.payload, msg.qos, False, msg.properties,
+                                       sender=user, username=user,
+                                       role=self.authenticator.role_of(user)))
+            return
         base, _, user = msg.topic.rpartition("/")  # only command topics are subscribed
         if not user:
             return
@@ -356,6 +388,10 @@ class Daemon:
             loop.call_soon_threadsafe(self._stop_for, problem)
         return problem
 
+    def _status_link_connected(self) -> None:
+        if self.bridge is not None:
+            self.bridge.running()
+
     def _stop_for(self, problem: str) -> None:
         log.error("stopping: %s", problem)
         self.fatal = problem
@@ -369,6 +405,8 @@ class Daemon:
         self.rpc.publish_leases()
         if self.discovery is not None:
             self.discovery.republish()
+        if self.bridge is not None and self.status_link is None:
+            self.bridge.running()
         self._health_now()
         sent = self.bindings.link_restored()
         if sent:
@@ -403,8 +441,13 @@ class Daemon:
             self.client.subscribe(self.topics.any_device("call"), now=now, qos=1)
             self.client.subscribe(self.topics.any_device("set"), now=now, qos=1)
             self.client.subscribe(self.topics.lease_call, now=now, qos=1)
+            if self.mqtt_io is not None:
+                for topic in self.mqtt_io.subscriptions():
+                    self.client.subscribe(topic, now=now, qos=1)
         self.rpc.publish_leases()
         self.twin.status(True)
+        if self.bridge is not None and self.uplink is None:
+            self.bridge.running()
         if self.discovery is not None:
             if self.client is not None:
                 self.client.subscribe(self.discovery.birth_topic, now=now, qos=1)
@@ -416,6 +459,8 @@ class Daemon:
         if self.uplink is not None:
             self.uplink_loop = asyncio.get_running_loop()
             self.uplink.start(self.uplink_loop)
+            if self.status_link is not None:
+                self.status_link.start(self.uplink_loop)
         self.started = True
         _trim_memory()
         log.info("gatekeeper %s up: %d devices (simulate=%s)", root, len(self.hw.adapters),
@@ -511,6 +556,10 @@ class Daemon:
                     state = self.covers[name].state()
                 self.twin.state(name, state)
             self.twin.status(False)
+            if self.bridge is not None and self.status_link is None:
+                self.bridge.stopped()
+        if self.status_link is not None:
+            await asyncio.to_thread(self.status_link.stop)
         if self.uplink is not None:
             await asyncio.to_thread(self.uplink.stop)
         await self.server.stop()
@@ -565,9 +614,16 @@ class _GatekeeperHooks(BrokerHooks):
     def may_retain(self, client: ClientInfo, topic: str) -> bool:
         """Commands are never retained: a stored ``set``/``call`` would be replayed to every
         later subscriber, the gatekeeper included after a restart."""
-        return client.internal or not self.daemon.topics.is_command(topic)
+        mqtt_io = self.daemon.mqtt_io
+        return client.internal or not (self.daemon.topics.is_command(topic) or (
+            mqtt_io is not None and mqtt_io.command(topic) is not None))
 
     def on_publish_denied(self, client: ClientInfo, message: Message) -> None:
+        bridge = self.daemon.bridge
+        if bridge is not None and self.daemon.mqtt_io is not None \
+                and self.daemon.mqtt_io.command(message.topic) is not None:
+            asyncio.get_running_loop().call_soon(bridge.denied, message)
+            return
         asyncio.get_running_loop().call_soon(self.daemon.rpc.handle_denied, message)
 
 

@@ -408,6 +408,25 @@ class RpcHandler:
             return
         self._await(msg, adapter, spec, bound, future, None, source, delay)
 
+    def command(self, msg: Message, device: str, method: str, kwargs: dict[str, Any],
+                source: str) -> bool:
+        """A command that arrived another way than ``set``/``call`` (mqtt-io's topics): the
+        same checks (validation, leases, safety, interlocks) and an audit entry, as the
+        sender of ``msg``; no reply. False when refused at once."""
+        try:
+            adapter, spec, bound = self._resolve(msg, device, method, [], kwargs)
+            future, delay = self._queue(adapter, spec, bound)
+        except GatekeeperError as exc:
+            self._refuse(msg, device, method, exc, None, source, kwargs)
+            return False
+        self._await(msg, adapter, spec, bound, future, None, source, delay)
+        return True
+
+    def refuse(self, msg: Message, device: str, method: str | None, exc: GatekeeperError,
+               source: str) -> None:
+        """Refuse (log, audit) a command that could not even be read."""
+        self._refuse(msg, device, method, exc, None, source)
+
     def local_publish(self, principal: str, topic: str, trigger: str, payload: bytes) -> bool:
         """A binding publishes to this node's own ``set`` or ``call`` topic: carried out as a
         local call by ``principal`` (True), not sent through the broker."""
@@ -566,7 +585,7 @@ class RpcHandler:
 
     def _refuse(self, msg: Message, device: str, method: str | None, exc: GatekeeperError,
                 reply: _Reply | None, source: str, kwargs: dict[str, Any] | None = None) -> None:
-        if source == "set" and self.on_set_refused is not None \
+        if source in ("set", "mqtt_io") and self.on_set_refused is not None \
                 and device in self.hw.adapters:
             self.on_set_refused(device)
         self._log.log(logging.INFO, msg.sender or "", _now(), "%s %s.%s from %r refused: %s %s",

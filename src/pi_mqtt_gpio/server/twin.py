@@ -65,6 +65,8 @@ class Twin:
         self._tasks: list[asyncio.Task[None]] = []
         self._refresh: dict[str, asyncio.TimerHandle] = {}
         self.on_change: Callable[[str], None] | None = None  # a device's state was published
+        # Also told of every published state: (device, document, published again unchanged)
+        self.listeners: list[Callable[[str, dict[str, Any], bool], None]] = []
         # "external": callers append their user name to command topics (fleet mode)
         self.broker_mode = "embedded"
         # Device -> who looks at its events first (a cover's endstops, a button's gestures);
@@ -112,6 +114,11 @@ class Twin:
         self.publish(self.topics.device(name, "state"), dumps(doc), 1, True)
         if self.on_change is not None:
             self.on_change(name)
+        for listener in self.listeners:
+            try:
+                listener(name, doc, force)
+            except Exception:
+                log.exception("a listener of %s's state failed", name)
         return doc
 
     def notice(self, device: str, event: str, extra: dict[str, Any]) -> None:

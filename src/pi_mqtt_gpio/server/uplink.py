@@ -45,10 +45,13 @@ class Uplink:
     def __init__(self, config: Any, *, client_id: str, will_topic: str,
                  on_message: Callable[[Message], None], on_connected: Callable[[], None],
                  subscriptions: list[str],
-                 on_v311: Callable[[], str | None] = lambda: None) -> None:
+                 on_v311: Callable[[], str | None] = lambda: None,
+                 will_payload: bytes = b"offline", stop_payload: bytes = b"offline") -> None:
         self.config = config
         self.client_id = client_id
         self.will_topic = will_topic
+        self.will_payload = will_payload  # what the broker publishes when we are gone
+        self.stop_payload = stop_payload  # what we publish on a clean stop
         self.on_message = on_message
         self.on_connected = on_connected
         self.subscriptions = subscriptions
@@ -89,7 +92,7 @@ class Uplink:
         self._stop.set()
         client = self._client
         if client is not None and self.connected.is_set():
-            info = client.publish(self.will_topic, b"offline", 1, True)
+            info = client.publish(self.will_topic, self.stop_payload, 1, True)
             try:
                 info.wait_for_publish(timeout)
             except (RuntimeError, ValueError):
@@ -111,7 +114,7 @@ class Uplink:
         if cfg.tls:
             ctx = ssl.create_default_context(cafile=cfg.ca_file or None)
             client.tls_set_context(ctx)
-        client.will_set(self.will_topic, b"offline", 1, True)
+        client.will_set(self.will_topic, self.will_payload, 1, True)
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_paho_message

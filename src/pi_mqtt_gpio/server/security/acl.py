@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from pi_mqtt_gpio.mqtt.hooks import BrokerHooks, ClientInfo, Decision
 from pi_mqtt_gpio.mqtt.topic_tree import filter_covers, parse_shared, topic_matches
@@ -48,6 +49,17 @@ def unsafe_client_id(client_id: str) -> bool:
     return any(c in client_id for c in _UNSAFE_ID_CHARS)
 
 
+class Aliases(Protocol):
+    """Another program's topics for this node's devices (mqtt-io's): each stands for a
+    topic of the node's own, and is authorised as that one."""
+
+    prefix: str
+
+    def acl_topic(self, topic: str) -> str | None: ...
+
+    def all_topics(self) -> list[str]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class _Role:
     subscribe: tuple[str, ...]
@@ -59,7 +71,7 @@ class _Role:
 class AccessControl(BrokerHooks):
     def __init__(self, auth: AuthConfig, topics: Topics, *,
                  role_of: Callable[[str | None], str | None] | None = None,
-                 ha_prefix: str = "homeassistant") -> None:
+                 ha_prefix: str = "homeassistant", aliases: Aliases | None = None) -> None:
         roles = builtin_roles(ha_prefix)
         roles.update(auth.roles)
         self.roles = {
@@ -70,6 +82,7 @@ class AccessControl(BrokerHooks):
         self._reply_root = topics.replies
         self.role_of = role_of
         self._cache: dict[tuple[str, str | None, str], _Role] = {}
+        self.aliases = aliases
 
     def current_role(self, client: ClientInfo) -> str | None:
         """The client's role now: as authenticated, or as the users are after a reload."""
@@ -126,6 +139,14 @@ class AccessControl(BrokerHooks):
         role = self._expand(client)
         if role is None:
             return Decision.DENY
+        mapped = self.aliases.acl_topic(topic) if self.aliases is not None else None
+        if mapped is not None:
+            # A command on mqtt-io's topics is the device's own set: the role's right to
+            # that decides, whatever it may publish under the other program's prefix.
+            if any(topic_matches(d, topic) or topic_matches(d, mapped) for d in role.deny):
+                return Decision.DENY
+            return Decision.ALLOW if any(topic_matches(p, mapped) for p in role.publish) \
+                else Decision.DENY
         if any(topic_matches(d, topic) for d in role.deny):
             return Decision.DENY
         if any(topic_matches(p, topic) for p in role.publish):
@@ -150,7 +171,24 @@ class AccessControl(BrokerHooks):
             return Decision.DENY  # someone else's replies (a wider filter is read-filtered)
         if any(filter_covers(s, plain) for s in role.subscribe):
             return Decision.ALLOW
+        aliases = self.aliases
+        if aliases is not None and any(topic_matches(plain, t) and self._alias_readable(role, t)
+                                       for t in aliases.all_topics()):
+            return Decision.ALLOW  # what it may read there is delivered (``readable``)
         return Decision.DENY
+
+    def _alias_readable(self, role: _Role, topic: str) -> bool:
+        """A topic under the alias prefix: one that stands for a topic of the node's own is
+        read as that one (or by a grant of the topic itself); any other by the grant."""
+        aliases = self.aliases
+        mapped = aliases.acl_topic(topic) if aliases is not None else None
+        if mapped is not None and any(topic_matches(d, mapped) for d in role.deny):
+            return False
+        if any(topic_matches(d, topic) for d in role.deny):
+            return False
+        if mapped is not None and any(topic_matches(s, mapped) for s in role.subscribe):
+            return True
+        return any(topic_matches(s, topic) for s in role.subscribe)
 
     def response_information(self, client: ClientInfo) -> str | None:
         if unsafe_client_id(client.client_id):
@@ -181,6 +219,8 @@ class AccessControl(BrokerHooks):
         ``{root}/device/safe/#``) is granted, and the denied topics are held back at
         delivery."""
         prefixes = {self.topics.replies}
+        if self.aliases is not None:
+            prefixes.add(self.aliases.prefix + "/")
         for role in self.roles.values():
             for deny in role.deny:
                 text = deny.replace("{root}", self.topics.root)
@@ -197,6 +237,8 @@ class AccessControl(BrokerHooks):
         role = self._expand(client)
         if role is None or any(topic_matches(d, topic) for d in role.deny):
             return False
+        if self.aliases is not None and topic.startswith(self.aliases.prefix + "/"):
+            return self._alias_readable(role, topic)
         if not topic.startswith(self._reply_root):
             return True
         if unsafe_client_id(client.client_id):

@@ -1,0 +1,337 @@
+"""mqtt-io's topics and payloads for this node's devices (``compat.mqtt_io``).
+
+- ``<prefix>/output/<name>/set`` with the output's ``on_payload`` / ``off_payload``;
+  ``.../set_on_ms`` and ``.../set_off_ms`` with milliseconds (on, then off after that long;
+  or the other way round); ``timed_set_ms`` turns a ``set`` back after that long.
+- ``<prefix>/output/<name>``: the output's state with its payloads and retain flag.
+- ``<prefix>/input/<name>``: an input's state (``inverted`` as mqtt-io has it), or its
+  ``interrupt_payload`` at each edge of its ``interrupt`` kind.
+- ``<prefix>/<status_topic>``: ``running`` (retained) while the gatekeeper runs, ``stopped``
+  when it stops, ``dead`` as the Will of a connection of its own in external broker mode.
+
+Commands on these topics take the same path as the gatekeeper's own ``set`` topic: the ACL
+(a compat topic is authorised as the device topic it stands for, ``acl_topic``), rights,
+leases, safety and the audit, as the MQTT user who sent them.
+
+``MqttIoTopics`` is the pure half (names, topics, payloads); ``MqttIoBridge`` runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pi_mqtt_gpio.errors import BadArgument, GatekeeperError, NotAuthorized
+from pi_mqtt_gpio.mqtt.message import Message
+from pi_mqtt_gpio.server.compat.config import (
+    INPUT_TYPES,
+    OUTPUT_TYPES,
+    MqttIoCompatConfig,
+    MqttIoInput,
+    MqttIoOutput,
+)
+from pi_mqtt_gpio.server.devices.base import is_active
+from pi_mqtt_gpio.topics import Topics
+
+__all__ = ["MqttIoBridge", "MqttIoTopics"]
+
+log = logging.getLogger("pi_mqtt_gpio.compat.mqtt_io")
+
+SOURCE = "mqtt_io"
+COMMANDS = ("set", "set_on_ms", "set_off_ms")
+MAX_MS = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Output:
+    name: str
+    device: str
+    cfg: MqttIoOutput
+
+
+@dataclass(frozen=True, slots=True)
+class _Input:
+    name: str
+    device: str
+    cfg: MqttIoInput
+    active_low: bool  # the device is active while its pin is low (a pull-up input)
+
+
+def _active_low(dev: Any) -> bool:
+    pull_up = getattr(dev, "pull_up", False)
+    return pull_up is True or (pull_up is None and getattr(dev, "active_state", True) is False)
+
+
+class MqttIoTopics:
+    """Names, topics and payloads: no I/O."""
+
+    def __init__(self, cfg: MqttIoCompatConfig, devices: dict[str, Any], topics: Topics) -> None:
+        self.cfg = cfg
+        self.topics = topics
+        self.prefix = cfg.topic_prefix
+        self.status_topic = f"{self.prefix}/{cfg.status_topic}"
+        self.outputs: dict[str, _Output] = {}
+        self.inputs: dict[str, _Input] = {}
+        for name, out_cfg in cfg.outputs.items():
+            self.outputs[name] = _Output(name, out_cfg.device or name, out_cfg)
+        for name, in_cfg in cfg.inputs.items():
+            device = in_cfg.device or name
+            self.inputs[name] = _Input(name, device, in_cfg, _active_low(devices[device]))
+        if not cfg.only_listed:
+            served_out = {o.device for o in self.outputs.values()}
+            served_in = {i.device for i in self.inputs.values()}
+            for name, dev in devices.items():
+                if "/" in name or "+" in name or "#" in name:
+                    continue
+                if dev.type in OUTPUT_TYPES and name not in served_out \
+                        and name not in self.outputs:
+                    self.outputs[name] = _Output(name, name, MqttIoOutput())
+                elif dev.type in INPUT_TYPES and name not in served_in \
+                        and name not in self.inputs:
+                    self.inputs[name] = _Input(name, name, MqttIoInput(), _active_low(dev))
+        self.outputs_of: dict[str, list[_Output]] = {}
+        for out in self.outputs.values():
+            self.outputs_of.setdefault(out.device, []).append(out)
+        self.inputs_of: dict[str, list[_Input]] = {}
+        for inp in self.inputs.values():
+            self.inputs_of.setdefault(inp.device, []).append(inp)
+
+    # --- topics ---------------------------------------------------------------------------------
+    def subscriptions(self) -> list[str]:
+        return [f"{self.prefix}/output/+/{leaf}" for leaf in COMMANDS]
+
+    def owns(self, topic: str) -> bool:
+        return topic.startswith(self.prefix + "/")
+
+    def command(self, topic: str) -> tuple[_Output, str] | None:
+        """(output, ``set`` | ``set_on_ms`` | ``set_off_ms``) of a command topic, else None."""
+        if not topic.startswith(self.prefix + "/output/"):
+            return None
+        rest = topic[len(self.prefix) + 8:]
+        name, _, leaf = rest.partition("/")
+        out = self.outputs.get(name)
+        if out is None or leaf not in COMMANDS:
+            return None
+        return out, leaf
+
+    def acl_topic(self, topic: str) -> str | None:
+        """The gatekeeper topic a compat topic stands for when the ACL decides: a command is
+        the device's ``set``, a state is the device's ``state``, the status is the node's
+        status. None for any other topic (the ACL then decides on the topic itself)."""
+        if not topic.startswith(self.prefix + "/"):
+            return None
+        if topic == self.status_topic:
+            return self.topics.status
+        rest = topic[len(self.prefix) + 1:]
+        kind, _, rest = rest.partition("/")
+        name, _, leaf = rest.partition("/")
+        if kind == "output" and name in self.outputs:
+            device = self.outputs[name].device
+            if not leaf:
+                return self.topics.device(device, "state")
+            if leaf in COMMANDS:
+                return self.topics.device(device, "set")
+        elif kind == "input" and name in self.inputs and not leaf:
+            return self.topics.device(self.inputs[name].device, "state")
+        return None
+
+    def all_topics(self) -> list[str]:
+        """Every topic of ours under the prefix (for the ACL)."""
+        out = [self.status_topic]
+        for name in self.outputs:
+            out.append(f"{self.prefix}/output/{name}")
+            out.extend(f"{self.prefix}/output/{name}/{leaf}" for leaf in COMMANDS)
+        out.extend(f"{self.prefix}/input/{name}" for name in self.inputs)
+        return out
+
+    # --- payloads -------------------------------------------------------------------------------
+    @staticmethod
+    def parse_set(out: _Output, payload: bytes) -> str:
+        """``on`` or ``off`` for exactly the output's payloads (mqtt-io compares them as
+        they are, case and spaces included)."""
+        text = payload.decode("utf-8", "replace")
+        if text == out.cfg.on_payload:
+            return "on"
+        if text == out.cfg.off_payload:
+            return "off"
+        raise BadArgument(f"{text[:40]!r} is not a valid payload for output {out.name}: only "
+                          f"{out.cfg.on_payload!r} and {out.cfg.off_payload!r}")
+
+    @staticmethod
+    def parse_ms(payload: bytes) -> float:
+        """Seconds from a ``set_on_ms`` / ``set_off_ms`` payload (milliseconds)."""
+        text = payload.decode("utf-8", "replace").strip()
+        try:
+            ms = float(text)
+        except ValueError:
+            raise BadArgument(f"expected milliseconds, got {text[:40]!r}") from None
+        if not 0 < ms <= MAX_MS:  # NaN fails this too
+            raise BadArgument(f"milliseconds must be more than 0 and at most {MAX_MS}")
+        return ms / 1000.0
+
+    @staticmethod
+    def output_payload(out: _Output, state: dict[str, Any]) -> bytes:
+        on = is_active(state.get("value"))
+        return (out.cfg.on_payload if on else out.cfg.off_payload).encode()
+
+    @staticmethod
+    def input_on(inp: _Input, state: dict[str, Any]) -> bool | None:
+        """Whether the input reads "on" as its compat settings define it; None when the
+        state has no value (unavailable)."""
+        active = state.get("is_active")
+        if active is None:
+            value = state.get("value")
+            if value is None:
+                return None
+            active = is_active(value)
+        if inp.cfg.inverted is None:
+            return bool(active)
+        high = bool(active) != inp.active_low
+        return high != inp.cfg.inverted
+
+    @staticmethod
+    def level_high(inp: _Input, state: dict[str, Any]) -> bool | None:
+        active = state.get("is_active")
+        if active is None:
+            value = state.get("value")
+            if value is None:
+                return None
+            active = is_active(value)
+        return bool(active) != inp.active_low
+
+    def input_messages(self, inp: _Input, old: dict[str, Any] | None, new: dict[str, Any]
+                       ) -> list[tuple[str, bytes, bool]]:
+        topic = f"{self.prefix}/input/{inp.name}"
+        cfg = inp.cfg
+        if cfg.interrupt_payload is not None and cfg.interrupt is not None:
+            if old is None:
+                return []  # an interrupt is an edge: nothing at start
+            before, after = self.level_high(inp, old), self.level_high(inp, new)
+            if before is None or after is None or before == after:
+                return []
+            if cfg.interrupt == "both" or (cfg.interrupt == "rising") == after:
+                return [(topic, cfg.interrupt_payload.encode(), cfg.retain)]
+            return []
+        on = self.input_on(inp, new)
+        if on is None:
+            return []
+        if old is not None and self.input_on(inp, old) == on:
+            return []
+        return [(topic, (cfg.on_payload if on else cfg.off_payload).encode(), cfg.retain)]
+
+    def state_messages(self, device: str, old: dict[str, Any] | None, new: dict[str, Any]
+                       ) -> list[tuple[str, bytes, bool]]:
+        """What to publish for a device's new state: (topic, payload, retain)."""
+        out: list[tuple[str, bytes, bool]] = []
+        for o in self.outputs_of.get(device, ()):
+            if new.get("value") is None and "value" not in new:
+                continue
+            payload = self.output_payload(o, new)
+            if old is not None and "value" in old and self.output_payload(o, old) == payload:
+                continue
+            out.append((f"{self.prefix}/output/{o.name}", payload, o.cfg.retain))
+        for i in self.inputs_of.get(device, ()):
+            out.extend(self.input_messages(i, old, new))
+        return out
+
+
+Publish = Callable[[str, bytes, int, bool], None]
+
+
+class MqttIoBridge:
+    """Runs ``MqttIoTopics`` on the event loop: commands to the RPC handler, states from the
+    twin, the status topic."""
+
+    def __init__(self, names: MqttIoTopics, *, publish: Publish,
+                 call: Callable[[Message, str, str, dict[str, Any], str], bool],
+                 refuse: Callable[[Message, str, str | None, GatekeeperError, str], None],
+                 may_command: Callable[[Message], bool]) -> None:
+        self.names = names
+        self.publish = publish
+        self.call = call  # (msg, device, method, kwargs, source) -> accepted
+        self.refuse = refuse
+        self.may_command = may_command
+        self._states: dict[str, dict[str, Any]] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}  # device -> its pending turn back
+
+    # --- status ---------------------------------------------------------------------------------
+    def running(self) -> None:
+        self.publish(self.names.status_topic,
+                     self.names.cfg.status_payload_running.encode(), 1, True)
+
+    def stopped(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self.publish(self.names.status_topic,
+                     self.names.cfg.status_payload_stopped.encode(), 1, True)
+
+    # --- states ---------------------------------------------------------------------------------
+    def state(self, device: str, doc: dict[str, Any], force: bool = False) -> None:
+        """A device's state was published (or is published again: ``force``)."""
+        old = None if force else self._states.get(device)
+        self._states[device] = doc
+        for topic, payload, retain in self.names.state_messages(device, old, doc):
+            self.publish(topic, payload, 1 if retain else 0, retain)
+
+    def republish(self) -> None:
+        for device, doc in list(self._states.items()):
+            if device in self.names.outputs_of or any(
+                    i.cfg.interrupt_payload is None for i in self.names.inputs_of.get(device, ())):
+                self.state(device, doc, force=True)
+
+    # --- commands -------------------------------------------------------------------------------
+    def handle(self, msg: Message) -> bool:
+        """A message on a compat topic; True when it was one of our command topics."""
+        found = self.names.command(msg.topic)
+        if found is None:
+            return False
+        out, leaf = found
+        if not self.may_command(msg):
+            self.denied(msg)
+            return True
+        try:
+            if leaf == "set":
+                method = self.names.parse_set(out, msg.payload)
+                back = out.cfg.timed_set_ms / 1000.0 if out.cfg.timed_set_ms else None
+            else:
+                seconds = self.names.parse_ms(msg.payload)
+                method = "on" if leaf == "set_on_ms" else "off"
+                back = seconds
+        except GatekeeperError as exc:
+            self.refuse(msg, out.device, None, exc, SOURCE)
+            self._restate(out.device)
+            return True
+        self._cancel(out.device)
+        if self.call(msg, out.device, method, {}, SOURCE) and back is not None:
+            other = "off" if method == "on" else "on"
+            loop = asyncio.get_running_loop()
+            self._timers[out.device] = loop.call_later(back, self._turn_back, msg, out.device,
+                                                       other)
+        return True
+
+    def denied(self, msg: Message) -> None:
+        """The ACL refused a command on a compat topic: audited like any refused command."""
+        found = self.names.command(msg.topic)
+        if found is None:
+            return
+        self.refuse(msg, found[0].device, None,
+                    NotAuthorized(f"role {msg.role!r} may not publish to {msg.topic}"), SOURCE)
+
+    def _turn_back(self, msg: Message, device: str, method: str) -> None:
+        self._timers.pop(device, None)
+        self.call(msg, device, method, {}, SOURCE)
+
+    def _cancel(self, device: str) -> None:
+        """A newer command replaces a pending turn back of the same device."""
+        timer = self._timers.pop(device, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _restate(self, device: str) -> None:
+        doc = self._states.get(device)
+        if doc is not None:
+            self.state(device, doc, force=True)

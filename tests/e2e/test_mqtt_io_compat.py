@@ -1,0 +1,252 @@
+"""mqtt-io's topics beside the gatekeeper's own (``compat.mqtt_io``), end to end: the real
+daemon (simulated pins) and Debian's ``mosquitto_pub`` / ``mosquitto_sub`` speaking only
+mqtt-io's topics, on MQTT 3.1.1 and 5.0. Refusals are watched from a separate client."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from pi_mqtt_gpio.server.security import hash_password
+from tests.conftest import Client, Gatekeeper, start_gatekeeper, v5_props
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("mosquitto_pub") is None and not __import__("os").environ.get("CI"),
+    reason="mosquitto-clients not installed (scripts/test installs it)",
+)
+
+PASSWORD = "s3cret-mio"
+PREFIX = "home/kitchen"
+VERSIONS = pytest.mark.parametrize("proto", ["mqttv311", "mqttv5"])
+
+
+def config() -> dict[str, Any]:
+    h = hash_password(PASSWORD)
+    return {
+        "node_id": "kitchen",
+        "broker": {"listeners": [{"type": "tcp", "host": "127.0.0.1", "port": 0}]},
+        "auth": {"users": {"op": {"password_hash": h, "role": "operator"},
+                           "view": {"password_hash": h, "role": "viewer"},
+                           "admin": {"password_hash": h, "role": "admin"}}},
+        "safety": {"min_relay_interval_s": 0, "min_command_interval_s": 0,
+                   "flap_lockout_s": 0},
+        "homeassistant": {"discovery": False},
+        "devices": {
+            "porch_light": {"type": "OutputDevice", "pin": 17},
+            "bell": {"type": "OutputDevice", "pin": 27},
+            "fan": {"type": "LED", "pin": 22},
+            "doorbell": {"type": "DigitalInputDevice", "pin": 5, "pull_up": True},
+            "door": {"type": "DigitalInputDevice", "pin": 6, "pull_up": True},
+        },
+        "compat": {"mqtt_io": {
+            "topic_prefix": PREFIX,
+            "outputs": {"porch_light": {"on_payload": "lamp on", "off_payload": "lamp off",
+                                        "retain": True},
+                        "bell": {"timed_set_ms": 400}},
+            "inputs": {"doorbell": {"on_payload": "PRESSED", "off_payload": "IDLE",
+                                    "inverted": True, "retain": True},
+                       "door": {"interrupt": "falling", "interrupt_payload": "INT"}},
+        }},
+    }
+
+
+@pytest.fixture(scope="module")
+def gk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatekeeper]:
+    g = start_gatekeeper(tmp_path_factory.mktemp("mqtt-io"), config())
+    yield g
+    g.stop()
+
+
+def pub(gk: Gatekeeper, proto: str, user: str, topic: str, payload: str) -> None:
+    subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(gk.port), "-V", proto,
+                    "-u", user, "-P", PASSWORD, "-q", "1", "-t", topic, "-m", payload],
+                   check=True, timeout=10)
+
+
+class Sub:
+    """``mosquitto_sub -v`` as ``user`` on ``topics``, read line by line."""
+
+    def __init__(self, gk: Gatekeeper, proto: str, user: str, *topics: str) -> None:
+        args = [a for t in topics for a in ("-t", t)]
+        self.proc = subprocess.Popen(
+            ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(gk.port), "-V", proto, "-u", user,
+             "-P", PASSWORD, "-v", "-q", "1", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        import threading
+
+        def read() -> None:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.lines.append(line.rstrip("\n"))
+
+        threading.Thread(target=read, daemon=True).start()
+        time.sleep(0.4)  # subscribed
+
+    def wait(self, line: str, timeout: float = 5.0) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if line in self.lines:
+                return True
+            time.sleep(0.02)
+        return line in self.lines
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(5)
+
+
+@pytest.fixture
+def subs() -> Iterator[list[Sub]]:
+    made: list[Sub] = []
+    yield made
+    for s in made:
+        s.close()
+
+
+def admin(gk: Gatekeeper) -> Client:
+    c = Client(gk.port, mqtt.MQTTv5, client_id=f"admin-{time.monotonic_ns()}")
+    c.c.username_pw_set("admin", PASSWORD)
+    c.connect()
+    return c
+
+
+def call(gk: Gatekeeper, device: str, method: str, **kwargs: Any) -> dict[str, Any]:
+    c = admin(gk)
+    try:
+        reply = f"gatekeeper/kitchen/reply/{c.client_id}/r"
+        c.subscribe(reply, 1)
+        c.publish(f"gatekeeper/kitchen/device/{device}/call",
+                  json.dumps({"method": method, "kwargs": kwargs}), 1,
+                  properties=v5_props(ResponseTopic=reply, CorrelationData=b"x"))
+        return dict(json.loads(c.get(5).payload))
+    finally:
+        c.close()
+
+
+def state(gk: Gatekeeper, device: str) -> Any:
+    out = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(gk.port), "-u", "view",
+                          "-P", PASSWORD, "-t", f"gatekeeper/kitchen/device/{device}/state",
+                          "-C", "1", "-W", "5"], capture_output=True, text=True, timeout=10)
+    return json.loads(out.stdout)["value"]
+
+
+@VERSIONS
+def test_an_output_switches_with_its_own_payloads_and_retains_its_state(
+        gk: Gatekeeper, proto: str, subs: list[Sub]) -> None:
+    pub(gk, proto, "op", f"{PREFIX}/output/porch_light/set", "lamp off")
+    watch = Sub(gk, proto, "view", f"{PREFIX}/output/porch_light")
+    subs.append(watch)
+    assert watch.wait(f"{PREFIX}/output/porch_light lamp off")  # retained, as configured
+    pub(gk, proto, "op", f"{PREFIX}/output/porch_light/set", "lamp on")
+    assert watch.wait(f"{PREFIX}/output/porch_light lamp on")
+    assert state(gk, "porch_light") == 1  # the gatekeeper's own topic agrees
+    late = Sub(gk, proto, "view", f"{PREFIX}/output/porch_light")
+    subs.append(late)
+    assert late.wait(f"{PREFIX}/output/porch_light lamp on")  # retained for a late reader
+    pub(gk, proto, "op", f"{PREFIX}/output/porch_light/set", "lamp off")
+    assert watch.wait(f"{PREFIX}/output/porch_light lamp off")
+
+
+@VERSIONS
+def test_default_payloads_set_on_ms_and_timed_set_ms(gk: Gatekeeper, proto: str,
+                                                      subs: list[Sub]) -> None:
+    watch = Sub(gk, proto, "view", f"{PREFIX}/output/fan", f"{PREFIX}/output/bell")
+    subs.append(watch)
+    t0 = time.monotonic()
+    pub(gk, proto, "op", f"{PREFIX}/output/fan/set_on_ms", "300")
+    assert watch.wait(f"{PREFIX}/output/fan ON")
+    assert watch.wait(f"{PREFIX}/output/fan OFF")
+    assert time.monotonic() - t0 >= 0.3
+    watch.lines.clear()
+    pub(gk, proto, "op", f"{PREFIX}/output/fan/set_off_ms", "300")  # already off: stays off
+    time.sleep(0.1)
+    assert state(gk, "fan") == 0
+    assert watch.wait(f"{PREFIX}/output/fan ON")  # then on after 300 ms
+    pub(gk, proto, "op", f"{PREFIX}/output/fan/set", "OFF")
+    assert watch.wait(f"{PREFIX}/output/fan OFF")
+    watch.lines.clear()
+    t0 = time.monotonic()
+    pub(gk, proto, "op", f"{PREFIX}/output/bell/set", "ON")  # timed_set_ms: 400
+    assert watch.wait(f"{PREFIX}/output/bell ON")
+    assert watch.wait(f"{PREFIX}/output/bell OFF")
+    assert time.monotonic() - t0 >= 0.4
+
+
+@VERSIONS
+def test_a_viewer_and_bad_payloads_move_nothing_seen_from_another_client(
+        gk: Gatekeeper, proto: str, subs: list[Sub]) -> None:
+    pub(gk, proto, "op", f"{PREFIX}/output/porch_light/set", "lamp off")
+    watch = Sub(gk, "mqttv5", "admin", f"{PREFIX}/output/#", "gatekeeper/kitchen/audit",
+                "gatekeeper/kitchen/device/porch_light/state")
+    subs.append(watch)
+    time.sleep(0.3)
+    watch.lines.clear()
+    pub(gk, proto, "view", f"{PREFIX}/output/porch_light/set", "lamp on")  # not its right
+    pub(gk, proto, "op", f"{PREFIX}/output/porch_light/set", "ON")  # not this output's payload
+    pub(gk, proto, "op", f"{PREFIX}/output/porch_light/set_on_ms", "soon")
+    pub(gk, proto, "view", f"{PREFIX}/output/porch_light", "lamp on")  # a forged state
+    pub(gk, proto, "op", f"{PREFIX}/output/porch_light", "lamp on")  # ... by an operator
+    end = time.monotonic() + 3
+    while time.monotonic() < end and sum("audit" in ln for ln in watch.lines) < 3:
+        time.sleep(0.05)
+    audits = [json.loads(ln.split(" ", 1)[1]) for ln in watch.lines if "audit" in ln]
+    codes = sorted((a["username"], (a.get("error") or {}).get("code")) for a in audits)
+    assert codes == [("op", "BAD_ARGUMENT"), ("op", "BAD_ARGUMENT"),
+                     ("view", "NOT_AUTHORIZED")], audits
+    assert all(a["source"] == "mqtt_io" and a["device"] == "porch_light" for a in audits)
+    time.sleep(0.3)
+    assert f"{PREFIX}/output/porch_light lamp on" not in watch.lines, watch.lines
+    assert state(gk, "porch_light") == 0
+
+
+@VERSIONS
+def test_inputs_with_inverted_payloads_and_an_interrupt_payload(
+        gk: Gatekeeper, proto: str, subs: list[Sub]) -> None:
+    watch = Sub(gk, proto, "view", f"{PREFIX}/input/#")
+    subs.append(watch)
+    # A pull-up input reads high when idle: inverted: true makes that IDLE (retained).
+    assert watch.wait(f"{PREFIX}/input/doorbell IDLE")
+    watch.lines.clear()
+    assert call(gk, "doorbell", "sim_press")["ok"]  # the pin goes low
+    assert watch.wait(f"{PREFIX}/input/doorbell PRESSED")
+    assert call(gk, "doorbell", "sim_release")["ok"]
+    assert watch.wait(f"{PREFIX}/input/doorbell IDLE")
+    assert call(gk, "door", "sim_press")["ok"]  # falling edge: the interrupt payload
+    assert watch.wait(f"{PREFIX}/input/door INT")
+    assert call(gk, "door", "sim_release")["ok"]  # rising: not this interrupt's edge
+    time.sleep(0.4)
+    assert watch.lines.count(f"{PREFIX}/input/door INT") == 1, watch.lines
+
+
+def test_status_running_then_stopped(tmp_path: Path) -> None:
+    g = start_gatekeeper(tmp_path, config())
+    try:
+        watch = Sub(g, "mqttv311", "view", f"{PREFIX}/status")
+        assert watch.wait(f"{PREFIX}/status running")
+        g.stop()
+        assert watch.wait(f"{PREFIX}/status stopped", 3), watch.lines
+        watch.close()
+    finally:
+        if g.alive():
+            g.stop()
+
+
+def test_the_gatekeepers_own_topics_keep_working_side_by_side(gk: Gatekeeper,
+                                                               subs: list[Sub]) -> None:
+    watch = Sub(gk, "mqttv5", "view", f"{PREFIX}/output/porch_light")
+    subs.append(watch)
+    time.sleep(0.3)
+    watch.lines.clear()
+    pub(gk, "mqttv5", "op", "gatekeeper/kitchen/device/porch_light/set", "ON")
+    assert watch.wait(f"{PREFIX}/output/porch_light lamp on")
+    pub(gk, "mqttv5", "op", "gatekeeper/kitchen/device/porch_light/set", "OFF")
+    assert watch.wait(f"{PREFIX}/output/porch_light lamp off")
