@@ -178,29 +178,26 @@ class MqttIoTopics:
         return (out.cfg.on_payload if on else out.cfg.off_payload).encode()
 
     @staticmethod
-    def input_on(inp: _Input, state: dict[str, Any]) -> bool | None:
+    def _active(state: dict[str, Any]) -> bool | None:
+        active = state.get("is_active")
+        if active is None:
+            value = state.get("value")
+            return None if value is None else is_active(value)
+        return bool(active)
+
+    @classmethod
+    def input_on(cls, inp: _Input, state: dict[str, Any]) -> bool | None:
         """Whether the input reads "on" as its compat settings define it; None when the
         state has no value (unavailable)."""
-        active = state.get("is_active")
-        if active is None:
-            value = state.get("value")
-            if value is None:
-                return None
-            active = is_active(value)
-        if inp.cfg.inverted is None:
-            return bool(active)
-        high = bool(active) != inp.active_low
-        return high != inp.cfg.inverted
+        active = cls._active(state)
+        if active is None or inp.cfg.inverted is None:
+            return active
+        return (active != inp.active_low) != inp.cfg.inverted
 
-    @staticmethod
-    def level_high(inp: _Input, state: dict[str, Any]) -> bool | None:
-        active = state.get("is_active")
-        if active is None:
-            value = state.get("value")
-            if value is None:
-                return None
-            active = is_active(value)
-        return bool(active) != inp.active_low
+    @classmethod
+    def level_high(cls, inp: _Input, state: dict[str, Any]) -> bool | None:
+        active = cls._active(state)
+        return None if active is None else active != inp.active_low
 
     def input_messages(self, inp: _Input, old: dict[str, Any] | None, new: dict[str, Any]
                        ) -> list[tuple[str, bytes, bool]]:
