@@ -250,3 +250,42 @@ def test_the_gatekeepers_own_topics_keep_working_side_by_side(gk: Gatekeeper,
     assert watch.wait(f"{PREFIX}/output/porch_light lamp on")
     pub(gk, "mqttv5", "op", "gatekeeper/kitchen/device/porch_light/set", "OFF")
     assert watch.wait(f"{PREFIX}/output/porch_light lamp off")
+
+
+def test_mqtt_ios_readme_example_imported_runs_with_its_own_topics(tmp_path: Path) -> None:
+    """mqtt-io's README example through ``import-mqtt-io``, then served: the doorbell and
+    the porch light on ``home/...`` as mqtt-io published them (an anonymous broker before,
+    so anonymous clients keep working)."""
+    from pi_mqtt_gpio.server.compat.mqtt_io_import import convert
+    from tests.conftest import ROOT
+
+    cfg = convert((ROOT / "tests/data/mqtt_io/readme.yml").read_text()).config
+    cfg["broker"]["listeners"] = [{"type": "tcp", "host": "127.0.0.1", "port": 0}]
+    cfg["node_id"] = "pi"
+    cfg["auth"]["users"] = {"admin": {"password_hash": hash_password(PASSWORD),
+                                      "role": "admin"}}
+    g = start_gatekeeper(tmp_path, cfg)
+    try:
+        def mosq(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([tool, "-h", "127.0.0.1", "-p", str(g.port), *args],
+                                  capture_output=True, text=True, timeout=10)
+
+        assert mosq("mosquitto_sub", "-t", "home/status", "-C", "1", "-W", "5"
+                    ).stdout.strip() == "running"
+        watch = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(g.port), "-v",
+                                  "-t", "home/output/porch_light", "-t", "home/input/doorbell",
+                                  "-C", "3", "-W", "6"], stdout=subprocess.PIPE, text=True)
+        time.sleep(0.4)
+        mosq("mosquitto_pub", "-t", "home/output/porch_light/set", "-m", "ON")
+        c = Client(g.port, mqtt.MQTTv5, client_id="admin-readme")
+        c.c.username_pw_set("admin", PASSWORD)
+        c.connect()
+        c.publish("gatekeeper/pi/device/doorbell/call", json.dumps({"method": "sim_set",
+                                                                     "args": [1]}), 1)
+        out, _ = watch.communicate(timeout=15)
+        c.close()
+        lines = out.splitlines()
+        assert "home/output/porch_light ON" in lines, lines
+        assert "home/input/doorbell ON" in lines, lines  # pin high, not inverted
+    finally:
+        g.stop()

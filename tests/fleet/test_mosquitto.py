@@ -331,3 +331,33 @@ def test_publish_bindings_wait_for_the_broker_and_device_bindings_do_not(tmp_pat
     finally:
         gk.close()
         broker.stop()
+
+
+def test_mqtt_io_topics_through_mosquitto_and_dead_after_kill_9(tmp_path: Path) -> None:
+    """External broker mode with ``compat.mqtt_io``: an mqtt-io client (alice, allowed by
+    Mosquitto's ACL on mqtt-io's topics) switches an output; the status holds ``running``
+    and, after ``kill -9``, the ``dead`` Will of the gatekeeper's second connection."""
+    extra = ("\nuser gk-n1\ntopic readwrite home/n1/#\n"
+             "user alice\ntopic readwrite home/n1/#\n")
+    broker = Mosquitto(tmp_path, extra_acl=extra)
+    config = node_config(tmp_path, "n1", broker.port)
+    config["auth"]["users"]["mqtt-io"] = {"role": "operator"}
+    config["compat"] = {"mqtt_io": {"topic_prefix": "home/n1"}}
+    gk = start_gatekeeper(tmp_path, config)
+    watcher = client(broker.port, "watcher", mqtt.MQTTv311)
+    alice = client(broker.port, "alice", mqtt.MQTTv311)
+    try:
+        watcher.subscribe("home/n1/#", 1)
+        got = seen(watcher, lambda got: ("home/n1/status", b"running") in got, 10)
+        alice.publish("home/n1/output/lamp/set", "ON", 1)
+        got = seen(watcher, lambda got: ("home/n1/output/lamp", b"ON") in got, 10)
+        assert ("home/n1/output/lamp", b"ON") in got
+        gk.stop(signal.SIGKILL)
+        got = seen(watcher, lambda got: got[-1] == ("home/n1/status", b"dead"), 30)
+        assert got[-1] == ("home/n1/status", b"dead")
+    finally:
+        watcher.close()
+        alice.close()
+        if gk.alive():
+            gk.stop()
+        broker.stop()

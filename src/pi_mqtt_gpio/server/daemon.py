@@ -389,8 +389,11 @@ class Daemon:
         return problem
 
     def _status_link_connected(self) -> None:
-        if self.bridge is not None:
-            self.bridge.running()
+        """mqtt-io's status goes out on the connection that holds its Will (the main one may
+        not be connected yet)."""
+        link, names = self.status_link, self.mqtt_io
+        if link is not None and names is not None:
+            link.publish(names.status_topic, names.cfg.status_payload_running.encode(), 1, True)
 
     def _stop_for(self, problem: str) -> None:
         log.error("stopping: %s", problem)

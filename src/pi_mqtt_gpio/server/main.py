@@ -78,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     doc = sub.add_parser("asyncapi", help="print an AsyncAPI 3.0 document of the node's "
                                           "topics and payloads")
     doc.add_argument("--config", dest="asyncapi_config", required=True)
+    imp = sub.add_parser("import-mqtt-io", help="convert an mqtt-io config (its topics keep "
+                                                "working beside the gatekeeper's own)")
+    imp.add_argument("old", help="the mqtt-io config (YAML)")
+    imp.add_argument("-o", "--output", help="write the new config here (default: stdout)")
     return parser
 
 
@@ -91,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _passwords(args)
     if args.command == "asyncapi":
         return _asyncapi(args.asyncapi_config, args.simulate)
+    if args.command == "import-mqtt-io":
+        return _import_mqtt_io(args.old, args.output)
     path = args.check_config if args.command == "check-config" else args.config
     if not path:
         parser.error("--config FILE is required")
@@ -111,6 +117,42 @@ def _asyncapi(path: str, simulate: bool) -> int:
         return 2
     simulate = simulate or config.hardware.pin_factory == "mock"
     print(json.dumps(asyncapi(config, simulate=simulate), indent=2))
+    return 0
+
+
+def _import_mqtt_io(old: str, output: str | None) -> int:
+    """``import-mqtt-io OLD.yml [-o NEW.yaml]``: 0 when anything was converted (what was not
+    is listed on stderr and in the output), 1 when nothing could be, 2 for an unreadable
+    file."""
+    from pi_mqtt_gpio.server.compat.mqtt_io_import import convert, render
+
+    try:
+        with open(old, encoding="utf-8") as f:
+            conv = convert(f.read())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        print(f"import-mqtt-io: {old}: {exc}", file=sys.stderr)
+        return 2
+    text = render(conv, old)
+    for warning in conv.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for item in conv.not_converted:
+        print(f"not converted: {item}", file=sys.stderr)
+    if not conv.config.get("devices"):
+        print(f"import-mqtt-io: {old}: no input, output or sensor could be converted",
+              file=sys.stderr)
+        if not conv.converted:
+            return 1
+    if output:
+        try:
+            with open(output, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as exc:
+            print(f"import-mqtt-io: {output}: {exc}", file=sys.stderr)
+            return 2
+        print(f"{output}: {len(conv.converted)} converted, {len(conv.not_converted)} not "
+              f"converted", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
     return 0
 
 

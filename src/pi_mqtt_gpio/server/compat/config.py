@@ -55,7 +55,7 @@ class MqttIoInput:
 
 @section
 class MqttIoCompatConfig:
-    topic_prefix: Annotated[str, NonEmpty()]
+    topic_prefix: str  # "" as mqtt-io allows: topics then start with "/"
     status_topic: Annotated[str, NonEmpty()] = "status"
     status_payload_running: Payload = "running"
     status_payload_stopped: Payload = "stopped"
@@ -90,12 +90,13 @@ def compat_problems(compat: CompatConfig, devices: dict[str, Any], root: str,
     problems: list[Problem | str] = []
     where = ("compat", "mqtt_io")
     prefix = cfg.topic_prefix
-    if _bad_level(prefix) or prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:
-        problems.append(((*where, "topic_prefix"), "must be a topic without '+', '#', and "
-                         "without a leading, trailing or doubled '/'"))
+    if _bad_level(prefix) or prefix.endswith("/"):
+        problems.append(((*where, "topic_prefix"), "must be a topic without '+', '#' and "
+                         "without a trailing '/'"))
     for other, what in ((root, "the gatekeeper's own topics"),
                         (ha_prefix, "Home Assistant's discovery prefix")):
-        if prefix == other or prefix.startswith(other + "/") or other.startswith(prefix + "/"):
+        if prefix == other or prefix.startswith(other + "/") or (
+                prefix and other.startswith(prefix + "/")):
             problems.append(((*where, "topic_prefix"), f"{prefix!r} overlaps {what} "
                              f"({other!r}); give it a prefix of its own"))
     if _bad_level(cfg.status_topic):

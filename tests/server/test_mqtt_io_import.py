@@ -1,0 +1,203 @@
+"""``import-mqtt-io``: mqtt-io's own published example configs (tests/data/mqtt_io, sources in
+its README) convert, and what comes out passes ``check-config``; each mapping rule on its own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pi_mqtt_gpio.server.compat.mqtt_io_import import convert
+from pi_mqtt_gpio.server.config import load_config
+from pi_mqtt_gpio.server.main import main
+from pi_mqtt_gpio.server.security import verify_password
+from tests.conftest import ROOT
+
+DATA = ROOT / "tests" / "data" / "mqtt_io"
+
+# file -> (exit status, devices by name -> type, phrases in "not converted")
+EXAMPLES: dict[str, tuple[int, dict[str, str], list[str]]] = {
+    "readme.yml": (0, {"doorbell": "DigitalInputDevice", "porch_light": "OutputDevice"},
+                   ["'lm75_sensor' (lm75)", "'ina219_sensor' (ina219)",
+                    "'alarm_system' (serial)"]),
+    "ha_discovery.yml": (0, {"door_sensor": "DigitalInputDevice",
+                             "hall_fan": "OutputDevice"}, ["device_class fan"]),
+    "ha_availability.yml": (0, {}, []),
+    "interrupts.yml": (0, {"mcp3": "DigitalInputDevice"}, []),
+    "ref_mqtt.yml": (0, {}, ["mqtt.tls.certfile", "mqtt.tls.keyfile"]),
+    "ref_gpio_modules.yml": (0, {}, []),
+    "ref_digital_inputs.yml": (0, {"gpio0": "DigitalInputDevice",
+                                   "gpio1": "DigitalInputDevice"}, []),
+    "ref_digital_inputs_ha.yml": (1, {}, ["no gpio module named 'rpi'"]),
+    "ref_digital_outputs.yml": (0, {"gpio0": "OutputDevice", "gpio1": "OutputDevice"}, []),
+    "ref_digital_outputs_ha.yml": (1, {}, ["no gpio module named 'rpi'"]),
+    "ref_sensor_modules.yml": (1, {}, ["'dht' (dht22)", "'ds' (ds18b)"]),
+    "ref_sensor_inputs.yml": (1, {}, ["'dht' (dht22)"]),
+    "ref_stream_modules.yml": (1, {}, ["'network_switch' (serial)", "'ups' (serial)"]),
+    "config.example.yml": (0, {"button": "DigitalInputDevice",
+                               "door_sensor": "DigitalInputDevice",
+                               "light_switch": "DigitalInputDevice"},
+                           ["'dev' (stdio)", "analog_inputs", "outputs"]),
+}
+
+
+def test_every_published_example_is_in_the_table() -> None:
+    assert sorted(p.name for p in DATA.glob("*.yml")) == sorted(EXAMPLES)
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_published_examples_convert_and_pass_check_config(
+        name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, devices, skipped = EXAMPLES[name]
+    out = tmp_path / "new.yaml"
+    assert main(["import-mqtt-io", str(DATA / name), "-o", str(out)]) == status
+    err = capsys.readouterr().err
+    for phrase in skipped:
+        assert phrase in err, err
+    text = out.read_text() if out.exists() else ""
+    if status:
+        assert "nothing" not in err and "could be converted" in err
+        return
+    for phrase in skipped:
+        assert phrase in text  # listed in the output's comments too
+    config = load_config(str(out))
+    assert {n: d.type for n, d in config.devices.items()} == devices
+    assert config.compat.mqtt_io is not None
+    assert main(["check-config", "--config", str(out)]) == 0
+
+
+def conv(text: str) -> dict[str, Any]:
+    return convert(text, hash_password=lambda p: f"hash:{p}").config
+
+
+PI = "gpio_modules: [{name: rpi, module: raspberrypi}]\n"
+
+
+def test_outputs_payloads_inverted_initial_timed_and_retain() -> None:
+    cfg = conv(PI + """
+mqtt: {host: localhost, topic_prefix: home/kitchen/}
+digital_outputs:
+  - {name: porch, module: rpi, pin: 17, on_payload: "lamp on", off_payload: "lamp off",
+     inverted: yes, initial: high, retain: yes, timed_set_ms: 1500, publish_initial: yes}
+  - {name: fan, module: rpi, pin: 18, ha_discovery: {component: light, name: Fan}}
+""")
+    assert cfg["devices"]["porch"] == {"type": "OutputDevice", "pin": 17, "active_high": False,
+                                       "initial_value": False}
+    assert cfg["devices"]["fan"]["type"] == "LED"
+    assert cfg["devices"]["fan"]["homeassistant"] == {"name": "Fan", "component": "light"}
+    compat = cfg["compat"]["mqtt_io"]
+    assert compat["topic_prefix"] == "home/kitchen"
+    assert compat["outputs"]["porch"] == {"on_payload": "lamp on", "off_payload": "lamp off",
+                                          "retain": True, "timed_set_ms": 1500}
+
+
+def test_inputs_pulls_bouncetime_inverted_and_interrupt_payload() -> None:
+    cfg = conv(PI + """
+mqtt: {host: localhost, topic_prefix: home}
+digital_inputs:
+  - {name: bell, module: rpi, pin: 5, pullup: yes, inverted: yes, interrupt: falling,
+     bouncetime: 50, interrupt_payload: INT}
+  - {name: pir, module: rpi, pin: 6, pulldown: yes, retain: yes}
+  - {name: raw, module: rpi, pin: 7}
+""")
+    devices = cfg["devices"]
+    assert devices["bell"] == {"type": "DigitalInputDevice", "pin": 5, "pull_up": True,
+                               "bounce_time": 0.05}
+    assert devices["pir"]["pull_up"] is False
+    assert devices["raw"]["pull_up"] is None and devices["raw"]["active_state"] is True
+    inputs = cfg["compat"]["mqtt_io"]["inputs"]
+    assert inputs["bell"] == {"inverted": True, "interrupt": "falling",
+                              "interrupt_payload": "INT"}
+    assert inputs["pir"] == {"inverted": False, "retain": True}
+
+
+def test_board_numbering_becomes_bcm() -> None:
+    cfg = conv("""
+gpio_modules: [{name: rpi, module: raspberrypi, mode: board}]
+digital_outputs: [{name: a, module: rpi, pin: 11}, {name: b, module: rpi, pin: 2}]
+""")
+    assert cfg["devices"] == {"a": {"type": "OutputDevice", "pin": 17}}
+
+
+def test_expanders_and_their_interrupt_line() -> None:
+    text = """
+gpio_modules:
+  - {name: rpi, module: raspberrypi}
+  - {name: mcp, module: mcp23017, i2c_bus_num: 1, chip_addr: 0x21}
+  - {name: pcf, module: pcf8574, i2c_bus_num: 0, chip_addr: 0x38}
+  - {name: wide, module: pcf8575, i2c_bus_num: 1, chip_addr: 0x22}
+digital_inputs:
+  - {name: int, module: rpi, pin: 25, interrupt: falling, interrupt_for: [m3]}
+  - {name: m3, module: mcp, pin: 3, pullup: yes, interrupt: both}
+  - {name: p1, module: pcf, pin: 1, pulldown: yes}
+digital_outputs:
+  - {name: w15, module: wide, pin: 15}
+  - {name: p9, module: pcf, pin: 9}
+"""
+    result = convert(text, hash_password=str)
+    cfg = result.config
+    assert cfg["expanders"] == {
+        "mcp": {"type": "MCP23017", "bus": 1, "address": 0x21, "interrupt": 25},
+        "pcf": {"type": "PCF8574", "bus": 0, "address": 0x38},
+        "wide": {"type": "PCF8575", "bus": 1, "address": 0x22}}
+    assert cfg["devices"]["m3"]["pin"] == "mcp:3" and "int" not in cfg["devices"]
+    assert cfg["devices"]["p1"]["pull_up"] is True  # a PCF8574 has only its weak pull-up
+    assert any("no pull-down" in w for w in result.warnings)
+    assert cfg["devices"]["w15"]["pin"] == "wide:15" and "p9" not in cfg["devices"]
+    assert any("'p9'" in n and "0-7" in n for n in result.not_converted)
+
+
+def test_sensors_we_have() -> None:
+    cfg = conv("""
+sensor_modules:
+  - {name: adc, module: mcp3008, spi_port: 0, spi_device: 1}
+  - {name: sonar, module: hcsr04}
+sensor_inputs:
+  - {name: light, module: adc, channel: 3, interval: 5}
+  - {name: tank, module: sonar, pin_echo: 23, pin_trigger: 24, burst: 10, interval: 2,
+     ha_discovery: {name: Tank level}}
+""")
+    assert cfg["devices"]["light"] == {"type": "MCP3008", "channel": 3, "port": 0, "device": 1,
+                                       "publish_interval": 5.0}
+    assert cfg["devices"]["tank"] == {"type": "DistanceSensor", "echo": 23, "trigger": 24,
+                                      "publish_interval": 2.0,
+                                      "homeassistant": {"name": "Tank level"}}
+
+
+def test_localhost_with_a_user_keeps_its_password_as_a_hash() -> None:
+    cfg = convert("mqtt: {host: 127.0.0.1, port: 1884, user: bob, password: pw1}\n").config
+    assert cfg["broker"] == {"mode": "embedded", "listeners": [
+        {"type": "tcp", "host": "0.0.0.0", "port": 1884}]}
+    assert cfg["auth"]["allow_anonymous"] is False
+    assert verify_password(cfg["auth"]["users"]["bob"]["password_hash"], "pw1")
+
+
+def test_a_remote_broker_is_external_mode_and_the_password_stays_out() -> None:
+    result = convert("""
+mqtt: {host: broker.lan, port: 8883, user: pi, password: topsecret, client_id: kitchen-io,
+       topic_prefix: home/kitchen, status_payload_dead: gone,
+       tls: {enabled: yes, ca_certs: /etc/ca.crt}, ha_discovery: {enabled: yes, prefix: ha}}
+""")
+    cfg = result.config
+    assert cfg["broker"] == {"mode": "external", "external": {
+        "host": "broker.lan", "port": 8883, "username": "pi",
+        "password_file": "/etc/pi-mqtt-gatekeeper/mqtt-password", "tls": True,
+        "ca_file": "/etc/ca.crt", "client_id": "kitchen-io"}}
+    assert cfg["homeassistant"] == {"discovery": True, "prefix": "ha"}
+    assert cfg["compat"]["mqtt_io"]["status_payload_dead"] == "gone"
+    assert "topsecret" not in yaml.safe_dump(cfg)
+
+
+def test_unreadable_input_is_a_clear_refusal(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("mqtt: [unclosed\n")
+    assert main(["import-mqtt-io", str(bad)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    bad.write_text("- just\n- a list\n")
+    assert main(["import-mqtt-io", str(bad)]) == 2
+    assert main(["import-mqtt-io", str(tmp_path / "missing.yml")]) == 2
+    odd = convert("digital_outputs: [{name: a/b, module: x, pin: 1}, 7, {module: y}]\n")
+    assert odd.config["devices"] == {}
