@@ -61,6 +61,23 @@ DEVICES = """
   volume:  {type: AlsaMixer, control: Master}
   hall:    {type: Button, pin: "io1:3"}
 """
+
+
+def _converted() -> str:
+    """mqtt-io's own Home Assistant example (tests/data/mqtt_io/ha_discovery.yml) through
+    ``import-mqtt-io``, on free lines: its entities must show as mqtt-io showed them."""
+    import json
+
+    from pi_mqtt_gpio.server.compat.mqtt_io_import import convert
+    from tests.conftest import ROOT
+
+    devices = convert((ROOT / "tests/data/mqtt_io/ha_discovery.yml").read_text(),
+                      hash_password=str).config["devices"]
+    devices["door_sensor"]["pin"], devices["hall_fan"]["pin"] = 34, 35
+    return "\n".join(f"  {name}: {json.dumps(dev)}" for name, dev in devices.items()) + "\n"
+
+
+DEVICES += _converted()
 EXTRA = """
 expanders: {io1: {type: MCP23017}}
 watchdog: {out: 32, in: 33}
@@ -76,6 +93,7 @@ EXPECTED = {
     "line": "binary_sensor", "ldr": "binary_sensor", "gap": "sensor", "adc": "sensor",
     "lamp": "switch", "health": "binary_sensor", "volume": "number",
     "hall": "binary_sensor", "hall_event": "event", "watchdog": "binary_sensor",
+    "door_sensor": "binary_sensor", "hall_fan": "switch",
 }
 
 
@@ -250,3 +268,19 @@ def test_gatekeeper_restart_goes_unavailable_and_back(stage: Stage) -> None:
     wait(lambda: "pump" not in stage.ours(), 20, "the removed device's entity gone")
     assert len(stage.ours()) == len(EXPECTED) - 1
     assert stage.ha.mqtt_problems() == []
+
+
+def test_converted_mqtt_io_discovery_shows_the_same_entities(stage: Stage) -> None:
+    """mqtt-io announced "Front Door" (a door binary_sensor) and "Hall Fan" (a switch; its
+    device_class fan is not one Home Assistant takes for a switch, so the importer leaves it
+    out): the converted config shows the same entities."""
+    ours = stage.ours()
+    door, fan = ours["door_sensor"], ours["hall_fan"]
+    assert door["entity_id"].startswith("binary_sensor.") and fan["entity_id"].startswith(
+        "switch.")
+    states = stage.ha.states()
+    assert "Front Door" in states[door["entity_id"]]["attributes"]["friendly_name"]
+    assert "Hall Fan" in states[fan["entity_id"]]["attributes"]["friendly_name"]
+    assert states[door["entity_id"]]["attributes"].get("device_class") == "door"
+    stage.ha.call("switch", "turn_on", fan["entity_id"])
+    wait(lambda: stage.gk.pin("hall_fan", "value") == 1, 5, "hall fan on")
