@@ -136,3 +136,44 @@ def test_a_pcf8575_and_a_pcf8574a_are_accepted() -> None:
                           "  b: {type: PCF8574, address: 0x3f}\n"
                           'devices: {x: {type: LED, pin: "a:15"}, y: {type: Button, pin: "b:7"}}')
     assert set(config.expanders) == {"a", "b"}
+
+
+class FakeBus:
+    """smbus2's calls as the chips see them: plain byte transfers (PCF8574) and raw I²C
+    messages (PCF8575: two bytes, low port first), with nothing in between."""
+
+    def __init__(self, port: bytes) -> None:
+        self.port = port
+        self.wire: list[tuple[str, int, bytes]] = []
+
+    def write_byte(self, address: int, value: int) -> None:
+        self.wire.append(("w", address, bytes([value])))
+
+    def read_byte(self, address: int) -> int:
+        self.wire.append(("r", address, self.port[:1]))
+        return self.port[0]
+
+    def i2c_rdwr(self, *msgs: Any) -> None:
+        import ctypes
+
+        for msg in msgs:
+            if msg.flags & 1:  # I2C_M_RD
+                ctypes.memmove(msg.buf, self.port, msg.len)
+                self.wire.append(("r", msg.addr, self.port[:msg.len]))
+            else:
+                self.wire.append(("w", msg.addr, bytes(msg)))
+
+
+def test_smbus_port_puts_the_bytes_on_the_wire_as_the_datasheets_say() -> None:
+    from pi_mqtt_gpio.server.pins.pcf857x import SMBusPort
+
+    bus8 = FakeBus(b"\xf7")
+    port8 = SMBusPort(bus8, 1)
+    port8.write_port(0x20, 0x1EF)  # only the low byte exists
+    assert port8.read_port(0x20) == 0xF7
+    assert bus8.wire == [("w", 0x20, b"\xef"), ("r", 0x20, b"\xf7")]
+    bus16 = FakeBus(b"\x34\x12")
+    port16 = SMBusPort(bus16, 2)
+    port16.write_port(0x21, 0xABCD)
+    assert port16.read_port(0x21) == 0x1234
+    assert bus16.wire == [("w", 0x21, b"\xcd\xab"), ("r", 0x21, b"\x34\x12")]
