@@ -35,7 +35,12 @@ def config() -> dict[str, Any]:
         "broker": {"listeners": [{"type": "tcp", "host": "127.0.0.1", "port": 0}]},
         "auth": {"users": {"op": {"password_hash": h, "role": "operator"},
                            "view": {"password_hash": h, "role": "viewer"},
-                           "admin": {"password_hash": h, "role": "admin"}}},
+                           "admin": {"password_hash": h, "role": "admin"},
+                           "limited": {"password_hash": h, "role": "limited"},
+                           "nobody": {"password_hash": h, "role": "nobody"}},
+                 "roles": {"limited": {"subscribe": ["{root}/#"],
+                                       "deny": ["{root}/device/porch_light/#"]},
+                           "nobody": {"subscribe": ["elsewhere/#"]}}},
         "safety": {"min_relay_interval_s": 0, "min_command_interval_s": 0,
                    "flap_lockout_s": 0},
         "homeassistant": {"discovery": False},
@@ -289,3 +294,41 @@ def test_mqtt_ios_readme_example_imported_runs_with_its_own_topics(tmp_path: Pat
         assert "home/input/doorbell ON" in lines, lines  # pin high, not inverted
     finally:
         g.stop()
+
+
+@pytest.mark.parametrize("version", [mqtt.MQTTv311, mqtt.MQTTv5])
+def test_wildcard_readers_get_only_the_mirrors_of_what_they_may_read(
+        gk: Gatekeeper, version: int) -> None:
+    """A role denied one device's topics subscribes to the whole mqtt-io prefix: it gets the
+    other mirrors, never that device's (retained or live); a role that may read no device
+    gets nothing there. Watched while an operator switches the denied device."""
+    def login(user: str) -> Client:
+        c = Client(gk.port, version, client_id=f"{user}-{version}-{time.monotonic_ns()}")
+        c.c.username_pw_set(user, PASSWORD)
+        c.connect()
+        return c
+
+    limited, nobody = login("limited"), login("nobody")
+    try:
+        limited.subscribe(f"{PREFIX}/#", 1)
+        codes = nobody.subscribe(f"{PREFIX}/#", 1)
+        assert all(getattr(rc, "value", rc) >= 0x80 for rc in codes), codes
+        pub(gk, "mqttv5", "op", f"{PREFIX}/output/porch_light/set", "lamp on")
+        pub(gk, "mqttv5", "op", f"{PREFIX}/output/fan/set", "ON")
+        pub(gk, "mqttv5", "op", f"{PREFIX}/output/porch_light/set", "lamp off")
+        pub(gk, "mqttv5", "op", f"{PREFIX}/output/fan/set", "OFF")
+        got = []
+        end = time.monotonic() + 2
+        while time.monotonic() < end:
+            try:
+                m = limited.get(max(0.01, end - time.monotonic()))
+            except Exception:
+                break
+            got.append((m.topic, m.payload))
+        topics = {t for t, _ in got}
+        assert f"{PREFIX}/output/fan" in topics and f"{PREFIX}/input/doorbell" in topics, got
+        assert not any("porch_light" in t for t in topics), got
+        assert nobody.nothing(0.3)
+    finally:
+        limited.close()
+        nobody.close()
