@@ -50,6 +50,9 @@ def config() -> dict[str, Any]:
             "fan": {"type": "LED", "pin": 22},
             "doorbell": {"type": "DigitalInputDevice", "pin": 5, "pull_up": True},
             "door": {"type": "DigitalInputDevice", "pin": 6, "pull_up": True},
+            "light_level": {"type": "MCP3008", "channel": 0, "publish_interval": 0.1},
+            "tank": {"type": "DistanceSensor", "echo": 23, "trigger": 24, "max_distance": 4,
+                     "publish_interval": 0.1},
         },
         "compat": {"mqtt_io": {
             "topic_prefix": PREFIX,
@@ -59,6 +62,8 @@ def config() -> dict[str, Any]:
             "inputs": {"doorbell": {"on_payload": "PRESSED", "off_payload": "IDLE",
                                     "inverted": True, "retain": True},
                        "door": {"interrupt": "falling", "interrupt_payload": "INT"}},
+            "sensors": {"light_level": {"field": "raw_value", "digits": 0, "retain": True},
+                        "tank": {"field": "distance", "scale": 100}},
         }},
     }
 
@@ -332,3 +337,27 @@ def test_wildcard_readers_get_only_the_mirrors_of_what_they_may_read(
     finally:
         limited.close()
         nobody.close()
+
+
+@VERSIONS
+def test_sensors_as_mqtt_io_printed_them(gk: Gatekeeper, proto: str, subs: list[Sub]) -> None:
+    """An ADC's raw count with no decimals (retained), a distance in centimetres with two."""
+    watch = Sub(gk, proto, "view", f"{PREFIX}/sensor/#")
+    subs.append(watch)
+    assert call(gk, "light_level", "sim_set", value=0.5)["ok"]
+    metres = 1.25 if proto == "mqttv311" else 2.5  # a change each run (not retained)
+    assert call(gk, "tank", "sim_set", distance=metres)["ok"]
+    assert watch.wait(f"{PREFIX}/sensor/tank {metres * 100:.2f}"), watch.lines
+    raw = None
+    end = time.monotonic() + 5
+    while time.monotonic() < end and raw is None:
+        out = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(gk.port), "-u",
+                              "view", "-P", PASSWORD, "-t",
+                              "gatekeeper/kitchen/device/light_level/state", "-C", "1",
+                              "-W", "5"], capture_output=True, text=True, timeout=10)
+        doc = json.loads(out.stdout)
+        raw = doc["raw_value"] if doc["value"] == 0.5 or doc["raw_value"] > 400 else None
+    assert raw is not None and watch.wait(f"{PREFIX}/sensor/light_level {raw}"), watch.lines
+    late = Sub(gk, proto, "view", f"{PREFIX}/sensor/light_level")  # retained
+    subs.append(late)
+    assert late.wait(f"{PREFIX}/sensor/light_level {raw}")

@@ -162,8 +162,11 @@ sensor_inputs:
     assert cfg["devices"]["light"] == {"type": "MCP3008", "channel": 3, "port": 0, "device": 1,
                                        "publish_interval": 5.0}
     assert cfg["devices"]["tank"] == {"type": "DistanceSensor", "echo": 23, "trigger": 24,
-                                      "publish_interval": 2.0,
+                                      "max_distance": 4.0, "publish_interval": 2.0,
                                       "homeassistant": {"name": "Tank level"}}
+    # on <prefix>/sensor/<name> as mqtt-io printed them: the raw count, centimetres
+    assert cfg["compat"]["mqtt_io"]["sensors"] == {
+        "light": {"field": "raw_value"}, "tank": {"field": "distance", "scale": 100}}
 
 
 def test_localhost_with_a_user_keeps_its_password_as_a_hash() -> None:

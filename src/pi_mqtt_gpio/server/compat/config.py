@@ -10,10 +10,12 @@ from pi_mqtt_gpio.server.schema import NonEmpty, Problem, Range, section
 __all__ = [
     "INPUT_TYPES",
     "OUTPUT_TYPES",
+    "SENSOR_TYPES",
     "CompatConfig",
     "MqttIoCompatConfig",
     "MqttIoInput",
     "MqttIoOutput",
+    "MqttIoSensor",
     "compat_problems",
 ]
 
@@ -21,6 +23,8 @@ __all__ = [
 OUTPUT_TYPES = ("OutputDevice", "DigitalOutputDevice", "LED", "Buzzer", "PWMOutputDevice",
                 "PWMLED")
 INPUT_TYPES = ("Button", "DigitalInputDevice", "MotionSensor", "LineSensor", "LightSensor")
+SENSOR_TYPES = ("MCP3001", "MCP3002", "MCP3004", "MCP3008", "MCP3201", "MCP3202", "MCP3204",
+                "MCP3208", "MCP3301", "MCP3302", "MCP3304", "DistanceSensor")
 
 Payload = Annotated[str, NonEmpty()]
 
@@ -54,6 +58,18 @@ class MqttIoInput:
 
 
 @section
+class MqttIoSensor:
+    """One of mqtt-io's ``sensor_inputs``: ``<prefix>/sensor/<name>``, the number as mqtt-io
+    printed it (``digits`` decimals) from one key of the device's state times ``scale``."""
+
+    device: str | None = None
+    field: Literal["value", "raw_value", "voltage", "distance"] = "value"
+    scale: Annotated[float, Range(gt=0, le=1e9)] = 1.0
+    digits: Annotated[int, Range(ge=0, le=10)] = 2
+    retain: bool = False
+
+
+@section
 class MqttIoCompatConfig:
     topic_prefix: str  # "" as mqtt-io allows: topics then start with "/"
     status_topic: Annotated[str, NonEmpty()] = "status"
@@ -62,6 +78,7 @@ class MqttIoCompatConfig:
     status_payload_dead: Payload = "dead"
     outputs: dict[str, MqttIoOutput] = field(default_factory=dict)
     inputs: dict[str, MqttIoInput] = field(default_factory=dict)
+    sensors: dict[str, MqttIoSensor] = field(default_factory=dict)  # only those listed
     # false: every on/off output and two-state input is served under its own name too
     only_listed: bool = False
     # External broker mode: the user whose role applies to commands on these topics
@@ -102,7 +119,8 @@ def compat_problems(compat: CompatConfig, devices: dict[str, Any], root: str,
     if _bad_level(cfg.status_topic):
         problems.append(((*where, "status_topic"), "must not contain '+' or '#'"))
     for kind, entries, types in (("outputs", cfg.outputs, OUTPUT_TYPES),
-                                 ("inputs", cfg.inputs, INPUT_TYPES)):
+                                 ("inputs", cfg.inputs, INPUT_TYPES),
+                                 ("sensors", cfg.sensors, SENSOR_TYPES)):
         for name, entry in entries.items():
             if not name or _bad_level(name) or "/" in name:
                 problems.append(((*where, kind, name), "names are one topic level: no '/', "
@@ -114,6 +132,13 @@ def compat_problems(compat: CompatConfig, devices: dict[str, Any], root: str,
             elif dev.type not in types:
                 problems.append(((*where, kind, name), f"{device!r} is a {dev.type}; mqtt-io "
                                  f"{kind} stand for {', '.join(types)}"))
+    for name, sensor in cfg.sensors.items():
+        dev = devices.get(sensor.device or name)
+        fields = ("value", "distance") if dev is not None and dev.type == "DistanceSensor" \
+            else ("value", "raw_value", "voltage")
+        if dev is not None and dev.type in SENSOR_TYPES and sensor.field not in fields:
+            problems.append(((*where, "sensors", name, "field"), f"a {dev.type} has no "
+                             f"{sensor.field!r} in its state"))
     for name, entry in cfg.inputs.items():
         if entry.interrupt_payload is not None and entry.interrupt is None:
             problems.append(((*where, "inputs", name, "interrupt_payload"),

@@ -6,6 +6,8 @@
 - ``<prefix>/output/<name>``: the output's state with its payloads and retain flag.
 - ``<prefix>/input/<name>``: an input's state (``inverted`` as mqtt-io has it), or its
   ``interrupt_payload`` at each edge of its ``interrupt`` kind.
+- ``<prefix>/sensor/<name>``: a listed sensor's number as mqtt-io printed it (one key of the
+  device's state times ``scale``, ``digits`` decimals).
 - ``<prefix>/<status_topic>``: ``running`` (retained) while the gatekeeper runs, ``stopped``
   when it stops, ``dead`` as the Will of a connection of its own in external broker mode.
 
@@ -32,6 +34,7 @@ from pi_mqtt_gpio.server.compat.config import (
     MqttIoCompatConfig,
     MqttIoInput,
     MqttIoOutput,
+    MqttIoSensor,
 )
 from pi_mqtt_gpio.server.devices.base import is_active
 from pi_mqtt_gpio.topics import Topics
@@ -50,6 +53,13 @@ class _Output:
     name: str
     device: str
     cfg: MqttIoOutput
+
+
+@dataclass(frozen=True, slots=True)
+class _Sensor:
+    name: str
+    device: str
+    cfg: MqttIoSensor
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +102,11 @@ class MqttIoTopics:
                 elif dev.type in INPUT_TYPES and name not in served_in \
                         and name not in self.inputs:
                     self.inputs[name] = _Input(name, name, MqttIoInput(), _active_low(dev))
+        self.sensors = {name: _Sensor(name, sen.device or name, sen)
+                        for name, sen in cfg.sensors.items()}
+        self.sensors_of: dict[str, list[_Sensor]] = {}
+        for sen in self.sensors.values():
+            self.sensors_of.setdefault(sen.device, []).append(sen)
         self.outputs_of: dict[str, list[_Output]] = {}
         for out in self.outputs.values():
             self.outputs_of.setdefault(out.device, []).append(out)
@@ -136,6 +151,8 @@ class MqttIoTopics:
                 return self.topics.device(device, "set")
         elif kind == "input" and name in self.inputs and not leaf:
             return self.topics.device(self.inputs[name].device, "state")
+        elif kind == "sensor" and name in self.sensors and not leaf:
+            return self.topics.device(self.sensors[name].device, "state")
         return None
 
     def all_topics(self) -> list[str]:
@@ -145,6 +162,7 @@ class MqttIoTopics:
             out.append(f"{self.prefix}/output/{name}")
             out.extend(f"{self.prefix}/output/{name}/{leaf}" for leaf in COMMANDS)
         out.extend(f"{self.prefix}/input/{name}" for name in self.inputs)
+        out.extend(f"{self.prefix}/sensor/{name}" for name in self.sensors)
         return out
 
     # --- payloads -------------------------------------------------------------------------------
@@ -232,7 +250,19 @@ class MqttIoTopics:
             out.append((f"{self.prefix}/output/{o.name}", payload, o.cfg.retain))
         for i in self.inputs_of.get(device, ()):
             out.extend(self.input_messages(i, old, new))
+        for sen in self.sensors_of.get(device, ()):
+            text = self.sensor_payload(sen, new)
+            if text is not None and (old is None or self.sensor_payload(sen, old) != text):
+                out.append((f"{self.prefix}/sensor/{sen.name}", text, sen.cfg.retain))
         return out
+
+    @staticmethod
+    def sensor_payload(sen: _Sensor, state: dict[str, Any]) -> bytes | None:
+        """The number as mqtt-io printed it: ``digits`` decimals."""
+        value = state.get(sen.cfg.field)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        return f"{value * sen.cfg.scale:.{sen.cfg.digits}f}".encode()
 
 
 Publish = Callable[[str, bytes, int, bool], None]
@@ -276,7 +306,7 @@ class MqttIoBridge:
 
     def republish(self) -> None:
         for device, doc in list(self._states.items()):
-            if device in self.names.outputs_of or any(
+            if device in self.names.outputs_of or device in self.names.sensors_of or any(
                     i.cfg.interrupt_payload is None for i in self.names.inputs_of.get(device, ())):
                 self.state(device, doc, force=True)
 

@@ -98,6 +98,7 @@ class _Importer:
         self.devices: dict[str, dict[str, Any]] = {}
         self.compat_out: dict[str, dict[str, Any]] = {}
         self.compat_in: dict[str, dict[str, Any]] = {}
+        self.compat_sensors: dict[str, dict[str, Any]] = {}
         self.expanders: dict[str, dict[str, Any]] = {}
         self.interrupt_for: dict[str, tuple[str, int]] = {}  # pin name -> (module, line)
 
@@ -467,14 +468,20 @@ class _Importer:
                        "port": _int(mod.get("spi_port")) or 0,
                        "device": _int(mod.get("spi_device")) or 0,
                        "publish_interval": min(3600.0, max(0.05, interval))}
+                # mqtt-io's mcp3008 module published read_adc()'s raw count; mcp3xxx 0..1
+                compat: dict[str, Any] = {"field": "raw_value"} if kind == "mcp3008" else {}
             elif kind == "hcsr04":
                 echo = _int(entry.get("pin_echo", mod.get("pin_echo")))
                 trigger = _int(entry.get("pin_trigger", mod.get("pin_trigger")))
                 if echo is None or trigger is None:
                     self.out.skip(line, what, "needs pin_echo and pin_trigger")
                     continue
+                # mqtt-io measured in centimetres, without a ceiling; the HC-SR04 reaches
+                # about 4 m
                 dev = {"type": "DistanceSensor", "echo": echo, "trigger": trigger,
+                       "max_distance": 4.0,
                        "publish_interval": min(3600.0, max(0.05, interval))}
+                compat = {"field": "distance", "scale": 100}
             else:
                 continue  # said with its module above
             sensor_ha = self.ha(entry, ("sensor",), what)
@@ -483,8 +490,19 @@ class _Importer:
                 if sensor_ha:
                     dev["homeassistant"] = sensor_ha
             device = self._add(dev, mio)
-            self.out.done(line, what, f"devices.{device} ({dev['type']}; its value is on "
-                          f"the gatekeeper's own state topic, not {{prefix}}/sensor/{mio})")
+            if device != mio:
+                compat["device"] = device
+            digits = _int(entry.get("digits"))
+            if digits is not None and digits != 2:
+                compat["digits"] = min(10, max(0, digits))
+            if entry.get("retain"):
+                compat["retain"] = True
+            if "/" in mio or "+" in mio or "#" in mio:
+                self.out.skip(line, f"{what} topic", "a name with '/', '+' or '#' is not one "
+                              "topic level: on the gatekeeper's own topics only")
+            else:
+                self.compat_sensors[mio] = compat
+            self.out.done(line, what, f"devices.{device} ({dev['type']})")
 
     def rest(self) -> None:
         for entry in _items(self.doc.get("stream_modules")):
@@ -522,6 +540,8 @@ class _Importer:
             compat["outputs"] = self.compat_out
         if self.compat_in:
             compat["inputs"] = self.compat_in
+        if self.compat_sensors:
+            compat["sensors"] = self.compat_sensors
         compat["only_listed"] = True
         return self.out
 
@@ -574,7 +594,8 @@ def render(conv: Conversion, source: str) -> str:
         if key == "compat":
             lines.append("# mqtt-io's topics: <topic_prefix>/output/<name>[/set|/set_on_ms|"
                          "/set_off_ms],")
-            lines.append("# <topic_prefix>/input/<name>, <topic_prefix>/status "
+            lines.append("# <topic_prefix>/input/<name>, <topic_prefix>/sensor/<name>, "
+                         "<topic_prefix>/status "
                          "(docs/migrate-from-mqtt-io.md).")
         lines.append(yaml.safe_dump({key: cfg[key]}, sort_keys=False,
                                     default_flow_style=False).rstrip())
