@@ -105,6 +105,22 @@ def test_every_type_has_a_decision() -> None:
 def test_a_component_the_type_cannot_be_is_refused() -> None:
     with pytest.raises(ConfigError, match="a PWMLED can be shown as: light, number"):
         parse_config("devices: {d: {type: PWMLED, pin: 4, homeassistant: {component: cover}}}")
+    with pytest.raises(ConfigError, match="only a two-state input"):
+        parse_config("devices: {d: {type: LED, pin: 4, homeassistant: {inverted: true}}}")
+
+
+def test_an_inverted_input_is_on_while_inactive() -> None:
+    config = parse_config("""
+devices:
+  door: {type: DigitalInputDevice, pin: 24, homeassistant: {inverted: true, name: Door}}
+  bell: {type: Button, pin: 22}
+""")
+    out = discovery(Topics("gatekeeper", "pi"), dict(config.devices), prefix="homeassistant",
+                    version="1", events=lambda name: [])
+    door = out["homeassistant/binary_sensor/pi/door/config"]
+    bell = out["homeassistant/binary_sensor/pi/bell/config"]
+    assert door["value_template"] == "{{ 'OFF' if value_json.is_active else 'ON' }}"
+    assert bell["value_template"] == "{{ 'ON' if value_json.is_active else 'OFF' }}"
 
 
 @pytest.mark.parametrize(("device", "payload", "expected"), [

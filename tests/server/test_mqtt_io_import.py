@@ -101,10 +101,15 @@ digital_inputs:
      bouncetime: 50, interrupt_payload: INT}
   - {name: pir, module: rpi, pin: 6, pulldown: yes, retain: yes}
   - {name: raw, module: rpi, pin: 7}
+  - {name: btn, module: rpi, pin: 8, pullup: yes, ha_discovery: {name: Gate}}
 """)
     devices = cfg["devices"]
     assert devices["bell"] == {"type": "DigitalInputDevice", "pin": 5, "pull_up": True,
                                "bounce_time": 0.05}
+    # mqtt-io's ON is the pin high: a pull-up input that is not inverted is ON while the
+    # device is inactive, and Home Assistant keeps showing it that way
+    assert devices["btn"]["homeassistant"] == {"name": "Gate", "inverted": True}
+    assert all("homeassistant" not in devices[n] for n in ("bell", "pir", "raw"))
     assert devices["pir"]["pull_up"] is False
     assert devices["raw"]["pull_up"] is None and devices["raw"]["active_state"] is True
     inputs = cfg["compat"]["mqtt_io"]["inputs"]

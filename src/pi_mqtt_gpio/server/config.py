@@ -401,6 +401,10 @@ def _homeassistant_problems(devices: dict[str, Any], ha: HomeAssistantConfig
             allowed = ", ".join(allowed_components(dev.type)) or "none"
             problems.append((("devices", name, "homeassistant", "component"),
                              f"a {dev.type} can be shown as: {allowed}"))
+        if getattr(own, "inverted", False) and "binary_sensor" not in allowed_components(
+                dev.type):
+            problems.append((("devices", name, "homeassistant", "inverted"),
+                             "only a two-state input (a binary_sensor) can be inverted"))
     return problems
 
 

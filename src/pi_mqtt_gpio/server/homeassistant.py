@@ -36,6 +36,9 @@ class EntityOverride:
     device_class: str | None = None
     entity_category: Literal["config", "diagnostic"] | None = None
     enabled_by_default: bool | None = None
+    # A two-state input shown the other way round: on while the device is inactive (a
+    # config converted from mqtt-io whose "ON" was the pin's level, not the device's state).
+    inverted: bool = False
 
 
 ON_OFF = ("OutputDevice", "DigitalOutputDevice", "LED", "Buzzer")
@@ -45,6 +48,7 @@ BINARY = ("Button", "DigitalInputDevice", "MotionSensor", "LineSensor", "LightSe
 BINARY_CLASS = {"MotionSensor": "motion", "LightSensor": "light", "Button": None,
                 "DigitalInputDevice": None, "LineSensor": None}
 ON_OFF_STATE = "{{ 'ON' if value_json.is_active else 'OFF' }}"
+OFF_ON_STATE = "{{ 'OFF' if value_json.is_active else 'ON' }}"
 
 
 def allowed_components(type_name: str) -> tuple[str, ...]:
@@ -118,6 +122,8 @@ def discovery(topics: Topics, devices: dict[str, Any], *, prefix: str, version: 
                         payload[key] = value
                 if own.enabled_by_default is not None:
                     payload["enabled_by_default"] = own.enabled_by_default
+                if own.inverted and component == "binary_sensor":
+                    payload["value_template"] = OFF_ON_STATE
             add(component, name if suffix is None else f"{name}_{suffix}", payload)
     add("binary_sensor", "health", {
         "name": "GPIO health",

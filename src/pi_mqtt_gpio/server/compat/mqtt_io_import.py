@@ -416,6 +416,10 @@ class _Importer:
                 ms = _int(entry.get("bouncetime")) or 100
                 dev["bounce_time"] = min(10.0, max(0.001, ms / 1000.0))
             ha = self.ha(entry, ("binary_sensor",), what)
+            if (dev["pull_up"] is True) != bool(entry.get("inverted")):
+                # mqtt-io's "ON" is the pin high (unless inverted); this device is active
+                # while its pin is low (a pull-up) or high: Home Assistant shows it as before.
+                ha = {**(ha or {}), "inverted": True}
             if ha is not None:
                 dev["homeassistant"] = ha
             device = self._add(dev, mio)
