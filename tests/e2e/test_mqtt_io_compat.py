@@ -50,6 +50,7 @@ def config() -> dict[str, Any]:
             "fan": {"type": "LED", "pin": 22},
             "doorbell": {"type": "DigitalInputDevice", "pin": 5, "pull_up": True},
             "door": {"type": "DigitalInputDevice", "pin": 6, "pull_up": True},
+            "knock": {"type": "Button", "pin": 7},
             "light_level": {"type": "MCP3008", "channel": 0, "publish_interval": 0.1},
             "tank": {"type": "DistanceSensor", "echo": 23, "trigger": 24, "max_distance": 4,
                      "publish_interval": 0.1},
@@ -361,3 +362,15 @@ def test_sensors_as_mqtt_io_printed_them(gk: Gatekeeper, proto: str, subs: list[
     late = Sub(gk, proto, "view", f"{PREFIX}/sensor/light_level")  # retained
     subs.append(late)
     assert late.wait(f"{PREFIX}/sensor/light_level {raw}")
+
+
+def test_an_input_without_settings_reads_by_level_as_mqtt_io_does(gk: Gatekeeper,
+                                                                   subs: list[Sub]) -> None:
+    """Served with the defaults (only_listed: false), a pulled-up input reads ON while idle
+    (its level is high) and OFF while pressed, exactly as mqtt-io's default inverted: no."""
+    watch = Sub(gk, "mqttv5", "view", f"{PREFIX}/input/knock")
+    subs.append(watch)
+    assert call(gk, "knock", "sim_press")["ok"]
+    assert watch.wait(f"{PREFIX}/input/knock OFF")
+    assert call(gk, "knock", "sim_release")["ok"]
+    assert watch.wait(f"{PREFIX}/input/knock ON")

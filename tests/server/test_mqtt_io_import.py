@@ -115,7 +115,7 @@ digital_inputs:
     inputs = cfg["compat"]["mqtt_io"]["inputs"]
     assert inputs["bell"] == {"inverted": True, "interrupt": "falling",
                               "interrupt_payload": "INT"}
-    assert inputs["pir"] == {"inverted": False, "retain": True}
+    assert inputs["pir"] == {"retain": True}
 
 
 def test_board_numbering_becomes_bcm() -> None:

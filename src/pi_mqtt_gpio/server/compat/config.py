@@ -48,9 +48,9 @@ class MqttIoInput:
     on_payload: Payload = "ON"
     off_payload: Payload = "OFF"
     retain: bool = False
-    # None: on_payload while the device is active (pressed, motion). true/false: mqtt-io's
-    # meaning, by the pin's level: on_payload when the level is high (low when inverted).
-    inverted: bool | None = None
+    # mqtt-io's meaning, by the pin's level: on_payload while the level is high, or low
+    # when inverted (a pull-up button reads "OFF" while pressed unless inverted).
+    inverted: bool = False
     # With interrupt_payload: that payload (instead of on/off) at each edge of this kind,
     # by the pin's level as mqtt-io counts them.
     interrupt: Literal["rising", "falling", "both"] | None = None

@@ -208,8 +208,8 @@ class MqttIoTopics:
         """Whether the input reads "on" as its compat settings define it; None when the
         state has no value (unavailable)."""
         active = cls._active(state)
-        if active is None or inp.cfg.inverted is None:
-            return active
+        if active is None:
+            return None
         return (active != inp.active_low) != inp.cfg.inverted
 
     @classmethod

@@ -430,7 +430,8 @@ class _Importer:
                 if entry.get(key) is not None and str(entry[key]) != ("ON" if key ==
                                                                       "on_payload" else "OFF"):
                     compat[key] = str(entry[key])
-            compat["inverted"] = bool(entry.get("inverted"))  # mqtt-io's meaning, by level
+            if entry.get("inverted"):
+                compat["inverted"] = True  # mqtt-io's meaning: by the pin's level
             if entry.get("retain"):
                 compat["retain"] = True
             if entry.get("interrupt_payload") is not None and interrupt in ("rising",
