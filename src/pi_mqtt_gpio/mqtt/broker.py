@@ -324,12 +324,59 @@ class BrokerCore:
         conn.last_rx = now
         if conn.state is ConnState.CONNECTED:  # the common case, without ``_guarded``'s call
             try:
-                conn.reader.feed(data)
+                reader = conn.reader
+                if self.fast_path and not reader.buffered and self._fast_single(conn, data,
+                                                                                 now):
+                    return
+                reader.feed(data)
                 self._process(conn, now)
             except Exception as exc:
                 self._failed(conn, now, exc)
             return
         self._guarded(conn, now, self._feed, data)
+
+    def _fast_single(self, conn: Connection, data: bytes, now: float) -> bool:
+        """``data`` is exactly one whole PUBLISH (QoS 0/1) or success PUBACK, and nothing is
+        buffered before it (a client waiting for each answer sends one packet per read):
+        handled without going through the frame reader. False (nothing done) otherwise: the
+        reader then takes it as usual."""
+        end = len(data)
+        if end < 4 or type(data) is not bytes:  # topic bytes become dict keys: not bytearray
+            return False
+        first = data[0]
+        size = data[1]
+        if size < 0x80:
+            hdr = 2
+        elif end > 2 and data[2] < 0x80 and data[2]:  # two length bytes, minimal encoding
+            size = (size & 0x7F) | (data[2] << 7)
+            hdr = 3
+        else:
+            return False
+        if hdr + size != end or end > self.limits.max_packet_size:
+            return False
+        if first == 0x40:
+            return size == 2 and self._fast_puback(conn, (data[2] << 8) | data[3], now)
+        if first == 0x30 or first == 0x32:
+            return self._fast_publish(conn, first, data[hdr:], now)
+        return False
+
+    def _fast_puback(self, conn: Connection, pid: int, now: float) -> bool:
+        """A success PUBACK for a QoS 1 delivery in flight, with nothing queued behind it:
+        settled here. False (nothing done) for anything else (``_on_puback`` decides)."""
+        session = self._conn_sessions.get(conn.id)
+        if session is None or session.queue:
+            return False
+        inflight = session.inflight
+        item = inflight.get(pid)
+        if item is None or item.qos != 1:
+            return False
+        del inflight[pid]
+        msg = item.message
+        cost = len(msg.payload) + len(msg.topic) + MESSAGE_OVERHEAD
+        session.queued_bytes -= cost
+        self.queued_bytes -= cost
+        conn.last_ack = now
+        return True
 
     def process_backlog(self, conn: Connection, now: float) -> None:
         """Handle the next packets already received (see ``data_received``)."""
@@ -389,19 +436,10 @@ class BrokerCore:
                                                                            now):
                     continue
                 if first == 0x40 and len(body) == 2 and (body[0] or body[1]):
-                    # PUBACK (success, no properties); the common case inline
+                    # PUBACK (success, no properties)
                     pid = (body[0] << 8) | body[1]
-                    session = self._conn_sessions.get(conn.id)
-                    item = session.inflight.get(pid) if session is not None else None
-                    if item is not None and item.qos == 1 and not session.queue:  # type: ignore[union-attr]
-                        del session.inflight[pid]  # type: ignore[union-attr]
-                        msg = item.message
-                        cost = len(msg.payload) + len(msg.topic) + MESSAGE_OVERHEAD
-                        session.queued_bytes -= cost  # type: ignore[union-attr]
-                        self.queued_bytes -= cost
-                        conn.last_ack = now
-                        continue
-                    self._on_puback(conn, pid, 1, now)
+                    if not self._fast_puback(conn, pid, now):
+                        self._on_puback(conn, pid, 1, now)
                     continue
                 self._dispatch(conn, first, body, now)
                 continue
