@@ -118,9 +118,6 @@ class MqttIoTopics:
     def subscriptions(self) -> list[str]:
         return [f"{self.prefix}/output/+/{leaf}" for leaf in COMMANDS]
 
-    def owns(self, topic: str) -> bool:
-        return topic.startswith(self.prefix + "/")
-
     def command(self, topic: str) -> tuple[_Output, str] | None:
         """(output, ``set`` | ``set_on_ms`` | ``set_off_ms``) of a command topic, else None."""
         if not topic.startswith(self.prefix + "/output/"):
@@ -303,12 +300,6 @@ class MqttIoBridge:
         self._states[device] = doc
         for topic, payload, retain in self.names.state_messages(device, old, doc):
             self.publish(topic, payload, 1 if retain else 0, retain)
-
-    def republish(self) -> None:
-        for device, doc in list(self._states.items()):
-            if device in self.names.outputs_of or device in self.names.sensors_of or any(
-                    i.cfg.interrupt_payload is None for i in self.names.inputs_of.get(device, ())):
-                self.state(device, doc, force=True)
 
     # --- commands -------------------------------------------------------------------------------
     def handle(self, msg: Message) -> bool:

@@ -301,7 +301,7 @@ class _Importer:
             mio = str(entry.get("name", ""))
             what = f"digital output {mio!r}"
             line = entry.get("__line__")
-            if not mio or any(c in mio for c in "/+#"):
+            if not _one_level(mio):
                 self.out.skip(line, what, "a name with '/', '+' or '#' is not one topic level")
                 continue
             pin = self.pin(entry, what)
@@ -325,15 +325,7 @@ class _Importer:
             if ha is not None:
                 dev["homeassistant"] = ha
             device = self._add(dev, mio)
-            compat: dict[str, Any] = {}
-            if device != mio:
-                compat["device"] = device
-            for key in ("on_payload", "off_payload"):
-                if entry.get(key) is not None and str(entry[key]) != ("ON" if key ==
-                                                                      "on_payload" else "OFF"):
-                    compat[key] = str(entry[key])
-            if entry.get("retain"):
-                compat["retain"] = True
+            compat = _compat_entry(entry, mio, device, payloads=True)
             if _int(entry.get("timed_set_ms")):
                 compat["timed_set_ms"] = _int(entry["timed_set_ms"])
             self.compat_out[mio] = compat
@@ -382,7 +374,7 @@ class _Importer:
                     self.out.skip(line, f"{what} interrupt_for", "only an expander's INT line "
                                   "can be an interrupt for other pins")
                 continue
-            if not mio or any(c in mio for c in "/+#"):
+            if not _one_level(mio):
                 self.out.skip(line, what, "a name with '/', '+' or '#' is not one topic level")
                 continue
             pin = self.pin(entry, what)
@@ -423,17 +415,9 @@ class _Importer:
             if ha is not None:
                 dev["homeassistant"] = ha
             device = self._add(dev, mio)
-            compat: dict[str, Any] = {}
-            if device != mio:
-                compat["device"] = device
-            for key in ("on_payload", "off_payload"):
-                if entry.get(key) is not None and str(entry[key]) != ("ON" if key ==
-                                                                      "on_payload" else "OFF"):
-                    compat[key] = str(entry[key])
+            compat = _compat_entry(entry, mio, device, payloads=True)
             if entry.get("inverted"):
                 compat["inverted"] = True  # mqtt-io's meaning: by the pin's level
-            if entry.get("retain"):
-                compat["retain"] = True
             if entry.get("interrupt_payload") is not None and interrupt in ("rising",
                                                                            "falling", "both"):
                 compat["interrupt"] = interrupt
@@ -495,14 +479,11 @@ class _Importer:
                 if sensor_ha:
                     dev["homeassistant"] = sensor_ha
             device = self._add(dev, mio)
-            if device != mio:
-                compat["device"] = device
+            compat.update(_compat_entry(entry, mio, device, payloads=False))
             digits = _int(entry.get("digits"))
             if digits is not None and digits != 2:
                 compat["digits"] = min(10, max(0, digits))
-            if entry.get("retain"):
-                compat["retain"] = True
-            if "/" in mio or "+" in mio or "#" in mio:
+            if not _one_level(mio):
                 self.out.skip(line, f"{what} topic", "a name with '/', '+' or '#' is not one "
                               "topic level: on the gatekeeper's own topics only")
             else:
@@ -549,6 +530,27 @@ class _Importer:
             compat["sensors"] = self.compat_sensors
         compat["only_listed"] = True
         return self.out
+
+
+def _one_level(name: str) -> bool:
+    """A name that is one topic level (mqtt-io allows any string)."""
+    return bool(name) and not any(c in name for c in "/+#")
+
+
+def _compat_entry(entry: dict[str, Any], mio: str, device: str, *, payloads: bool
+                  ) -> dict[str, Any]:
+    """The ``compat.mqtt_io`` settings every kind shares: the device when it was renamed,
+    the payloads when not mqtt-io's defaults, retain."""
+    compat: dict[str, Any] = {}
+    if device != mio:
+        compat["device"] = device
+    if payloads:
+        for key, default in (("on_payload", "ON"), ("off_payload", "OFF")):
+            if entry.get(key) is not None and str(entry[key]) != default:
+                compat[key] = str(entry[key])
+    if entry.get("retain"):
+        compat["retain"] = True
+    return compat
 
 
 def _items(value: Any) -> list[dict[str, Any]]:
