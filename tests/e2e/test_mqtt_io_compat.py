@@ -374,3 +374,16 @@ def test_an_input_without_settings_reads_by_level_as_mqtt_io_does(gk: Gatekeeper
     assert watch.wait(f"{PREFIX}/input/knock OFF")
     assert call(gk, "knock", "sim_release")["ok"]
     assert watch.wait(f"{PREFIX}/input/knock ON")
+
+
+def test_a_retained_command_is_not_kept(gk: Gatekeeper) -> None:
+    """A ``set`` sent with the retain flag runs once; a later subscriber (a restarted
+    gatekeeper would be one) does not get it again."""
+    subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(gk.port), "-u", "op", "-P",
+                    PASSWORD, "-q", "1", "-r", "-t", f"{PREFIX}/output/fan/set", "-m", "ON"],
+                   check=True, timeout=10)
+    out = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(gk.port), "-u",
+                          "admin", "-P", PASSWORD, "-t", f"{PREFIX}/output/fan/set", "-C", "1",
+                          "-W", "2", "-v"], capture_output=True, text=True, timeout=10)
+    assert out.stdout == "", out.stdout
+    pub(gk, "mqttv5", "op", f"{PREFIX}/output/fan/set", "OFF")

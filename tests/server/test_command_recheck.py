@@ -49,3 +49,31 @@ def test_a_command_from_a_user_who_may_not_write_is_not_executed() -> None:
     refused, allowed = asyncio.run(main())
     assert refused == 0  # the viewer's and the unknown user's commands did nothing
     assert allowed == 1  # the operator's did
+
+
+def test_the_same_holds_for_mqtt_ios_topics() -> None:
+    """``compat.mqtt_io``: a command on mqtt-io's topic injected around the ACL is checked
+    again as the device's ``set`` before anything moves."""
+    async def main() -> tuple[int, int]:
+        daemon = Daemon(parse_config(CONFIG + "compat: {mqtt_io: {topic_prefix: home}}\n"),
+                        simulate=True)
+        await daemon.start()
+        try:
+            for sender, user, role in (("evil", "guest", "viewer"),
+                                       ("gone", "mallory", "operator")):
+                daemon.core.publish(Message("home/output/led/set", b"ON", 0, False, {}, None,
+                                            sender, user, role), daemon.server.now())
+                daemon.server.pump()
+            await asyncio.sleep(0.3)
+            refused = daemon.hw.adapters["led"].state()["value"]
+            daemon.core.publish(Message("home/output/led/set", b"ON", 0, False, {}, None, "ok",
+                                        "alice", "operator"), daemon.server.now())
+            daemon.server.pump()
+            await asyncio.sleep(0.3)
+            return refused, daemon.hw.adapters["led"].state()["value"]
+        finally:
+            await daemon.stop()
+
+    refused, allowed = asyncio.run(main())
+    assert refused == 0
+    assert allowed == 1

@@ -3,6 +3,7 @@ its README) convert, and what comes out passes ``check-config``; each mapping ru
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -209,3 +210,40 @@ def test_unreadable_input_is_a_clear_refusal(tmp_path: Path,
     assert main(["import-mqtt-io", str(tmp_path / "missing.yml")]) == 2
     odd = convert("digital_outputs: [{name: a/b, module: x, pin: 1}, 7, {module: y}]\n")
     assert odd.config["devices"] == {}
+
+
+BASE = """
+node_id: pi
+devices:
+  lamp: {type: LED, pin: 17}
+  bell: {type: Button, pin: 22}
+  adc: {type: MCP3008, channel: 0}
+  gap: {type: DistanceSensor, echo: 23, trigger: 24}
+compat:
+  mqtt_io:
+"""
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("    topic_prefix: home/#", "must be a topic without '+', '#'"),
+    ("    topic_prefix: home/", "without a trailing '/'"),
+    ("    topic_prefix: gatekeeper/pi/x", "overlaps the gatekeeper's own topics"),
+    ("    topic_prefix: gatekeeper", "overlaps the gatekeeper's own topics"),
+    ("    topic_prefix: homeassistant", "overlaps Home Assistant's discovery prefix"),
+    ("    topic_prefix: home\n    status_topic: st/#", "must not contain '+' or '#'"),
+    ("    topic_prefix: home\n    outputs: {a/b: {device: lamp}}", "one topic level"),
+    ("    topic_prefix: home\n    outputs: {x: {device: nope}}", "no device named 'nope'"),
+    ("    topic_prefix: home\n    outputs: {bell: {}}", "'bell' is a Button"),
+    ("    topic_prefix: home\n    inputs: {lamp: {}}", "'lamp' is a LED"),
+    ("    topic_prefix: home\n    sensors: {bell: {}}", "'bell' is a Button"),
+    ("    topic_prefix: home\n    sensors: {adc: {field: distance}}", "no 'distance'"),
+    ("    topic_prefix: home\n    sensors: {gap: {field: raw_value}}", "no 'raw_value'"),
+    ("    topic_prefix: home\n    inputs: {bell: {interrupt_payload: INT}}",
+     "needs interrupt"),
+])
+def test_compat_config_refusals(text: str, message: str) -> None:
+    from pi_mqtt_gpio.server.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config(BASE + text + "\n")
+    parse_config(BASE + "    topic_prefix: home\n")  # the base is fine
