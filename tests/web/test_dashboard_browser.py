@@ -121,6 +121,7 @@ class Watched:
         self.page = self.context.new_page()
         self.problems: list[str] = []
         self.allow_ws_errors = False
+        self.closed = False
         self.sent_publishes = 0
         page = self.page
         page.on("console", self._console)
@@ -145,7 +146,12 @@ class Watched:
         ws.on("framesent", sent)
 
     def close(self) -> None:
-        self.context.close()
+        """Close the page (once) and fail on anything it reported. A test that stops its
+        gatekeeper calls this first: a page still connected when the server goes away logs
+        its own sends on the closing socket."""
+        if not self.closed:
+            self.closed = True
+            self.context.close()
         assert not self.problems, self.problems
 
 
@@ -397,6 +403,7 @@ def test_the_page_over_tls_logs_in_over_wss(watched: Any, tmp_path: Path) -> Non
         expect(page.locator("#conn")).to_have_text("connected")
         page.click("#card-porch_light button.toggle")
         assert wait_for(lambda: gk.pin("porch_light").pin.state == 1)
+        w.close()  # before the server goes away
     finally:
         gk.close()
 
@@ -414,7 +421,8 @@ def test_every_card_type_of_the_demo_works(watched: Any, tmp_path: Path) -> None
                                      {"type": "websocket", "host": "127.0.0.1", "port": 0}]
     gk = start_gatekeeper(tmp_path, config)
     try:
-        page = watched().page
+        w = watched()
+        page = w.page
         page.goto(f"http://127.0.0.1:{gk.ports['websocket']}/")
         expect(page.locator("#who")).to_have_text("anonymous (admin)")
         expect(page.locator("#login")).to_be_hidden()
@@ -441,5 +449,6 @@ def test_every_card_type_of_the_demo_works(watched: Any, tmp_path: Path) -> None
         page.click("#card-wall_button button:text-is('Release')")
         expect(page.locator("#card-wall_button .events")).to_contain_text("single")
         expect(page.locator(".toast.bad")).to_have_count(0)
+        w.close()  # before the server goes away
     finally:
         assert gk.stop() == 0
