@@ -8,6 +8,7 @@ import ctypes
 import gc
 import logging
 import signal
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -689,13 +690,24 @@ async def run(config: Config, *, simulate: bool = False) -> int:
     ready = ", ".join(f"{kind} {host}:{port}" for kind, host, port in daemon.server.bound)
     if daemon.uplink is not None:
         ready = ", ".join(f"external {h}:{p}" for h, p in daemon.uplink.hosts)
-    print(f"pi-mqtt-gatekeeper ready: {daemon.topics.root} on {ready}", flush=True)
+    _say(f"pi-mqtt-gatekeeper ready: {daemon.topics.root} on {ready}")
     _hint(daemon)
     daemon.request_stop = stop.set
     await stop.wait()
     log.info("shutting down")
     await daemon.stop()
     return 1 if daemon.fatal else 0
+
+
+def _say(line: str) -> None:
+    """Print one line to stdout in a single write.
+
+    ``print`` writes the text and its newline separately; on an unbuffered stdout shared with
+    the log (``2>&1``, systemd's journal) a log line from another thread can land between the
+    two, and a supervisor waiting for the ready line would never see it whole.
+    """
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def _hint(daemon: Daemon) -> None:
@@ -707,6 +719,6 @@ def _hint(daemon: Daemon) -> None:
     host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     root = daemon.topics.root
     first = next(iter(daemon.hw.adapters), "DEVICE")
-    print(f"try: mosquitto_sub -h {host} -p {port} -t '{root}/#' -v   |   "
-          f"mosquitto_rr -h {host} -p {port} -i me -t {daemon.topics.device(first, 'call')} "
-          f"-e {daemon.topics.reply_prefix('me')} -m '{{\"method\": \"state\"}}'", flush=True)
+    _say(f"try: mosquitto_sub -h {host} -p {port} -t '{root}/#' -v   |   "
+         f"mosquitto_rr -h {host} -p {port} -i me -t {daemon.topics.device(first, 'call')} "
+         f"-e {daemon.topics.reply_prefix('me')} -m '{{\"method\": \"state\"}}'")
