@@ -100,7 +100,7 @@ devices: {{led: {{type: LED, pin: 17}}}}
     after = _threads()
     await daemon.stop()
     ticks = os.sysconf("SC_CLK_TCK")
-    per = {}
+    per: dict[str, float] = {}
     for tid, (u, s) in after.items():
         u0, s0 = before.get(tid, (0, 0))
         name = "loop" if tid == os.getpid() else names.get(tid, "other")
