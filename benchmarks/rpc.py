@@ -1,4 +1,4 @@
-"""Gatekeeper benchmark (issue 3): RPC round trip, edge -> subscriber latency, event loss at
+"""Gatekeeper benchmark: RPC round trip, edge -> subscriber latency, event loss at
 100 Hz, idle CPU with 26 inputs, RSS with the demo config.
 
     .venv/bin/python benchmarks/rpc.py [--quick]
@@ -6,7 +6,7 @@
 "rpc lean client" calls from a raw MQTT 5 socket and "echo same daemon" is a plain
 request/response between two raw clients through the same daemon (the broker hop alone).
 "stub" makes the same calls through the client stub (``RemoteLED.on()``) and from 10 threads
-at once through one connection (issue 4). The RPC scenario runs twice in the same run: against our daemon (embedded broker, one
+at once through one connection. The RPC scenario runs twice in the same run: against our daemon (embedded broker, one
 process), and against what a user would otherwise build: Debian's mosquitto plus a separate
 Python daemon (paho-mqtt + gpiozero on the same simulated pins) doing the same work (decode
 JSON, switch the LED, read its state, reply). Prints numbers; asserts nothing about speed.

@@ -5,7 +5,7 @@ constraints (``Range``, ``NonEmpty``), ``Tagged`` picks a dataclass by a key (de
 and a ``check()`` method returns cross-field problems. ``build`` walks the data once and
 collects *all* problems as (key path, message) instead of stopping at the first.
 
-Why not pydantic: it costs the daemon ~17-20 MiB of RSS on a Raspberry Pi (issue 3 budgets
+Why not pydantic: it costs the daemon ~17-20 MiB of RSS on a Raspberry Pi (the budget is
 40 MiB for the whole process) for what is a few hundred lines of validation here.
 """
 
