@@ -94,6 +94,18 @@ digital_outputs:
                                           "retain": True, "timed_set_ms": 1500}
 
 
+def test_a_name_that_is_not_one_topic_level_is_not_converted() -> None:
+    result = convert(PI + """
+mqtt: {host: localhost, topic_prefix: home}
+digital_outputs: [{name: "a/b", module: rpi, pin: 17}, {name: lamp, module: rpi, pin: 18}]
+digital_inputs: [{name: "door/#", module: rpi, pin: 27}]
+""", hash_password=lambda p: f"hash:{p}")
+    assert set(result.config["devices"]) == {"lamp"}
+    skipped = "\n".join(str(x) for x in result.not_converted)
+    assert "'a/b'" in skipped and "'door/#'" in skipped
+    assert skipped.count("not one topic level") == 2
+
+
 def test_inputs_pulls_bouncetime_inverted_and_interrupt_payload() -> None:
     cfg = conv(PI + """
 mqtt: {host: localhost, topic_prefix: home}

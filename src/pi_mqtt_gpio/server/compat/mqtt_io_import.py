@@ -229,6 +229,15 @@ class _Importer:
         same = [n for n, m in self.modules.items() if str(m.get("module")) == module]
         return same[0] if len(same) == 1 else None
 
+    def named_pin(self, entry: dict[str, Any], name: str, what: str) -> int | str | None:
+        """The pin of an input or output whose mqtt-io name is one topic level (its compat
+        topics are built from it), or None (said why)."""
+        if not _one_level(name):
+            self.out.skip(entry.get("__line__"), what,
+                          "a name with '/', '+' or '#' is not one topic level")
+            return None
+        return self.pin(entry, what)
+
     def pin(self, entry: dict[str, Any], what: str, key: str = "pin") -> int | str | None:
         """The gatekeeper's pin for an mqtt-io input or output, or None (said why)."""
         line = entry.get("__line__")
@@ -301,10 +310,7 @@ class _Importer:
             mio = str(entry.get("name", ""))
             what = f"digital output {mio!r}"
             line = entry.get("__line__")
-            if not _one_level(mio):
-                self.out.skip(line, what, "a name with '/', '+' or '#' is not one topic level")
-                continue
-            pin = self.pin(entry, what)
+            pin = self.named_pin(entry, mio, what)
             if pin is None:
                 continue
             ha = self.ha(entry, ("switch", "light"), what)
@@ -374,10 +380,7 @@ class _Importer:
                     self.out.skip(line, f"{what} interrupt_for", "only an expander's INT line "
                                   "can be an interrupt for other pins")
                 continue
-            if not _one_level(mio):
-                self.out.skip(line, what, "a name with '/', '+' or '#' is not one topic level")
-                continue
-            pin = self.pin(entry, what)
+            pin = self.named_pin(entry, mio, what)
             if pin is None:
                 continue
             kind_of_module = self._kind(entry)
