@@ -113,7 +113,7 @@ def test_users_file_round_trip(tmp_path: Path) -> None:
     write_users_file(path, "alice", "$argon2id$v=19$m=65536,t=3,p=4$abc$def", "operator")
     write_users_file(path, "bob", "$argon2id$v=19$m=65536,t=3,p=4$ghi$jkl", "viewer")
     write_users_file(path, "alice", "$argon2id$v=19$m=65536,t=3,p=4$new$new", "admin")
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640  # readable by the service's group
     users = read_users_file(path)
     assert users["alice"].role == "admin" and users["alice"].password_hash.endswith("$new$new")
     assert users["bob"].role == "viewer"

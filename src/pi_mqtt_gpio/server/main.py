@@ -2,8 +2,8 @@
 
     pi-mqtt-gatekeeper --config FILE [--simulate] [--log-level LEVEL]
     pi-mqtt-gatekeeper check-config --config FILE
-    pi-mqtt-gatekeeper hash-password [--stdin]
-    pi-mqtt-gatekeeper passwd FILE USER [--role ROLE] [--stdin]
+    pi-mqtt-gatekeeper hash-password [--password-stdin]
+    pi-mqtt-gatekeeper passwd FILE USER [--role ROLE] [--config FILE] [--password-stdin]
     pi-mqtt-gatekeeper gpio-owners [--config FILE] [--chip CHIP] [--json]
 """
 
@@ -61,14 +61,19 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("--config", dest="check_config", required=True)
     hashp = sub.add_parser("hash-password", help="print an argon2id hash for auth.users")
-    hashp.add_argument("--stdin", action="store_true", help="read the password from stdin")
+    hashp.add_argument("--password-stdin", "--stdin", dest="stdin", action="store_true",
+                       help="read the password from stdin (one line)")
     passwd = sub.add_parser("passwd", help="add or change a user in a users file "
                                            "(like mosquitto_passwd)")
     passwd.add_argument("file")
     passwd.add_argument("user")
-    passwd.add_argument("--role", default="viewer",
-                        help="admin, operator, viewer, homeassistant or one of your roles")
-    passwd.add_argument("--stdin", action="store_true", help="read the password from stdin")
+    passwd.add_argument("--role", help="admin, operator, viewer, homeassistant or a role of "
+                                       "--config (default: the user's role, viewer for a "
+                                       "new user)")
+    passwd.add_argument("--config", dest="passwd_config",
+                        help="the config whose auth.roles may be given as --role")
+    passwd.add_argument("--password-stdin", "--stdin", dest="stdin", action="store_true",
+                        help="read the password from stdin (one line)")
     owners = sub.add_parser("gpio-owners", help="list every line of the GPIO chip: used or "
                                                 "free, consumer, ours or foreign")
     owners.add_argument("--config", dest="owners_config", help="for hardware.chip and "
@@ -167,8 +172,31 @@ def _read_password(from_stdin: bool) -> str | None:
 
 def _passwords(args: argparse.Namespace) -> int:
     """``hash-password`` and ``passwd``."""
-    from pi_mqtt_gpio.server.security import hash_password, write_users_file
+    from pi_mqtt_gpio.server.security.passwords import hash_password
 
+    roles: set[str] = set()
+    if args.command == "passwd":
+        from pi_mqtt_gpio.server.config import BUILTIN_ROLES
+        from pi_mqtt_gpio.server.security.passwords import users_file_roles
+
+        # What a role may be, known before the password is asked for.
+        roles = set(BUILTIN_ROLES)
+        config_path = args.passwd_config or args.config
+        try:
+            if config_path:
+                roles |= set(load_config(config_path).auth.roles)
+            roles |= users_file_roles(args.file)
+        except ConfigError as exc:
+            print(str(exc), file=sys.stderr)
+            return 2
+        except (OSError, ValueError) as exc:
+            print(f"passwd: {exc}", file=sys.stderr)
+            return 1
+        if args.role is not None and args.role not in roles:
+            hint = "" if config_path else "; a role of your config needs --config FILE"
+            print(f"passwd: {args.role!r} is not a role (roles: {', '.join(sorted(roles))})"
+                  f"{hint}; {args.file} was not changed", file=sys.stderr)
+            return 2
     password = _read_password(args.stdin)
     if password is None:
         print("passwords differ", file=sys.stderr)
@@ -179,12 +207,18 @@ def _passwords(args: argparse.Namespace) -> int:
     if args.command == "hash-password":
         print(hash_password(password))
         return 0
+    from pi_mqtt_gpio.server.security.passwords import UnknownRoleError, write_users_file
+
     try:
-        write_users_file(args.file, args.user, hash_password(password), args.role)
+        role = write_users_file(args.file, args.user, hash_password(password), args.role,
+                                roles)
+    except UnknownRoleError as exc:
+        print(f"passwd: {exc}", file=sys.stderr)
+        return 2
     except (OSError, ValueError) as exc:
         print(f"passwd: {exc}", file=sys.stderr)
         return 1
-    print(f"{args.user} ({args.role}) written to {args.file}; "
+    print(f"{args.user} ({role}) written to {args.file}; "
           f"send SIGHUP to a running gatekeeper to reload it")
     return 0
 
