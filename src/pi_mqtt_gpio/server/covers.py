@@ -309,12 +309,14 @@ class CoverController:
         when = max(at or 0.0, line_at or 0.0)
         if when:
             await self._sleep_until(when)
+        fn, args = self.guards.interlock_checked(self.name, self.adapter.drive, (direction,))
         try:
-            t_worker = await self.hw.submit(self.adapter.drive, direction)
+            t_worker = await self.hw.submit(fn, *args)
         except GatekeeperError:
             self.guards.known(self.name, 0)
             self.guards.known(line, 0)
             raise
+        self.guards.executed(self.name, True)
         on_at = self._from_worker(t_worker)
         self.relays = {"up": int(direction == "up"), "down": int(direction == "down")}
         self._movement += 1
@@ -362,6 +364,7 @@ class CoverController:
         if when:
             await self._sleep_until(when)
         t_worker = await self.hw.submit(self.adapter.drive, None, force=True)
+        self.guards.executed(self.name, False)
         self.relays = {"up": 0, "down": 0}
         off_at = self._from_worker(t_worker)
         if direction is not None:

@@ -37,6 +37,7 @@ from pi_mqtt_gpio.server.persistence import (
     Persister,
     StateFile,
     StateFileError,
+    clamp_lockouts,
     writable_problem,
 )
 from pi_mqtt_gpio.server.rpc_handler import RpcHandler, make_safe
@@ -103,7 +104,8 @@ class Daemon:
             SafetyPolicy(guards_for(config.safety, config.devices),
                          [*(frozenset(group) for group in config.interlocks),
                           *line_interlocks(config.devices)]),
-            self.hw, on_event=self.twin.notice, on_state=self._republish, make_safe=make_safe)
+            self.hw, on_event=self.twin.notice, on_state=self._republish, make_safe=make_safe,
+            on_safe=lambda name, state: self.twin.state(name, state))
         self.covers = {
             name: CoverController(adapter, self.hw, self.guards, on_state=self._cover_state,
                                   on_event=self.twin.notice)
@@ -241,7 +243,8 @@ class Daemon:
             return
         lockouts = saved.get("lockouts")
         if isinstance(lockouts, dict):
-            self.guards.restore_lockouts(lockouts)
+            self.guards.restore_lockouts(clamp_lockouts(lockouts, {
+                n: g.flap_lockout_s for n, g in self.guards.policy.guards.items()}, time.time()))
         covers = saved.get("covers")
         for name, cover in self.covers.items():
             if isinstance(covers, dict) and name in covers:

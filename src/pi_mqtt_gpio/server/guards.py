@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from pi_mqtt_gpio.errors import GatekeeperError, error_for
+from pi_mqtt_gpio.errors import GatekeeperError, Interlocked, error_for
 from pi_mqtt_gpio.server.devices.base import DeviceAdapter, is_active
 from pi_mqtt_gpio.server.hardware import HardwareManager
 from pi_mqtt_gpio.server.safety import Delay, Refuse, SafetyPolicy
@@ -28,12 +28,15 @@ Notify = Callable[[str, str, dict[str, Any]], None]  # (device, event, extra) ->
 class Guards:
     def __init__(self, policy: SafetyPolicy, hw: HardwareManager, *,
                  on_event: Notify, on_state: Callable[[str], None],
-                 make_safe: Callable[[DeviceAdapter], Any]) -> None:
+                 make_safe: Callable[[DeviceAdapter], Any],
+                 on_safe: Callable[[str, dict[str, Any]], object] = lambda name, state: None
+                 ) -> None:
         self.policy = policy
         self.hw = hw
         self.on_event = on_event  # publishes {"event": ...} for a device
         self.on_state = on_state  # republishes a device's state (lockout shown or lifted)
         self.make_safe = make_safe  # the worker function that drives a device safe
+        self.on_safe = on_safe  # publishes the state a safe state left (the twin)
         self._later: dict[str, deque[tuple[float, Callable[[], None]]]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._max_on: dict[str, asyncio.TimerHandle] = {}
@@ -42,6 +45,8 @@ class Guards:
         # the hardware worker thread, inside ``_spaced``.
         self._spacing: dict[str, float] = {}
         self._outstanding: dict[str, int] = {}  # admitted commands not finished, per device
+        self._ran: dict[str, Any] = {}  # each device's value as its last command left it
+        self._on_pin: dict[str, bool] = {}  # ... and whether that is active on the pins
 
     @staticmethod
     def _now() -> float:
@@ -50,15 +55,19 @@ class Guards:
     def start(self, states: dict[str, dict[str, Any]]) -> None:
         """What the outputs are at start (their safe states)."""
         for name, state in states.items():
-            self.policy.known(name, state.get("value"), is_active(state.get("value")))
+            self._ran[name] = state.get("value")
+            self._on_pin[name] = _on_pins(state)
+            self.policy.known(name, state.get("value"), self._on_pin[name])
 
     # --- admission -----------------------------------------------------------------------------
     def admit(self, adapter: DeviceAdapter, method: str, kwargs: dict[str, Any]
-              ) -> tuple[float | None, bool]:
-        """Check a write; raise the refusal, or return when it may run (None: now) and
-        whether it is an edge (a change of value)."""
+              ) -> tuple[float | None, bool, bool]:
+        """Check a write; raise the refusal, or return when it may run (None: now), whether
+        it is an edge (a change of value) and whether it leaves the device active."""
         current, _active = self.policy.predicted(adapter.name)
-        return self.admit_value(adapter.name, adapter.predict(method, kwargs, current))
+        value = adapter.predict(method, kwargs, current)
+        at, edge = self.admit_value(adapter.name, value)
+        return at, edge, is_active(value)
 
     def admit_value(self, name: str, value: Any) -> tuple[float | None, bool]:
         """Check a write that leaves ``name`` at ``value``: a device, or one line of a
@@ -79,39 +88,73 @@ class Guards:
         self.policy.known(name, value, is_active(value))
 
     def submit(self, name: str, at: float | None, edge: bool, fn: Callable[..., Any],
-               *args: Any) -> asyncio.Future[Any]:
+               *args: Any, active: bool = True,
+               recheck: Callable[[], None] | None = None) -> asyncio.Future[Any]:
         """Queue ``fn`` on the hardware worker now, or at ``at`` behind the device's other
         delayed commands (in the order they were admitted). An edge of a spaced relay also
         waits on the worker, to the microsecond, for the spacing since the last edge ran (the
-        loop's timer is only as exact as its millisecond clock)."""
+        loop's timer is only as exact as its millisecond clock).
+
+        Admission at execution: a command that leaves the device ``active`` runs only if no
+        other member of its interlocks is active on its pins at that moment (checked on the
+        worker, the one thread that changes pins); a command held back (spacing, or behind
+        one that is) is handed to the worker only if ``recheck()`` (the sender's rights and
+        leases as they are then) does not raise."""
+        if active:
+            fn, args = self.interlock_checked(name, fn, args)
         guard = self.policy.guards.get(name)
         if edge and guard is not None and guard.min_relay_interval_s:
             fn, args = _spaced, (self._spacing, name, guard.min_relay_interval_s, fn, args)
-        future = self._submit(name, at, fn, args)
+        future = self._submit(name, at, fn, args, recheck)
         self._outstanding[name] = self._outstanding.get(name, 0) + 1
-        future.add_done_callback(lambda _f: self._finished(name))
+        future.add_done_callback(lambda f: self._finished(name, f))
         return future
 
-    def _finished(self, name: str) -> None:
+    def interlock_checked(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...]
+                          ) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        """``fn(*args)`` wrapped, when ``name`` is interlocked with other devices, so that
+        the worker refuses it while one of them is active on its pins."""
+        others = tuple(self.hw.adapters[d] for d in self.policy.interlocked_with(name)
+                       if d in self.hw.adapters)
+        if not others:
+            return fn, args
+        return _interlock_checked, (others, name, fn, args)
+
+    def executed(self, name: str, active: bool) -> None:
+        """A command for ``name`` that did not go through ``submit`` (a cover's relays) ran
+        and left it ``active`` or not."""
+        self._on_pin[name] = active
+        self.policy.executed(name, active)
+
+    def _finished(self, name: str, future: asyncio.Future[Any]) -> None:
         left = self._outstanding.get(name, 1) - 1
         if left > 0:
             self._outstanding[name] = left
         else:
             self._outstanding.pop(name, None)
+        if (future.cancelled() or future.exception() is not None) and not self.pending(name):
+            # A command that did not run (refused at execution, failed, cancelled): what
+            # the policy predicted for it never happened; the device is as it last ran.
+            value = self._ran.get(name, 0)
+            self.policy.known(name, value, self._on_pin.get(name, is_active(value)))
 
     def _submit(self, name: str, at: float | None, fn: Callable[..., Any],
-                args: tuple[Any, ...]) -> asyncio.Future[Any]:
+                args: tuple[Any, ...], recheck: Callable[[], None] | None
+                ) -> asyncio.Future[Any]:
         queue = self._later.get(name)
         if at is None and not queue:
             return self.hw.submit(fn, *args)
         outer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
         def run() -> None:
+            if outer.done():
+                return
             try:
+                if recheck is not None:
+                    recheck()
                 inner = self.hw.submit(fn, *args, force=True)
             except GatekeeperError as exc:
-                if not outer.done():
-                    outer.set_exception(exc)
+                outer.set_exception(exc)
                 return
             inner.add_done_callback(lambda f: _chain(f, outer))
 
@@ -148,8 +191,11 @@ class Guards:
         (re)arm the max_on timer."""
         name = adapter.name
         value = state.get("value")
+        self._ran[name] = value
+        self._on_pin[name] = on_pin = _on_pins(state)
+        self.policy.executed(name, on_pin)
         if not self.pending(name):
-            self.policy.known(name, value, is_active(value))
+            self.policy.known(name, value, on_pin)
         guard = self.policy.guards.get(name)
         if guard is None or guard.max_on_s is None:
             return
@@ -172,16 +218,26 @@ class Guards:
 
     def safe(self, adapter: DeviceAdapter, reason: str) -> asyncio.Future[Any] | None:
         """Drive ``adapter`` to its safe state through the policy (switching off is never
-        refused; relay spacing may delay it), then say why as an event."""
+        refused; relay spacing may delay it), publish the state it left (the twin follows
+        every change, whoever made it), then say why as an event."""
         name = adapter.name
         try:
-            at, edge = self.admit(adapter, "off", {})
+            at, edge, _active = self.admit(adapter, "off", {})
         except GatekeeperError as exc:  # pragma: no cover - off is never refused
             log.error("safe state of %s refused: %s", name, exc.message)
             return None
-        future = self.submit(name, at, edge, self.make_safe, adapter)
-        if reason == "max_on":
-            future.add_done_callback(lambda f: self.on_event(name, "max_on", {}))
+        future = self.submit(name, at, edge, self.make_safe, adapter, active=False)
+
+        def done(f: asyncio.Future[Any]) -> None:
+            if f.cancelled() or f.exception() is not None:
+                return
+            state = f.result()
+            self.ran(adapter, state)
+            self.on_safe(name, self.decorate(name, state))
+            if reason == "max_on":
+                self.on_event(name, "max_on", {})
+
+        future.add_done_callback(done)
         return future
 
     # --- lockouts ------------------------------------------------------------------------------
@@ -243,6 +299,23 @@ class Guards:
         if cleared:
             self.on_state(name)
         return cleared
+
+
+def _on_pins(state: dict[str, Any]) -> bool:
+    """Whether a device's state means active on its pins (a blink counts while it runs)."""
+    return is_active(state.get("value")) or bool(state.get("blinking"))
+
+
+def _interlock_checked(others: tuple[DeviceAdapter, ...], name: str, fn: Callable[..., Any],
+                       args: tuple[Any, ...]) -> Any:
+    """Runs on the hardware worker, the only thread that changes pins: a command that makes
+    ``name`` active runs only while no other member of its interlocks is active on its
+    pins; otherwise it is refused ``INTERLOCKED`` and nothing moves."""
+    on = sorted(o.name for o in others if o.device is not None and o.active_on_pins())
+    if on:
+        raise Interlocked(f"{name} may not be active together with {', '.join(on)} "
+                          f"(interlocked; checked as it was about to run)")
+    return fn(*args)
 
 
 def _spaced(last_edges: dict[str, float], name: str, interval: float,

@@ -37,7 +37,7 @@ from pi_mqtt_gpio.mqtt.message import Message
 from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, Prop, Properties
 from pi_mqtt_gpio.mqtt.topic_tree import topic_matches
 from pi_mqtt_gpio.server.covers import CoverController
-from pi_mqtt_gpio.server.devices.base import DeviceAdapter, Method
+from pi_mqtt_gpio.server.devices.base import DeviceAdapter, Method, is_active
 from pi_mqtt_gpio.server.guards import Guards
 from pi_mqtt_gpio.server.hardware import HardwareManager
 from pi_mqtt_gpio.server.jsonscan import top_level_scalars
@@ -149,7 +149,7 @@ class RpcHandler:
                 return
             adapter, method, kwargs = self._resolve(msg, name, request["method"],
                                                     request.get("args"), request.get("kwargs"))
-            future, delay = self._queue(adapter, method, kwargs)
+            future, delay = self._queue(adapter, method, kwargs, msg, rights=source != "binding")
         except GatekeeperError as exc:
             self._refuse(msg, name, method_name, exc, self._salvage(msg, exc, reply), source)
             return
@@ -167,7 +167,7 @@ class RpcHandler:
             adapter = self._adapter(name)
             method_name, kwargs = adapter.parse_set(text)
             adapter, method, kwargs = self._resolve(msg, name, method_name, [], kwargs)
-            future, delay = self._queue(adapter, method, kwargs)
+            future, delay = self._queue(adapter, method, kwargs, msg, rights=source != "binding")
         except GatekeeperError as exc:
             self._refuse(msg, name, method_name, exc, None, source)
             return
@@ -195,8 +195,8 @@ class RpcHandler:
             raise UnknownDevice(f"no device named {name!r}")
         return adapter
 
-    def _resolve(self, msg: Message, name: str, method_name: str, args: Any, kwargs: Any
-                 ) -> tuple[DeviceAdapter, Method, dict[str, Any]]:
+    def _resolve(self, msg: Message, name: str, method_name: str, args: Any, kwargs: Any,
+                 *, leases: bool = True) -> tuple[DeviceAdapter, Method, dict[str, Any]]:
         if not self.accepting or not self.hw.accepting:
             raise Busy("the gatekeeper is shutting down")
         adapter = self._adapter(name)
@@ -209,7 +209,7 @@ class RpcHandler:
             raise NotAuthorized(f"{method.name} needs the 'simulate' right")
         bound = method.bind(args, kwargs)
         adapter.validate(method.name, bound)
-        if method.writes and adapter.kind == "output" and self.leases is not None:
+        if leases and method.writes and adapter.kind == "output" and self.leases is not None:
             self.leases.check_write((msg.username, msg.sender or ""), name,
                                     adapter.config.lease_required)
         return adapter, method, bound
@@ -361,9 +361,7 @@ class RpcHandler:
                     cover.safe("lease")  # stops; the position is kept and published
                     continue
                 if self.guards is not None:
-                    safe = self.guards.safe(adapter, "lease")
-                    if safe is not None:
-                        safe.add_done_callback(self._publish_safe(name))
+                    self.guards.safe(adapter, "lease")  # publishes the state it leaves
                     continue
                 try:
                     future = self.hw.submit(make_safe, adapter, force=True)
@@ -376,21 +374,52 @@ class RpcHandler:
             if self.listening(self.topics.audit):
                 self.send(self.topics.audit, dumps(entry), 0, {})
 
-    def _queue(self, adapter: DeviceAdapter, method: Method, kwargs: dict[str, Any]
+    def _queue(self, adapter: DeviceAdapter, method: Method, kwargs: dict[str, Any],
+               msg: Message | None = None, *, rights: bool = False
                ) -> tuple[asyncio.Future[Any], float]:
         """Queue a checked command on the worker: writes to outputs through the safety
         guards (refused, or delayed: the reply comes after it ran); the delay in seconds.
         A cover's commands go to its controller (which asks the guards relay by relay); the
-        "delay" is then how long its reply may take (``set_position`` replies on arrival)."""
+        "delay" is then how long its reply may take (``set_position`` replies on arrival).
+
+        A write that leaves the device active and is held back (relay spacing, or queued
+        behind a command that is) is admitted again when it is handed to the worker: the
+        sender of ``msg`` must still hold the lease (and, with ``rights``, still be allowed
+        to publish the command), or it is cancelled and refused. A turn towards safe is
+        never cancelled."""
         cover = self.covers.get(adapter.name)
         if cover is not None:
             return cover.command(method.name, kwargs), cover.expected(method.name, kwargs)
         if self.guards is None or not method.writes or adapter.kind != "output":
             return self.hw.submit(_execute, adapter, method.name, kwargs), 0.0
-        at, edge = self.guards.admit(adapter, method.name, kwargs)
+        at, edge, active = self.guards.admit(adapter, method.name, kwargs)
+        recheck = self._recheck(msg, adapter, rights) if active and msg is not None else None
         future = self.guards.submit(adapter.name, at, edge, _execute, adapter, method.name,
-                                    kwargs)
+                                    kwargs, active=active, recheck=recheck)
         return future, max(0.0, (at or 0.0) - _now()) if at is not None else 0.0
+
+    def _recheck(self, msg: Message, adapter: DeviceAdapter, rights: bool
+                 ) -> Callable[[], None]:
+        """The checks a held-back write passes again when it is about to run."""
+        def recheck() -> None:
+            if rights and not self.may_command(msg):
+                raise NotAuthorized(f"{clip(msg.username or msg.sender)!r} may no longer "
+                                    f"command {adapter.name} (its rights changed before the "
+                                    f"command ran)")
+            if self.leases is not None:
+                self.leases.check_write((msg.username, msg.sender or ""), adapter.name,
+                                        adapter.config.lease_required)
+
+        return recheck
+
+    def towards_safe(self, device: str, method: str, kwargs: dict[str, Any]) -> bool:
+        """Whether ``method`` leaves ``device`` inactive (its safe side): never refused when
+        it is the second half of a command that was admitted."""
+        adapter = self.hw.adapters.get(device)
+        if adapter is None or adapter.kind != "output":
+            return False
+        current = self.twin.states.get(device, {}).get("value")
+        return not is_active(adapter.predict(method, kwargs, current))
 
     # --- local calls (bindings) -----------------------------------------------------------------
     def local_call(self, principal: str, device: str, method: str, args: list[Any],
@@ -402,20 +431,30 @@ class RpcHandler:
                       username=principal)
         try:
             adapter, spec, bound = self._resolve(msg, device, method, args, kwargs)
-            future, delay = self._queue(adapter, spec, bound)
+            future, delay = self._queue(adapter, spec, bound, msg)
         except GatekeeperError as exc:
             self._refuse(msg, device, method, exc, None, source, kwargs)
             return
         self._await(msg, adapter, spec, bound, future, None, source, delay)
 
     def command(self, msg: Message, device: str, method: str, kwargs: dict[str, Any],
-                source: str) -> bool:
+                source: str, *, deferred: bool = False) -> bool:
         """A command that arrived another way than ``set``/``call`` (mqtt-io's topics): the
-        same checks (validation, leases, safety, interlocks) and an audit entry, as the
-        sender of ``msg``; no reply. False when refused at once."""
+        same checks (validation, rights, leases, safety, interlocks) and an audit entry, as
+        the sender of ``msg``; no reply. False when refused at once.
+
+        ``deferred``: the second half of a command admitted earlier (a timed set turning
+        back). A turn towards safe then always runs (no lease can keep a relay on); a turn
+        towards active is admitted as it is now: the sender's current rights and leases,
+        and is cancelled (refused, audited) when they no longer allow it."""
         try:
-            adapter, spec, bound = self._resolve(msg, device, method, [], kwargs)
-            future, delay = self._queue(adapter, spec, bound)
+            safe = deferred and self.towards_safe(device, method, kwargs)
+            if deferred and not safe and not self.may_command(msg):
+                raise NotAuthorized(f"{clip(msg.username or msg.sender)!r} may no longer "
+                                    f"command {device}: the deferred {method} is cancelled")
+            adapter, spec, bound = self._resolve(msg, device, method, [], kwargs,
+                                                 leases=not safe)
+            future, delay = self._queue(adapter, spec, bound, msg, rights=True)
         except GatekeeperError as exc:
             self._refuse(msg, device, method, exc, None, source, kwargs)
             return False

@@ -16,6 +16,10 @@ and then ``commit()`` s an allowed or delayed command, so that the next check se
 the worker *will* have reached (two commands queued back to back cannot both pass an
 interlock). Switching off is never refused by an interlock, a rate limit or a lockout: a
 device can always be made safe.
+
+For interlocks a member counts as active from the moment a command that makes it active is
+accepted until its turn off has *executed* on the pin (``executed()``): a turn off that
+relay spacing holds back does not free the group early.
 """
 
 from __future__ import annotations
@@ -84,6 +88,7 @@ class _Device:
     queued_until: float = float("-inf")  # the last delayed command's time
     edges: deque[float] = field(default_factory=deque)  # commanded changes in the window
     lockout_until: float | None = None
+    on_pin: bool = False  # active on the hardware, as the last executed command left it
 
 
 class SafetyPolicy:
@@ -98,6 +103,11 @@ class SafetyPolicy:
         ending, a safe state). Ignored while commands for it are still queued ahead."""
         dev = self._dev(device)
         dev.value, dev.active = value, active
+        dev.on_pin = active
+
+    def executed(self, device: str, active: bool) -> None:
+        """A command for ``device`` ran on the worker and left it ``active`` (or not)."""
+        self._dev(device).on_pin = active
 
     def _dev(self, device: str) -> _Device:
         dev = self._devices.get(device)
@@ -140,7 +150,7 @@ class SafetyPolicy:
         dev = self._dev(device)
         change = value != dev.value
         switching_off = not active  # leaves it off: never refused (it can always go safe)
-        interlock = self._interlock(device, active, change)
+        interlock = self._interlock(device, active, change, now)
         if interlock is not None:
             return interlock
         guard = self.guards.get(device)
@@ -168,17 +178,30 @@ class SafetyPolicy:
                               f"{guard.flap_lockout_s:g} s", guard.flap_lockout_s)
         return Allow(now) if at <= now else Delay(at)
 
-    def _interlock(self, device: str, active: bool, change: bool) -> Refuse | None:
+    def _interlock(self, device: str, active: bool, change: bool, now: float
+                   ) -> Refuse | None:
         if not active or (not change and self._dev(device).active):
             return None
         for group in self.interlocks:
             if device not in group:
                 continue
-            others = sorted(d for d in group if d != device and self._dev(d).active)
+            # Active: will be (accepted commands), or still is on the pin (its off is queued
+            # or held back by spacing and has not run yet).
+            others = sorted(d for d in group if d != device
+                            and (self._dev(d).active or self._dev(d).on_pin))
             if others:
+                pending_off = [self._dev(d).queued_until for d in others
+                               if not self._dev(d).active]
+                wait = max(pending_off, default=now) - now
                 return Refuse("INTERLOCKED", f"{device} may not be active together with "
-                              f"{', '.join(others)} (interlocked)", 0.0)
+                              f"{', '.join(others)} (interlocked)",
+                              round(max(wait, 0.0), 3))
         return None
+
+    def interlocked_with(self, device: str) -> frozenset[str]:
+        """Every other member of the interlock groups ``device`` belongs to."""
+        return frozenset(d for group in self.interlocks if device in group
+                         for d in group if d != device)
 
     def commit(self, device: str, value: Any, active: bool, verdict: Verdict,
                now: float) -> None:

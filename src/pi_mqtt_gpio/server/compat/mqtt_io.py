@@ -270,12 +270,13 @@ class MqttIoBridge:
     twin, the status topic."""
 
     def __init__(self, names: MqttIoTopics, *, publish: Publish,
-                 call: Callable[[Message, str, str, dict[str, Any], str], bool],
+                 call: Callable[..., bool],
                  refuse: Callable[[Message, str, str | None, GatekeeperError, str], None],
                  may_command: Callable[[Message], bool]) -> None:
         self.names = names
         self.publish = publish
-        self.call = call  # (msg, device, method, kwargs, source) -> accepted
+        # (msg, device, method, kwargs, source, *, deferred) -> accepted
+        self.call = call
         self.refuse = refuse
         self.may_command = may_command
         self._states: dict[str, dict[str, Any]] = {}
@@ -340,8 +341,10 @@ class MqttIoBridge:
                     NotAuthorized(f"role {msg.role!r} may not publish to {msg.topic}"), SOURCE)
 
     def _turn_back(self, msg: Message, device: str, method: str) -> None:
+        """The second half of a timed set, admitted as it is now: a turn off always runs,
+        a turn on only while the sender may still command the device (rights, leases)."""
         self._timers.pop(device, None)
-        self.call(msg, device, method, {}, SOURCE)
+        self.call(msg, device, method, {}, SOURCE, deferred=True)
 
     def _cancel(self, device: str) -> None:
         """A newer command replaces a pending turn back of the same device."""

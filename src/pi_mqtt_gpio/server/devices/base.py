@@ -262,6 +262,12 @@ class DeviceAdapter:
     def safe(self) -> None:
         """Drive the device to its configured safe state (outputs)."""
 
+    def active_on_pins(self) -> bool:
+        """Whether the device is active on its pins now (a running blink counts): what an
+        interlock looks at on the worker just before another member is switched on."""
+        state = self.state()
+        return is_active(state.get("value")) or bool(state.get("blinking"))
+
     def close(self) -> None:
         if self.device is not None and not self.closed:
             self.closed = True

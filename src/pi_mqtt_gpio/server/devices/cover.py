@@ -357,6 +357,9 @@ class CoverAdapter(DeviceAdapter):
             raise HardwareError(f"{self.name}: both relays were on; both switched off")
         return done
 
+    def active_on_pins(self) -> bool:
+        return bool(self.up.is_active or self.down.is_active)
+
     def endstops_active(self) -> dict[str, bool]:
         return {key: bool(dev.is_active) for key, dev in self.endstop_inputs.items()}
 
