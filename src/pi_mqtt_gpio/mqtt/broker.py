@@ -9,6 +9,7 @@ in-process clients. Spec references are to MQTT 5.0 (``MQTT-x.y.z-n``) unless ma
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -1548,9 +1549,14 @@ class BrokerCore:
         if session.internal_handler is not None:
             session.internal_handler(msg, sub_ids)
             return
-        if self._protected and msg.topic.startswith(self._protected) \
-                and not self._readable(session, msg.topic):
-            return
+        if self._protected and msg.topic.startswith(self._protected):
+            # The rule that granted the subscription decides each delivery it holds back
+            # (MQTT 5.0 section 5.4.2): live, retained (MQTT-3.3.1-9) and queued alike.
+            shown = self._for_reader(session, msg)
+            if shown is None:
+                return
+            if shown is not msg:
+                msg, cache = shown, None  # this reader's own payload: not the shared bytes
         conn = session.conn
         if conn is None or conn.state is not ConnState.CONNECTED:
             if qos == 0:
@@ -1623,11 +1629,21 @@ class BrokerCore:
         self._close(conn, now, RC.QUOTA_EXCEEDED,
                     f"no acknowledgement for {self.limits.ack_timeout:g} s")
 
-    def _readable(self, session: Session, topic: str) -> bool:
+    def _for_reader(self, session: Session, msg: Message) -> Message | None:
+        """``msg`` as ``session`` may receive it (under a read-protected prefix): None when
+        a hook refuses it to this reader, a copy when a hook gives this reader its own
+        payload, else ``msg`` itself."""
         client = session.client
         if client is None:
-            return False
-        return all(hook.readable(client, topic) for hook in self.hooks)
+            return None
+        topic = msg.topic
+        hooks = self.hooks
+        if not all(hook.readable(client, topic) for hook in hooks):
+            return None
+        payload = msg.payload
+        for hook in hooks:
+            payload = hook.reader_payload(client, topic, payload)
+        return msg if payload is msg.payload else dataclasses.replace(msg, payload=payload)
 
     def _enqueue(self, session: Session, item: Pending, now: float) -> None:
         """Queue ``item``; past the session's count or byte budget, or the broker's byte

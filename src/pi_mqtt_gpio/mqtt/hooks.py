@@ -72,12 +72,23 @@ class BrokerHooks:
         return Decision.DEFER
 
     def read_protected(self) -> tuple[str, ...]:
-        """Topic prefixes whose deliveries ``readable`` must approve (checked per receiver)."""
+        """Topic prefixes whose deliveries ``readable`` must approve (checked per receiver).
+
+        The contract with ``authorize_subscribe``: a hook grants a filter only when every
+        topic it matches that ``readable`` would refuse starts with one of these prefixes.
+        The broker then checks nothing per delivery elsewhere (its fast path), and checks
+        every delivery here, live, retained and queued ones alike."""
         return ()
 
     def readable(self, client: ClientInfo, topic: str) -> bool:
-        """May ``client`` receive a message on ``topic`` (under ``read_protected()``)?"""
+        """May ``client`` receive a message on ``topic`` (under ``read_protected()``)? The
+        same rule that ``authorize_subscribe`` grants by."""
         return True
+
+    def reader_payload(self, client: ClientInfo, topic: str, payload: bytes) -> bytes:
+        """The payload ``client`` receives on ``topic`` (under ``read_protected()``, once
+        ``readable`` approved): ``payload`` itself, or a view of it for this reader."""
+        return payload
 
     def may_retain(self, client: ClientInfo, topic: str) -> bool:
         """May a message from ``client`` on ``topic`` be retained? (No: the flag is cleared.)"""

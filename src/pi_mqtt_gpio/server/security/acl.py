@@ -1,10 +1,19 @@
 """Authorisation: topic filters per role, deny wins (a broker hook answering allow / deny).
 
 ``{root}``, ``{username}`` and ``{client_id}`` are substituted per client. Every role also
-reads its own reply prefix ``{root}/reply/<client_id>``, and nobody reads another client's
-(``readable``). With a ``role_of`` resolver the role is looked up at every check, so that a
-users file reloaded with SIGHUP takes effect for clients already connected (a removed user
-may publish nothing, its pending Will included).
+reads its own reply prefix ``{root}/reply/<client_id>``, and nobody reads another client's.
+With a ``role_of`` resolver the role is looked up at every check, so that a users file
+reloaded with SIGHUP takes effect for clients already connected (a removed user may publish
+nothing, its pending Will included).
+
+Reading has one rule, ``_may_read`` (a role may read a topic): its subscribe filters, its
+deny filters, the reply prefixes, and mqtt-io's topics read as the device topic they stand
+for. A SUBSCRIBE is granted only when its filter lies within the role's subscribe filters
+(or within the mqtt-io prefix); every topic inside such a filter that the rule refuses lies
+under ``read_protected()``, where the broker asks ``readable`` (the same rule) for every
+delivery, retained and queued ones included. A filter that merely overlaps something
+readable (``#`` beside mqtt-io's topics) is refused. The device catalogue is rewritten per
+reader (``reader_payload``): it lists only the devices whose state the reader may read.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from pi_mqtt_gpio.topics import Topics
 __all__ = ["AccessControl", "builtin_roles"]
 
 _CACHE_MAX = 4096
+_VIEWS_MAX = 256  # catalogue views kept (one per distinct set of read filters)
 ACCESS_PROPERTY = "gatekeeper-access"  # CONNECT asks, CONNACK answers (User Property)
 _UNSAFE_ID_CHARS = "+#/"  # an id with these would widen a filter it is substituted into
 
@@ -66,6 +76,7 @@ class _Role:
     publish: tuple[str, ...]
     deny: tuple[str, ...]
     rights: frozenset[str] = frozenset()
+    reply: str | None = None  # the client's own reply prefix (None: an id that cannot have one)
 
 
 class AccessControl(BrokerHooks):
@@ -83,6 +94,11 @@ class AccessControl(BrokerHooks):
         self.role_of = role_of
         self._cache: dict[tuple[str, str | None, str], _Role] = {}
         self.aliases = aliases
+        self._alias_root = aliases.prefix + "/" if aliases is not None else None
+        self._catalogue = topics.devices
+        # The catalogue as published, and its view per set of read filters.
+        self._catalogue_src: bytes | None = None
+        self._catalogue_views: dict[tuple[tuple[str, ...], tuple[str, ...]], bytes] = {}
 
     def current_role(self, client: ClientInfo) -> str | None:
         """The client's role now: as authenticated, or as the users are after a reload."""
@@ -103,13 +119,19 @@ class AccessControl(BrokerHooks):
             return None
         unsafe_ids = unsafe_client_id((client.username or "") + client.client_id)
 
-        def sub(filters: tuple[str, ...]) -> tuple[str, ...]:
+        def sub(filters: tuple[str, ...], widen: bool = False) -> tuple[str, ...]:
+            """Placeholders filled in; a filter whose placeholder cannot be filled (no user
+            name, an id with wildcards) is dropped, or for a deny filter (``widen``) has
+            that level widened to ``+``: deny wins."""
             out = []
             for f in filters:
-                if "{username}" in f and client.username is None:
-                    continue  # anonymous clients have no user name to substitute
-                if unsafe_ids and ("{username}" in f or "{client_id}" in f):
-                    continue
+                missing = ("{username}" in f and client.username is None) or \
+                    (unsafe_ids and ("{username}" in f or "{client_id}" in f))
+                if missing:
+                    if not widen:
+                        continue
+                    f = "/".join("+" if "{username}" in level or "{client_id}" in level
+                                 else level for level in f.split("/"))
                 out.append(
                     f.replace("{root}", self.topics.root)
                     .replace("{username}", client.username or "")
@@ -117,9 +139,10 @@ class AccessControl(BrokerHooks):
                 )
             return tuple(out)
 
-        reply = (f"{self.topics.reply_prefix('{client_id}')}/#",)
-        expanded = _Role(sub(role.subscribe + reply), sub(role.publish), sub(role.deny),
-                         role.rights)
+        reply = None if unsafe_client_id(client.client_id) \
+            else self.topics.reply_prefix(client.client_id)
+        expanded = _Role(sub(role.subscribe), sub(role.publish), sub(role.deny, widen=True),
+                         role.rights, reply)
         if len(self._cache) >= _CACHE_MAX:
             self._cache.clear()
         self._cache[key] = expanded
@@ -154,6 +177,9 @@ class AccessControl(BrokerHooks):
         return Decision.DENY
 
     def authorize_subscribe(self, client: ClientInfo, topic_filter: str, qos: int) -> Decision:
+        """Granted when every topic the filter matches is readable (``_may_read``) or lies
+        under ``read_protected()``, where each delivery is checked by that same rule. A
+        refusal is the SUBACK's 0x87 Not authorized (5.0) / 0x80 Failure (3.1.1)."""
         if client.internal:
             return Decision.ALLOW
         role = self._expand(client)
@@ -161,33 +187,46 @@ class AccessControl(BrokerHooks):
         if role is None or parsed is None:
             return Decision.DENY
         plain = parsed[1]
-        if any(filter_covers(d, plain) for d in role.deny):
-            return Decision.DENY
-        replies = f"{self.topics.replies}#"
-        own_prefix = self.topics.reply_prefix(client.client_id)
-        own_ok = not unsafe_client_id(client.client_id)
-        if filter_covers(replies, plain) and not (own_ok and (
-                filter_covers(f"{own_prefix}/#", plain) or plain == own_prefix)):
-            return Decision.DENY  # someone else's replies (a wider filter is read-filtered)
-        if any(filter_covers(s, plain) for s in role.subscribe):
-            return Decision.ALLOW
-        aliases = self.aliases
-        if aliases is not None and any(topic_matches(plain, t) and self._alias_readable(role, t)
-                                       for t in aliases.all_topics()):
-            return Decision.ALLOW  # what it may read there is delivered (``readable``)
-        return Decision.DENY
+        if "+" not in plain and "#" not in plain:
+            return Decision.ALLOW if self._may_read(role, plain) else Decision.DENY
+        return Decision.ALLOW if self._may_subscribe(role, plain) else Decision.DENY
 
-    def _alias_readable(self, role: _Role, topic: str) -> bool:
-        """A topic under the alias prefix: one that stands for a topic of the node's own is
-        read as that one (or by a grant of the topic itself); any other by the grant."""
+    def _may_subscribe(self, role: _Role, plain: str) -> bool:
+        """A wildcard filter: within the role's subscribe filters (what it holds under a
+        deny filter, the reply prefixes or mqtt-io's prefix is checked per delivery), or
+        within mqtt-io's prefix when something there is readable (every delivery there is
+        checked). Overlapping something readable is not enough: ``#`` is not granted to a
+        role that may read ``{root}/#`` because the node's mqtt-io mirrors match it too."""
+        if any(filter_covers(d, plain) for d in role.deny):
+            return False  # nothing in it could be delivered
+        if filter_covers(self._reply_root + "#", plain):
+            return role.reply is not None and filter_covers(role.reply + "/#", plain)
+        if any(filter_covers(s, plain) for s in role.subscribe):
+            return True
         aliases = self.aliases
-        mapped = aliases.acl_topic(topic) if aliases is not None else None
-        if mapped is not None and any(topic_matches(d, mapped) for d in role.deny):
-            return False
+        if aliases is not None and self._alias_root is not None \
+                and filter_covers(self._alias_root + "#", plain):
+            return any(topic_matches(plain, t) and self._may_read(role, t)
+                       for t in aliases.all_topics())
+        return False
+
+    def _may_read(self, role: _Role, topic: str) -> bool:
+        """The read rule: whether ``role`` may receive a message on ``topic``. Deny wins;
+        replies are their requester's only (a ``#`` reader, even an admin, does not get
+        other clients'); one of mqtt-io's topics is read as the device topic it stands
+        for and as nothing else; any other topic by the role's subscribe filters."""
         if any(topic_matches(d, topic) for d in role.deny):
             return False
-        if mapped is not None and any(topic_matches(s, mapped) for s in role.subscribe):
-            return True
+        if topic.startswith(self._reply_root):
+            own = role.reply
+            return own is not None and (topic == own or topic.startswith(own + "/"))
+        if self._alias_root is not None and topic.startswith(self._alias_root):
+            assert self.aliases is not None
+            mapped = self.aliases.acl_topic(topic)
+            if mapped is not None:
+                if any(topic_matches(d, mapped) for d in role.deny):
+                    return False
+                topic = mapped
         return any(topic_matches(s, topic) for s in role.subscribe)
 
     def response_information(self, client: ClientInfo) -> str | None:
@@ -214,13 +253,14 @@ class AccessControl(BrokerHooks):
         return [(ACCESS_PROPERTY, json.dumps(access, separators=(",", ":")))]
 
     def read_protected(self) -> tuple[str, ...]:
-        """Reply prefixes, and the fixed start of every deny filter: a subscription that
-        overlaps a deny filter without lying inside it (``{root}/#`` with a deny of
-        ``{root}/device/safe/#``) is granted, and the denied topics are held back at
-        delivery."""
-        prefixes = {self.topics.replies}
-        if self.aliases is not None:
-            prefixes.add(self.aliases.prefix + "/")
+        """Where a granted subscription may hold topics the read rule refuses, so that the
+        broker asks ``readable`` for each delivery there: the reply prefixes, mqtt-io's
+        prefix, the fixed start of every deny filter (``{root}/#`` with a deny of
+        ``{root}/device/safe/#`` is granted, the denied topics are held back at delivery),
+        and the catalogue (rewritten per reader, ``reader_payload``)."""
+        prefixes = {self.topics.replies, self._catalogue}
+        if self._alias_root is not None:
+            prefixes.add(self._alias_root)
         for role in self.roles.values():
             for deny in role.deny:
                 text = deny.replace("{root}", self.topics.root)
@@ -229,19 +269,55 @@ class AccessControl(BrokerHooks):
         return tuple(sorted(prefixes))
 
     def readable(self, client: ClientInfo, topic: str) -> bool:
-        """Replies are for their requester only: a ``{root}/#`` reader (a dashboard, another
-        user, even an admin) does not see other clients' replies. Nobody receives a topic
-        its role denies, whatever filter it subscribed with."""
+        """The read rule for one delivery (``_may_read``), the one SUBSCRIBE is granted by."""
         if client.internal:
             return True
         role = self._expand(client)
-        if role is None or any(topic_matches(d, topic) for d in role.deny):
-            return False
-        if self.aliases is not None and topic.startswith(self.aliases.prefix + "/"):
-            return self._alias_readable(role, topic)
-        if not topic.startswith(self._reply_root):
-            return True
-        if unsafe_client_id(client.client_id):
-            return False
-        prefix = self.topics.reply_prefix(client.client_id)
-        return topic == prefix or topic.startswith(prefix + "/")
+        return role is not None and self._may_read(role, topic)
+
+    def reader_payload(self, client: ClientInfo, topic: str, payload: bytes) -> bytes:
+        """The device catalogue lists only the devices whose state topic the reader may
+        read; a reader that may read them all gets the catalogue as published. One view per
+        set of read filters, made again when the catalogue changes."""
+        if topic != self._catalogue or client.internal:
+            return payload
+        role = self._expand(client)
+        if role is None:
+            return payload
+        if payload is not self._catalogue_src and payload != self._catalogue_src:
+            self._catalogue_src = payload
+            self._catalogue_views.clear()
+        key = (role.subscribe, role.deny)
+        view = self._catalogue_views.get(key)
+        if view is None:
+            view = self._catalogue_view(role, payload)
+            if len(self._catalogue_views) >= _VIEWS_MAX:
+                self._catalogue_views.clear()
+            self._catalogue_views[key] = view
+        return view
+
+    def _catalogue_view(self, role: _Role, payload: bytes) -> bytes:
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            return payload
+        devices = doc.get("devices") if isinstance(doc, dict) else None
+        if not isinstance(devices, list):
+            return payload
+        shown = [entry for entry in devices
+                 if (topic := self._state_topic(entry)) is None or self._may_read(role, topic)]
+        if len(shown) == len(devices):
+            return payload
+        doc["devices"] = shown
+        return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+
+    def _state_topic(self, entry: object) -> str | None:
+        """A catalogue entry's state topic (from its name when it names none)."""
+        if isinstance(entry, dict):
+            topic = entry.get("state_topic")
+            if isinstance(topic, str):
+                return topic
+            name = entry.get("name")
+            if isinstance(name, str):
+                return self.topics.device(name, "state")
+        return None
