@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,56 @@ def test_corrupt_file_is_moved_aside(tmp_path: Path, text: str) -> None:
     assert StateFile(path).load() == {}
     assert not path.exists()
     assert [p.name.startswith("state.json.corrupt-") for p in tmp_path.iterdir()] == [True]
+
+
+DEEP = "[" * 200_000 + "]" * 200_000
+
+
+@pytest.mark.parametrize("text", [
+    '{"version": 1, "lockouts": {"pump": 1e308}}',  # a number, but no time
+    '{"version": 1, "lockouts": {"pump": 1e400}}',  # overflows to inf
+    '{"version": 1, "lockouts": {"pump": Infinity}}',
+    '{"version": 1, "lockouts": {"pump": NaN}}',
+    '{"version": 1, "outputs": {"lamp": -Infinity}}',
+    DEEP,
+    '{"version": 1, "outputs": {"lamp": ' + "[" * 20 + "]" * 20 + "}}",
+    '{"version": 1, "lockouts": [1, 2]}',
+    '{"version": 1, "lockouts": {"pump": "soon"}}',
+    '{"version": 1, "outputs": {"lamp": {"value": 1}}}',
+    '{"version": 1, "covers": {"blind": {"position": 500}}}',
+    '{"version": 1, "covers": {"blind": {"position": 5, "travel_time_up_s": 1e300}}}',
+    '{"version": 1, "homeassistant": "homeassistant/switch/x/config"}',
+    '{"version": "1"}',
+    '{"version": true}',
+])
+def test_a_file_of_the_wrong_shape_is_moved_aside(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "state.json"
+    path.write_text(text)
+    assert StateFile(path).load() == {}
+    assert not path.exists()
+    assert [p.name.startswith("state.json.corrupt-") for p in tmp_path.iterdir()] == [True]
+
+
+def test_an_oversized_file_is_moved_aside_and_two_corrupt_files_both_kept(
+        tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps({"version": 1, "homeassistant": ["x" * 1000] * 5000}))
+    assert StateFile(path).load() == {}
+    path.write_text("{")
+    assert StateFile(path).load() == {}
+    assert len([p for p in tmp_path.iterdir() if ".corrupt-" in p.name]) == 2
+
+
+def test_a_far_lockout_is_a_good_file(tmp_path: Path) -> None:
+    """The year 3000 is a time: the file loads (the lockout is shortened when applied)."""
+    path = tmp_path / "state.json"
+    doc = {"version": 1, "saved_at": time.time(), "lockouts": {"pump": 32503680000.0},
+           "outputs": {"lamp": 1, "rgb": [1, 0.5, 0], "servo": None},
+           "covers": {"blind": {"position": 40.5, "calibrated": True,
+                                "travel_time_up_s": 20.0, "travel_time_down_s": 18.5}},
+           "homeassistant": ["homeassistant/switch/p/lamp/config"]}
+    path.write_text(json.dumps(doc))
+    assert StateFile(path).load() == doc
 
 
 def test_newer_version_is_refused_older_migrated(tmp_path: Path) -> None:
@@ -126,6 +177,48 @@ def test_restore_and_lockouts_survive_a_restart(tmp_path: Path) -> None:
         assert "lockout_until" in _state(again.port, "pump")  # still locked out
     finally:
         assert again.stop() == 0
+
+
+def _lockout_left(port: int) -> float | None:
+    """Seconds from now to the pump's ``lockout_until``, as a separate client reads it."""
+    until = _state(port, "pump").get("lockout_until")
+    if until is None:
+        return None
+    return datetime.fromisoformat(until).timestamp() - time.time()
+
+
+@pytest.mark.parametrize("text", [
+    '{"version": 1, "lockouts": {"pump": 1e308}}',
+    '{"version": 1, "lockouts": {"pump": Infinity}}',
+    '{"version": 1, "lockouts": {"pump": NaN}}',
+    DEEP,
+], ids=["1e308", "Infinity", "NaN", "deep"])
+def test_daemon_starts_on_a_crafted_file_and_moves_it_aside(tmp_path: Path,
+                                                            text: str) -> None:
+    (tmp_path / "state.json").write_text(text)
+    gk = start_gatekeeper(tmp_path, _config(tmp_path))  # the ready line, or it raises
+    try:
+        aside = [p.name for p in tmp_path.iterdir() if p.name.startswith("state.json.corrupt-")]
+        assert len(aside) == 1
+        assert any("is corrupt" in line and aside[0] in line for line in gk.log)
+        assert _lockout_left(gk.port) is None  # defaults: no lockout
+    finally:
+        assert gk.stop() == 0
+    assert json.loads((tmp_path / "state.json").read_text())["version"] == SCHEMA_VERSION
+
+
+def test_a_lockout_until_the_year_3000_lasts_flap_lockout_s(tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_text(json.dumps(
+        {"version": 1, "lockouts": {"pump": 32503680000.0}}))
+    gk = start_gatekeeper(tmp_path, _config(tmp_path))  # flap_lockout_s: 60
+    try:
+        left = _lockout_left(gk.port)
+        assert left is not None and 0 < left <= 60 + 1, left
+        assert not [p for p in tmp_path.iterdir() if "corrupt" in p.name]
+    finally:
+        assert gk.stop() == 0
+    saved = json.loads((tmp_path / "state.json").read_text())
+    assert saved["lockouts"]["pump"] <= time.time() + 60
 
 
 def test_unwritable_directory_refuses_start(tmp_path: Path) -> None:
