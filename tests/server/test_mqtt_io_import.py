@@ -259,3 +259,77 @@ def test_compat_config_refusals(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse_config(BASE + text + "\n")
     parse_config(BASE + "    topic_prefix: home\n")  # the base is fine
+
+
+# --- what it reads and where it writes ---------------------------------------------------------
+LAUGHS = "a: &a [" + ", ".join(["lol"] * 9) + "]\n" + "".join(
+    f"{c}: &{c} [" + ", ".join([f"*{p}"] * 9) + "]\n"
+    for p, c in zip("abcdefgh", "bcdefghi", strict=True)) + "digital_outputs: *i\n"
+README = DATA / "readme.yml"
+
+
+def test_an_alias_bomb_is_refused_like_check_config_refuses_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A billion laughs (9**9 values through aliases): refused before anything is built, with
+    the message check-config gives, exit 2, nothing written."""
+    bomb = tmp_path / "bomb.yml"
+    bomb.write_text(LAUGHS)
+    out = tmp_path / "new.yaml"
+    assert main(["import-mqtt-io", str(bomb), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "expands to more than 100,000 values through aliases" in err and "refused" in err
+    assert not out.exists()
+    assert main(["check-config", "--config", str(bomb)]) == 2  # the same guard
+    assert "expands to more than" in capsys.readouterr().err
+    loop = tmp_path / "loop.yml"  # an alias inside its own anchor
+    loop.write_text("digital_outputs: &x [*x]\n")
+    assert main(["import-mqtt-io", str(loop)]) == 2
+
+
+def test_an_existing_output_is_kept_unless_force(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "new.yaml"
+    out.write_text("precious: true\n")
+    assert main(["import-mqtt-io", str(README), "-o", str(out)]) == 2
+    assert "exists: refused (--force replaces it)" in capsys.readouterr().err
+    assert out.read_text() == "precious: true\n"
+    assert main(["import-mqtt-io", str(README), "-o", str(out), "--force"]) == 0
+    assert "porch_light" in out.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.yaml"]  # no temp file left
+
+
+def test_a_symlink_at_the_output_is_never_followed(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    link = tmp_path / "new.yaml"
+    link.symlink_to(victim)
+    dangling = tmp_path / "dangling.yaml"
+    dangling.symlink_to(tmp_path / "would-be-created")
+    for args in ([], ["--force"]):
+        for path in (link, dangling):
+            assert main(["import-mqtt-io", str(README), "-o", str(path), *args]) == 2
+            assert "symbolic link: refused" in capsys.readouterr().err
+            assert path.is_symlink()
+    assert victim.read_text() == "untouched\n"
+    assert not (tmp_path / "would-be-created").exists()
+
+
+def test_the_output_is_0600_a_replaced_one_never_world_readable(tmp_path: Path) -> None:
+    """It may hold password hashes (a local broker's user). A config replaced with --force
+    keeps its owner and group (the installer's 0640 root:gatekeeper: the service reads it)
+    but loses any access for others."""
+    import os
+    import stat
+
+    out = tmp_path / "new.yaml"
+    assert main(["import-mqtt-io", str(README), "-o", str(out)]) == 0
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+    out.chmod(0o644)
+    if os.geteuid() == 0:
+        os.chown(out, 0, 65534)
+    before = os.stat(out)
+    assert main(["import-mqtt-io", str(README), "-o", str(out), "--force"]) == 0
+    after = os.stat(out)
+    assert stat.S_IMODE(after.st_mode) == 0o640
+    assert (after.st_uid, after.st_gid) == (before.st_uid, before.st_gid)

@@ -67,6 +67,9 @@ DEEP = "[" * 200_000 + "]" * 200_000
     '{"version": 1, "homeassistant": "homeassistant/switch/x/config"}',
     '{"version": "1"}',
     '{"version": true}',
+    '{"version": 1, "later": ' + "[" * 10 + "]" * 10 + "}",  # a key of a later version
+    '{"version": 1, "later": NaN}',  # not a number JSON has, wherever it is
+    '{"version": 1, "later": [1e999]}',
 ])
 def test_a_file_of_the_wrong_shape_is_moved_aside(tmp_path: Path, text: str) -> None:
     path = tmp_path / "state.json"
@@ -77,10 +80,11 @@ def test_a_file_of_the_wrong_shape_is_moved_aside(tmp_path: Path, text: str) -> 
 
 
 def test_an_oversized_file_is_moved_aside_and_two_corrupt_files_both_kept(
-        tmp_path: Path) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "state.json"
     path.write_text(json.dumps({"version": 1, "homeassistant": ["x" * 1000] * 5000}))
     assert StateFile(path).load() == {}
+    assert "larger than 4,194,304 bytes" in caplog.text
     path.write_text("{")
     assert StateFile(path).load() == {}
     assert len([p for p in tmp_path.iterdir() if ".corrupt-" in p.name]) == 2
@@ -96,6 +100,9 @@ def test_a_far_lockout_is_a_good_file(tmp_path: Path) -> None:
            "homeassistant": ["homeassistant/switch/p/lamp/config"]}
     path.write_text(json.dumps(doc))
     assert StateFile(path).load() == doc
+    later = {"version": 1, "later": [[[[[1]]]]]}  # kept: a later version's key, not too deep
+    path.write_text(json.dumps(later))
+    assert StateFile(path).load() == later
 
 
 def test_newer_version_is_refused_older_migrated(tmp_path: Path) -> None:

@@ -13,9 +13,11 @@ import argparse
 import asyncio
 import getpass
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from pi_mqtt_gpio.server.config import ConfigError, load_config
 from pi_mqtt_gpio.version import package_version
@@ -86,7 +88,10 @@ def _parser() -> argparse.ArgumentParser:
     imp = sub.add_parser("import-mqtt-io", help="convert an mqtt-io config (its topics keep "
                                                 "working beside the gatekeeper's own)")
     imp.add_argument("old", help="the mqtt-io config (YAML)")
-    imp.add_argument("-o", "--output", help="write the new config here (default: stdout)")
+    imp.add_argument("-o", "--output", help="write the new config here, mode 0600 (default: "
+                                            "stdout); an existing file only with --force")
+    imp.add_argument("--force", action="store_true",
+                     help="replace an existing output file (never a symbolic link)")
     return parser
 
 
@@ -101,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "asyncapi":
         return _asyncapi(args.asyncapi_config, args.simulate)
     if args.command == "import-mqtt-io":
-        return _import_mqtt_io(args.old, args.output)
+        return _import_mqtt_io(args.old, args.output, args.force)
     path = args.check_config if args.command == "check-config" else args.config
     if not path:
         parser.error("--config FILE is required")
@@ -125,10 +130,10 @@ def _asyncapi(path: str, simulate: bool) -> int:
     return 0
 
 
-def _import_mqtt_io(old: str, output: str | None) -> int:
-    """``import-mqtt-io OLD.yml [-o NEW.yaml]``: 0 when anything was converted (what was not
-    is listed on stderr and in the output), 1 when nothing could be, 2 for an unreadable
-    file."""
+def _import_mqtt_io(old: str, output: str | None, force: bool = False) -> int:
+    """``import-mqtt-io OLD.yml [-o NEW.yaml [--force]]``: 0 when anything was converted
+    (what was not is listed on stderr and in the output), 1 when nothing could be, 2 for an
+    unreadable file or an output that may not be written."""
     from pi_mqtt_gpio.server.compat.mqtt_io_import import convert, render
 
     try:
@@ -149,16 +154,71 @@ def _import_mqtt_io(old: str, output: str | None) -> int:
             return 1
     if output:
         try:
-            with open(output, "w", encoding="utf-8") as f:
-                f.write(text)
+            problem = _write_private(output, text.encode("utf-8"), force)
         except OSError as exc:
-            print(f"import-mqtt-io: {output}: {exc}", file=sys.stderr)
+            problem = str(exc)
+        if problem is not None:
+            print(f"import-mqtt-io: {output}: {problem}", file=sys.stderr)
             return 2
         print(f"{output}: {len(conv.converted)} converted, {len(conv.not_converted)} not "
               f"converted", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _write_private(path: str, data: bytes, force: bool) -> str | None:
+    """Write ``data`` as a new file ``path``, mode 0600 (it may hold password hashes): a
+    temporary file in the same directory, created exclusively, is written, fsync'ed and then
+    linked (no ``force``: fails if the name was taken meanwhile) or renamed (``force``) into
+    place. A file replaced with ``force`` keeps its owner and group and at most mode 0640
+    (the installed config is 0640 root:gatekeeper: the service must still read it, nobody
+    else). A symbolic link at ``path`` is never followed nor replaced. Returns why not."""
+    import contextlib
+    import stat
+    import tempfile
+
+    target = Path(path)
+    try:
+        st: os.stat_result | None = os.lstat(target)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if stat.S_ISLNK(st.st_mode):
+            return "is a symbolic link: refused (name the file itself)"
+        if not stat.S_ISREG(st.st_mode):
+            return "exists and is not a regular file: refused"
+        if not force:
+            return "exists: refused (--force replaces it)"
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")  # O_EXCL, 0600
+    try:
+        try:
+            mode = 0o600
+            if st is not None:  # replaced (force): its owner, group and mode, never more
+                mode = stat.S_IMODE(st.st_mode) & 0o640
+                if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+                    with contextlib.suppress(PermissionError):
+                        os.fchown(fd, st.st_uid, st.st_gid)
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if force:
+            if os.path.islink(target):
+                return "is a symbolic link: refused (name the file itself)"
+            os.replace(tmp, target)  # replaces a name: never writes through a link
+        else:
+            try:
+                os.link(tmp, target)  # atomic: fails if the name exists, whatever it is
+            except FileExistsError:
+                return "exists: refused (--force replaces it)"
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+    return None
 
 
 def _read_password(from_stdin: bool) -> str | None:

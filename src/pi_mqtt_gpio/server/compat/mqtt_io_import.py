@@ -569,10 +569,21 @@ def _items(value: Any) -> list[dict[str, Any]]:
 def convert(text: str, *, hash_password: Any = None) -> Conversion:
     """The gatekeeper config for an mqtt-io config's text. Raises ValueError when the text
     is not a YAML mapping."""
+    from pi_mqtt_gpio.server.config import MAX_CONFIG_NODES, _expanded_size
+
     try:
+        # The config's own guard: the size with every alias expanded is measured on the
+        # composed nodes, before anything is built (a "billion laughs" is refused at once).
+        node = yaml.compose(text, Loader=_LineLoader)
+        if node is not None and _expanded_size(node, MAX_CONFIG_NODES) is None:
+            raise ValueError(f"line {node.start_mark.line + 1}: the YAML expands to more than "
+                             f"{MAX_CONFIG_NODES:,} values through aliases (*name), or an "
+                             f"alias refers to itself: refused")
         doc = yaml.load(text, Loader=_LineLoader)
     except yaml.YAMLError as exc:
         raise ValueError(f"not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ValueError("the YAML is nested too deeply") from None
     if not isinstance(doc, dict):
         raise ValueError("an mqtt-io config is a YAML mapping (mqtt:, gpio_modules:, ...)")
     if hash_password is None:
