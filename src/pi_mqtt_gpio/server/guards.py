@@ -88,20 +88,21 @@ class Guards:
         self.policy.known(name, value, is_active(value))
 
     def submit(self, name: str, at: float | None, edge: bool, fn: Callable[..., Any],
-               *args: Any, active: bool = True,
+               *args: Any, active: bool = True, activates: Callable[[], bool] | None = None,
                recheck: Callable[[], None] | None = None) -> asyncio.Future[Any]:
         """Queue ``fn`` on the hardware worker now, or at ``at`` behind the device's other
         delayed commands (in the order they were admitted). An edge of a spaced relay also
         waits on the worker, to the microsecond, for the spacing since the last edge ran (the
         loop's timer is only as exact as its millisecond clock).
 
-        Admission at execution: a command that leaves the device ``active`` runs only if no
-        other member of its interlocks is active on its pins at that moment (checked on the
-        worker, the one thread that changes pins); a command held back (spacing, or behind
-        one that is) is handed to the worker only if ``recheck()`` (the sender's rights and
-        leases as they are then) does not raise."""
-        if active:
-            fn, args = self.interlock_checked(name, fn, args)
+        Admission at execution: a command that leaves the device active (``activates()``,
+        asked on the worker against the pins as they are then; else ``active``, what the
+        policy predicted) runs only if no other member of its interlocks is active on its
+        pins at that moment (checked on the worker, the one thread that changes pins); a
+        command held back (spacing, or behind one that is) is handed to the worker only if
+        ``recheck()`` (the sender's rights and leases as they are then) does not raise."""
+        fn, args = self.interlock_checked(name, fn, args,
+                                          activates or (lambda: active))
         guard = self.policy.guards.get(name)
         if edge and guard is not None and guard.min_relay_interval_s:
             fn, args = _spaced, (self._spacing, name, guard.min_relay_interval_s, fn, args)
@@ -110,15 +111,17 @@ class Guards:
         future.add_done_callback(lambda f: self._finished(name, f))
         return future
 
-    def interlock_checked(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...]
+    def interlock_checked(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
+                          activates: Callable[[], bool] = lambda: True
                           ) -> tuple[Callable[..., Any], tuple[Any, ...]]:
         """``fn(*args)`` wrapped, when ``name`` is interlocked with other devices, so that
-        the worker refuses it while one of them is active on its pins."""
+        the worker refuses it, when it would leave ``name`` active (``activates()``), while
+        one of them is active on its pins."""
         others = tuple(self.hw.adapters[d] for d in self.policy.interlocked_with(name)
                        if d in self.hw.adapters)
         if not others:
             return fn, args
-        return _interlock_checked, (others, name, fn, args)
+        return _interlock_checked, (others, name, activates, fn, args)
 
     def executed(self, name: str, active: bool) -> None:
         """A command for ``name`` that did not go through ``submit`` (a cover's relays) ran
@@ -306,11 +309,14 @@ def _on_pins(state: dict[str, Any]) -> bool:
     return is_active(state.get("value")) or bool(state.get("blinking"))
 
 
-def _interlock_checked(others: tuple[DeviceAdapter, ...], name: str, fn: Callable[..., Any],
+def _interlock_checked(others: tuple[DeviceAdapter, ...], name: str,
+                       activates: Callable[[], bool], fn: Callable[..., Any],
                        args: tuple[Any, ...]) -> Any:
     """Runs on the hardware worker, the only thread that changes pins: a command that makes
     ``name`` active runs only while no other member of its interlocks is active on its
     pins; otherwise it is refused ``INTERLOCKED`` and nothing moves."""
+    if not activates():
+        return fn(*args)
     on = sorted(o.name for o in others if o.device is not None and o.active_on_pins())
     if on:
         raise Interlocked(f"{name} may not be active together with {', '.join(on)} "

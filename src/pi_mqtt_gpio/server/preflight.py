@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pi_mqtt_gpio.server.config import BUILTIN_ROLES, Config, ListenerConfig
+from pi_mqtt_gpio.server.devices.outputs import start_differs
 from pi_mqtt_gpio.server.persistence import writable_problem
 from pi_mqtt_gpio.server.safety import guards_for
 from pi_mqtt_gpio.server.security.acl import builtin_roles
@@ -122,6 +123,14 @@ def _warnings(config: Config, simulate: bool, out: Findings) -> None:
     for name in sorted(unguarded, key=list(config.devices).index):
         out.warnings.append(f"devices.{name}: a relay-like output with every safety guard "
                             f"off (spacing, rate limit, flap lockout, max on time)")
+    for name, dev in config.devices.items():
+        differs = start_differs(dev)
+        if differs is not None:
+            out.warnings.append(
+                f"devices.{name}: {differs} has no effect: outputs start in their safe state "
+                f"(safe_state: {dev.safe_state}), built at that level so that nothing "
+                f"pulses at start; set safe_state to start elsewhere, or restore: true to "
+                f"come back to the value before a restart")
     if not config.persistence.path:
         for name, dev in config.devices.items():
             if dev.type == "Cover":

@@ -395,7 +395,8 @@ class RpcHandler:
         at, edge, active = self.guards.admit(adapter, method.name, kwargs)
         recheck = self._recheck(msg, adapter, rights) if active and msg is not None else None
         future = self.guards.submit(adapter.name, at, edge, _execute, adapter, method.name,
-                                    kwargs, active=active, recheck=recheck)
+                                    kwargs, active=active, recheck=recheck,
+                                    activates=lambda: _activates(adapter, method.name, kwargs))
         return future, max(0.0, (at or 0.0) - _now()) if at is not None else 0.0
 
     def _recheck(self, msg: Message, adapter: DeviceAdapter, rights: bool
@@ -685,6 +686,12 @@ def _execute(adapter: DeviceAdapter, method: str, kwargs: dict[str, Any]) -> tup
     """Runs on the hardware worker: the command, then the state it left."""
     result = adapter.invoke(method, kwargs)
     return result, adapter.state()
+
+
+def _activates(adapter: DeviceAdapter, method: str, kwargs: dict[str, Any]) -> bool:
+    """Runs on the hardware worker: whether the command will leave the device active, from
+    the value it has now (a toggle's outcome depends on it)."""
+    return is_active(adapter.predict(method, kwargs, adapter.state().get("value")))
 
 
 def _jsonable(value: Any) -> Any:

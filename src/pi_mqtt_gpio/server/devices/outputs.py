@@ -57,6 +57,41 @@ def _on_off_safe(adapter: DeviceAdapter) -> None:
         adapter.device.off()
 
 
+def _starts_on(cfg: Any) -> bool:
+    """An on/off output is built at its safe state, so that the pin takes that level when it
+    is claimed and never another one first (a relay would click, a valve pulse);
+    ``initial_value`` does not change that (check-config warns when it says otherwise)."""
+    return bool(cfg.safe_state == "on")
+
+
+def servo_start(cfg: Any) -> float | None:
+    """Where a servo is built: its safe state (``detach``: no pulses at all), so that it
+    does not first move to another position. An AngularServo's in degrees."""
+    if cfg.safe_state == "detach":
+        return None
+    if isinstance(cfg, AngularServoConfig):
+        lo, hi = cfg.min_angle, cfg.max_angle
+        return {"min": lo, "mid": (lo + hi) / 2, "max": hi}[cfg.safe_state]
+    return {"min": -1.0, "mid": 0.0, "max": 1.0}[cfg.safe_state]
+
+
+def start_differs(cfg: Any) -> str | None:
+    """The ``initial_value``/``initial_angle`` a config sets that its start state (the safe
+    state) overrides, for check-config's warning; None when they agree."""
+    angle = getattr(cfg, "initial_angle", None)
+    if angle is not None and angle != servo_start(cfg):
+        return f"initial_angle: {angle:g}"
+    value = getattr(cfg, "initial_value", None)
+    if value is None:
+        return None
+    if isinstance(cfg, ServoConfig):
+        return None if value == servo_start(cfg) else f"initial_value: {value:g}"
+    if not isinstance(getattr(cfg, "safe_state", None), str):
+        return None
+    on = any(value) if isinstance(value, tuple) else bool(value)
+    return None if on == _starts_on(cfg) else f"initial_value: {value}"
+
+
 def _json_light(payload: str) -> dict[str, Any] | None:
     """Home Assistant's JSON-schema light command (``{"state": "ON", "brightness": 128,
     "color": {"r": 255, "g": 0, "b": 0}}``), or None when the payload is not JSON."""
@@ -125,7 +160,7 @@ class OutputDeviceAdapter(DeviceAdapter):
 
         cfg = self.config
         cls = getattr(gpiozero, self.gpiozero_class)
-        return cls(cfg.pin, active_high=cfg.active_high, initial_value=cfg.initial_value,
+        return cls(cfg.pin, active_high=cfg.active_high, initial_value=_starts_on(cfg),
                    pin_factory=factory)
 
     def do_value(self, value: int) -> None:
@@ -236,7 +271,7 @@ class PWMOutputDeviceAdapter(DeviceAdapter):
 
         cfg = self.config
         return getattr(gpiozero, self.gpiozero_class)(
-            cfg.pin, active_high=cfg.active_high, initial_value=cfg.initial_value,
+            cfg.pin, active_high=cfg.active_high, initial_value=float(_starts_on(cfg)),
             frequency=cfg.frequency, pin_factory=factory)
 
     def invoke(self, method: str, kwargs: dict[str, Any]) -> Any:
@@ -336,7 +371,7 @@ class RGBLEDAdapter(DeviceAdapter):
 
         cfg = self.config
         return gpiozero.RGBLED(cfg.red, cfg.green, cfg.blue, active_high=cfg.active_high,
-                               initial_value=tuple(cfg.initial_value), pwm=cfg.pwm,
+                               initial_value=(float(_starts_on(cfg)),) * 3, pwm=cfg.pwm,
                                pin_factory=factory)
 
     def validate(self, method: str, kwargs: dict[str, Any]) -> None:
@@ -561,7 +596,7 @@ class PhaseEnableMotorAdapter(MotorAdapter):
 @section
 class ServoConfig(DeviceConfig):
     pin: Pin
-    initial_value: Annotated[float, Range(ge=-1, le=1)] | None = 0.0
+    initial_value: Annotated[float, Range(ge=-1, le=1)] | None = None
     min_pulse_width: Annotated[float, Range(gt=0, le=0.1)] = 1 / 1000
     max_pulse_width: Annotated[float, Range(gt=0, le=0.1)] = 2 / 1000
     frame_width: Annotated[float, Range(gt=0, le=1)] = 20 / 1000
@@ -582,7 +617,7 @@ class ServoConfig(DeviceConfig):
 @section
 class AngularServoConfig(ServoConfig):
     initial_value: Annotated[float, Range(ge=-1, le=1)] | None = None  # use initial_angle
-    initial_angle: float | None = 0.0
+    initial_angle: float | None = None
     min_angle: float = -90.0
     max_angle: float = 90.0
 
@@ -617,7 +652,7 @@ class ServoAdapter(DeviceAdapter):
         import gpiozero
 
         cfg = self.config
-        return gpiozero.Servo(cfg.pin, initial_value=cfg.initial_value,
+        return gpiozero.Servo(cfg.pin, initial_value=servo_start(cfg),
                               min_pulse_width=cfg.min_pulse_width,
                               max_pulse_width=cfg.max_pulse_width,
                               frame_width=cfg.frame_width, pin_factory=factory)
@@ -680,7 +715,7 @@ class AngularServoAdapter(ServoAdapter):
 
         cfg = self.config
         return gpiozero.AngularServo(
-            cfg.pin, initial_angle=cfg.initial_angle, min_angle=cfg.min_angle,
+            cfg.pin, initial_angle=servo_start(cfg), min_angle=cfg.min_angle,
             max_angle=cfg.max_angle, min_pulse_width=cfg.min_pulse_width,
             max_pulse_width=cfg.max_pulse_width, frame_width=cfg.frame_width,
             pin_factory=factory)
