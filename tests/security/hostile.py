@@ -1,6 +1,7 @@
 """Mixed hostile traffic against a gatekeeper for a while (run as a separate process by the
 soak test): idle sockets, garbage bytes, wrong passwords, forbidden Wills, takeover attempts,
-deep and denied subscriptions, denied and oversized publishes, nested JSON calls, and a
+deep and denied subscriptions, denied and oversized publishes, nested JSON calls, wildcard
+reads beside mqtt-io's topics (counted: what they received that they may not read), and a
 subscriber that never acknowledges. Bounded in count and time; loopback only."""
 
 from __future__ import annotations
@@ -11,10 +12,15 @@ import sys
 import threading
 import time
 
-from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, PROTOCOL_311, Prop, Will
+from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, PROTOCOL_311, Prop, Publish, Will
 from tests.security.raw import RawClient
 
 PW = sys.argv[3] if len(sys.argv) > 3 else ""
+COMPAT_PREFIX = "home/sec"  # mqtt-io's topics in the soak's config
+FOREIGN = ["secret/admin/notes", "secret/admin/notes/today", "zigbee2mqtt/bridge/state/x",
+           "homeassistant/switch/other/config", "othernode/device/relay/state"]
+wildcard_reads: list[int] = []  # one per read that reached its sentinel
+leaks: list[str] = []  # "<user> <filter or topic>": a wide grant, or a message it may not read
 
 
 def _safe(fn):  # type: ignore[no-untyped-def]
@@ -70,6 +76,43 @@ def nested_calls(port: int, root: str, i: int) -> None:
 
 
 @_safe
+def wildcard_reader(port: int, root: str, i: int) -> None:
+    """A viewer (or a role denied the relay) asks for # and +/+/+/+ beside mqtt-io's topics
+    and for the prefix; other programs' topics are published, then a sentinel into its own
+    reply prefix: until the sentinel, it may get nothing but the node's and the prefix's
+    topics it may read."""
+    version = PROTOCOL_50 if i % 2 else PROTOCOL_311
+    user = "guest" if i % 4 < 2 else "aud"
+    cid = f"peek{i}"
+    raw = RawClient(port, version=version, timeout=6)
+    raw.connect(cid, username=user, password=PW)
+    wide = raw.subscribe("#", "+/+/+/+", qos=1)
+    leaks.extend(f"{user} granted {f}" for f, rc in zip(("#", "+/+/+/+"), wide, strict=True)
+                 if rc < 0x80)
+    raw.subscribe(f"{COMPAT_PREFIX}/#", f"{root}/reply/{cid}/#", qos=1)
+    admin = RawClient(port, timeout=6)
+    admin.connect(f"feed{i}", username="root", password=PW)
+    for topic in FOREIGN:
+        admin.publish(topic, b"live", qos=1)
+    sentinel = f"{root}/reply/{cid}/sentinel"
+    admin.publish(sentinel, b"end", qos=1)
+    admin.close()
+    while True:
+        packet = raw.recv(6)
+        if packet is None:
+            break
+        if not isinstance(packet, Publish):
+            continue
+        if packet.topic == sentinel:
+            wildcard_reads.append(i)
+            break
+        mine = packet.topic.startswith((f"{root}/", f"{COMPAT_PREFIX}/"))
+        if not mine or (user == "aud" and "relay" in packet.topic):
+            leaks.append(f"{user} {packet.topic}")
+    raw.close()
+
+
+@_safe
 def stuck_subscriber(port: int, stop: threading.Event) -> None:
     sub = RawClient(port, timeout=6)
     sub.connect("stuck", username="root", password=PW, properties={Prop.RECEIVE_MAXIMUM: 1})
@@ -86,6 +129,11 @@ def stuck_subscriber(port: int, stop: threading.Event) -> None:
 def main() -> None:
     port, seconds, root = int(sys.argv[1]), float(sys.argv[2]), sys.argv[4]
     stop = threading.Event()
+    feed = RawClient(port, timeout=6)  # other programs' retained topics, for the readers
+    feed.connect("feed", username="root", password=PW)
+    for topic in FOREIGN:
+        feed.publish(topic, b"retained", qos=1, retain=True)
+    feed.close()
     threading.Thread(target=stuck_subscriber, args=(port, stop), daemon=True).start()
     end = time.monotonic() + seconds
     i = 0
@@ -95,6 +143,7 @@ def main() -> None:
             threading.Thread(target=wrong_password, args=(port, i)),
             threading.Thread(target=viewer_mischief, args=(port, root, i)),
             threading.Thread(target=nested_calls, args=(port, root, i)),
+            threading.Thread(target=wildcard_reader, args=(port, root, i)),
         ]
         for w in workers:
             w.start()
@@ -102,7 +151,8 @@ def main() -> None:
             w.join(8)
         i += 1
     stop.set()
-    print(f"hostile rounds: {i}", flush=True)
+    print(f"hostile rounds: {i}; wildcard reads: {len(wildcard_reads)}; "
+          f"leaks: {len(leaks)} {sorted(set(leaks))[:8]}", flush=True)
 
 
 if __name__ == "__main__":

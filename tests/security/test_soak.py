@@ -1,9 +1,11 @@
 """A minute of mixed hostile traffic (another process) while a legitimate client keeps
-calling: it never misses a reply, and the daemon's memory stays bounded."""
+calling: it never misses a reply, and the daemon's memory stays bounded. mqtt-io's topics
+are on, and wildcard readers beside them never receive what they may not read."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -11,14 +13,19 @@ from pathlib import Path
 
 from pi_mqtt_gpio.client import Gatekeeper as Stub
 from pi_mqtt_gpio.client import RemoteLED
-from tests.security.conftest import PW, start_secure
+from tests.conftest import start_gatekeeper
+from tests.security.conftest import PW, secure_config
+from tests.security.hostile import COMPAT_PREFIX
 
 ROOT = Path(__file__).resolve().parents[2]
 SOAK_S = float(os.environ.get("PI_MQTT_SOAK_S", "60"))
 
 
 def test_soak_under_hostile_traffic(tmp_path: Path) -> None:
-    gk = start_secure(tmp_path, ack_timeout_s=5.0)
+    config = secure_config(tmp_path, ack_timeout_s=5.0)
+    config["compat"] = {"mqtt_io": {"topic_prefix": COMPAT_PREFIX,
+                                    "outputs": {"led": {}, "relay": {}}}}
+    gk = start_gatekeeper(tmp_path, config)
     try:
         with Stub("127.0.0.1", gk.port, username="alice", password=PW, node_id="sec",
                   timeout=10) as stub:
@@ -51,6 +58,9 @@ def test_soak_under_hostile_traffic(tmp_path: Path) -> None:
                   f"{worst * 1000:.0f} ms; RSS base {base // 1024} MiB, peak {peak // 1024} MiB")
             assert gk.alive()
             assert calls > 100 and failures == 0
+            reads = re.search(r"wildcard reads: (\d+); leaks: (\d+)", out)
+            assert reads is not None, out
+            assert int(reads.group(1)) > 0 and reads.group(2) == "0", out
             # Two argon2 checks at once cost 64 MiB each while they run; the rest is bounded.
             assert peak - base < (2 * 64 + 64) * 1024
     finally:
