@@ -10,16 +10,22 @@
     pi-mqtt-gpio lease renew|release [DEVICE ...] [--lease-id ID] [--force]
 
 Connection options come from flags or the environment: PI_MQTT_HOST, PI_MQTT_PORT,
-PI_MQTT_USER, PI_MQTT_PASSWORD, PI_MQTT_NODE.
+PI_MQTT_USER, PI_MQTT_PASSWORD, PI_MQTT_NODE. The password, in this order: --password (seen
+by every user in the process list: kept for old scripts), --password-stdin (one line),
+--password-file FILE (its first line), PI_MQTT_PASSWORD, else a prompt when there is a user
+name and stdin is a terminal.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import os
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pi_mqtt_gpio.client.connection import Gatekeeper
@@ -55,7 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--fleet", action="store_true",
                         help="the node is on a shared (external) broker: append the user name "
                              "to command topics (found out from the node by itself otherwise)")
-    parser.add_argument("--password", help="password (PI_MQTT_PASSWORD)")
+    parser.add_argument("--password", help="password (PI_MQTT_PASSWORD); on the command line "
+                                           "other users see it in the process list: prefer "
+                                           "--password-stdin, --password-file or the prompt")
+    parser.add_argument("--password-stdin", action="store_true",
+                        help="read the password from stdin (one line)")
+    parser.add_argument("--password-file", help="read the password from this file (its first "
+                                                "line)")
     parser.add_argument("--node", help="the gatekeeper's node_id (PI_MQTT_NODE)")
     parser.add_argument("--base-topic", default="gatekeeper")
     parser.add_argument("--tls", action="store_true", help="connect with TLS (system CAs)")
@@ -84,8 +96,41 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _password(args: argparse.Namespace) -> str | None:
+    """The password from the one place it was given (see the module's doc), or None."""
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if args.password_file is not None:
+        lines = Path(args.password_file).read_text(encoding="utf-8").splitlines()
+        return lines[0] if lines else ""
+    env = os.environ.get("PI_MQTT_PASSWORD")
+    if env is not None:
+        return env
+    user = args.user if args.user is not None else os.environ.get("PI_MQTT_USER")
+    if user and sys.stdin.isatty():
+        return getpass.getpass(f"Password for {user}: ")
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    given = [flag for flag, on in (("--password", args.password is not None),
+                                   ("--password-stdin", args.password_stdin),
+                                   ("--password-file", args.password_file is not None)) if on]
+    if len(given) > 1:
+        parser.error(f"give the password one way, not with {' and '.join(given)}")
+    if args.password is None:
+        try:
+            args.password = _password(args)
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"pi-mqtt-gpio: {exc}", file=sys.stderr)
+            return 2
+        except EOFError:
+            print("pi-mqtt-gpio: no password given", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            return 130
     if args.command == "nodes":
         return _nodes(args)
     try:
