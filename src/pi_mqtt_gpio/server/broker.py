@@ -5,6 +5,12 @@ call, write what it queued (``_pump``). One timer is kept armed at the core's ne
 A client that does not read its socket is first spared QoS 0 messages (``congested``) and then,
 past a hard limit on buffered bytes, disconnected: nothing a client does grows memory without
 bound.
+
+Every socket is a connection of the core from the moment it is accepted, on every listener:
+the TLS handshake (done here with ``loop.start_tls``, not by the listening socket) and the
+WebSocket upgrade happen inside the core's pre-login pool, its per-address share and its
+login timeout, like the wait for CONNECT. Past twice an address's share a new socket from
+that address is closed at once.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,13 +27,14 @@ from websockets.asyncio.server import Server as WsServer
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from pi_mqtt_gpio.mqtt.broker import BrokerCore, InternalClient
-from pi_mqtt_gpio.mqtt.connection import Connection
+from pi_mqtt_gpio.mqtt.broker import PENDING_HARD_FACTOR, BrokerCore, InternalClient
+from pi_mqtt_gpio.mqtt.connection import Connection, ConnState
 from pi_mqtt_gpio.mqtt.hooks import AuthRequest, AuthResult, Decision
+from pi_mqtt_gpio.mqtt.logguard import LogLimiter
 from pi_mqtt_gpio.mqtt.message import Message
 from pi_mqtt_gpio.server.config import ListenerConfig
 from pi_mqtt_gpio.server.preflight import tls_context
-from pi_mqtt_gpio.server.web import handler
+from pi_mqtt_gpio.server.web import handler, quiet_http_log
 
 __all__ = ["BrokerServer"]
 
@@ -35,6 +43,7 @@ log = logging.getLogger("pi_mqtt_gpio.broker")
 Authenticate = Callable[[AuthRequest], Awaitable[AuthResult]]
 
 _HIGH_WATER = 256 * 1024  # above this a client is congested: QoS 0 deliveries are dropped
+_PRELOGIN = (ConnState.NEW, ConnState.AUTHENTICATING)
 
 
 class _Link:
@@ -63,14 +72,20 @@ class _Link:
 
 
 class _TcpLink(_Link, asyncio.Protocol):
-    __slots__ = ("eof_sent", "identity", "kind", "server", "transport")
+    __slots__ = ("early", "eof_sent", "handshake", "identity", "kind", "lost", "server", "tls",
+                 "transport")
 
-    def __init__(self, server: BrokerServer, kind: str, identity: bool = False) -> None:
+    def __init__(self, server: BrokerServer, kind: str, identity: bool = False,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.kind = kind
         self.identity = identity  # use_identity_as_username: the certificate CN logs in
         self.eof_sent = False
+        self.lost = False
+        self.tls = tls
+        self.early: list[bytes] | None = None  # while the TLS handshake runs
+        self.handshake: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
@@ -79,15 +94,49 @@ class _TcpLink(_Link, asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        peer = transport.get_extra_info("peername")
-        peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        cert_cn = _cert_cn(transport.get_extra_info("peercert")) if self.identity else None
         server = self.server
-        self.conn = server.core.open_connection(self.kind, peer_text, server.now(), cert_cn)
-        server.links[self.conn.id] = self
+        self.conn = conn = server.accept(self.kind,
+                                         _peer_text(transport.get_extra_info("peername")))
+        server.links[conn.id] = self
+        if self.tls is not None and not conn.closing:
+            self.early = []
+            self.handshake = asyncio.ensure_future(self._start_tls(self.tls))
         server.pump()
 
+    async def _start_tls(self, ctx: ssl.SSLContext) -> None:
+        """The TLS handshake, inside the connection's login time (the core closes the raw
+        socket when that runs out, which ends the handshake here too)."""
+        raw = self.transport
+        server = self.server
+        try:
+            tls = await _start_tls(raw, self, ctx, server.core.limits.connect_timeout,
+                                   self._take_early)
+        except Exception as exc:  # a failed handshake, or the socket closed meanwhile
+            log.debug("TLS handshake of %r failed: %s", self.conn, exc)
+            if raw is not None:
+                raw.abort()
+            self.connection_lost(None)
+            return
+        if tls is None or self.lost:
+            return
+        self.transport = tls
+        tls.set_write_buffer_limits(high=_HIGH_WATER)
+        conn = self.conn
+        if self.identity:
+            conn.cert_cn = _cert_cn(tls.get_extra_info("peercert"))
+        conn.last_rx = server.now()  # it spoke: not an idle socket to evict
+        early, self.early = self.early or [], None
+        for data in early:
+            self.data_received(data)
+
+    def _take_early(self) -> bytes:
+        data, self.early = b"".join(self.early or ()), []
+        return data
+
     def data_received(self, data: bytes) -> None:
+        if self.early is not None:  # the ClientHello, or data decrypted before we resumed
+            self.early.append(data)
+            return
         server = self.server
         server.core.data_received(self.conn, data, server.now())
         server.pump()
@@ -112,14 +161,10 @@ class _TcpLink(_Link, asyncio.Protocol):
         return False  # the peer is done sending: close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        server = self.server
-        conn = getattr(self, "conn", None)
-        if conn is None:
+        if self.lost or getattr(self, "conn", None) is None:
             return
-        server.links.pop(conn.id, None)
-        server.cancel_auth(conn)
-        server.core.connection_lost(conn, server.now())
-        server.pump()
+        self.lost = True
+        self.server.link_lost(self)
 
     def pause_writing(self) -> None:
         self.conn.congested = True
@@ -128,6 +173,8 @@ class _TcpLink(_Link, asyncio.Protocol):
         self.conn.congested = False
 
     def write(self, chunks: list[bytes]) -> None:
+        if self.early is not None:
+            return  # nothing is owed before the handshake (the core answers CONNECT only)
         if self.transport is not None and not self.transport.is_closing():
             if len(chunks) == 1:
                 self.transport.write(chunks[0])
@@ -144,7 +191,9 @@ class _TcpLink(_Link, asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing() or self.eof_sent:
             return
-        if transport.can_write_eof():
+        if self.early is not None:  # still in the TLS handshake: nothing to say goodbye to
+            transport.abort()
+        elif transport.can_write_eof():
             self.eof_sent = True
             transport.write_eof()
             loop = asyncio.get_running_loop()
@@ -158,9 +207,9 @@ class _TcpLink(_Link, asyncio.Protocol):
 
 
 class _WsLink(_Link):
-    __slots__ = ("_closing", "_pending", "_size", "_wake", "server", "ws")
+    __slots__ = ("_closing", "_pending", "_size", "_wake", "server", "upgraded", "ws")
 
-    def __init__(self, ws: ServerConnection, conn: Connection, server: BrokerServer) -> None:
+    def __init__(self, ws: _WsConnection, conn: Connection, server: BrokerServer) -> None:
         self.ws = ws
         self.conn = conn
         self.server = server
@@ -168,6 +217,7 @@ class _WsLink(_Link):
         self._size = 0
         self._wake = asyncio.Event()
         self._closing = False
+        self.upgraded = False  # the MQTT handler runs (the HTTP upgrade is done)
 
     def write(self, chunks: list[bytes]) -> None:
         self._pending.extend(chunks)
@@ -188,8 +238,17 @@ class _WsLink(_Link):
         server.pump()
 
     def close(self) -> None:
+        if not self.upgraded:  # TLS handshake, HTTP request or upgrade: just drop the socket
+            self.ws.abort_socket()
+            return
         self._closing = True
         self._wake.set()
+
+    def abort(self) -> None:
+        if not self.upgraded:
+            self.ws.abort_socket()
+        else:
+            self.close()
 
     async def writer(self) -> None:
         try:
@@ -207,6 +266,114 @@ class _WsLink(_Link):
                     return
         except ConnectionClosed:
             return
+
+
+class _WsConnection(ServerConnection):
+    """websockets' connection, a connection of the core from accept: the TLS handshake (when
+    the listener has one) and the HTTP request or upgrade run inside the login time and the
+    pre-login limits. ``broker``, ``kind`` and ``tls`` are set per listener (``_ws_class``)."""
+
+    broker: BrokerServer
+    kind: str
+    tls: ssl.SSLContext | None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.socket_transport: Any = transport  # the raw socket's, then TLS's
+        self.opened = False  # websockets has the transport
+        self.early: list[bytes] | None = []
+        self.gone = False
+        self.handshake_task: asyncio.Task[None] | None = None
+        server = self.broker
+        peer = _peer_text(transport.get_extra_info("peername"))
+        conn = server.accept(self.kind, peer)
+        self.link = _WsLink(self, conn, server)
+        server.links[conn.id] = self.link
+        if not conn.closing:
+            if self.tls is not None:
+                self.handshake_task = asyncio.ensure_future(self._start_tls(transport, self.tls))
+            else:
+                self._opened(transport)
+        server.pump()
+
+    async def _start_tls(self, raw: Any, ctx: ssl.SSLContext) -> None:
+        server = self.broker
+        try:
+            tls = await _start_tls(raw, self, ctx, server.core.limits.connect_timeout,
+                                   self._take_early)
+        except Exception as exc:
+            log.debug("TLS handshake of %r failed: %s", self.link.conn, exc)
+            raw.abort()
+            self.connection_lost(None)
+            return
+        if tls is None or self.gone:
+            return
+        self.link.conn.last_rx = server.now()
+        self._opened(tls)
+
+    def _take_early(self) -> bytes:
+        data, self.early = b"".join(self.early or ()), []
+        return data
+
+    def _opened(self, transport: asyncio.BaseTransport) -> None:
+        self.socket_transport = transport
+        self.opened = True
+        super().connection_made(transport)
+        early, self.early = self.early or [], None
+        for data in early:
+            super().data_received(data)
+
+    def data_received(self, data: bytes) -> None:
+        if self.early is not None:
+            self.early.append(data)
+            return
+        super().data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.opened:
+            super().connection_lost(exc)
+        if not self.gone:
+            self.gone = True
+            self.broker.link_lost(self.link)
+
+    def abort_socket(self) -> None:
+        self.socket_transport.abort()
+
+
+async def _start_tls(raw: Any, app: asyncio.BaseProtocol, ctx: ssl.SSLContext, timeout: float,
+                     take_early: Callable[[], bytes]) -> Any:
+    """Server-side TLS on an accepted socket (``loop.start_tls``). The loop may already have
+    read the ClientHello and given it to ``app`` (at accept, before ``start_tls`` ran): once
+    the SSL protocol has the socket, ``take_early`` hands those bytes over to it, before
+    anything read later. Returns the TLS transport (its protocol is ``app``)."""
+    task = asyncio.ensure_future(asyncio.get_running_loop().start_tls(
+        raw, app, ctx, server_side=True, ssl_handshake_timeout=timeout))
+    # start_tls swaps the protocol in its first step and connects the SSL protocol in the
+    # next turn of the loop (reading paused until then): after two turns it takes bytes.
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    data = take_early()
+    if data and not task.done():
+        proto = raw.get_protocol()
+        if isinstance(proto, asyncio.BufferedProtocol) or hasattr(proto, "get_buffer"):
+            view = memoryview(data)
+            while view:
+                buf = proto.get_buffer(len(view))
+                n = min(len(buf), len(view))
+                buf[:n] = view[:n]
+                proto.buffer_updated(n)
+                view = view[n:]
+        else:
+            proto.data_received(data)
+    return await task
+
+
+def _ws_class(server: BrokerServer, kind: str, tls: ssl.SSLContext | None
+              ) -> type[_WsConnection]:
+    return type("WsConnection", (_WsConnection,), {"broker": server, "kind": kind, "tls": tls})
+
+
+def _peer_text(peer: Any) -> str:
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
 
 def _cert_cn(cert: Any) -> str | None:
@@ -233,7 +400,7 @@ class BrokerServer:
         web: dict[str, Any] | None = None,
     ) -> None:
         self.core = core
-        self.process_request = handler(web)
+        self.web = web
         self.authenticate = authenticate
         self.listener_configs = listeners
         self.links: dict[int, _Link] = {}
@@ -246,6 +413,8 @@ class BrokerServer:
         self._pump_scheduled = False
         self._auth_tasks: dict[int, asyncio.Task[None]] = {}  # connection id -> its login
         self.bound: list[tuple[str, str, int]] = []  # (type, host, port) actually listening
+        self._prelogin: dict[str, list[Connection]] = {}  # address -> its sockets not logged in
+        self._log = LogLimiter(log)
 
     def now(self) -> float:
         """The broker core's clock: the event loop's monotonic time."""
@@ -254,18 +423,21 @@ class BrokerServer:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        quiet_http_log()
         for listener in self.listener_configs:
             ctx = tls_context(listener)
             if listener.type in ("tcp", "tls"):
                 kind = "tls" if ctx else "tcp"
 
                 def factory(kind: str = kind,
-                            identity: bool = listener.use_identity_as_username) -> _TcpLink:
-                    return _TcpLink(self, kind, identity)
+                            identity: bool = listener.use_identity_as_username,
+                            ctx: ssl.SSLContext | None = ctx) -> _TcpLink:
+                    return _TcpLink(self, kind, identity, ctx)
 
+                # TLS is started per connection (``_TcpLink._start_tls``), so that the
+                # socket counts from accept.
                 server = await self._loop.create_server(
-                    factory, listener.host, listener.port, ssl=ctx, reuse_address=True,
-                    backlog=1024,
+                    factory, listener.host, listener.port, reuse_address=True, backlog=1024,
                 )
                 self._servers.append(server)
                 sock = server.sockets[0].getsockname()
@@ -273,11 +445,14 @@ class BrokerServer:
                 kind = "websocket+tls" if ctx else "websocket"
                 identity = listener.use_identity_as_username
                 ws_server = await serve(
-                    lambda ws, kind=kind, identity=identity:  # type: ignore[misc]
-                    self._ws_handler(ws, kind, identity),
-                    listener.host, listener.port, ssl=ctx, subprotocols=["mqtt"],  # type: ignore[list-item]
+                    lambda ws, identity=identity:  # type: ignore[misc]
+                    self._ws_handler(ws, identity),
+                    listener.host, listener.port, subprotocols=["mqtt"],  # type: ignore[list-item]
                     max_size=max(2 * self.core.limits.max_packet_size, 65536),
-                    compression=None, process_request=self.process_request,
+                    compression=None,
+                    process_request=self._http(listener, ctx is not None),
+                    create_connection=_ws_class(self, kind, ctx),
+                    open_timeout=self.core.limits.connect_timeout,
                 )
                 self._servers.append(ws_server)
                 sock = next(iter(ws_server.sockets)).getsockname()
@@ -314,15 +489,72 @@ class BrokerServer:
         for task in list(self._auth_tasks.values()):
             task.cancel()
 
+    # ------------------------------------------------------------------ accept
+    def accept(self, kind: str, peer: str) -> Connection:
+        """A new socket: a connection of the core at once (the pre-login pool, the
+        per-address share, the login timeout). Past twice its address's share of the pool
+        (sockets that have not logged in, on any listener) it is closed."""
+        core = self.core
+        now = self.now()
+        conn = core.open_connection(kind, peer, now)
+        if conn.closing:
+            return conn
+        held = self._prelogin.get(conn.address)
+        if held is not None:
+            held[:] = [c for c in held if c.state in _PRELOGIN and not c.closing]
+        else:
+            held = self._prelogin[conn.address] = []
+        if len(held) >= PENDING_HARD_FACTOR * core.limits.max_pending_per_address:
+            self._log.log(logging.WARNING, conn.address, now,
+                          "closing %r: too many sockets from %s that have not logged in",
+                          conn, conn.address)
+            conn.hard_close = True
+            core.abort(conn, now, "too many sockets from this address")
+            if not held:
+                del self._prelogin[conn.address]
+        else:
+            held.append(conn)
+        return conn
+
+    def link_lost(self, link: _Link) -> None:
+        """``link``'s socket is closed (in whatever phase)."""
+        conn = link.conn
+        self.links.pop(conn.id, None)
+        held = self._prelogin.get(conn.address)
+        if held is not None:
+            with contextlib.suppress(ValueError):
+                held.remove(conn)
+            if not held:
+                del self._prelogin[conn.address]
+        self.cancel_auth(conn)
+        self.core.connection_lost(conn, self.now())
+        self.pump()
+
+    def _http(self, listener: ListenerConfig, tls: bool
+              ) -> Callable[[ServerConnection, Any], Any]:
+        """websockets' ``process_request`` for one listener: the request counts as the
+        socket's first sign of life; an upgrade from a foreign page (``Origin``) is 403."""
+        serve_http = handler(self.web, tls=tls, allowed_origins=listener.allowed_origins,
+                             brokers=listener.dashboard_brokers)
+
+        def process_request(connection: ServerConnection, request: Any) -> Any:
+            link = getattr(connection, "link", None)
+            if isinstance(link, _WsLink):
+                link.conn.last_rx = self.now()
+            return serve_http(connection, request)
+
+        return process_request
+
     # ------------------------------------------------------------------ websocket
-    async def _ws_handler(self, ws: ServerConnection, kind: str, identity: bool = False
-                          ) -> None:
-        peer = ws.remote_address
-        peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        cert_cn = _cert_cn(ws.transport.get_extra_info("peercert")) if identity else None
-        conn = self.core.open_connection(kind, peer_text, self.now(), cert_cn)
-        link = _WsLink(ws, conn, self)
-        self.links[conn.id] = link
+    async def _ws_handler(self, ws: ServerConnection, identity: bool = False) -> None:
+        assert isinstance(ws, _WsConnection)
+        link = ws.link
+        conn = link.conn
+        if conn.state is ConnState.CLOSED or conn.closing:
+            return
+        link.upgraded = True
+        if identity:
+            conn.cert_cn = _cert_cn(ws.transport.get_extra_info("peercert"))
         writer = asyncio.create_task(link.writer())
         self.pump()
         try:
@@ -339,10 +571,7 @@ class BrokerServer:
         except ConnectionClosed:
             pass
         finally:
-            self.links.pop(conn.id, None)
-            self.cancel_auth(conn)
-            self.core.connection_lost(conn, self.now())
-            self.pump()
+            self.link_lost(link)
             link.close()
             try:
                 await asyncio.wait_for(writer, 2.0)

@@ -61,8 +61,15 @@ class ListenerConfig:
     cafile: str | None = None  # verify client certificates against this CA
     require_certificate: bool = False
     use_identity_as_username: bool = False  # client certificate CN becomes the user name
+    # websocket: pages of these origins ("https://host:port") may open MQTT over WebSocket
+    # besides the listener's own (a browser upgrade from any other Origin is refused)
+    allowed_origins: list[str] = field(default_factory=list)
+    # websocket: other brokers' WebSocket addresses the dashboard served here may use
+    dashboard_brokers: list[str] = field(default_factory=list)
 
     def check(self) -> list[str]:
+        from pi_mqtt_gpio.server.web import normalize_origin
+
         problems = []
         if self.type == "tls" and not (self.certfile and self.keyfile):
             problems.append("a tls listener needs certfile and keyfile")
@@ -70,7 +77,29 @@ class ListenerConfig:
             problems.append("certfile and keyfile go together")
         if (self.require_certificate or self.use_identity_as_username) and not self.cafile:
             problems.append("client certificates need cafile")
+        if self.type != "websocket" and (self.allowed_origins or self.dashboard_brokers):
+            problems.append("allowed_origins and dashboard_brokers are for websocket listeners")
+        for origin in self.allowed_origins:
+            if normalize_origin(origin) is None:
+                problems.append(f"allowed_origins: {origin!r} is not an origin like "
+                                "'https://host' or 'http://host:8080' (no path)")
+        for url in self.dashboard_brokers:
+            if not _websocket_url(url):
+                problems.append(f"dashboard_brokers: {url!r} is not a WebSocket address like "
+                                "'wss://host:port/mqtt'")
         return problems
+
+
+def _websocket_url(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  # raises on a bad port
+    except ValueError:
+        return False
+    return parts.scheme in ("ws", "wss") and bool(parts.hostname) \
+        and parts.username is None and not parts.fragment
 
 
 @section

@@ -24,6 +24,7 @@ from pi_mqtt_gpio.server.compat.mqtt_io import MqttIoBridge, MqttIoTopics
 from pi_mqtt_gpio.server.config import Config
 from pi_mqtt_gpio.server.covers import CoverController
 from pi_mqtt_gpio.server.devices.cover import CoverAdapter
+from pi_mqtt_gpio.server.fdlimit import fit_open_files
 from pi_mqtt_gpio.server.guards import Guards
 from pi_mqtt_gpio.server.hardware import (
     DeviceEvent,
@@ -73,7 +74,8 @@ class Daemon:
             if compat is not None else None
         self.acl = AccessControl(config.auth, self.topics, role_of=self.authenticator.role_of,
                                  ha_prefix=config.homeassistant.prefix, aliases=self.mqtt_io)
-        self.core = BrokerCore(broker_limits(config), hooks=[self.acl])
+        # the open files limit raised to what the broker's limits need (or the pool fitted)
+        self.core = BrokerCore(fit_open_files(broker_limits(config)), hooks=[self.acl])
         self.leases = ControlLeaseManager(config.leases.scope, config.leases.ttl_s)
         self.server = BrokerServer(
             self.core, self.authenticator.authenticate, list(config.broker.listeners),

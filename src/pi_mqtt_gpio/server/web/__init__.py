@@ -2,12 +2,20 @@
 MQTT; a plain GET is a file of the dashboard's static directory, which ships inside the
 package (nothing is downloaded or built at run time). Only the files that are there can be
 named; everything else is 404. Every answer carries a strict Content-Security-Policy.
+
+A browser names the page that opens a WebSocket in ``Origin``: an upgrade whose Origin is
+neither this listener's own (the ``Host`` it was asked for, with http/https for ws/wss) nor
+listed in the listener's ``allowed_origins`` is refused with 403, so a page of another site
+cannot use a visitor's browser (and its place in the network) to reach the broker. Clients
+that are not browsers send no Origin and are not concerned.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import logging
+import time
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -16,7 +24,12 @@ from urllib.parse import unquote, urlsplit
 from websockets.datastructures import Headers
 from websockets.http11 import Response
 
-__all__ = ["STATIC", "handler", "process_request"]
+from pi_mqtt_gpio.mqtt.logguard import LogLimiter, clip
+
+__all__ = ["STATIC", "handler", "normalize_origin", "origin_allowed", "process_request",
+           "quiet_http_log"]
+
+log = logging.getLogger("pi_mqtt_gpio.web")
 
 STATIC = Path(__file__).resolve().parent / "static"
 TYPES = {
@@ -57,19 +70,93 @@ def _response(status: int, reason: str, body: bytes, content_type: str) -> Respo
     return Response(status, reason, headers, body)
 
 
-def handler(node: dict[str, Any] | None = None) -> Callable[[Any, Any], Response | None]:
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def normalize_origin(text: str) -> str | None:
+    """``scheme://host:port`` (lower case, the port always given) of an http(s) origin, or
+    None when ``text`` is not one (a path, a query, user info or another scheme)."""
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    host = parts.hostname
+    if scheme not in ("http", "https") or not host or parts.username is not None \
+            or parts.path not in ("", "/") or parts.query or parts.fragment:
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port or _DEFAULT_PORTS[scheme]}"
+
+
+def origin_allowed(origin: str | None, host: str | None, tls: bool,
+                   allowed: Iterable[str] = ()) -> bool:
+    """Whether a WebSocket upgrade with this ``Origin`` may go on: none given (not a
+    browser), the listener's own origin (``Host`` over http, or https with TLS), or one of
+    ``allowed`` (already normalized)."""
+    if origin is None:
+        return True
+    given = normalize_origin(origin)
+    if given is None:
+        return False  # "null" (a sandboxed frame, a file), or garbage
+    if given in allowed:
+        return True
+    own = normalize_origin(f"{'https' if tls else 'http'}://{host}") if host else None
+    return given == own
+
+
+class _HttpLogFilter(logging.Filter):
+    """The websockets server's lines (every plain HTTP request, every failed handshake)
+    through the same budget as the broker's: 5 lines of a kind per 10 s."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.limiter = LogLimiter(log)  # says what it held back under our own name
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.limiter.allow(str(record.msg), time.monotonic())
+
+
+def quiet_http_log() -> None:
+    """Put the websockets server's log lines under the rate limit (once)."""
+    logger = logging.getLogger("websockets.server")
+    if not any(isinstance(f, _HttpLogFilter) for f in logger.filters):
+        logger.addFilter(_HttpLogFilter())
+
+
+def handler(node: dict[str, Any] | None = None, *, tls: bool = False,
+            allowed_origins: Iterable[str] = (), brokers: Iterable[str] = (),
+            ) -> Callable[[Any, Any], Response | None]:
     """websockets' ``process_request`` hook. ``node`` is what the page may know before it
     logs in (served as ``/node.json``): the node id, its topic root, whether anonymous
-    clients are let in. Nothing secret: the same names are in every topic."""
+    clients are let in. Nothing secret: the same names are in every topic. ``brokers`` are
+    the other WebSocket addresses the dashboard may connect to (``/brokers.json``)."""
     node_body = json.dumps(node, separators=(",", ":")).encode() if node else None
+    brokers_body = json.dumps(list(brokers)).encode()
+    origins = frozenset(o for o in map(normalize_origin, allowed_origins) if o is not None)
+    refusals = LogLimiter(log)
 
     def process_request(connection: Any, request: Any) -> Response | None:
         """None lets a WebSocket handshake go on; else the HTTP answer."""
-        if request.headers.get("Upgrade", "").lower() == "websocket":
-            return None
+        headers = request.headers
+        if headers.get("Upgrade", "").lower() == "websocket":
+            origin = headers.get("Origin")
+            if origin_allowed(origin, headers.get("Host"), tls, origins):
+                return None
+            peer = getattr(connection, "remote_address", None)
+            address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+            refusals.log(logging.WARNING, address, time.monotonic(),
+                         "refused a WebSocket upgrade from %s: page origin %s is not allowed",
+                         address, clip(origin))
+            return _response(403, "Forbidden", b"origin not allowed\n",
+                             "text/plain; charset=utf-8")
         path = unquote(urlsplit(request.path).path) or "/"
         if path == "/node.json" and node_body is not None:
             return _response(200, "OK", node_body, TYPES[".json"])
+        if path == "/brokers.json":
+            return _response(200, "OK", brokers_body, TYPES[".json"])
         if path.endswith("/"):
             path += "index.html"
         file = _files().get(path)
