@@ -333,3 +333,11 @@ def test_the_output_is_0600_a_replaced_one_never_world_readable(tmp_path: Path) 
     after = os.stat(out)
     assert stat.S_IMODE(after.st_mode) == 0o640
     assert (after.st_uid, after.st_gid) == (before.st_uid, before.st_gid)
+
+
+def test_deeply_nested_yaml_is_a_clear_refusal(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    deep = tmp_path / "deep.yml"
+    deep.write_text("mqtt: " + "[" * 50_000 + "]" * 50_000 + "\n")
+    assert main(["import-mqtt-io", str(deep)]) == 2
+    assert "nested too deeply" in capsys.readouterr().err
