@@ -84,14 +84,33 @@ digital_outputs:
      inverted: yes, initial: high, retain: yes, timed_set_ms: 1500, publish_initial: yes}
   - {name: fan, module: rpi, pin: 18, ha_discovery: {component: light, name: Fan}}
 """)
-    assert cfg["devices"]["porch"] == {"type": "OutputDevice", "pin": 17, "active_high": False,
-                                       "initial_value": False}
+    # initial: high on an inverted output is the device off: its default start state.
+    assert cfg["devices"]["porch"] == {"type": "OutputDevice", "pin": 17, "active_high": False}
     assert cfg["devices"]["fan"]["type"] == "LED"
     assert cfg["devices"]["fan"]["homeassistant"] == {"name": "Fan", "component": "light"}
     compat = cfg["compat"]["mqtt_io"]
     assert compat["topic_prefix"] == "home/kitchen"
     assert compat["outputs"]["porch"] == {"on_payload": "lamp on", "off_payload": "lamp off",
                                           "retain": True, "timed_set_ms": 1500}
+
+
+def test_initial_high_starts_the_output_on_through_its_safe_state() -> None:
+    """mqtt-io's ``initial: high`` must really start the output on: the gatekeeper builds
+    outputs at their safe state, so the importer says ``safe_state: on`` (and warns what
+    else that means); ``initial: low`` is the default start and writes nothing."""
+    result = convert(PI + """
+mqtt: {host: localhost, topic_prefix: home}
+digital_outputs:
+  - {name: pump, module: rpi, pin: 17, initial: high}
+  - {name: lamp, module: rpi, pin: 18, initial: low}
+  - {name: dim, module: rpi, pin: 19, class: PWMLED, initial: high}
+""", hash_password=lambda p: p)
+    cfg = result.config
+    assert cfg["devices"]["pump"] == {"type": "OutputDevice", "pin": 17, "safe_state": "on"}
+    assert cfg["devices"]["lamp"] == {"type": "OutputDevice", "pin": 18}
+    assert cfg["devices"]["dim"]["safe_state"] == "on"
+    assert any("pump" in w and "safe_state: on" in w for w in result.warnings)
+    assert not any("initial_value" in str(d) for d in cfg["devices"].values())
 
 
 def test_a_name_that_is_not_one_topic_level_is_not_converted() -> None:

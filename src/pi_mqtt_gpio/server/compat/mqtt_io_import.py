@@ -324,10 +324,14 @@ class _Importer:
             if inverted:
                 dev["active_high"] = False
             initial = entry.get("initial")
-            if initial in ("high", "low"):
-                value = (initial == "high") != inverted
-                dev["initial_value"] = value if kind in ("OutputDevice", "LED", "Buzzer",
-                                                        "DigitalOutputDevice") else float(value)
+            if initial in ("high", "low") and (initial == "high") != inverted:
+                # Outputs start in their safe state, built at that level (nothing pulses):
+                # the one setting that makes this output start on is its safe state.
+                dev["safe_state"] = "on"
+                self.out.warnings.append(
+                    f"line {line}: {what}: initial: {initial} starts it on, which here is "
+                    f"safe_state: on: it also goes back on at shutdown, when a lease on it "
+                    f"ends and after max_on_s; remove safe_state if off is the safe side")
             if ha is not None:
                 dev["homeassistant"] = ha
             device = self._add(dev, mio)
