@@ -1,0 +1,281 @@
+"""Sockets that never finish their TLS handshake or WebSocket upgrade count against the same
+pre-login limits as plain TCP; browser pages of other sites cannot use the WebSocket
+listener; plain HTTP does not flood the log."""
+
+from __future__ import annotations
+
+import base64
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from pi_mqtt_gpio.mqtt.codec import encode
+from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, Connect, Publish
+from tests.conftest import Client, Gatekeeper, start_gatekeeper, wait_for
+from tests.security.conftest import PW, Watch, secure_config
+
+PER_ADDRESS = 20  # max_pending_per_address in these tests: twice that is held at most
+TIMEOUT_S = 3.0  # connect_timeout_s: TLS handshake, upgrade and CONNECT together
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("certs")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem"),
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True)
+    return d
+
+
+def _start(tmp: Path, certs: Path, **limits: Any) -> Gatekeeper:
+    config = secure_config(tmp, **limits)
+    config["broker"]["listeners"] = [
+        {"type": "tcp", "host": "127.0.0.1", "port": 0},
+        {"type": "tls", "host": "127.0.0.1", "port": 0, "certfile": str(certs / "cert.pem"),
+         "keyfile": str(certs / "key.pem")},
+        {"type": "websocket", "host": "127.0.0.1", "port": 0,
+         "allowed_origins": ["https://panel.example:8443"]},
+    ]
+    return start_gatekeeper(tmp, config)
+
+
+@pytest.fixture(scope="module")
+def gk(tmp_path_factory: pytest.TempPathFactory, certs: Path) -> Any:
+    # started as systemd and most shells start a process: 1,024 open files (soft limit)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, soft), hard))
+    try:
+        g = _start(tmp_path_factory.mktemp("prelogin"), certs, connect_timeout_s=TIMEOUT_S,
+                   max_pending_per_address=PER_ADDRESS)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    yield g
+    assert g.alive(), "\n".join(g.log[-40:])
+    assert g.stop() == 0
+
+
+# ---------------------------------------------------------------- held sockets
+_HOLDER = """
+import resource, select, socket, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+plan = [p.split(":") for p in sys.argv[1].split(",")]   # port:count:source
+socks = []
+for port, count, src in plan:
+    for _ in range(int(count)):
+        try:
+            socks.append(socket.create_connection(("127.0.0.1", int(port)), timeout=5,
+                                                  source_address=(src, 0)))
+        except OSError:
+            pass
+print(len(socks), flush=True)
+open_ = set(socks)
+for line in sys.stdin:
+    # which sockets the server closed (readable: EOF or reset; they never get data)
+    while open_:
+        ready = select.poll()
+        for s in open_:
+            ready.register(s, select.POLLIN)
+        done = [fd for fd, _ in ready.poll(0)]
+        if not done:
+            break
+        for s in [s for s in open_ if s.fileno() in done]:
+            open_.discard(s)
+            s.close()
+    print(len(open_), flush=True)
+"""
+
+
+class Held:
+    """Sockets opened by another process (``port:count:source`` each) that send nothing."""
+
+    def __init__(self, *plan: tuple[int, int, str]) -> None:
+        spec = ",".join(f"{p}:{n}:{s}" for p, n, s in plan)
+        self.proc = subprocess.Popen([sys.executable, "-c", _HOLDER, spec],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.opened = int(self.proc.stdout.readline() or 0)
+
+    def still_open(self) -> int:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("?\n")
+        self.proc.stdin.flush()
+        return int(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def _login(gk: Gatekeeper, kind: str, certs: Path) -> int:
+    transport = "websockets" if kind == "websocket" else "tcp"
+    c = Client(gk.ports[kind], mqtt.MQTTv5, transport=transport)
+    if kind == "tls":
+        c.c.tls_set(ca_certs=str(certs / "cert.pem"))
+    c.c.username_pw_set("root", PW)
+    try:
+        rc, _ = c.connect()
+        return int(getattr(rc, "value", rc))
+    finally:
+        c.close()
+
+
+def test_tls_and_websocket_sockets_that_never_start_are_limited(gk: Gatekeeper,
+                                                                certs: Path) -> None:
+    """150 sockets to the TLS listener that never send a ClientHello and 150 to the WebSocket
+    listener that never send the upgrade, all from one address: past twice the address's
+    share the server closes them at once, logins on every listener still work while the
+    rest are held, and those are closed after the login timeout."""
+    base = gk.rss_kib()
+    held = Held((gk.ports["tls"], 150, "127.0.8.1"), (gk.ports["websocket"], 150, "127.0.8.1"))
+    try:
+        counts: list[int] = []
+        assert wait_for(lambda: counts.append(held.still_open())
+                        or counts[-1] <= 2 * PER_ADDRESS, timeout=TIMEOUT_S * 10), counts
+        print(f"{held.opened} opened, {counts[-1]} still held by the server")
+        assert counts[-1] > 0, "closed by the timeout, not by the per-address limit"
+        results = {kind: _login(gk, kind, certs) for kind in ("tcp", "tls", "websocket")}
+        print("logins while held:", results)
+        assert results == {"tcp": 0, "tls": 0, "websocket": 0}
+        peak = gk.rss_kib()
+        assert wait_for(lambda: held.still_open() == 0, timeout=TIMEOUT_S * 10)
+        print(f"RSS {base // 1024} MiB before, {peak // 1024} MiB while held")
+        assert peak - base < 32 * 1024
+    finally:
+        held.close()
+
+
+def test_a_thousand_pending_sockets_leave_the_logins_working(gk: Gatekeeper,
+                                                             certs: Path) -> None:
+    """1,100 TLS sockets that never start TLS, from 55 addresses (within each address's
+    share): more than a process's default 1,024 open files; logins on every listener work
+    (the gatekeeper raised its open files limit), and all are closed after the timeout."""
+    plan = [(gk.ports["tls"], 20, f"127.0.9.{i}") for i in range(1, 56)]
+    held = Held(*plan)
+    try:
+        print(f"{held.opened} TLS sockets opened; {held.still_open()} held")
+        results = {kind: _login(gk, kind, certs) for kind in ("tcp", "tls", "websocket")}
+        print("logins:", results)
+        assert results == {"tcp": 0, "tls": 0, "websocket": 0}
+        assert wait_for(lambda: held.still_open() == 0, timeout=TIMEOUT_S * 10)
+    finally:
+        held.close()
+    assert any("open files limit" in line for line in gk.log)
+
+
+# ---------------------------------------------------------------- Origin
+def _frame(payload: bytes) -> bytes:
+    """A masked binary WebSocket frame (what a browser sends)."""
+    mask = os.urandom(4)
+    n = len(payload)
+    head = bytes([0x82, 0x80 | n]) if n < 126 else bytes([0x82, 0x80 | 126]) + n.to_bytes(2, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def _upgrade_and_publish(port: int, origin: str | None, topic: str) -> bytes:
+    """An upgrade with ``origin`` and, in the same write, MQTT CONNECT (admin) and a PUBLISH
+    of ``topic``: returns the server's first answer."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    lines = ["GET /mqtt HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket",
+             "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
+             "Sec-WebSocket-Version: 13", "Sec-WebSocket-Protocol: mqtt"]
+    if origin is not None:
+        lines.append(f"Origin: {origin}")
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    connect = encode(Connect(f"o{os.getpid()}{time.monotonic_ns()}", PROTOCOL_50,
+                             username="root", password=PW.encode()), PROTOCOL_50)
+    publish = encode(Publish(topic, b"x", 0, False, False, None, {}), PROTOCOL_50)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(request + _frame(connect) + _frame(publish))
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+        if answer.startswith(b"HTTP/1.1 101"):
+            s.settimeout(5)
+            try:
+                s.recv(4096)  # the CONNACK: the PUBLISH has been read
+            except OSError:
+                pass
+    return answer
+
+
+def test_websocket_upgrade_from_a_foreign_page_is_refused(gk: Gatekeeper) -> None:
+    """Origin of another site: 403, and nothing sent after the request reaches the broker
+    (an admin on # sees the accepted ones' messages, and a sentinel after, but not it).
+    The listener's own origin, a listed one and no Origin at all are accepted."""
+    port = gk.ports["websocket"]
+    watch = Watch(gk)
+    try:
+        cases = {"foreign": "http://evil.example", "null": "null",
+                 "other-port": f"http://127.0.0.1:{port + 1}",
+                 "same": f"http://127.0.0.1:{port}", "listed": "https://panel.example:8443",
+                 "none": None}
+        answers = {name: _upgrade_and_publish(port, origin, f"probe/{name}")
+                   for name, origin in cases.items()}
+        _upgrade_and_publish(port, None, "probe/sentinel")
+        seen: list[str] = []
+
+        def sentinel() -> bool:
+            seen.extend(m.topic for m in watch.drain())
+            return "probe/sentinel" in seen
+
+        assert wait_for(sentinel, timeout=10), seen
+        status = {name: a.split(b"\r\n", 1)[0].decode() for name, a in answers.items()}
+        print(status, seen)
+        for name in ("foreign", "null", "other-port"):
+            assert status[name].startswith("HTTP/1.1 403"), status
+            assert f"probe/{name}" not in seen
+        for name in ("same", "listed", "none"):
+            assert status[name].startswith("HTTP/1.1 101"), status
+            assert f"probe/{name}" in seen
+    finally:
+        watch.close()
+    assert any("refused a WebSocket upgrade" in line for line in gk.log)
+
+
+# ---------------------------------------------------------------- HTTP log
+def test_plain_http_does_not_flood_the_log(gk: Gatekeeper) -> None:
+    """500 plain HTTP requests (pages, missing files, refused upgrades): a bounded number of
+    log lines (the same budget as the broker's: 5 lines of a kind per 10 s)."""
+    port = gk.ports["websocket"]
+    before = len(gk.log)
+    for i in range(500):
+        path = ("/", "/missing", "/app.js")[i % 3]
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            while s.recv(65536):
+                pass
+    for _ in range(100):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GARBAGE\r\n\r\n")
+            try:
+                while s.recv(65536):
+                    pass
+            except OSError:
+                pass
+    # a line of our own after them: everything they logged is in the log when it appears
+    raw = socket.create_connection(("127.0.0.1", gk.port), source_address=("127.0.10.1", 0))
+    raw.sendall(encode(Connect("sentinel", PROTOCOL_50, username="root", password=b"no"),
+                       PROTOCOL_50))
+    try:
+        assert wait_for(lambda: any("127.0.10.1" in line for line in gk.log[before:]),
+                        timeout=15)
+    finally:
+        raw.close()
+    lines = gk.log[before:]
+    http = [line for line in lines if "websockets" in line or "pi_mqtt_gpio.web" in line]
+    print(f"{len(lines)} log lines for 600 requests, {len(http)} of them about HTTP")
+    assert len(lines) < 60, lines[:20]
