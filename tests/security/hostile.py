@@ -6,6 +6,7 @@ subscriber that never acknowledges. Bounded in count and time; loopback only."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import sys
@@ -126,8 +127,48 @@ def stuck_subscriber(port: int, stop: threading.Event) -> None:
         time.sleep(0.01)
 
 
+flood = {"opened": 0, "closed_by_server": 0}
+
+
+def handshake_flood(ports: list[int], stop: threading.Event) -> None:
+    """Sockets to the TLS and WebSocket listeners that never finish their TLS handshake or
+    upgrade (nothing, half a ClientHello, half an HTTP request), from one address, each
+    opened again as soon as the server closes it, 150 at a time."""
+    import select
+
+    held: list[socket.socket] = []
+    while not stop.is_set():
+        while len(held) < 150 and not stop.is_set():
+            port = ports[len(held) % len(ports)]
+            try:
+                s = socket.create_connection(("127.0.0.1", port), timeout=2,
+                                             source_address=("127.0.12.1", 0))
+            except OSError:
+                time.sleep(0.05)
+                continue
+            flood["opened"] += 1
+            kind = flood["opened"] % 3
+            with contextlib.suppress(OSError):
+                if kind == 1:
+                    s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+                elif kind == 2:
+                    s.sendall(b"GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
+            held.append(s)
+        ready, _, _ = select.select(held, [], [], 0.2)
+        for s in ready:
+            with contextlib.suppress(OSError):
+                if s.recv(4096):
+                    continue  # an answer (an HTTP error, a TLS alert): the close follows
+            flood["closed_by_server"] += 1
+            held.remove(s)
+            s.close()
+    for s in held:
+        s.close()
+
+
 def main() -> None:
     port, seconds, root = int(sys.argv[1]), float(sys.argv[2]), sys.argv[4]
+    handshake_ports = [int(p) for p in sys.argv[5:7]]  # TLS, WebSocket
     stop = threading.Event()
     feed = RawClient(port, timeout=6)  # other programs' retained topics, for the readers
     feed.connect("feed", username="root", password=PW)
@@ -135,6 +176,9 @@ def main() -> None:
         feed.publish(topic, b"retained", qos=1, retain=True)
     feed.close()
     threading.Thread(target=stuck_subscriber, args=(port, stop), daemon=True).start()
+    if handshake_ports:
+        threading.Thread(target=handshake_flood, args=(handshake_ports, stop),
+                         daemon=True).start()
     end = time.monotonic() + seconds
     i = 0
     while time.monotonic() < end:
@@ -152,7 +196,9 @@ def main() -> None:
         i += 1
     stop.set()
     print(f"hostile rounds: {i}; wildcard reads: {len(wildcard_reads)}; "
-          f"leaks: {len(leaks)} {sorted(set(leaks))[:8]}", flush=True)
+          f"leaks: {len(leaks)} {sorted(set(leaks))[:8]}; handshake flood: "
+          f"{flood['opened']} opened, {flood['closed_by_server']} closed by the server",
+          flush=True)
 
 
 if __name__ == "__main__":
