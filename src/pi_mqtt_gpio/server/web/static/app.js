@@ -21,6 +21,7 @@ const app = {
   clientId: null,
   connected: false,
   base: params.get("base") || "gatekeeper",
+  broker: null,        // a ?broker= that may be used (else: this page's own server)
   nodes: new Map(),    // node_id -> {catalogue, status}
   node: null,          // node_id shown
   root: null,
@@ -36,10 +37,38 @@ const app = {
 };
 window.gatekeeperDashboard = app;
 
-function brokerUrl() {
-  if (params.get("broker")) return params.get("broker");
+// The login goes only to this page's own server, or to a broker named by ?broker= that is
+// this page's own origin or listed in brokers.json next to the page (the gatekeeper serves
+// its listener's dashboard_brokers there). Anything else in ?broker= is ignored, visibly.
+function ownBroker() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   return `${scheme}://${location.host}${(app.info && app.info.mqtt_path) || "/mqtt"}`;
+}
+
+function brokerAllowed(url, listed) {
+  let u;
+  try { u = new URL(url); } catch { return false; }
+  if (u.protocol !== "ws:" && u.protocol !== "wss:") return false;
+  const own = location.protocol === "https:" ? "wss:" : "ws:";
+  if (u.protocol === own && u.host === location.host && !u.username && !u.password) return true;
+  return listed.some((b) => { try { return new URL(b).href === u.href; } catch { return false; } });
+}
+
+function brokerUrl() {
+  return app.broker || ownBroker();
+}
+
+async function chooseBroker() {
+  const asked = params.get("broker");
+  if (!asked) return;
+  let listed = [];
+  try {
+    const res = await fetch("brokers.json", { cache: "no-store" });
+    const body = res.ok ? await res.json() : [];
+    listed = Array.isArray(body) ? body.filter((b) => typeof b === "string") : [];
+  } catch { listed = []; }
+  if (brokerAllowed(asked, listed)) app.broker = asked;
+  else notice(`The broker in this page's address (${asked}) is not one this dashboard may use: it was ignored, and this page logs in to its own server.`);
 }
 
 const external = () => app.catalogue && app.catalogue.broker === "external";
@@ -399,6 +428,12 @@ function banner(text, kind) {
   if (kind) b.dataset.kind = kind; else delete b.dataset.kind;
 }
 
+function notice(text) {
+  const n = $("#notice");
+  n.hidden = false;
+  n.textContent = text;
+}
+
 function showWho() {
   const role = app.access && app.access.role ? ` (${app.access.role})` : "";
   $("#who").textContent = app.creds ? `${app.creds.username}${role}` : `anonymous${role}`;
@@ -426,6 +461,7 @@ async function start() {
     const res = await fetch("node.json", { cache: "no-store" });
     app.info = res.ok ? await res.json() : null;
   } catch { app.info = null; }
+  await chooseBroker();
   app.single = !!app.info && app.info.devices > 0 && !params.has("nodes");
   if (app.info && !params.get("base")) app.base = app.info.base_topic;
   $("#login-form").addEventListener("submit", (ev) => {
