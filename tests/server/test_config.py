@@ -77,7 +77,6 @@ devices:
     assert problems[1].startswith("line 4: devices.c.type: unknown type 'Lamp'; known: ")
     assert problems[2:] == [
         "line 5: devices.d: min_angle and max_angle must differ",
-        "line 5: devices.d: initial_angle must be between 10 and 10",
         "line 6: devices.e.backward: required key missing",
         "line 7: devices.f: MCP3004 has 4 channel(s): channel must be < 4",
         "line 9: devices.j.pin: GPIO8 is already used by g.device",
