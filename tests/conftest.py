@@ -56,6 +56,18 @@ class Gatekeeper:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def wait_log(self, text: str, timeout: float, after: int = 0) -> str:
+        """The first line (from line ``after`` on) holding ``text``, polled until a deadline."""
+        end = time.monotonic() + timeout
+        while True:
+            for line in self.log[after:]:
+                if text in line:
+                    return line
+            if time.monotonic() > end:
+                raise AssertionError(f"no log line with {text!r} within {timeout} s:\n"
+                                     + "\n".join(self.log[-30:]))
+            time.sleep(0.05)
+
     def rss_kib(self) -> int:
         with open(f"/proc/{self.proc.pid}/status") as f:
             for line in f:
@@ -65,7 +77,9 @@ class Gatekeeper:
 
 
 def start_gatekeeper(tmp: Path, config: dict[str, Any], *, extra_args: list[str] | None = None,
-                     timeout: float = 20.0) -> Gatekeeper:
+                     timeout: float = 20.0, ready: bool = True) -> Gatekeeper:
+    """The daemon in a subprocess, once it printed its ready line (``ready=False``: at once,
+    its root and ports unknown; its ``log`` fills as it runs)."""
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     cmd = [sys.executable, "-m", "pi_mqtt_gpio.server.main", "--config", str(path),
@@ -90,6 +104,8 @@ def start_gatekeeper(tmp: Path, config: dict[str, Any], *, extra_args: list[str]
         found.put(None)
 
     threading.Thread(target=reader, daemon=True).start()
+    if not ready:
+        return Gatekeeper(proc, "", {}, path, lines)
     try:
         result = found.get(timeout=timeout)
     except queue.Empty:

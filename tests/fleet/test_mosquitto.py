@@ -6,12 +6,8 @@ gatekeeper whose password the broker refuses."""
 
 from __future__ import annotations
 
-import json
-import os
-import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,127 +18,20 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
-from tests.conftest import (
-    ROOT,
-    Client,
-    Gatekeeper,
-    GatekeeperThread,
-    start_gatekeeper,
-    v5_props,
+from tests.conftest import READY, Gatekeeper, GatekeeperThread, start_gatekeeper
+from tests.fleet.mosquitto import (
+    NODES,
+    PASSWORD,
+    Mosquitto,
+    call,
+    client,
+    node_config,
+    seen,
 )
 
 pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None,
                                 reason="Debian's mosquitto is not installed (scripts/test "
                                        "installs it)")
-
-NODES = ("n1", "n2", "n3")
-PASSWORD = "secret-fleet-1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Mosquitto:
-    def __init__(self, tmp: Path, extra_acl: str = "") -> None:
-        self.tmp = tmp
-        self.port = free_port()
-        acl = (ROOT / "deploy" / "mosquitto" / "fleet.acl").read_text()
-        block = acl[acl.index("user gk-kitchen"):acl.index("user gk-garage")]
-        for node in NODES:  # one user per gatekeeper, as the shipped example for "kitchen"
-            acl += "\n" + block.replace("kitchen", node)
-        acl += "\nuser watcher\ntopic read #\n" + extra_acl
-        (tmp / "fleet.acl").write_text(acl)
-        passwd = tmp / "fleet.passwd"
-        users = [*(f"gk-{n}" for n in NODES), "alice", "bob", "victor", "watcher",
-                 "homeassistant"]
-        for i, user in enumerate(users):
-            subprocess.run(["mosquitto_passwd", *(["-c"] if i == 0 else []), "-b", str(passwd),
-                            user, PASSWORD], check=True, capture_output=True)
-        (tmp / "mosquitto.conf").write_text(
-            f"per_listener_settings false\nlistener {self.port} 127.0.0.1\n"
-            f"allow_anonymous false\npassword_file {passwd}\nacl_file {tmp / 'fleet.acl'}\n"
-            f"persistence false\n"
-            # run as whoever runs the tests (as root Mosquitto would switch to its own user,
-            # which cannot read the test's files)
-            f"user {pwd.getpwuid(os.geteuid()).pw_name}\n")
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.tmp / "mosquitto.conf")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        end = time.monotonic() + 10
-        while time.monotonic() < end:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
-
-
-def node_config(tmp: Path, node: str, port: int, password: str = PASSWORD) -> dict[str, Any]:
-    pw = tmp / f"{node}.pw"
-    pw.write_text(password + "\n")
-    return {
-        "node_id": node,
-        "broker": {"mode": "external",
-                   "external": {"host": "127.0.0.1", "port": port, "username": f"gk-{node}",
-                                "password_file": str(pw)}},
-        "auth": {"users": {"alice": {"role": "operator"}, "bob": {"role": "operator"},
-                           "victor": {"role": "viewer"}}},
-        "safety": {"min_relay_interval_s": 0, "min_command_interval_s": 0,
-                   "flap_lockout_s": 0},
-        "devices": {"lamp": {"type": "LED", "pin": 17}},
-    }
-
-
-def client(port: int, user: str, version: int = mqtt.MQTTv5) -> Client:
-    c = Client(port, version, client_id=f"{user}-{time.monotonic_ns()}")
-    c.c.username_pw_set(user, PASSWORD)
-    c.connect()
-    return c
-
-
-def call(c: Client, user: str, node: str, method: str, topic: str | None = None
-         ) -> dict[str, Any] | None:
-    reply_to = f"gatekeeper/{node}/reply/{user}/{c.client_id}"
-    c.subscribe(f"{reply_to}/#", 1)
-    c.publish(topic or f"gatekeeper/{node}/device/lamp/call/{user}",
-              json.dumps({"method": method}), 1,
-              properties=v5_props(ResponseTopic=f"{reply_to}/r", CorrelationData=b"1"))
-    end = time.monotonic() + 3
-    while time.monotonic() < end:
-        try:
-            m = c.get(end - time.monotonic())
-        except Exception:
-            return None
-        if m.topic.startswith(reply_to):
-            return dict(json.loads(m.payload))
-    return None
-
-
-def seen(w: Client, predicate: Any, timeout: float) -> list[tuple[str, bytes]]:
-    out: list[tuple[str, bytes]] = []
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            m = w.get(max(0.01, end - time.monotonic()))
-        except Exception:
-            break
-        out.append((m.topic, bytes(m.payload)))
-        if predicate(out):
-            return out
-    raise AssertionError(f"not seen within {timeout} s; last: {out[-5:]}")
-
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mosquitto,
@@ -264,22 +153,34 @@ def test_kill_9_of_a_node_leaves_its_retained_offline(fleet: Any) -> None:
         watcher.close()
 
 
-def test_a_refused_password_is_a_clear_log_line_and_backoff(fleet: Any, tmp_path: Path
-                                                            ) -> None:
-    broker, _nodes = fleet
-    config = node_config(tmp_path, "n1", broker.port, password="wrong")
-    config["node_id"] = "nbad"
-    config["broker"]["external"]["username"] = "gk-n1"
-    gk = start_gatekeeper(tmp_path, config)
+def test_ready_only_once_the_broker_accepts_the_gatekeeper(tmp_path: Path) -> None:
+    """A password the broker refuses: no ready line but one "waiting for the broker" line,
+    the refusal said once in the log, no crash loop; the password fixed on the broker (its
+    password file and SIGHUP): the ready line, and calls are answered."""
+    broker = Mosquitto(tmp_path)
+    config = node_config(tmp_path, "n1", broker.port, password="not-yet")
+    gk = start_gatekeeper(tmp_path, config, ready=False)
     try:
-        time.sleep(4)
-        assert gk.alive()
-        refused = [line for line in gk.log if "refused the gatekeeper's connection" in line]
-        assert len(refused) == 1, gk.log  # said once, retried quietly with backoff
-        assert "password_file" in refused[0]
+        waiting = gk.wait_log("pi-mqtt-gatekeeper waiting for the broker", 20)
+        assert f"gatekeeper/n1 on external 127.0.0.1:{broker.port}" in waiting, waiting
+        refused = gk.wait_log("refused the gatekeeper's connection", 20)
+        assert "password_file" in refused
+        assert gk.alive() and not any(READY.search(line) for line in gk.log), gk.log
+        broker.set_password("gk-n1", "not-yet")
+        ready = gk.wait_log("pi-mqtt-gatekeeper ready:", 60)
+        assert READY.search(ready) and "gatekeeper/n1 on external" in ready, ready
+        assert sum("waiting for the broker" in line for line in gk.log) == 1, gk.log
+        assert sum(line.startswith("ERROR") and "refused the gatekeeper's connection" in line
+                   for line in gk.log) == 1, gk.log  # said once, retried with backoff
+        alice = client(broker.port, "alice")
+        try:
+            reply = call(alice, "alice", "n1", "on")
+            assert reply is not None and reply["ok"], reply
+        finally:
+            alice.close()
     finally:
         gk.stop()
-
+        broker.stop()
 
 
 def test_nodes_lists_the_fleet_with_status_and_version(fleet: Any) -> None:

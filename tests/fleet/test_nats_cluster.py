@@ -28,6 +28,7 @@ pytestmark = pytest.mark.skipif(shutil.which("nats-server") is None,
 
 NODES = ("n1", "n2", "n3")
 PASSWORD = "secret-nats-1"
+PROBE_USER = "gk-probe"
 
 
 def free_ports(n: int) -> list[int]:
@@ -44,7 +45,7 @@ def free_ports(n: int) -> list[int]:
 def users() -> str:
     """NATS users with MQTT subjects as permissions ('/' becomes '.')."""
     entries = []
-    for node in NODES:
+    for node in (*NODES, "n4"):  # n4: a node started by a test of its own
         entries.append(
             f'{{user: "gk-{node}", password: "{PASSWORD}", permissions: {{'
             f'publish: {{allow: ["gatekeeper.{node}.>", "homeassistant.>", "$MQTT.>"]}}, '
@@ -59,6 +60,12 @@ def users() -> str:
             f'"$MQTT.>"]}}, '
             f'subscribe: {{allow: ["gatekeeper.*.status", "gatekeeper.*.devices", '
             f'"gatekeeper.*.device.*.state", "gatekeeper.*.reply.{user}.>", "$MQTT.>"]}}}}}}')
+    # The ACL probe: it may publish commands only under its own name.
+    entries.append(
+        f'{{user: "{PROBE_USER}", password: "{PASSWORD}", permissions: {{'
+        f'publish: {{allow: ["gatekeeper.*.device.*.call.{PROBE_USER}", '
+        f'"gatekeeper.*.device.*.set.{PROBE_USER}", "gatekeeper.*.lease.call.{PROBE_USER}", '
+        f'"$MQTT.>"]}}, subscribe: {{allow: ["$MQTT.>"]}}}}}}')
     entries.append(f'{{user: "watcher", password: "{PASSWORD}"}}')
     return ",\n    ".join(entries)
 
@@ -148,6 +155,14 @@ authorization {{
                 proc.wait(10)
 
 
+def external(hosts: list[str], node: str, tmp: Path, probe: str = PROBE_USER
+             ) -> dict[str, Any]:
+    """A gatekeeper's broker.external for the cluster, with the ACL probe as ``probe``."""
+    (tmp / f"{node}.pw").write_text(PASSWORD)
+    return {"hosts": hosts, "username": f"gk-{node}", "password_file": str(tmp / f"{node}.pw"),
+            "acl_probe": {"username": probe, "password_file": str(tmp / f"{node}.pw")}}
+
+
 def client(port: int, user: str) -> Client:
     c = Client(port, mqtt.MQTTv311, client_id=f"{user}-{time.monotonic_ns()}")
     c.c.username_pw_set(user, PASSWORD)
@@ -185,12 +200,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster,
         hosts = [f"127.0.0.1:{p}" for p in c.mqtt_ports]
         for i, node in enumerate(NODES):
             (tmp / node).mkdir()
-            (tmp / f"{node}.pw").write_text(PASSWORD)
             config = {
                 "node_id": node,
-                "broker": {"mode": "external", "external": {
-                    "hosts": hosts[i:] + hosts[:i], "username": f"gk-{node}",
-                    "password_file": str(tmp / f"{node}.pw")}},
+                "broker": {"mode": "external",
+                           "external": external(hosts[i:] + hosts[:i], node, tmp)},
                 "auth": {"users": {"alice": {"role": "operator"},
                                    "bob": {"role": "operator"}}},
                 "safety": {"min_relay_interval_s": 0, "min_command_interval_s": 0,
@@ -222,8 +235,8 @@ def wait_call(port: int, user: str, node: str, method: str, timeout: float
             reply = call(c, user, node, method, timeout=2)
         finally:
             c.close()
-        if reply is not None:
-            return reply, time.monotonic() - start
+        if reply is not None and "try again in a moment" not in str(reply.get("error")):
+            return reply, time.monotonic() - start  # (not while the ACL probe runs)
     raise AssertionError(f"no reply from {node} within {timeout} s")
 
 
@@ -232,6 +245,39 @@ def test_calls_through_every_node_of_the_cluster(cluster: Any) -> None:
     for i, node in enumerate(NODES):  # the caller on another cluster node than the gatekeeper
         reply, _ = wait_call(c.mqtt_ports[(i + 1) % 3], "alice", node, "on", 20)
         assert reply["ok"] and reply["state"]["value"] == 1, reply
+
+
+def test_the_gateway_gets_mqtt_3_1_1_and_the_acl_probe_passes(cluster: Any) -> None:
+    """NATS's MQTT gateway answers an MQTT 5 CONNECT with a CONNACK refusing the version:
+    each gatekeeper uses 3.1.1; its ACL probe (a user allowed to publish commands only
+    under its own name) passes."""
+    _c, nodes = cluster
+    for gk in nodes.values():
+        assert "(MQTT 3.1.1)" in gk.wait_log("connected to the broker", 10)
+        gk.wait_log("the broker ACL passed its probe", 20)
+    assert not any("failed its probe" in line for gk in nodes.values() for line in gk.log)
+
+
+def test_a_probe_user_without_permissions_fails_closed(cluster: Any, tmp_path: Path) -> None:
+    """The probe's user may publish anywhere (as every user of a NATS account without
+    permissions): its command under another user's name arrives, so the gatekeeper refuses
+    every command and says why."""
+    c, _nodes = cluster
+    config = {"node_id": "n4", "broker": {"mode": "external", "external": external(
+        [f"127.0.0.1:{p}" for p in c.mqtt_ports], "n4", tmp_path, probe="watcher")},
+        "auth": {"users": {"alice": {"role": "operator"}}},
+        "safety": {"min_relay_interval_s": 0, "min_command_interval_s": 0,
+                   "flap_lockout_s": 0},
+        "homeassistant": {"discovery": False},
+        "devices": {"lamp": {"type": "LED", "pin": 17}}}
+    gk = start_gatekeeper(tmp_path, config, timeout=40)
+    try:
+        assert "broker ACL" in gk.wait_log("failed its probe", 20)
+        reply, _ = wait_call(c.mqtt_ports[1], "alice", "n4", "on", 20)
+        assert reply["error"]["code"] == "NOT_AUTHORIZED", reply
+        assert "broker ACL" in reply["error"]["message"], reply
+    finally:
+        gk.stop()
 
 
 def test_a_spoofed_suffix_moves_nothing(cluster: Any) -> None:
@@ -285,17 +331,15 @@ def test_kill_9_of_a_cluster_node_every_gatekeeper_comes_back(cluster: Any) -> N
 def test_a_name_the_3_1_1_gateway_cannot_carry_stops_the_gatekeeper(cluster: Any,
                                                                     tmp_path: Path) -> None:
     c, _nodes = cluster
-    (tmp_path / "pw").write_text(PASSWORD)
-    config = {"node_id": "n1", "broker": {"mode": "external", "external": {
-        "hosts": [f"127.0.0.1:{p}" for p in c.mqtt_ports[1:]], "username": "gk-n1",
-        "password_file": str(tmp_path / "pw")}},
+    config = {"node_id": "n1", "broker": {"mode": "external", "external": external(
+        [f"127.0.0.1:{p}" for p in c.mqtt_ports[1:]], "n1", tmp_path)},
         "homeassistant": {"discovery": False},
         "devices": {"porch.light": {"type": "LED", "pin": 17}}}
-    gk = start_gatekeeper(tmp_path, config)
+    gk = start_gatekeeper(tmp_path, config, ready=False)  # it never serves: no ready line
     try:
         assert gk.proc.wait(30) == 1
     finally:
         if gk.alive():
             gk.stop()
-    text = "\n".join(gk.log)
-    assert "speaks only MQTT 3.1.1" in text and "device 'porch.light'" in text, text
+    line = gk.wait_log("speaks only MQTT 3.1.1", 10)
+    assert "device 'porch.light'" in line, line

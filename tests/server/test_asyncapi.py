@@ -37,7 +37,7 @@ def test_the_demo_document_is_valid_and_published_in_docs() -> None:
 def test_a_fleet_node_documents_the_user_name_level() -> None:
     config = parse_config("""
 node_id: kitchen
-broker: {mode: external, external: {hosts: ["b1:1883", "b2:1883"]}}
+broker: {mode: external, external: {hosts: ["b1:1883", "b2:1883"], acl_probe: false}}
 devices: {lamp: {type: LED, pin: 17}}
 """)
     doc = asyncapi(config)

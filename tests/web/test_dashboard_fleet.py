@@ -54,7 +54,8 @@ node_id: {node}
 hardware: {{pin_factory: mock}}
 broker:
   mode: external
-  external: {{host: 127.0.0.1, port: {hub}, username: {node}, password_file: {password_file}}}
+  external: {{host: 127.0.0.1, port: {hub}, username: {node}, password_file: {password_file},
+             acl_probe: false}}
 auth:
   users:
     ada: {{role: operator}}

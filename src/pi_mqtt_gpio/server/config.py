@@ -21,6 +21,7 @@ from pi_mqtt_gpio.server.watchdog import WatchdogConfig
 
 __all__ = [
     "BUILTIN_ROLES",
+    "AclProbeConfig",
     "AuthConfig",
     "BrokerConfig",
     "Config",
@@ -103,6 +104,17 @@ def _websocket_url(url: str) -> bool:
 
 
 @section
+class AclProbeConfig:
+    """A broker user of its own that checks the broker's ACL (external mode): it publishes
+    a harmless command under another user's name, which must not arrive, and one under its
+    own name, which must."""
+    username: Annotated[str, NonEmpty()]
+    password_file: Annotated[str, NonEmpty()]
+    interval_s: Annotated[float, Range(ge=10)] = 300.0  # between two probes while connected
+    timeout_s: Annotated[float, Range(gt=0, le=120)] = 10.0  # for its own command to arrive
+
+
+@section
 class ExternalBrokerConfig:
     host: str | None = None
     port: Port = 1883
@@ -112,9 +124,20 @@ class ExternalBrokerConfig:
     username: str | None = None
     password_file: str | None = None
     client_id: str | None = None
+    # Required: the probe user, or false (explicitly unchecked, warned at every start).
+    acl_probe: AclProbeConfig | Literal[False] | None = None
 
     def check(self) -> list[str]:
         problems = []
+        if self.acl_probe is None:
+            problems.append(
+                "acl_probe: give {username, password_file} of a broker user for the ACL "
+                "probe (the gatekeeper checks that the broker lets a user publish commands "
+                "only under its own name, and refuses every command when it does not), or "
+                "acl_probe: false to run without that check")
+        elif self.acl_probe is not False and self.acl_probe.username == self.username:
+            problems.append("acl_probe.username must be a broker user of its own, not the "
+                            "gatekeeper's username")
         if (self.host is None) == (not self.hosts):
             problems.append("give host (and port) or hosts: [\"host:port\", ...], one of them")
         for entry in self.hosts or []:

@@ -13,11 +13,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pi_mqtt_gpio.errors import GatekeeperError
+from pi_mqtt_gpio.errors import GatekeeperError, NotAuthorized
 from pi_mqtt_gpio.mqtt.broker import BrokerCore, BrokerLimits, InternalClient
 from pi_mqtt_gpio.mqtt.hooks import BrokerHooks, ClientInfo, Decision
 from pi_mqtt_gpio.mqtt.message import Message
 from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, Properties
+from pi_mqtt_gpio.server.aclprobe import AclProbe, Verdict, forged_reason
 from pi_mqtt_gpio.server.bindings import Bindings, ButtonGestures, PublishQueue
 from pi_mqtt_gpio.server.broker import BrokerServer
 from pi_mqtt_gpio.server.compat.mqtt_io import MqttIoBridge, MqttIoTopics
@@ -56,6 +57,8 @@ log = logging.getLogger("pi_mqtt_gpio.daemon")
 
 HEALTH_INTERVAL_S = 60.0
 EXPANDER_DEVICE = "__expander__"  # the airlock name of expander failures (never a device)
+ACL_RETRY_S = 30.0  # after a failed ACL probe, the next one (at most acl_probe.interval_s)
+WAITING_LINE_AFTER_S = 2.0  # external mode: not serving by then -> "waiting for the broker"
 SIMULATED_WARNING_ROUNDS = 60  # health rounds between two "pins are simulated" warnings (1 h)
 
 
@@ -151,8 +154,22 @@ class Daemon:
         self.fatal: str | None = None  # why the daemon stopped itself (exit status 1)
         self.uplink_loop: asyncio.AbstractEventLoop | None = None
         self.request_stop: Callable[[], None] = lambda: None
+        # External mode: ready = serving (CONNACK, every subscription granted, the first ACL
+        # probe's verdict); the broker ACL's state: unchecked (acl_probe: false), pending
+        # (after each connect, until the probe answers), passed, failed.
+        self.ready = asyncio.Event()
+        self.acl_probe: AclProbe | None = None
+        self.acl_state = "unchecked"
+        self.acl_reason: str | None = None
+        self._acl_said: tuple[str, str | None] | None = None
+        self._probe_task: asyncio.Task[None] | None = None
         if config.broker.mode == "external" and config.broker.external is not None:
             ext = config.broker.external
+            if ext.acl_probe:
+                self.acl_probe = AclProbe(ext.acl_probe, ext, root=self.topics.root,
+                                          client_id=ext.client_id or
+                                          f"gatekeeper-{config.node_id}")
+                self.acl_state = "pending"
             subscriptions = [f"{self.topics.any_device(leaf)}/+" for leaf in ("set", "call")]
             subscriptions.append(f"{self.topics.lease_call}/+")
             if config.homeassistant.discovery:
@@ -172,7 +189,9 @@ class Daemon:
                                  on_message=self._uplink_message,
                                  on_connected=self._uplink_connected,
                                  subscriptions=subscriptions,
-                                 on_v311=self._v311_names)
+                                 on_v311=self._v311_names,
+                                 on_serving=self._uplink_serving,
+                                 intercept=self._intercept if self.acl_probe else None)
             self.rpc.listening = lambda topic: True  # the broker does not say who listens
             self.twin.broker_mode = "external"
             uplink = self.uplink
@@ -366,16 +385,27 @@ class Daemon:
             # mqtt-io's topics carry no user name: the broker's ACL decided who may publish
             # them; the gatekeeper applies compat.mqtt_io.username's role.
             user = self.config.compat.mqtt_io.username  # type: ignore[union-attr]
-            self.bridge.handle(Message(msg.topic, msg.payload, msg.qos, False, msg.properties,
-                                       sender=user, username=user,
-                                       role=self.authenticator.role_of(user)))
+            command = Message(msg.topic, msg.payload, msg.qos, False, msg.properties,
+                              sender=user, username=user, role=self.authenticator.role_of(user))
+            refusal = self._acl_refusal()
+            found = self.mqtt_io.command(msg.topic)
+            if refusal is not None and found is not None:
+                self.rpc.refuse(command, found[0].name, found[1], NotAuthorized(refusal),
+                                "mqtt_io")
+                return
+            self.bridge.handle(command)
             return
         base, _, user = msg.topic.rpartition("/")  # only command topics are subscribed
-        if not user:
-            return
+        if not user or (self.acl_probe is not None and user == self.acl_probe.username):
+            return  # the ACL probe's user never commands
         role = self.authenticator.role_of(user)
-        self.rpc.handle(Message(base, msg.payload, msg.qos, False, msg.properties,
-                                sender=user, username=user, role=role))
+        command = Message(base, msg.payload, msg.qos, False, msg.properties,
+                          sender=user, username=user, role=role)
+        refusal = self._acl_refusal()
+        if refusal is not None:
+            self.rpc.handle_denied(command, refusal)
+            return
+        self.rpc.handle(command)
 
     def _v311_names(self) -> str | None:
         """The broker speaks only MQTT 3.1.1 — in practice NATS's MQTT gateway, which
@@ -394,6 +424,74 @@ class Daemon:
             loop.call_soon_threadsafe(self._stop_for, problem)
         return problem
 
+    # --- the broker ACL's probe (external mode) -------------------------------------------------
+    def _acl_refusal(self) -> str | None:
+        """Why every command is refused now (the broker ACL is not known to hold), or None."""
+        if self.acl_probe is None or self.acl_state == "passed":
+            return None
+        if self.acl_state == "failed":
+            return f"every command is refused until the broker ACL passes its probe: " \
+                   f"{self.acl_reason}"
+        return "every command is refused until the broker ACL has been checked after " \
+               "connecting: try again in a moment"
+
+    def _intercept(self, topic: str, payload: bytes) -> bool:
+        """On the uplink's thread: the ACL probe's messages are never commands; one of its
+        forged commands arriving late fails the probe all the same."""
+        probe = self.acl_probe
+        if probe is None:
+            return False
+        claimed = probe.claim(topic, payload)
+        late, probe.late_forgery = probe.late_forgery, None
+        loop = self.uplink_loop
+        if late is not None and loop is not None:
+            verdict = Verdict(False, forged_reason(probe.username, late), 0.0)
+            loop.call_soon_threadsafe(self._acl_verdict, verdict)
+        return claimed
+
+    def _uplink_serving(self) -> None:
+        """Every subscription granted: probe the broker's ACL (ready after its verdict)."""
+        if self.acl_probe is None:
+            self.ready.set()
+            return
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+        self._probe_task = asyncio.create_task(self._probe_loop(self.acl_probe))
+
+    async def _probe_loop(self, probe: AclProbe) -> None:
+        """A probe now (after a connect), then every ``interval_s`` (sooner after a failure)."""
+        uplink = self.uplink
+        assert uplink is not None
+        interval = float(probe.config.interval_s)
+        while True:
+            peer = uplink.peer
+            if peer is None:
+                return  # disconnected: the next connect starts a new loop
+            verdict = await asyncio.to_thread(probe.run, peer[0], peer[1], uplink.v5)
+            if uplink.peer != peer:
+                return  # reconnected meanwhile: that connection's own probe decides
+            self._acl_verdict(verdict)
+            await asyncio.sleep(interval if verdict.passed else min(ACL_RETRY_S, interval))
+
+    def _acl_verdict(self, verdict: Verdict) -> None:
+        state = "passed" if verdict.passed else "failed"
+        reason = None if verdict.passed else verdict.reason
+        if self._acl_said != (state, reason):  # one line per change
+            if verdict.passed:
+                log.info("the broker ACL passed its probe (%.0f ms): %s", verdict.elapsed_s * 1000,
+                         verdict.reason)
+            else:
+                log.error("the broker ACL failed its probe: %s; every command is refused until "
+                          "a probe passes", verdict.reason)
+            self._acl_said = (state, reason)
+        else:
+            log.debug("ACL probe %s (%.0f ms)", state, verdict.elapsed_s * 1000)
+        changed = (self.acl_state, self.acl_reason) != (state, reason)
+        self.acl_state, self.acl_reason = state, reason
+        if changed:
+            self._health_now()
+        self.ready.set()
+
     def _status_link_connected(self) -> None:
         """mqtt-io's status goes out on the connection that holds its Will (the main one may
         not be connected yet)."""
@@ -407,7 +505,13 @@ class Daemon:
         self.request_stop()
 
     def _uplink_connected(self) -> None:
-        """(Re)connected to the external broker: everything retained is published again."""
+        """(Re)connected to the external broker: everything retained is published again;
+        commands wait for this connection's ACL probe (it may be another broker now)."""
+        if self.acl_probe is not None:
+            if self._probe_task is not None:
+                self._probe_task.cancel()
+                self._probe_task = None
+            self.acl_state = "pending"
         self.twin.status(True)
         self.twin.catalogue()
         self._republish_all()
@@ -474,6 +578,11 @@ class Daemon:
         _trim_memory()
         log.info("gatekeeper %s up: %d devices (simulate=%s)", root, len(self.hw.adapters),
                  self.simulate)
+        ext = self.config.broker.external
+        if self.uplink is not None and ext is not None and ext.acl_probe is False:
+            log.warning("broker.external.acl_probe is false: nothing checks that the broker "
+                        "ACL lets each user command only under its own name; without that "
+                        "ACL anyone on the broker can command in anyone's name")
         self._warn_simulated()
 
     async def publish_health(self) -> None:
@@ -507,10 +616,16 @@ class Daemon:
         if status == "ok" and self.hw.pending > self.hw.queue_max // 2:
             status = "degraded"
             problems.append(f"{self.hw.pending} hardware commands queued")
+        if self.acl_state == "failed":
+            if status == "ok":
+                status = "degraded"
+            problems.append(f"every command is refused: {self.acl_reason}")
         doc = {"status": status, "problems": problems, "ts": utc_ts(), "gpio": gpio,
                "watchdog": self.watchdog.describe() if self.watchdog is not None else None,
                "simulated": self.simulate,
                "events_dropped": self.hw.events_dropped, "commands_queued": self.hw.pending}
+        if self.uplink is not None:
+            doc["broker_acl"] = {"probe": self.acl_state, "reason": self.acl_reason}
         self._publish(self.topics.health, dumps(doc), 1, True)
 
     def _warn_simulated(self) -> None:
@@ -542,6 +657,8 @@ class Daemon:
         self.rpc.accepting = False
         if self._health_task is not None:
             self._health_task.cancel()
+        if self._probe_task is not None:
+            self._probe_task.cancel()
         if self.started:
             if self.covers:  # a moving cover stops; its position is saved just below
                 await asyncio.wait([asyncio.ensure_future(c.halt())
@@ -692,16 +809,34 @@ async def run(config: Config, *, simulate: bool = False) -> int:
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1
+    daemon.request_stop = stop.set
     ready = ", ".join(f"{kind} {host}:{port}" for kind, host, port in daemon.server.bound)
     if daemon.uplink is not None:
         ready = ", ".join(f"external {h}:{p}" for h, p in daemon.uplink.hosts)
-    _say(f"pi-mqtt-gatekeeper ready: {daemon.topics.root} on {ready}")
-    _hint(daemon)
-    daemon.request_stop = stop.set
+        # ready means serving: the broker accepted us and granted the subscriptions
+        if not await _first(daemon.ready, stop, WAITING_LINE_AFTER_S):
+            problem = daemon.uplink.problem
+            _say(f"pi-mqtt-gatekeeper waiting for the broker: {daemon.topics.root} on {ready}"
+                 + (f" ({problem})" if problem else ""))
+            await _first(daemon.ready, stop, None)
+    if not stop.is_set():
+        _say(f"pi-mqtt-gatekeeper ready: {daemon.topics.root} on {ready}")
+        _hint(daemon)
     await stop.wait()
     log.info("shutting down")
     await daemon.stop()
     return 1 if daemon.fatal else 0
+
+
+async def _first(ready: asyncio.Event, stop: asyncio.Event, timeout: float | None) -> bool:
+    """Wait until ``ready`` or ``stop`` is set (or ``timeout``); True when ready."""
+    waits = [asyncio.ensure_future(ready.wait()), asyncio.ensure_future(stop.wait())]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+    return ready.is_set() and not stop.is_set()
 
 
 def _say(line: str) -> None:

@@ -215,9 +215,10 @@ class RpcHandler:
         return adapter, method, bound
 
     # --- refused by the ACL ---------------------------------------------------------------------
-    def handle_denied(self, msg: Message) -> None:
+    def handle_denied(self, msg: Message, reason: str | None = None) -> None:
         """The broker refused ``msg`` (the ACL): answer ``NOT_AUTHORIZED`` when it is a call
-        that names a reply destination, and audit it."""
+        that names a reply destination, and audit it. ``reason``: why, when not the sender's
+        role (external mode: the broker's ACL failed its probe)."""
         parsed = self.topics.parse_device(msg.topic)
         is_lease = msg.topic == self.topics.lease_call
         if parsed is None and not is_lease:
@@ -236,7 +237,7 @@ class RpcHandler:
                     reply = self._v311_reply(msg, request)
             except GatekeeperError:
                 pass
-        err = NotAuthorized(f"role {msg.role!r} may not publish to {msg.topic}")
+        err = NotAuthorized(reason or f"role {msg.role!r} may not publish to {msg.topic}")
         self._refuse(msg, name, method, err, reply, leaf)
 
     # --- leases ---------------------------------------------------------------------------------

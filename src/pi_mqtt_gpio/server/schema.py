@@ -195,7 +195,9 @@ def _convert_union(tp: Any, value: Any, path: Path, problems: list[Problem]) -> 
             return result
         trials.append(trial)
         base = get_args(option)[0] if get_origin(option) is typing.Annotated else option
-        if base in (int, str, float) and type(value) is base:
+        if (base in (int, str, float) and type(value) is base) or (
+                isinstance(value, Mapping) and isinstance(base, type)
+                and hasattr(base, "__dataclass_fields__")):
             same_kind = trial  # the option of the value's own type says best what is wrong
     if same_kind is not None:
         problems.extend(same_kind)

@@ -1,13 +1,18 @@
 """External broker mode: the gatekeeper as an MQTT client of an existing broker (Mosquitto,
 EMQX, a cluster), with paho-mqtt.
 
-- MQTT 5 first; a broker that refuses it (CONNACK "unsupported protocol version", or one that
-  closes the connection at the CONNECT) gets 3.1.1, said once in the log; replies then use
-  the payload fallback (``reply_to``/``correlation_id``) and QoS stays ≤ 1.
+- MQTT 5 at every connect. Only a CONNACK that refuses the protocol version (MQTT 5's 0x84,
+  or the 3.1.1-style return code 1 that NATS's MQTT gateway answers to a version-5 CONNECT)
+  selects 3.1.1, at once and on the same host, said once in the log; replies then use the
+  payload fallback (``reply_to``/``correlation_id``) and QoS stays ≤ 1. Anything else — a
+  refused or timed-out TCP connect, a TLS error, a connection closed before any CONNACK
+  (a broker restarting) — is retried with MQTT 5 after the backoff, and a link that fell
+  back to 3.1.1 tries 5 again at its next connect.
 - Will: ``{root}/status`` = ``offline``, retained. Connects to each of ``hosts`` in turn;
   after a loss, reconnects with exponential backoff (0.5 s doubling to 30 s) and jitter.
   After every (re)connect the subscriptions are made again and ``on_connected`` runs (the
-  daemon republishes status, catalogue, twin, leases, health and discovery).
+  daemon republishes status, catalogue, twin, leases, health and discovery); once the broker
+  has granted every subscription the link is *serving* and ``on_serving`` runs.
 - A broker that refuses the credentials is a clear log line (once per change) and backoff,
   never a crash loop.
 - Messages arrive on paho's thread and go to the event loop through
@@ -39,6 +44,7 @@ log = logging.getLogger("pi_mqtt_gpio.uplink")
 
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
+PROTOCOL_REFUSED = 0x84  # CONNACK "Unsupported protocol version" (paho maps 3.1.1's 1 to it)
 
 
 class Uplink:
@@ -46,6 +52,8 @@ class Uplink:
                  on_message: Callable[[Message], None], on_connected: Callable[[], None],
                  subscriptions: list[str],
                  on_v311: Callable[[], str | None] = lambda: None,
+                 on_serving: Callable[[], None] = lambda: None,
+                 intercept: Callable[[str, bytes], bool] | None = None,
                  will_payload: bytes = b"offline", stop_payload: bytes = b"offline") -> None:
         self.config = config
         self.client_id = client_id
@@ -56,12 +64,15 @@ class Uplink:
         self.on_connected = on_connected
         self.subscriptions = subscriptions
         self.on_v311 = on_v311  # falling back to 3.1.1: a problem (str) stops the uplink
+        self.on_serving = on_serving  # every subscription granted (on the event loop)
+        self.intercept = intercept  # True: a message that is not for on_message (paho thread)
         self.hosts = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) if ":" in h
                       else (h, config.port) for h in (config.hosts or [])] \
             or [(config.host, config.port)]
         self.password = self._password()
         self.protocol = mqtt.MQTTv5
         self.connected = threading.Event()
+        self.serving = threading.Event()  # connected and every subscription granted
         self.v311_said = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
@@ -69,6 +80,8 @@ class Uplink:
         self._client: mqtt.Client | None = None
         self._last_problem: str | None = None
         self._pending_subs: dict[int, str] = {}
+        self._ungranted: set[str] = set()
+        self._up = False  # this connection got its CONNACK
         self.connects = 0
 
     def _password(self) -> str | None:
@@ -76,6 +89,19 @@ class Uplink:
         if not path:
             return None
         return Path(path).read_text().strip()
+
+    @property
+    def problem(self) -> str | None:
+        """The last connection problem, None once connected."""
+        return self._last_problem
+
+    @property
+    def peer(self) -> tuple[str, int] | None:
+        """The broker's host and port while connected."""
+        client = self._client
+        if client is None or not self.connected.is_set():
+            return None
+        return client.host, client.port
 
     @property
     def v5(self) -> bool:
@@ -124,11 +150,16 @@ class Uplink:
     def _run(self) -> None:
         delay = BACKOFF_MIN_S
         attempt = 0
+        fallback = False  # the next attempt: the same host with 3.1.1
         while not self._stop.is_set():
             host, port = self.hosts[attempt % len(self.hosts)]
             attempt += 1
+            # MQTT 5 at every connect; 3.1.1 only right after this host's CONNACK refused 5.
+            self.protocol = mqtt.MQTTv311 if fallback else mqtt.MQTTv5
+            fallback = False
             client = self._client = self._make_client()
             self._refused: str | None = None
+            self._up = False
             try:
                 client.connect(host, port, keepalive=30)
             except (OSError, ssl.SSLError) as exc:
@@ -138,23 +169,23 @@ class Uplink:
                     rc = client.loop(timeout=0.5)
                     if rc != mqtt.MQTT_ERR_SUCCESS:
                         break
-                was_connected = self.connected.is_set()
                 self.connected.clear()
+                self.serving.clear()
                 if self._stop.is_set():
                     return
-                if self.protocol == mqtt.MQTTv5 and (
-                        self._refused == "protocol"
-                        or (not was_connected and self._refused is None)):
-                    # Refused MQTT 5, or closed at the CONNECT without a CONNACK: a broker
-                    # that speaks 3.1.1 only (NATS's MQTT gateway).
-                    self.protocol = mqtt.MQTTv311
+                if self.protocol == mqtt.MQTTv5 and self._refused == "protocol":
+                    # The broker's CONNACK refused MQTT 5: it speaks 3.1.1 only (NATS).
                     if self.on_v311() is not None:
                         return  # it cannot carry our topics: the daemon stops
+                    fallback = True
                     attempt -= 1  # the same host again, at once, with 3.1.1
                     continue
-                if was_connected:
+                if self._up:
                     log.warning("lost the broker %s:%s; reconnecting", host, port)
                     delay = BACKOFF_MIN_S
+                elif self._refused is None:
+                    self._problem(f"the broker {host}:{port} closed the connection without "
+                                  f"answering the CONNECT")
             if self._stop.wait(delay * (0.5 + random.random())):  # backoff with jitter
                 return
             delay = min(delay * 2, BACKOFF_MAX_S)
@@ -168,7 +199,7 @@ class Uplink:
                     properties: Any) -> None:
         if reason.is_failure:
             name = str(reason)
-            if "protocol" in name.lower():
+            if reason.value == PROTOCOL_REFUSED and self.protocol == mqtt.MQTTv5:
                 self._refused = "protocol"
                 return
             self._refused = name
@@ -176,13 +207,18 @@ class Uplink:
                           f"broker.external.username / password_file)")
             return
         if self.protocol != mqtt.MQTTv5 and not self.v311_said:
-            log.warning("the broker does not speak MQTT 5: using 3.1.1 (replies carry "
-                        "reply_to/correlation_id in the payload, QoS at most 1)")
+            log.warning("the broker refused MQTT 5 in its CONNACK: using 3.1.1 (replies carry "
+                        "reply_to/correlation_id in the payload, QoS at most 1; MQTT 5 is "
+                        "tried again at every reconnect)")
             self.v311_said = True
         self._last_problem = None
+        self._up = True
         self.connects += 1
+        self._ungranted = set(self.subscriptions)
         self._subscribe(client, self.subscriptions)
         self.connected.set()
+        if not self._ungranted:
+            self._now_serving()
         host, port = client.host, client.port
         log.info("connected to the broker %s:%s (MQTT %s)", host, port,
                  "5" if self.v5 else "3.1.1")
@@ -212,6 +248,21 @@ class Uplink:
             timer = threading.Timer(1.0, self._resubscribe, (client, topic))
             timer.daemon = True
             timer.start()
+            return
+        self._ungranted.discard(topic)
+        if not self._ungranted and client is self._client and self.connected.is_set():
+            self._now_serving()
+
+    def _now_serving(self) -> None:
+        if self.serving.is_set():
+            return
+        self.serving.set()
+        loop = self._loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self.on_serving)
+            except RuntimeError:
+                pass  # the loop is closing
 
     def _resubscribe(self, client: mqtt.Client, topic: str) -> None:
         if client is self._client and self.connected.is_set() and not self._stop.is_set():
@@ -220,6 +271,7 @@ class Uplink:
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
         self.connected.clear()
+        self.serving.clear()
 
     def _on_paho_message(self, client: mqtt.Client, userdata: Any,
                          m: mqtt.MQTTMessage) -> None:
@@ -232,7 +284,10 @@ class Uplink:
             data = getattr(p, "CorrelationData", None)
             if data is not None:
                 props[Prop.CORRELATION_DATA] = data
-        msg = Message(m.topic, bytes(m.payload), m.qos, bool(m.retain), props)
+        payload = bytes(m.payload)
+        if self.intercept is not None and self.intercept(m.topic, payload):
+            return
+        msg = Message(m.topic, payload, m.qos, bool(m.retain), props)
         loop = self._loop
         if loop is not None:
             try:
