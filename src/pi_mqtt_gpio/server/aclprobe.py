@@ -66,6 +66,13 @@ class AclProbe:
         self._forged = threading.Event()
         self._current: str | None = None
         self.late_forgery: str | None = None  # a forged topic that arrived after its probe
+        self._stopping = threading.Event()
+
+    def abort(self) -> None:
+        """The gatekeeper stops: a running probe ends at once (its verdict is not used)."""
+        self._stopping.set()
+        self._own.set()
+        self._forged.set()
 
     # --- on the uplink's thread ----------------------------------------------------------------
     def claim(self, topic: str, payload: bytes) -> bool:
@@ -92,6 +99,8 @@ class AclProbe:
     # --- one probe (a worker thread) -----------------------------------------------------------
     def run(self, host: str, port: int, v5: bool) -> Verdict:
         with self._running:
+            if self._stopping.is_set():
+                return Verdict(False, "the gatekeeper is stopping", 0.0)
             return self._once(host, port, v5)
 
     def _once(self, host: str, port: int, v5: bool) -> Verdict:
@@ -143,7 +152,7 @@ class AclProbe:
             return verdict(False, f"the ACL probe cannot reach the broker {host}:{port}: {exc}")
         client.loop_start()
         try:
-            if not answered.wait(cfg.timeout_s):
+            if not answered.wait(cfg.timeout_s) or self._stopping.is_set():
                 return verdict(False, f"the broker {host}:{port} did not answer the ACL probe "
                                       f"user {self.username!r} within {cfg.timeout_s:g} s")
             if refusal:

@@ -481,8 +481,9 @@ class Daemon:
                 log.info("the broker ACL passed its probe (%.0f ms): %s", verdict.elapsed_s * 1000,
                          verdict.reason)
             else:
-                log.error("the broker ACL failed its probe: %s; every command is refused until "
-                          "a probe passes", verdict.reason)
+                log.error("the broker ACL failed its probe (%.0f ms): %s; every command is "
+                          "refused until a probe passes", verdict.elapsed_s * 1000,
+                          verdict.reason)
             self._acl_said = (state, reason)
         else:
             log.debug("ACL probe %s (%.0f ms)", state, verdict.elapsed_s * 1000)
@@ -659,6 +660,8 @@ class Daemon:
             self._health_task.cancel()
         if self._probe_task is not None:
             self._probe_task.cancel()
+        if self.acl_probe is not None:
+            self.acl_probe.abort()
         if self.started:
             if self.covers:  # a moving cover stops; its position is saved just below
                 await asyncio.wait([asyncio.ensure_future(c.halt())
