@@ -364,3 +364,218 @@ def test_outputs_start_in_their_safe_state_without_a_pulse(gatekeeper: Any) -> N
                   for s in gk.pin(name).pin.states]
         # The mock pin's own first entry is its level before it was claimed.
         assert all(s == level for s in states[1:]), (name, states)
+
+
+# --- found by an attack on the above ----------------------------------------------------------
+SPACED_RELAY = """
+safety: {min_relay_interval_s: 0.5, min_command_interval_s: 0, flap_lockout_s: 0}
+leases: {scope: device}
+"""
+
+
+@VERSIONS
+def test_a_held_back_toggle_is_admitted_again_too(gatekeeper: Any, tmp_path: Path,
+                                                  version: int) -> None:
+    """on; then off, on, TOGGLE all held back by spacing. alice is removed: the held-back
+    on is cancelled, and the toggle behind it (which would now switch the relay on) too;
+    the off still runs. Watched on the pin and in the audit."""
+    gk, port = gatekeeper("  relay: {type: OutputDevice, pin: 17}", SPACED_RELAY)
+    pins = PinRecorder([gk.pin("relay").pin])
+    watcher = Watcher(port, version)
+    alice = Caller(port, version, "alice")
+    try:
+        assert alice.call("relay", "on")["ok"]
+        for payload in ("OFF", "ON", "TOGGLE"):
+            alice.set("relay", payload)
+        _users(tmp_path / "users", {"admin": "admin"})
+        gk.run(gk.daemon.reload)
+        refused = [watcher.refusal("relay", 5) for _ in range(2)]
+        assert [r["method"] for r in refused] == ["on", "toggle"], refused
+        assert all(r["error"]["code"] == "NOT_AUTHORIZED" for r in refused)
+        assert [level for _t, _line, level in pins.log] == [True, False]
+        assert retained_state(port, version, "relay")["value"] == 0
+    finally:
+        alice.close()
+        watcher.close()
+
+
+@VERSIONS
+def test_a_cover_reversal_waiting_for_its_pause_is_admitted_again(gatekeeper: Any,
+                                                                  version: int) -> None:
+    """alice closes a cover, then opens it: the reversal waits direction_change_pause_s.
+    Meanwhile bob leases the cover: the up relay never switches on for alice."""
+    cover = ("  blind: {type: Cover, up: 5, down: 6, travel_time_up_s: 20, "
+             "travel_time_down_s: 20, direction_change_pause_s: 1.0}")
+    gk, port = gatekeeper(cover, SPACED_RELAY)
+    adapter = gk.daemon.hw.adapters["blind"]
+    up = int(adapter.up.pin.info.name.removeprefix("GPIO"))
+    pins = PinRecorder([adapter.up.pin, adapter.down.pin])
+    watcher = Watcher(port, version)
+    alice, bob = Caller(port, version, "alice"), Caller(port, version, "bob")
+    try:
+        alice.set("blind", "CLOSE")
+        assert wait_for(lambda: adapter.down.is_active, 3)
+        alice.set("blind", "OPEN")
+        assert wait_for(lambda: not adapter.down.is_active, 3)
+        assert bob.call("lease", "acquire", devices=["blind"], ttl=30)["ok"]
+        refused = watcher.refusal("blind", 5)
+        assert refused["error"]["code"] == "LEASE_HELD" and refused["username"] == "alice"
+        assert not any(line == up and level for _t, line, level in pins.log), pins.log
+    finally:
+        for c in (alice, bob, watcher):
+            c.close()
+
+
+@VERSIONS
+def test_a_safe_state_that_is_on_waits_for_no_interlock(gatekeeper: Any,
+                                                        version: int) -> None:
+    """fan (safe_state: on) and heater are interlocked. bob leases fan and switches it
+    off; alice switches heater on; bob disconnects: fan's safe state (on) is refused by
+    the interlock instead of running beside the heater."""
+    devices = """
+  fan:    {type: OutputDevice, pin: 20, safe_state: "on"}
+  heater: {type: OutputDevice, pin: 21}
+"""
+    extra = """
+safety: {min_relay_interval_s: 0, min_command_interval_s: 0, flap_lockout_s: 0}
+leases: {scope: device}
+interlocks: [[fan, heater]]
+"""
+    gk, port = gatekeeper(devices, extra)
+    pins = PinRecorder([gk.pin("fan").pin, gk.pin("heater").pin])
+    alice, bob = Caller(port, version, "alice"), Caller(port, version, "bob")
+    try:
+        assert bob.call("lease", "acquire", devices=["fan"], ttl=30)["ok"]
+        assert bob.call("fan", "off")["ok"]
+        assert alice.call("heater", "on")["ok"]
+        bob.close()
+        assert wait_for(lambda: not gk.daemon.leases.leases, 5)
+        time.sleep(0.2)  # the safe state would have run by now (it is queued at once)
+        assert not gk.pin("fan").is_active
+        assert pins.never_together(20, 21), pins.log
+    finally:
+        alice.close()
+
+
+def test_two_members_with_an_active_safe_state_are_refused_by_the_config() -> None:
+    from pi_mqtt_gpio.server.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as info:
+        parse_config("""
+interlocks: [[a, b]]
+devices:
+  a: {type: OutputDevice, pin: 5, safe_state: "on"}
+  b: {type: OutputDevice, pin: 6, safe_state: "on"}
+""")
+    assert "a and b both have safe_state: on" in str(info.value)
+
+
+@VERSIONS
+def test_a_call_that_timed_out_but_ran_later_still_updates_the_twin_and_guards(
+        gatekeeper: Any, version: int) -> None:
+    """The worker is busy past the call's timeout: the caller gets TIMEOUT, the command
+    runs afterwards, and then the retained state says so and max_on_s still turns it off."""
+    gk, port = gatekeeper("  heater: {type: OutputDevice, pin: 12, safety: {max_on_s: 1.5}}",
+                          "safety: {min_relay_interval_s: 0, min_command_interval_s: 0}")
+    gk.daemon.rpc.timeout = 0.3
+    release = threading.Event()
+    gk.run(lambda: gk.daemon.hw.submit(release.wait, 10))  # a busy worker
+    alice = Caller(port, version, "alice")
+    try:
+        reply = alice.call("heater", "on")
+        assert reply["error"]["code"] == "TIMEOUT", reply
+        release.set()
+        assert wait_for(lambda: gk.pin("heater").is_active, 3)
+        assert wait_for(lambda: retained_state(port, version, "heater")["value"] == 1, 3)
+        assert wait_for(lambda: not gk.pin("heater").is_active, 3)  # max_on_s armed
+        assert wait_for(lambda: retained_state(port, version, "heater")["value"] == 0, 3)
+    finally:
+        release.set()
+        alice.close()
+
+
+@VERSIONS
+def test_a_refused_set_does_not_cancel_a_promised_off(gatekeeper: Any, version: int) -> None:
+    """alice leases the relay and sends set_on_ms; bob's ON on mqtt-io's topic is refused
+    LEASE_HELD, and must not cancel alice's promised off."""
+    gk, port = gatekeeper(RELAYS, COMPAT + "leases: {scope: device}\n")
+    alice, bob = Caller(port, version, "alice"), Caller(port, version, "bob")
+    watcher = Watcher(port, version)
+    try:
+        assert alice.call("lease", "acquire", devices=["relay"], ttl=30)["ok"]
+        alice.client.publish("home/output/relay/set_on_ms", "600", 1)
+        assert wait_for(lambda: gk.pin("relay").is_active, 3)
+        bob.client.publish("home/output/relay/set", "ON", 1)
+        assert watcher.refusal("relay", 3)["error"]["code"] == "LEASE_HELD"
+        assert wait_for(lambda: not gk.pin("relay").is_active, 3)
+    finally:
+        for c in (alice, bob, watcher):
+            c.close()
+
+
+@VERSIONS
+def test_a_full_hardware_queue_does_not_stop_max_on(gatekeeper: Any, version: int) -> None:
+    """The hardware queue is full (a flood of reads; here: a small queue and a blocked
+    worker): max_on_s still drives the output off as soon as the worker gets to it."""
+    gk, port = gatekeeper("  heater: {type: OutputDevice, pin: 12, safety: {max_on_s: 0.4}}",
+                          "safety: {min_relay_interval_s: 0, min_command_interval_s: 0}")
+    alice = Caller(port, version, "alice")
+    release = threading.Event()
+    try:
+        assert alice.call("heater", "on")["ok"]
+        hw = gk.daemon.hw
+
+        def fill() -> None:
+            hw._queue_max = 3
+            hw.submit(release.wait, 10)
+            while hw.pending < hw.queue_max:
+                hw.submit(time.sleep, 0)
+
+        gk.run(fill)
+        time.sleep(0.6)  # max_on_s fires while the queue is full
+        release.set()
+        assert wait_for(lambda: not gk.pin("heater").is_active, 3)
+        assert wait_for(lambda: retained_state(port, version, "heater")["value"] == 0, 3)
+    finally:
+        release.set()
+        alice.close()
+
+
+@VERSIONS
+def test_a_held_back_on_does_not_outlive_the_lease_it_was_sent_under(gatekeeper: Any,
+                                                                    version: int) -> None:
+    """alice leases the relay, switches it on, off and on again (the last held back by
+    spacing) and disconnects: the lease ends, the relay goes safe, and the held-back on
+    (sent under that lease) is cancelled."""
+    gk, port = gatekeeper("  relay: {type: OutputDevice, pin: 17}", SPACED_RELAY)
+    pins = PinRecorder([gk.pin("relay").pin])
+    alice = Caller(port, version, "alice")
+    watcher = Watcher(port, version)
+    assert alice.call("lease", "acquire", devices=["relay"], ttl=30)["ok"]
+    assert alice.call("relay", "on")["ok"]
+    alice.set("relay", "OFF")
+    alice.set("relay", "ON")
+    alice.close()
+    try:
+        refused = watcher.refusal("relay", 5)
+        assert refused["method"] == "on" and refused["error"]["code"] == "LEASE_REQUIRED"
+        assert [level for _t, _line, level in pins.log] == [True, False], pins.log
+    finally:
+        watcher.close()
+
+
+def test_a_finished_blink_frees_its_interlock_partner(gatekeeper: Any) -> None:
+    devices = """
+  a: {type: LED, pin: 5}
+  b: {type: LED, pin: 6}
+"""
+    gk, port = gatekeeper(devices, "interlocks: [[a, b]]")
+    alice = Caller(port, mqtt.MQTTv5, "alice")
+    try:
+        assert alice.call("a", "blink", on_time=0.05, off_time=0.05, n=2)["ok"]
+        assert wait_for(lambda: retained_state(port, mqtt.MQTTv5, "a").get("blinking") is False
+                        and not gk.pin("a").is_active, 3)
+        reply = alice.call("b", "on")
+        assert reply["ok"], reply
+    finally:
+        alice.close()

@@ -114,6 +114,12 @@ def test_unreadable_users_file(tmp_path: Path) -> None:
      "persistence: {path: /tmp/pi-mqtt-preflight-test-state.json}\n"
      "devices: {screen: {type: Cover, up: 5, down: 6}}\n",
      "devices.screen: a relay-like output with every safety guard off"),
+    (BASE + "devices: {lamp: {type: LED, pin: 5, initial_value: true}}\n",
+     "devices.lamp: initial_value: True has no effect: outputs start in their safe state"),
+    (BASE + "devices: {arm: {type: Servo, pin: 5, initial_value: 0.5}}\n",
+     "devices.arm: initial_value: 0.5 has no effect"),
+    (BASE + "devices: {arm: {type: AngularServo, pin: 5, initial_angle: 30}}\n",
+     "devices.arm: initial_angle: 30 has no effect"),
 ])
 def test_risky_settings_warn(tmp_path: Path, config: str, warning: str) -> None:
     path = tmp_path / "c.yaml"
@@ -122,6 +128,21 @@ def test_risky_settings_warn(tmp_path: Path, config: str, warning: str) -> None:
     assert (res.returncode == 0 and "warning: " + warning in res.stderr.replace("\n", " ")) \
         or warning in res.stderr, res.stderr
     assert res.stdout.startswith("ok (1 warnings)")
+
+
+@pytest.mark.parametrize("device", [
+    "{type: LED, pin: 5, initial_value: true, safe_state: 'on'}",
+    "{type: LED, pin: 5, initial_value: false}",
+    "{type: OutputDevice, pin: 5, safe_state: 'on'}",
+    "{type: Servo, pin: 5, safe_state: mid, initial_value: 0}",
+    "{type: AngularServo, pin: 5, safe_state: max, max_angle: 60, initial_angle: 60}",
+])
+def test_a_start_value_that_agrees_with_the_safe_state_is_quiet(tmp_path: Path,
+                                                                 device: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(BASE + f"devices: {{x: {device}}}\n")
+    res = _cli("check-config", "--config", str(path))
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
 
 
 def test_loopback_anonymous_reader_is_quiet(tmp_path: Path) -> None:

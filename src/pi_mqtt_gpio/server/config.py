@@ -364,6 +364,11 @@ def _interlock_problems(groups: list[list[str]], devices: dict[str, Any]
             if adapter is None or adapter.kind != "output":
                 problems.append((("interlocks", i, j), f"{name!r} is a {dev.type}, which "
                                  f"cannot be switched on: only outputs can be interlocked"))
+        safe_on = [name for name in dict.fromkeys(group)
+                   if getattr(devices.get(name), "safe_state", None) == "on"]
+        if len(safe_on) > 1:
+            problems.append((("interlocks", i), f"{' and '.join(safe_on)} both have "
+                             f"safe_state: on: their safe states would be active together"))
     return problems
 
 

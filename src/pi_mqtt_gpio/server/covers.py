@@ -59,6 +59,9 @@ class CoverController:
         self._worker_clock = worker_clock
         self.model = CoverModel(adapter.config)
         self._queue: deque[tuple[str, dict[str, Any], asyncio.Future[Result] | None]] = deque()
+        # A queued command's second admission (rights, leases), and the running one's.
+        self._rechecks: dict[asyncio.Future[Result], Callable[[], None]] = {}
+        self._recheck: Callable[[], None] | None = None
         self._runner: asyncio.Task[None] | None = None
         self._waiter: tuple[asyncio.Future[Result], float] | None = None  # set_position
         self._off_timer: Any = None
@@ -143,8 +146,11 @@ class CoverController:
         return slack + longest + float(cfg.endstop_overrun_s) + 1.0
 
     # --- commands (event loop) ----------------------------------------------------------------
-    def command(self, method: str, kwargs: dict[str, Any]) -> asyncio.Future[Result]:
-        """Queue a checked command; the future resolves to (result, state)."""
+    def command(self, method: str, kwargs: dict[str, Any], *,
+                recheck: Callable[[], None] | None = None) -> asyncio.Future[Result]:
+        """Queue a checked command; the future resolves to (result, state). ``recheck``
+        (the sender's rights and leases) runs again just before a relay is switched on
+        for it, after whatever it waited for (a reversal's pause, relay spacing)."""
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         if method == "state":
             future.set_result((None, self.state()))
@@ -154,6 +160,8 @@ class CoverController:
         if method != "stop":  # a stop is never refused (but it queues like any command)
             self._rate_limit()
         self._queue.append((method, kwargs, future))
+        if recheck is not None:
+            self._rechecks[future] = recheck
         self._kick()
         return future
 
@@ -186,6 +194,7 @@ class CoverController:
             if future is not None and not future.done():
                 future.set_exception(Busy("the gatekeeper is shutting down"))
         self._queue.clear()
+        self._rechecks.clear()
 
     def endstop(self, which: str, at_worker: float) -> None:
         """An endstop input became active (its time as the worker read it)."""
@@ -201,6 +210,7 @@ class CoverController:
     async def _run(self) -> None:
         while self._queue:
             method, kwargs, future = self._queue.popleft()
+            self._recheck = self._rechecks.pop(future, None) if future is not None else None
             try:
                 result = await self._handle(method, kwargs, future)
             except GatekeeperError as exc:
@@ -311,6 +321,8 @@ class CoverController:
             await self._sleep_until(when)
         fn, args = self.guards.interlock_checked(self.name, self.adapter.drive, (direction,))
         try:
+            if self._recheck is not None:  # the sender may still do this, now?
+                self._recheck()
             t_worker = await self.hw.submit(fn, *args)
         except GatekeeperError:
             self.guards.known(self.name, 0)

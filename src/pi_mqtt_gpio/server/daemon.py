@@ -131,6 +131,7 @@ class Daemon:
             for name, dev in config.devices.items() if getattr(dev, "gestures", None)}
         for name in self.covers:
             self.twin.intercept[name] = self._cover_input
+        self.twin.listeners.append(self._observed)
         self.discovery: Discovery | None = None
         if config.homeassistant.discovery:
             self.discovery = Discovery(
@@ -358,6 +359,13 @@ class Daemon:
             return
         state = {k: v for k, v in doc.items() if k not in ("ts", "lockout_until")}
         self.twin.state(name, self.guards.decorate(name, state), force=True)
+
+    def _observed(self, name: str, doc: dict[str, Any], _again: bool) -> None:
+        """Every published state of a plain output tells the guards what it is now (a blink
+        that ended turns an interlock partner free)."""
+        adapter = self.hw.adapters.get(name)
+        if adapter is not None and adapter.kind == "output" and name not in self.covers:
+            self.guards.observed(name, doc)
 
     def _has_right(self, msg: Message, right: str) -> bool:
         if self.client is not None and msg.sender == self.client.client_id:

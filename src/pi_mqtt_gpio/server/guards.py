@@ -15,7 +15,7 @@ from typing import Any
 from pi_mqtt_gpio.errors import GatekeeperError, Interlocked, error_for
 from pi_mqtt_gpio.server.devices.base import DeviceAdapter, is_active
 from pi_mqtt_gpio.server.hardware import HardwareManager
-from pi_mqtt_gpio.server.safety import Delay, Refuse, SafetyPolicy
+from pi_mqtt_gpio.server.safety import Allow, Delay, Refuse, SafetyPolicy
 from pi_mqtt_gpio.server.twin import utc_ts
 
 __all__ = ["Guards"]
@@ -89,24 +89,31 @@ class Guards:
 
     def submit(self, name: str, at: float | None, edge: bool, fn: Callable[..., Any],
                *args: Any, active: bool = True, activates: Callable[[], bool] | None = None,
-               recheck: Callable[[], None] | None = None) -> asyncio.Future[Any]:
+               recheck: Callable[[], None] | None = None, force: bool = False
+               ) -> asyncio.Future[Any]:
         """Queue ``fn`` on the hardware worker now, or at ``at`` behind the device's other
         delayed commands (in the order they were admitted). An edge of a spaced relay also
         waits on the worker, to the microsecond, for the spacing since the last edge ran (the
         loop's timer is only as exact as its millisecond clock).
 
-        Admission at execution: a command that leaves the device active (``activates()``,
-        asked on the worker against the pins as they are then; else ``active``, what the
-        policy predicted) runs only if no other member of its interlocks is active on its
-        pins at that moment (checked on the worker, the one thread that changes pins); a
-        command held back (spacing, or behind one that is) is handed to the worker only if
-        ``recheck()`` (the sender's rights and leases as they are then) does not raise."""
-        fn, args = self.interlock_checked(name, fn, args,
-                                          activates or (lambda: active))
+        Admission at execution. Whether the command leaves the device active is asked on
+        the worker, against the pins as they are then (``activates()``; else ``active``,
+        what the policy predicted). Such a command runs only if no other member of its
+        interlocks is active on its pins at that moment (the worker is the one thread that
+        changes pins), and, when it was held back (spacing, or behind a command that is),
+        only if ``recheck()`` (the sender's rights and leases as they are when it is handed
+        to the worker) did not raise. A command that leaves the device inactive (towards
+        safe) always runs. ``force``: past the hardware queue's limit (a turn towards safe
+        must not be refused BUSY by a flood of other commands)."""
+        activates = activates or (lambda: active)
+        verdict: list[GatekeeperError | None] = [None]  # the recheck's, set at hand-over
+        if recheck is not None:
+            fn, args = _admitted, (verdict, activates, fn, args)
+        fn, args = self.interlock_checked(name, fn, args, activates)
         guard = self.policy.guards.get(name)
         if edge and guard is not None and guard.min_relay_interval_s:
             fn, args = _spaced, (self._spacing, name, guard.min_relay_interval_s, fn, args)
-        future = self._submit(name, at, fn, args, recheck)
+        future = self._submit(name, at, fn, args, recheck, verdict, force)
         self._outstanding[name] = self._outstanding.get(name, 0) + 1
         future.add_done_callback(lambda f: self._finished(name, f))
         return future
@@ -142,19 +149,23 @@ class Guards:
             self.policy.known(name, value, self._on_pin.get(name, is_active(value)))
 
     def _submit(self, name: str, at: float | None, fn: Callable[..., Any],
-                args: tuple[Any, ...], recheck: Callable[[], None] | None
+                args: tuple[Any, ...], recheck: Callable[[], None] | None,
+                verdict: list[GatekeeperError | None], force: bool
                 ) -> asyncio.Future[Any]:
         queue = self._later.get(name)
         if at is None and not queue:
-            return self.hw.submit(fn, *args)
+            return self.hw.submit(fn, *args, force=force)
         outer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
         def run() -> None:
             if outer.done():
                 return
-            try:
-                if recheck is not None:
+            if recheck is not None:
+                try:
                     recheck()
+                except GatekeeperError as exc:
+                    verdict[0] = exc  # refused on the worker unless it goes towards safe
+            try:
                 inner = self.hw.submit(fn, *args, force=True)
             except GatekeeperError as exc:
                 outer.set_exception(exc)
@@ -211,6 +222,14 @@ class Guards:
             timer.cancel()
             del self._max_on[name]
 
+    def observed(self, name: str, state: dict[str, Any]) -> None:
+        """The twin published ``name``'s state, whoever read it (a blink that ended, a
+        refresh): with no command of its own pending, that is what the device is."""
+        if "value" in state and not self.pending(name):
+            self._ran[name] = state["value"]
+            self._on_pin[name] = on_pin = _on_pins(state)
+            self.policy.known(name, state["value"], on_pin)
+
     def _max_on_fired(self, adapter: DeviceAdapter) -> None:
         name = adapter.name
         self._max_on.pop(name, None)
@@ -221,15 +240,27 @@ class Guards:
 
     def safe(self, adapter: DeviceAdapter, reason: str) -> asyncio.Future[Any] | None:
         """Drive ``adapter`` to its safe state through the policy (switching off is never
-        refused; relay spacing may delay it), publish the state it left (the twin follows
-        every change, whoever made it), then say why as an event."""
+        refused; relay spacing may delay it; a full hardware queue does not refuse it),
+        publish the state it left (the twin follows every change, whoever made it), then
+        say why as an event. A safe state that is "on" (``safe_state: on``) is checked
+        against the interlocks like any turn on: it waits for no one, it is refused."""
         name = adapter.name
+        on = adapter.safe_active()
         try:
-            at, edge, _active = self.admit(adapter, "off", {})
-        except GatekeeperError as exc:  # pragma: no cover - off is never refused
+            if on:  # not a rate limit or a lockout: only the interlocks may refuse it
+                refused = self.policy.interlock_refusal(name, self._now())
+                if refused is not None:
+                    raise error_for(refused.code, refused.message)
+                edge = self.policy.predicted(name)[0] != 1
+                self.policy.commit(name, 1, True, Allow(self._now()), self._now())
+                at = None
+            else:
+                at, edge, _active = self.admit(adapter, "off", {})
+            future = self.submit(name, at, edge, self.make_safe, adapter, active=on,
+                                 force=True)
+        except GatekeeperError as exc:
             log.error("safe state of %s refused: %s", name, exc.message)
             return None
-        future = self.submit(name, at, edge, self.make_safe, adapter, active=False)
 
         def done(f: asyncio.Future[Any]) -> None:
             if f.cancelled() or f.exception() is not None:
@@ -307,6 +338,17 @@ class Guards:
 def _on_pins(state: dict[str, Any]) -> bool:
     """Whether a device's state means active on its pins (a blink counts while it runs)."""
     return is_active(state.get("value")) or bool(state.get("blinking"))
+
+
+def _admitted(verdict: list[GatekeeperError | None], activates: Callable[[], bool],
+              fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    """Runs on the hardware worker: a held-back command whose second admission refused it
+    is refused now, unless it leaves the device inactive (a turn towards safe always
+    runs; a toggle's direction is known only here)."""
+    refused = verdict[0]
+    if refused is not None and activates():
+        raise refused
+    return fn(*args)
 
 
 def _interlock_checked(others: tuple[DeviceAdapter, ...], name: str,

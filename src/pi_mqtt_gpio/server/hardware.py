@@ -505,7 +505,9 @@ class HardwareManager:
 
     def _close_all(self) -> dict[str, dict[str, Any]]:
         states: dict[str, dict[str, Any]] = {}
-        for adapter in self.adapters.values():
+        # Outputs whose safe state is off first: one whose safe state is on (safe_state: on)
+        # never goes on while an interlock partner is still on.
+        for adapter in sorted(self.adapters.values(), key=lambda a: a.safe_active()):
             try:
                 if adapter.kind == "output" and adapter.device is not None:
                     adapter.safe()

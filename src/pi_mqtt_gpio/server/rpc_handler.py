@@ -26,6 +26,7 @@ from pi_mqtt_gpio.errors import (
     BadRequest,
     Busy,
     GatekeeperError,
+    LeaseRequired,
     NotAuthorized,
     RequestTimeout,
     UnknownDevice,
@@ -376,41 +377,53 @@ class RpcHandler:
                 self.send(self.topics.audit, dumps(entry), 0, {})
 
     def _queue(self, adapter: DeviceAdapter, method: Method, kwargs: dict[str, Any],
-               msg: Message | None = None, *, rights: bool = False
+               msg: Message | None = None, *, rights: bool = False, force: bool = False
                ) -> tuple[asyncio.Future[Any], float]:
         """Queue a checked command on the worker: writes to outputs through the safety
         guards (refused, or delayed: the reply comes after it ran); the delay in seconds.
         A cover's commands go to its controller (which asks the guards relay by relay); the
         "delay" is then how long its reply may take (``set_position`` replies on arrival).
 
-        A write that leaves the device active and is held back (relay spacing, or queued
-        behind a command that is) is admitted again when it is handed to the worker: the
-        sender of ``msg`` must still hold the lease (and, with ``rights``, still be allowed
-        to publish the command), or it is cancelled and refused. A turn towards safe is
-        never cancelled."""
+        A write that is held back (relay spacing, or queued behind a command that is; a
+        cover's reversal pause) is admitted again when it is handed to the worker: the
+        sender of ``msg`` must still hold the lease it was sent under, must not be locked
+        out by someone else's, and (with ``rights``) must still be allowed to publish the
+        command, or it is cancelled and refused, unless it turns the device towards safe
+        (decided on the worker, so that a toggle is judged by what it will do). ``force``:
+        past the hardware queue's limit (a turn towards safe)."""
+        recheck = self._recheck(msg, adapter, rights) if msg is not None else None
         cover = self.covers.get(adapter.name)
         if cover is not None:
-            return cover.command(method.name, kwargs), cover.expected(method.name, kwargs)
+            return (cover.command(method.name, kwargs, recheck=recheck),
+                    cover.expected(method.name, kwargs))
         if self.guards is None or not method.writes or adapter.kind != "output":
-            return self.hw.submit(_execute, adapter, method.name, kwargs), 0.0
+            return self.hw.submit(_execute, adapter, method.name, kwargs, force=force), 0.0
         at, edge, active = self.guards.admit(adapter, method.name, kwargs)
-        recheck = self._recheck(msg, adapter, rights) if active and msg is not None else None
         future = self.guards.submit(adapter.name, at, edge, _execute, adapter, method.name,
-                                    kwargs, active=active, recheck=recheck,
+                                    kwargs, active=active, recheck=recheck, force=force,
                                     activates=lambda: _activates(adapter, method.name, kwargs))
         return future, max(0.0, (at or 0.0) - _now()) if at is not None else 0.0
 
     def _recheck(self, msg: Message, adapter: DeviceAdapter, rights: bool
                  ) -> Callable[[], None]:
         """The checks a held-back write passes again when it is about to run."""
+        holder = (msg.username, msg.sender or "")
+        name = adapter.name
+        under = {lease.lease_id for lease in self.leases.covering(name)
+                 if lease.holder == holder} if self.leases is not None else set()
+
         def recheck() -> None:
             if rights and not self.may_command(msg):
                 raise NotAuthorized(f"{clip(msg.username or msg.sender)!r} may no longer "
-                                    f"command {adapter.name} (its rights changed before the "
+                                    f"command {name} (its rights changed before the "
                                     f"command ran)")
-            if self.leases is not None:
-                self.leases.check_write((msg.username, msg.sender or ""), adapter.name,
-                                        adapter.config.lease_required)
+            if self.leases is None:
+                return
+            if under and not any(lease.lease_id in under
+                                 for lease in self.leases.covering(name)):
+                raise LeaseRequired(f"the lease this command to {name} was sent under "
+                                    f"ended before it ran")
+            self.leases.check_write(holder, name, adapter.config.lease_required)
 
         return recheck
 
@@ -440,15 +453,18 @@ class RpcHandler:
         self._await(msg, adapter, spec, bound, future, None, source, delay)
 
     def command(self, msg: Message, device: str, method: str, kwargs: dict[str, Any],
-                source: str, *, deferred: bool = False) -> bool:
+                source: str, *, deferred: bool = False,
+                then: Callable[[bool], None] | None = None) -> bool:
         """A command that arrived another way than ``set``/``call`` (mqtt-io's topics): the
         same checks (validation, rights, leases, safety, interlocks) and an audit entry, as
-        the sender of ``msg``; no reply. False when refused at once.
+        the sender of ``msg``; no reply. False when refused at once; ``then(ok)`` is told
+        when it ran (True) or was refused, at once or later (False).
 
         ``deferred``: the second half of a command admitted earlier (a timed set turning
-        back). A turn towards safe then always runs (no lease can keep a relay on); a turn
-        towards active is admitted as it is now: the sender's current rights and leases,
-        and is cancelled (refused, audited) when they no longer allow it."""
+        back). A turn towards safe then always runs (no lease can keep a relay on, a full
+        hardware queue does not refuse it); a turn towards active is admitted as it is
+        now: the sender's current rights and leases, and is cancelled (refused, audited)
+        when they no longer allow it."""
         try:
             safe = deferred and self.towards_safe(device, method, kwargs)
             if deferred and not safe and not self.may_command(msg):
@@ -456,10 +472,16 @@ class RpcHandler:
                                     f"command {device}: the deferred {method} is cancelled")
             adapter, spec, bound = self._resolve(msg, device, method, [], kwargs,
                                                  leases=not safe)
-            future, delay = self._queue(adapter, spec, bound, msg, rights=True)
+            future, delay = self._queue(adapter, spec, bound, None if safe else msg,
+                                        rights=True, force=safe)
         except GatekeeperError as exc:
             self._refuse(msg, device, method, exc, None, source, kwargs)
+            if then is not None:
+                then(False)
             return False
+        if then is not None:
+            future.add_done_callback(
+                lambda f: then(not f.cancelled() and f.exception() is None))
         self._await(msg, adapter, spec, bound, future, None, source, delay)
         return True
 
@@ -578,13 +600,18 @@ class RpcHandler:
                kwargs: dict[str, Any], future: asyncio.Future[Any], reply: _Reply | None,
                source: str, delay: float = 0.0) -> None:
         """Complete the call when the worker resolves ``future`` (or time out). Callbacks,
-        not a task per call: this is the hot path of every RPC."""
+        not a task per call: this is the hot path of every RPC. A call that times out is
+        answered ``TIMEOUT``, but the command may still run: when it does, the guards and
+        the twin learn what it left (and the audit says it ran late)."""
         loop = asyncio.get_running_loop()
+        late: list[bool] = []
 
         def timed_out() -> None:
             if not future.done():
-                future.set_exception(RequestTimeout(
-                    f"{adapter.name}.{method.name} did not complete within {self.timeout:g} s"))
+                late.append(True)
+                self._refuse(msg, adapter.name, method.name, RequestTimeout(
+                    f"{adapter.name}.{method.name} did not complete within "
+                    f"{self.timeout:g} s"), reply, source, kwargs)
 
         timer = loop.call_later(self.timeout + delay, timed_out)
         self._inflight.add(future)
@@ -592,6 +619,10 @@ class RpcHandler:
         def done(f: asyncio.Future[Any]) -> None:
             timer.cancel()
             self._inflight.discard(f)
+            if late:
+                if not f.cancelled() and f.exception() is None:
+                    self._finish(msg, adapter, method, kwargs, f, None, f"{source}:late")
+                return
             self._finish(msg, adapter, method, kwargs, f, reply, source)
 
         future.add_done_callback(done)

@@ -198,6 +198,10 @@ class SafetyPolicy:
                               round(max(wait, 0.0), 3))
         return None
 
+    def interlock_refusal(self, device: str, now: float) -> Refuse | None:
+        """Whether switching ``device`` on now would meet an active interlock partner."""
+        return self._interlock(device, True, True, now)
+
     def interlocked_with(self, device: str) -> frozenset[str]:
         """Every other member of the interlock groups ``device`` belongs to."""
         return frozenset(d for group in self.interlocks if device in group

@@ -324,13 +324,21 @@ class MqttIoBridge:
             self.refuse(msg, out.device, None, exc, SOURCE)
             self._restate(out.device)
             return True
-        self._cancel(out.device)
-        if self.call(msg, out.device, method, {}, SOURCE) and back is not None:
-            other = "off" if method == "on" else "on"
-            loop = asyncio.get_running_loop()
-            self._timers[out.device] = loop.call_later(back, self._turn_back, msg, out.device,
-                                                       other)
+        # A newer command replaces a pending turn back, once it has run: a refused one
+        # (another user's, a rate-limited one) leaves the promised turn back in place.
+        other = "off" if method == "on" else "on"
+        self.call(msg, out.device, method, {}, SOURCE,
+                  then=lambda ok: self._ran(ok, msg, out.device, other, back))
         return True
+
+    def _ran(self, ok: bool, msg: Message, device: str, other: str,
+             back: float | None) -> None:
+        if not ok:
+            return
+        self._cancel(device)
+        if back is not None:
+            loop = asyncio.get_running_loop()
+            self._timers[device] = loop.call_later(back, self._turn_back, msg, device, other)
 
     def denied(self, msg: Message) -> None:
         """The ACL refused a command on a compat topic: audited like any refused command."""

@@ -262,6 +262,10 @@ class DeviceAdapter:
     def safe(self) -> None:
         """Drive the device to its configured safe state (outputs)."""
 
+    def safe_active(self) -> bool:
+        """Whether the device's safe state is an active one (``safe_state: on``)."""
+        return getattr(self.config, "safe_state", None) == "on"
+
     def active_on_pins(self) -> bool:
         """Whether the device is active on its pins now (a running blink counts): what an
         interlock looks at on the worker just before another member is switched on."""

@@ -88,8 +88,10 @@ def start_differs(cfg: Any) -> str | None:
         return None if value == servo_start(cfg) else f"initial_value: {value:g}"
     if not isinstance(getattr(cfg, "safe_state", None), str):
         return None
+    # (false is also the default: only an initial_value that asks for "on" can be told
+    # apart from an unset one)
     on = any(value) if isinstance(value, tuple) else bool(value)
-    return None if on == _starts_on(cfg) else f"initial_value: {value}"
+    return f"initial_value: {value}" if on and not _starts_on(cfg) else None
 
 
 def _json_light(payload: str) -> dict[str, Any] | None:
