@@ -224,7 +224,10 @@ mqtt: {host: broker.lan, port: 8883, user: pi, password: topsecret, client_id: k
     assert cfg["broker"] == {"mode": "external", "external": {
         "host": "broker.lan", "port": 8883, "username": "pi",
         "password_file": "/etc/pi-mqtt-gatekeeper/mqtt-password", "tls": True,
-        "ca_file": "/etc/ca.crt", "client_id": "kitchen-io"}}
+        "ca_file": "/etc/ca.crt", "client_id": "kitchen-io",
+        "acl_probe": {"username": "gk-probe",
+                      "password_file": "/etc/pi-mqtt-gatekeeper/acl-probe-password"}}}
+    assert any("create the broker user 'gk-probe'" in note for note in result.notes)
     assert cfg["homeassistant"] == {"discovery": True, "prefix": "ha"}
     assert cfg["compat"]["mqtt_io"]["status_payload_dead"] == "gone"
     assert "topsecret" not in yaml.safe_dump(cfg)

@@ -87,6 +87,28 @@ def _check_listeners(config: Config, out: Findings) -> None:
                 out.errors.append(f"{where}.{key}: no such file: {value}")
 
 
+def _check_external(config: Config, out: Findings) -> None:
+    """External mode: a warning when the ACL probe's password file cannot be read (the probe
+    then fails: commands are refused), or without the probe (``acl_probe: false``)."""
+    ext = config.broker.external
+    if config.broker.mode != "external" or ext is None:
+        return
+    if ext.acl_probe is False:
+        out.warnings.append(
+            "broker.external.acl_probe is false: nothing checks that the broker's ACL lets "
+            "each user publish commands only under its own name; without that ACL anyone on "
+            "the broker can command in anyone's name")
+        return
+    path = ext.acl_probe.password_file if ext.acl_probe else None
+    if path:
+        try:
+            Path(path).read_text()
+        except OSError as exc:
+            out.warnings.append(f"broker.external.acl_probe.password_file: cannot read {path}: "
+                                f"{exc.strerror}; the ACL probe fails and every command is "
+                                f"refused until it can")
+
+
 def _check_persistence(config: Config, out: Findings) -> None:
     if config.persistence.path:
         problem = writable_problem(config.persistence.path)
@@ -163,6 +185,7 @@ def preflight(config: Config, *, simulate: bool = False) -> Findings:
     _check_mixers(config, simulate, out)
     _check_users_file(config, out)
     _check_listeners(config, out)
+    _check_external(config, out)
     _check_persistence(config, out)
     _warnings(config, simulate, out)
     return out

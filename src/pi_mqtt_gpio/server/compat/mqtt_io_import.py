@@ -20,6 +20,8 @@ LOCAL_HOSTS = ("", "localhost", "127.0.0.1", "::1", "ip6-localhost")
 ONBOARD = ("raspberrypi", "gpiozero", "gpiod")
 EXPANDERS = {"mcp23017": "MCP23017", "pcf8574": "PCF8574", "pcf8575": "PCF8575"}
 PASSWORD_FILE = "/etc/pi-mqtt-gatekeeper/mqtt-password"
+PROBE_USER = "gk-probe"
+PROBE_PASSWORD_FILE = "/etc/pi-mqtt-gatekeeper/acl-probe-password"
 # The 40-pin header: physical (BOARD) pin -> BCM GPIO number.
 BOARD_TO_BCM = {3: 2, 5: 3, 7: 4, 8: 14, 10: 15, 11: 17, 12: 18, 13: 27, 15: 22, 16: 23,
                 18: 24, 19: 10, 21: 9, 22: 25, 23: 11, 24: 8, 26: 7, 27: 0, 28: 1, 29: 5,
@@ -170,6 +172,16 @@ class _Importer:
                                   "the gatekeeper always verifies the broker's certificate")
             if mqtt.get("client_id"):
                 ext["client_id"] = str(mqtt["client_id"])
+            # Fail closed: until the broker user below exists and the broker's ACL holds,
+            # every command is refused and the health says why (never silently open).
+            ext["acl_probe"] = {"username": PROBE_USER, "password_file": PROBE_PASSWORD_FILE}
+            self.out.notes.append(
+                f"broker.external.acl_probe: create the broker user {PROBE_USER!r} with a "
+                f"password of its own, write that password into {PROBE_PASSWORD_FILE} "
+                f"(chmod 600), and give the broker the fleet ACL (docs/fleet.md): the "
+                f"gatekeeper checks with that user that nobody can command under another "
+                f"user's name, and refuses every command until the check passes. "
+                f"acl_probe: false skips the check (not recommended).")
             cfg["broker"] = {"mode": "external", "external": ext}
             cfg["auth"] = {"users": {"mqtt-io": {"role": "operator"}}}
             self.out.notes.append(
