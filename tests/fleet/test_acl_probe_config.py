@@ -3,26 +3,15 @@ explicit ``false`` warned at every start, an unreadable password file refused.""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import start_gatekeeper
+from tests.server.test_preflight import _both, _cli
 
 BASE = "node_id: x\nbroker:\n  mode: external\n  external: {host: 127.0.0.1, port: 1, "
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pi_mqtt_gpio.server.main", *args],
-                          capture_output=True, text=True, timeout=60)
-
-
-def _both(path: Path) -> list[subprocess.CompletedProcess[str]]:
-    return [_cli("check-config", "--config", str(path)),
-            _cli("--config", str(path), "--simulate")]
 
 
 @pytest.mark.parametrize(("probe", "message"), [

@@ -587,11 +587,6 @@ class Daemon:
         _trim_memory()
         log.info("gatekeeper %s up: %d devices (simulate=%s)", root, len(self.hw.adapters),
                  self.simulate)
-        ext = self.config.broker.external
-        if self.uplink is not None and ext is not None and ext.acl_probe is False:
-            log.warning("broker.external.acl_probe is false: nothing checks that the broker "
-                        "ACL lets each user command only under its own name; without that "
-                        "ACL anyone on the broker can command in anyone's name")
         self._warn_simulated()
 
     async def publish_health(self) -> None:
