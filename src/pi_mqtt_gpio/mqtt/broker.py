@@ -1385,6 +1385,9 @@ class BrokerCore:
             if self._authorize_subscribe(client, sub.topic_filter, sub.qos) is not Decision.ALLOW:
                 self._log.log(logging.INFO, conn.client_id, now, "subscribe to %r by %r denied",
                               clip(sub.topic_filter), clip(conn.client_id))
+                # A code per filter, in order (MQTT-3.9.3-1/2): 0x87 Not authorized; 3.1.1
+                # has 0x80 Failure only (its MQTT-3.9.3-2; the codec maps it). A hook grants
+                # a filter only where what it would refuse is under ``_protected``.
                 codes.append(RC.NOT_AUTHORIZED)
                 continue
             if sub.topic_filter not in session.subscriptions and \
