@@ -28,9 +28,11 @@ const app = {
   catalogue: null,
   cards: new Map(),
   online: false,
+  status: null,        // the node's status topic as last read (null: not read yet)
+  lost: false,         // the connection dropped and is being re-established
   leases: null,
   leaseIds: new Map(), // our lease ids by device key
-  pending: new Map(),  // correlation -> {resolve, timer}
+  pending: new Map(),  // correlation -> {resolve, timer, late?, onLate?}
   seq: 0,
   subscribed: [],
   published: 0,        // every PUBLISH this page sent (the browser test counts them)
@@ -71,7 +73,10 @@ async function chooseBroker() {
   else notice(`The broker in this page's address (${asked}) is not one this dashboard may use: it was ignored, and this page logs in to its own server.`);
 }
 
-const external = () => app.catalogue && app.catalogue.broker === "external";
+const external = () => !!app.catalogue && app.catalogue.broker === "external";
+// On the node list (no node shown yet) a fleet shows in the nodes' catalogues.
+const fleet = () => external() || (!app.root
+  && [...app.nodes.values()].some((n) => n.catalogue && n.catalogue.broker === "external"));
 const suffix = () => (external() && app.creds ? `/${app.creds.username}` : "");
 export const callTopic = (name) => `${app.root}/device/${name}/call${suffix()}`;
 const leaseTopic = () => `${app.root}/lease/call${suffix()}`;
@@ -83,6 +88,42 @@ export function mayPublish(topic) {
 }
 export const hasRight = (right) => !app.access || app.access.rights.includes(right);
 export const live = () => app.connected && app.online;
+
+/** Seconds the page waits for a command's reply before it says that none came. */
+export const ANSWER_S = 10;
+
+/** Why a command to ``topic`` cannot work right now (null: it can), ``todo`` saying what it
+ * would do. Shown next to the controls before anything is clicked, and checked again when
+ * a command is sent. */
+function blocked(topic, todo) {
+  const node = app.node || "the node";
+  if (!app.connected) return app.lost ? "Not connected: reconnecting to the broker…" : "Not connected to the broker.";
+  if (app.status === null) return `Waiting for ${node} to say whether it is online…`;
+  if (!app.online) return `${node} is offline: its devices cannot be controlled until it is back.`;
+  // A node on a shared broker only reads commands whose last level is the sender's user
+  // name (the broker guarantees it): an anonymous visitor has none to give.
+  if (external() && !app.creds) return `Log in to ${todo}: in a fleet every command names its sender, and an anonymous visitor has no user name.`;
+  if (!mayPublish(topic)) return `View only: ${whoAmI()} may not ${todo}.`;
+  return null;
+}
+
+/** Lasting reasons (the role, no user name), as opposed to a node offline for a while. */
+const viewOnly = (topic) => (external() && !app.creds) || (!!app.access && !mayPublish(topic));
+
+export const whyNot = (name) => blocked(callTopic(name), `control ${name}`);
+const whyNotLease = () => blocked(leaseTopic(), "take control leases");
+
+function whyNotSimulate(name) {
+  const why = whyNot(name);
+  if (why) return why;
+  if (!hasRight("simulate")) return `Simulated inputs need the simulate right, which ${whoAmI()} does not have.`;
+  return null;
+}
+
+const whoAmI = () => {
+  const role = app.access && app.access.role ? ` (role ${app.access.role})` : "";
+  return app.creds ? `${app.creds.username}${role}` : `an anonymous visitor${role}`;
+};
 
 // ---------------------------------------------------------------- connection
 function connect(creds) {
@@ -108,8 +149,8 @@ function connect(creds) {
     catch { app.access = null; }
     app.reply = (app.access && app.access.reply) || props.responseInformation || null;
     app.connected = true;
+    app.lost = false;
     setConn("online", "connected");
-    banner(null);
     $("#login").hidden = true;
     showWho();
     app.subscribed = [];
@@ -129,9 +170,12 @@ function connect(creds) {
   client.on("close", () => {
     if (client !== app.client || !app.connected) return;
     app.connected = false;
+    app.lost = true;
     setConn("reconnecting", "reconnecting…");
-    banner("Connection to the gatekeeper lost — reconnecting…", "bad");
-    for (const [, p] of app.pending) { clearTimeout(p.timer); p.resolve({ ok: false, error: { code: "TIMEOUT", message: "connection lost" } }); }
+    for (const [, p] of app.pending) {
+      clearTimeout(p.timer);
+      if (!p.late) p.resolve({ ok: false, error: { code: "TIMEOUT", message: "connection lost before an answer came: the command may or may not have been carried out" } });
+    }
     app.pending.clear();
     refreshControls();
   });
@@ -186,17 +230,25 @@ function onMessage(topic, payload, packet) {
 const parse = (text) => { try { return JSON.parse(text); } catch { return null; } };
 
 // ---------------------------------------------------------------- calls
-/** Call a method on the node: resolves with the reply ({ok, result} or {ok: false, error}). */
-export function call(topic, method, kwargs = {}, { timeout = 30000 } = {}) {
+/** Call a method on the node: resolves with the reply ({ok, result} or {ok: false, error}).
+ * No reply within ``timeout`` ms resolves with the page's own code NO_ANSWER; a reply that
+ * comes later still goes to ``onLate`` (for a few minutes). */
+export function call(topic, method, kwargs = {}, { timeout = ANSWER_S * 1000, onLate = null } = {}) {
   const reply = replyPrefix();
   if (!app.connected || !reply) return Promise.resolve({ ok: false, error: { code: "TIMEOUT", message: "not connected" } });
   const id = `${Date.now().toString(36)}-${++app.seq}`;
+  const node = app.node || "the gatekeeper";
+  const sent = Date.now();
   return new Promise((resolve) => {
     const timer = setTimeout(() => {
-      app.pending.delete(id);
-      resolve({ ok: false, error: { code: "TIMEOUT", message: "no answer from the gatekeeper" } });
+      const p = app.pending.get(id);
+      if (!p) return;
+      resolve({ ok: false, error: { code: "NO_ANSWER", message: `no answer from ${node} within ${Math.round(timeout / 1000)} s: the command was not carried out or not acknowledged` } });
+      if (!onLate) { app.pending.delete(id); return; }
+      p.late = true;
+      p.timer = setTimeout(() => app.pending.delete(id), LATE_MS);
     }, timeout);
-    app.pending.set(id, { resolve, timer });
+    app.pending.set(id, { resolve, timer, sent, onLate });
     app.published += 1;
     app.client.publish(topic, JSON.stringify({ method, kwargs }), {
       qos: 1, properties: { responseTopic: `${reply}/${id}`, correlationData: new TextEncoder().encode(id) },
@@ -209,26 +261,62 @@ export function call(topic, method, kwargs = {}, { timeout = 30000 } = {}) {
   });
 }
 
+const LATE_MS = 300000; // how long a reply that came too late is still noticed
+
 function onReply(topic, text) {
   const id = topic.slice(replyPrefix().length + 1);
   const pending = app.pending.get(id);
   if (!pending) return;
   app.pending.delete(id);
   clearTimeout(pending.timer);
-  pending.resolve(parse(text) || { ok: false, error: { code: "BAD_REQUEST", message: "unreadable reply" } });
+  const doc = parse(text) || { ok: false, error: { code: "BAD_REQUEST", message: "unreadable reply" } };
+  if (pending.late) pending.onLate(doc, (Date.now() - pending.sent) / 1000);
+  else pending.resolve(doc);
 }
 
-/** A device call from a control: refusals are shown with their code and retry_after. */
+/** A device call from a control: a control that cannot work sends nothing and says why;
+ * refusals and commands left unanswered are shown on the card (and as a toast) with their
+ * code and retry_after. */
 export async function command(name, method, kwargs = {}, opts = {}) {
-  const res = await call(callTopic(name), method, kwargs, opts);
-  if (!res.ok) refused(`${name}.${method}`, res.error || {}, opts.quiet);
+  const what = `${name}.${method}`;
+  const cardOf = () => app.cards.get(name);
+  const why = whyNot(name);
+  if (why) {
+    if (cardOf()) cardOf().problem(`${what} was not sent. ${why}`);
+    return { ok: false, error: { code: "NOT_SENT", message: why } };
+  }
+  const onLate = (doc, after) => {
+    const card = cardOf();
+    if (doc.ok) {
+      if (card) card.problem(null);
+      toast(`${what} was answered late (after ${after.toFixed(1)} s): done.`);
+    } else {
+      const text = refusal(what, doc.error || {});
+      if (card) card.problem(`${text} (answered after ${after.toFixed(1)} s)`);
+      toast(text, "bad");
+    }
+  };
+  const res = await call(callTopic(name), method, kwargs, { ...opts, onLate });
+  const card = cardOf();
+  if (res.ok) {
+    if (card) card.problem(null);
+  } else {
+    const error = res.error || {};
+    const quiet = (opts.quiet || []).includes(error.code);
+    if (card) card.problem(quiet ? null : refusal(what, error));
+    if (!quiet) toast(refusal(what, error), "bad");
+  }
   return res;
 }
 
-function refused(what, error, quiet = []) {
-  if (quiet.includes(error.code)) return;
+function refusal(what, error) {
+  if (error.code === "NO_ANSWER") return `${what}: ${error.message}.`;
   const retry = error.retry_after != null ? ` — retry in ${Number(error.retry_after).toFixed(1)} s` : "";
-  toast(`${what} refused: ${error.code || "ERROR"}${retry}. ${error.message || ""}`, "bad");
+  return `${what} refused: ${error.code || "ERROR"}${retry}. ${error.message || ""}`;
+}
+
+function refused(what, error) {
+  toast(refusal(what, error), "bad");
 }
 
 // ---------------------------------------------------------------- node list (shared broker)
@@ -250,6 +338,7 @@ function renderNodes() {
         n.catalogue ? `${n.catalogue.devices.length} devices` : "")),
       el("span", { class: "pill", "data-state": n.status }, n.status)))));
   $("#no-nodes").hidden = shown.length > 0;
+  updateBanner();
 }
 
 function route() {
@@ -276,6 +365,7 @@ function showNode(id, root) {
   app.catalogue = null;
   app.cards.clear();
   app.online = false;
+  app.status = null;
   $("#devices").replaceChildren();
   $("#lease-list").replaceChildren();
   $("#audit-list").replaceChildren();
@@ -292,12 +382,11 @@ function showNode(id, root) {
 // ---------------------------------------------------------------- twin
 function setOnline(online) {
   app.online = online;
+  app.status = online ? "online" : "offline";
   const pill = $("#node-status");
   pill.dataset.state = online ? "online" : "offline";
   pill.textContent = online ? "online" : "offline";
   document.body.classList.toggle("node-offline", !online);
-  if (!online && app.connected) banner("The gatekeeper is offline: its devices cannot be controlled.", "bad");
-  else if (app.connected) banner(null);
   refreshControls();
 }
 
@@ -324,19 +413,26 @@ function setCatalogue(text) {
 
 export function refreshControls() {
   document.body.classList.toggle("disconnected", !app.connected);
+  // A control that cannot work is disabled and says why (on the card, and as the tooltip
+  // of each disabled control).
   for (const [name, card] of app.cards) {
-    card.enable({
-      write: live() && mayPublish(callTopic(name)),
-      simulate: live() && !!(app.catalogue && app.catalogue.simulated) && hasRight("simulate")
-        && mayPublish(callTopic(name)),
-      readonly: !!app.access && !mayPublish(callTopic(name)),
-    });
+    card.enable({ why: whyNot(name), simWhy: whyNotSimulate(name), readonly: viewOnly(callTopic(name)) });
   }
-  const leaseOk = live() && !!app.root && mayPublish(leaseTopic());
+  const leaseWhy = !app.root ? null : whyNotLease();
   $("#lease-form").hidden = !app.root || (!!app.access && !mayPublish(leaseTopic()));
-  for (const c of $("#lease-form").querySelectorAll("button, input, select")) c.disabled = !leaseOk;
-  for (const b of document.querySelectorAll("#lease-list button")) b.disabled = !leaseOk;
+  for (const c of $("#lease-form").querySelectorAll("button, input, select")) {
+    c.disabled = !!leaseWhy;
+    c.title = leaseWhy || "";
+  }
+  for (const b of document.querySelectorAll("#lease-list button")) {
+    b.disabled = !!leaseWhy;
+    b.title = leaseWhy || "";
+  }
+  $("#lease-why").hidden = !leaseWhy || $("#lease-form").hidden;
+  $("#lease-why").textContent = leaseWhy || "";
+  updateBanner();
 }
+
 
 function setHealth(doc) {
   if (!doc) return;
@@ -421,10 +517,24 @@ function setConn(state, text) {
   pill.textContent = text;
 }
 
-function banner(text, kind) {
+/** The one banner, from the page's state: the connection lost, the node offline, or an
+ * anonymous visitor in a fleet (who can watch but not control: log in). */
+function updateBanner() {
+  if (app.lost && !app.connected) return banner("Connection to the gatekeeper lost — reconnecting…", "bad");
+  if (!app.connected) return banner(null);
+  if (app.root && app.status === "offline") return banner(`${app.node || "The gatekeeper"} is offline: its devices cannot be controlled.`, "bad");
+  if (fleet() && !app.creds) {
+    return banner("You are not logged in. Every command in a fleet names its sender, so an anonymous visitor can watch but not control: log in to control devices.",
+      "login", { label: "Log in", id: "banner-login", onclick: () => showLogin(null) });
+  }
+  return banner(null);
+}
+
+function banner(text, kind, action) {
   const b = $("#banner");
   b.hidden = !text;
-  b.textContent = text || "";
+  b.replaceChildren(...(text ? [el("span", {}, text)] : []),
+    ...(text && action ? [el("button", { type: "button", id: action.id, onclick: action.onclick }, action.label)] : []));
   if (kind) b.dataset.kind = kind; else delete b.dataset.kind;
 }
 

@@ -47,10 +47,14 @@ export function makeCard(dev, ctx) {
   const sims = el("div", { class: "controls sim" });
   const events = el("ul", { class: "events", hidden: true });
   const notes = el("div", { class: "lock" });
+  // Why the controls cannot work (before a click), and what went wrong with the last
+  // command sent from here (a refusal, or no answer at all).
+  const why = el("p", { class: "why", "data-role": "why", hidden: true });
+  const problem = el("p", { class: "error", "data-role": "error", role: "alert", hidden: true });
   const root = el("article", { class: "card", id: `card-${dev.name}`, "data-device": dev.name, "data-type": dev.type, "data-kind": kind },
     el("h3", {}, dev.name, el("span", { class: "type" }, dev.type)),
     dev.description ? el("p", { class: "desc" }, dev.description) : null,
-    value, notes, controls, sims, events);
+    value, notes, why, controls, sims, problem, events);
   const call = (method, kwargs, opts) => ctx.command(dev.name, method, kwargs, opts);
   const row = (...children) => { const r = el("div", { class: "row" }, ...children); controls.append(r); return r; };
   const btn = (label, onclick, cls = "w") => el("button", { type: "button", class: cls, onclick }, label);
@@ -186,12 +190,21 @@ export function makeCard(dev, ctx) {
       events.hidden = false;
       events.replaceChildren(...recent.map((t) => el("li", {}, t)));
     },
-    enable({ write, simulate, readonly }) {
-      for (const c of root.querySelectorAll(".w")) c.disabled = !write;
-      for (const c of root.querySelectorAll(".s")) c.disabled = !simulate;
+    /** ``why``/``simWhy``: why the controls / simulated inputs cannot work (null: they can). */
+    enable({ why: reason, simWhy, readonly }) {
+      for (const c of root.querySelectorAll(".w")) { c.disabled = !!reason; c.title = reason || ""; }
+      for (const c of root.querySelectorAll(".s")) { c.disabled = !!simWhy; c.title = simWhy || ""; }
       sims.hidden = !ctx.simulated;
       root.classList.toggle("readonly", readonly);
-      root.title = readonly ? "View only: your role may not control this device" : "";
+      // The simulated inputs' own reason shows only when the device has no other control.
+      const shown = controls.querySelector(".w") ? reason : ctx.simulated ? simWhy : null;
+      why.hidden = !shown;
+      why.textContent = shown || "";
+    },
+    /** What went wrong with the last command sent from this card (null: nothing). */
+    problem(text) {
+      problem.hidden = !text;
+      problem.textContent = text || "";
     },
   };
 }
