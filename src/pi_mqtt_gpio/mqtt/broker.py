@@ -86,6 +86,7 @@ KEEPALIVE_GRACE = 1.5  # MQTT-3.1.2-22: silence for 1.5 x Keep Alive closes the 
 RECEIVE_MAXIMUM_DEFAULT = 65535  # a Receive Maximum that is absent means 65,535
 RC_FAILURE = 0x80  # reason codes from here on are failures (MQTT 5.0 section 2.4)
 CLIENT_ID_FORBIDDEN = "/+#"  # a reply prefix {root}/reply/<client id> must be unambiguous
+SYS_PREFIX = "$SYS/"  # the broker's statistics; a ``#`` subscription never gets them (MQTT-4.7.2-1)
 
 
 _REFUSALS: dict[int, str] = {
@@ -154,6 +155,12 @@ class _Stats:
     wills_refused: int = 0
     pending_evicted: int = 0
     topics_refused: int = 0
+    # Traffic ($SYS/broker/...): bytes as read (per read), packets as framed; what goes
+    # out is counted by the transport as it writes (per write, not per packet here).
+    bytes_in: int = 0
+    bytes_out: int = 0
+    packets_in: int = 0
+    packets_out: int = 0
     extra: dict[str, int] = field(default_factory=dict)
 
 
@@ -241,6 +248,7 @@ class BrokerCore:
         self._assigned_ids = itertools.count(1)
         self.accepting = True
         self.established = 0  # connections past CONNACK (``max_connections`` counts these)
+        self.established_max = 0  # the most there were at once ($SYS clients/maximum)
         self.queued_bytes = 0  # ``Message.cost`` queued or in flight, all sessions
         # Sockets that have not completed CONNECT and authentication, oldest first.
         self._pending: dict[int, Connection] = {}
@@ -323,11 +331,14 @@ class BrokerCore:
         if conn.state is ConnState.CLOSED or conn.closing:
             return
         conn.last_rx = now
+        stats = self.stats
+        stats.bytes_in += len(data)
         if conn.state is ConnState.CONNECTED:  # the common case, without ``_guarded``'s call
             try:
                 reader = conn.reader
                 if self.fast_path and not reader.buffered and self._fast_single(conn, data,
                                                                                  now):
+                    stats.packets_in += 1
                     return
                 reader.feed(data)
                 self._process(conn, now)
@@ -420,6 +431,7 @@ class BrokerCore:
         budget = self.limits.frames_per_turn
         fast = self.fast_path
         connected = ConnState.CONNECTED
+        stats = self.stats
         while not conn.closing:
             state = conn.state
             budget -= 1
@@ -432,6 +444,7 @@ class BrokerCore:
                 frame = reader.next_frame()
                 if frame is None:
                     return
+                stats.packets_in += 1
                 first, body = frame
                 if (first == 0x30 or first == 0x32) and self._fast_publish(conn, first, body,
                                                                            now):
@@ -454,6 +467,7 @@ class BrokerCore:
             frame = reader.next_frame()
             if frame is None:
                 return
+            stats.packets_in += 1
             first, body = frame
             if conn.state is ConnState.NEW:
                 if peek_protocol_level(body) == PROTOCOL_50:
@@ -847,6 +861,8 @@ class BrokerCore:
         conn.state = ConnState.CONNECTED
         self._unpend(conn)
         self.established += 1
+        if self.established > self.established_max:
+            self.established_max = self.established
         conn.send(ConnAck(session_present, RC.SUCCESS, ack_props))
         self._dirty.add(conn)
         if conn.keep_alive:
@@ -1307,6 +1323,8 @@ class BrokerCore:
         return all(hook.may_retain(client, topic) for hook in self.hooks)
 
     def _authorize_publish(self, client: ClientInfo, topic: str, qos: int, retain: bool) -> Decision:
+        if topic.startswith(SYS_PREFIX) or topic == "$SYS":
+            return Decision.DENY  # the broker's own statistics: no client writes there
         for hook in self.hooks:
             decision = hook.authorize_publish(client, topic, qos, retain)
             if decision is not Decision.DEFER:

@@ -29,12 +29,14 @@ class RetainedStore(Generic[M]):
         self._count = 0
         self._size = size
         self.bytes = 0  # total size of the stored messages (for the broker's cap)
+        self.changes = 0  # counts every store and delete (whoever saves the store looks)
 
     def __len__(self) -> int:
         return self._count
 
     def set(self, topic: str, message: M | None) -> None:
         """Store ``message`` for ``topic``; None deletes it."""
+        self.changes += 1
         if message is None:
             self._delete(topic)
             return

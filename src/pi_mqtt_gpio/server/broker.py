@@ -621,10 +621,14 @@ class BrokerServer:
 
     def _flush(self, conn: Connection) -> None:
         link = self.links.get(conn.id)
+        size = conn.pending_bytes
         data = conn.data_to_send()
         if link is None:
             return
         if data:
+            stats = self.core.stats  # $SYS bytes/sent, messages/sent: per write, not per packet
+            stats.bytes_out += size
+            stats.packets_out += len(data)
             link.write(data)
             if link.buffered() > self.hard_limit:
                 log.warning("disconnecting %r: %d bytes unread (slow consumer)",

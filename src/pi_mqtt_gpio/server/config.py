@@ -183,6 +183,7 @@ class BrokerConfig:
     listeners: list[ListenerConfig] = field(default_factory=_default_listeners)
     external: ExternalBrokerConfig | None = None
     limits: LimitsConfig = field(default_factory=lambda: LimitsConfig())
+    sys_interval_s: Annotated[float, Range(ge=0, le=86400)] = 10.0  # $SYS/broker/...; 0: off
 
     def check(self) -> list[str]:
         problems = []

@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pi_mqtt_gpio.errors import GatekeeperError, NotAuthorized
@@ -21,6 +22,8 @@ from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, Properties
 from pi_mqtt_gpio.server.aclprobe import AclProbe, Verdict, forged_reason
 from pi_mqtt_gpio.server.bindings import Bindings, ButtonGestures, PublishQueue
 from pi_mqtt_gpio.server.broker import BrokerServer
+from pi_mqtt_gpio.server.broker_store import BrokerStore
+from pi_mqtt_gpio.server.broker_sys import SysPublisher
 from pi_mqtt_gpio.server.compat.mqtt_io import MqttIoBridge, MqttIoTopics
 from pi_mqtt_gpio.server.config import Config
 from pi_mqtt_gpio.server.covers import CoverController
@@ -103,6 +106,8 @@ class Daemon:
         self._health_task: asyncio.Task[None] | None = None
         self._health_pending: set[asyncio.Task[None]] = set()
         self.persister: Persister | None = None
+        self.broker_store: BrokerStore | None = None  # the embedded broker's, with persistence
+        self.sys_publisher: SysPublisher | None = None
         self.client: InternalClient | None = None
         self.twin = Twin(self.topics, self.hw, self._publish)
         self.guards = Guards(
@@ -247,6 +252,20 @@ class Daemon:
         self.persister = Persister(state_file, persistence.autosave_s, self._snapshot)
         self.persister.loaded(saved)
         return saved
+
+    async def _load_broker_store(self) -> None:
+        """The embedded broker's retained messages and sessions, beside the state file. The
+        node's own retained topics (its tree, Home Assistant discovery, ``$SYS``) are not
+        kept: they are published again at start, and a stale state must never reappear."""
+        path = self.config.persistence.path
+        if not path or self.client is None:
+            return
+        own, root = self.client.client_id, self.topics.root + "/"
+        self.broker_store = BrokerStore(
+            Path(path).parent, self.core, self.config.persistence.autosave_s,
+            lambda msg: msg.sender != own and not msg.topic.startswith((root, "$SYS/")),
+            self.server.now)
+        await self.broker_store.load()
 
     def _snapshot(self) -> dict[str, Any]:
         """What survives a restart: outputs with ``restore: true``, lockouts in force."""
@@ -540,6 +559,7 @@ class Daemon:
         if self.uplink is None:
             self.client = self.core.connect_internal(f"gatekeeper-{self.config.node_id}",
                                                      self._on_message)
+            await self._load_broker_store()
         states = await self.hw.start()  # claims the lines; safe states applied
         try:
             if self.watchdog is not None:
@@ -578,6 +598,13 @@ class Daemon:
                     self.discovery.saved():
                 self.persister.changed()
         self._health_task = asyncio.create_task(self._health_loop())
+        if self.broker_store is not None:
+            self.broker_store.start()
+        if self.client is not None:
+            self.sys_publisher = SysPublisher(self.server, self.client,
+                                              self.config.broker.sys_interval_s,
+                                              package_version())
+            self.sys_publisher.start()
         if self.uplink is not None:
             self.uplink_loop = asyncio.get_running_loop()
             self.uplink.start(self.uplink_loop)
@@ -665,6 +692,8 @@ class Daemon:
             self._probe_task.cancel()
         if self.acl_probe is not None:
             self.acl_probe.abort()
+        if self.sys_publisher is not None:
+            await self.sys_publisher.stop()
         if self.started:
             if self.covers:  # a moving cover stops; its position is saved just below
                 await asyncio.wait([asyncio.ensure_future(c.halt())
@@ -695,6 +724,8 @@ class Daemon:
         if self.uplink is not None:
             await asyncio.to_thread(self.uplink.stop)
         await self.server.stop()
+        if self.broker_store is not None:
+            await self.broker_store.close()  # every client is gone: their sessions are offline
         self.authenticator.close()
 
 

@@ -37,11 +37,13 @@ _UNSAFE_ID_CHARS = "+#/"  # an id with these would widen a filter it is substitu
 
 
 def builtin_roles(ha_prefix: str = "homeassistant") -> dict[str, RoleConfig]:
-    """admin: everything, with every right; operator: read the gatekeeper, command devices
+    """admin: everything (the broker's ``$SYS/#`` statistics too: ``#`` does not
+    cover them, MQTT-4.7.2-1), with every right; operator: read the gatekeeper, command devices
     and leases; viewer: read only; homeassistant: what Home Assistant's MQTT integration
     needs. Every role also reads its own reply prefix (added in ``AccessControl``)."""
     return {
-        "admin": RoleConfig(subscribe=["#"], publish=["#"], rights=list(RIGHTS)),  # type: ignore[arg-type]
+        "admin": RoleConfig(subscribe=["#", "$SYS/#"], publish=["#"],
+                            rights=list(RIGHTS)),  # type: ignore[arg-type]
         "operator": RoleConfig(
             subscribe=["{root}/#"],
             publish=["{root}/device/+/set", "{root}/device/+/call", "{root}/lease/call"],
