@@ -389,6 +389,11 @@ def _restore_problems(devices: dict[str, Any]) -> list[Problem | str]:
 # pin has no PWM and no microsecond timing).
 EXPANDER_TYPES = frozenset({"OutputDevice", "DigitalOutputDevice", "LED", "Buzzer", "Button",
                             "DigitalInputDevice", "MotionSensor", "LineSensor", "Cover"})
+# Device types whose lines may be PCA9685 channels: outputs, PWM at the chip's one frequency
+# (a Servo's frame_width is checked against it), or full on / full off.
+PCA9685_TYPES = frozenset({"PWMLED", "PWMOutputDevice", "LED", "OutputDevice",
+                           "DigitalOutputDevice", "Buzzer", "RGBLED", "Servo", "AngularServo",
+                           "Motor", "PhaseEnableMotor"})
 
 
 def _expander_problems(devices: dict[str, Any], expanders: dict[str, ExpanderConfig]
@@ -420,13 +425,64 @@ def _expander_problems(devices: dict[str, Any], expanders: dict[str, ExpanderCon
                 if expander not in expanders:
                     problems.append((where, f"no expander named {expander!r} (expanders: "
                                      f"{', '.join(expanders) or 'none'})"))
+                elif expanders[expander].type == "PCA9685":
+                    problems.extend(_pca9685_problems(where, dev, expander,
+                                                      expanders[expander]))
                 elif dev.type not in EXPANDER_TYPES:
                     problems.append((where, f"a {dev.type} cannot use an expander pin (no PWM "
-                                     f"or precise timing there): give it a GPIO number"))
+                                     f"or precise timing there): give it a GPIO number, or "
+                                     f"a PCA9685 channel for PWM"))
             elif line in interrupts:
                 problems.append((where, f"GPIO{line} is expander {interrupts[line]}'s "
                                  f"interrupt line"))
     return problems
+
+
+def _pca9685_problems(where: tuple[str, ...], dev: Any, expander: str,
+                      exp: ExpanderConfig) -> list[Problem | str]:
+    """A PCA9685 channel is an output at the chip's one frequency: no inputs, and a Servo's
+    frame is the chip's period (gpiozero computes its pulse widths from frame_width)."""
+    from pi_mqtt_gpio.server.devices import registry
+    from pi_mqtt_gpio.server.pins.pca9685 import DEFAULT_FREQUENCY, FREQUENCY_TOLERANCE
+
+    adapter = registry.get(dev.type)
+    if adapter is not None and adapter.kind == "input":
+        return [(where, f"a {dev.type} is an input: {expander} is a PCA9685, whose channels "
+                 f"are PWM outputs only; give it a GPIO number or an I/O expander pin")]
+    if dev.type not in PCA9685_TYPES:
+        return [(where, f"a {dev.type} cannot use a PCA9685 channel ({expander}); PWM "
+                 f"outputs, LEDs, servos and motors can")]
+    frequency = exp.frequency or DEFAULT_FREQUENCY
+    frame = getattr(dev, "frame_width", None)
+    if frame is not None and abs(frame * frequency - 1) > FREQUENCY_TOLERANCE:
+        return [(where, f"{expander} runs all its channels at {frequency:g} Hz (a "
+                 f"{1000 / frequency:g} ms frame); this {dev.type}'s frame_width is "
+                 f"{frame * 1000:g} ms: set frame_width: {1 / frequency:g}, or the "
+                 f"chip's frequency: {1 / frame:g}")]
+    return []
+
+
+def pca9685_frequency_warnings(devices: dict[str, Any], expanders: dict[str, ExpanderConfig]
+                               ) -> list[str]:
+    """A PWM device on a PCA9685 runs at the chip's frequency, not its own: said when they
+    differ (the duty cycle, so brightness or speed, is the same)."""
+    from pi_mqtt_gpio.server.pins.pca9685 import DEFAULT_FREQUENCY, frequency_matches
+
+    out = []
+    for name, dev in devices.items():
+        asked = getattr(dev, "frequency", None)
+        if not isinstance(asked, int | float) or getattr(dev, "pwm", True) is False:
+            continue
+        for key, line, _shared in dev.lines():
+            exp = expanders.get(line.partition(":")[0]) if isinstance(line, str) else None
+            if exp is None or exp.type != "PCA9685":
+                continue
+            frequency = exp.frequency or DEFAULT_FREQUENCY
+            if not frequency_matches(asked, frequency):
+                out.append(f"devices.{name}.{key}: {line} is a PCA9685 channel: it runs at "
+                           f"the chip's {frequency:g} Hz, not this {dev.type}'s "
+                           f"frequency: {asked:g} (set frequency: {frequency:g} to say so)")
+    return out
 
 
 def _watchdog_problems(devices: dict[str, Any], watchdog: WatchdogConfig | None

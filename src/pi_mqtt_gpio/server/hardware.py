@@ -164,8 +164,9 @@ def make_pin_factory(hardware: HardwareConfig, simulate: bool,
                      on_expander_failure: Callable[[str, str | None], None] | None = None
                      ) -> Any:
     """A gpiozero pin factory: simulated pins (MockFactory with PWM) or lgpio on a chip,
-    with every claimed line labelled ``labels[line]``; with I/O expanders, wrapped so that
-    their pins (``io1:3``) come from them (simulated register files under simulation)."""
+    with every claimed line labelled ``labels[line]``; with I/O expanders (and PCA9685 PWM
+    controllers), wrapped so that their pins (``io1:3``, ``pwm1:0``) come from them
+    (simulated register files under simulation)."""
     base = _board_factory(hardware, simulate, labels)
     if not expanders:
         return base
@@ -174,15 +175,18 @@ def make_pin_factory(hardware: HardwareConfig, simulate: bool,
         ExpanderFactory,
         SimulatedMCP23017,
     )
+    from pi_mqtt_gpio.server.pins.pca9685 import PCA9685, SimulatedPCA9685
     from pi_mqtt_gpio.server.pins.pcf857x import PCF857x, SimulatedPCF857x, SMBusPort
 
     chips: dict[str, Any] = {}
     try:
         for name, cfg in expanders.items():
-            pcf = cfg.type != "MCP23017"
+            pwm = cfg.type == "PCA9685"
+            pcf = cfg.type in ("PCF8574", "PCF8575")
             width = 1 if cfg.type == "PCF8574" else 2
             if simulate or hardware.pin_factory == "mock":
-                bus: Any = SimulatedPCF857x(width) if pcf else SimulatedMCP23017()
+                bus: Any = SimulatedPCA9685() if pwm else SimulatedPCF857x(width) if pcf \
+                    else SimulatedMCP23017()
             else:
                 from smbus2 import SMBus
 
@@ -193,7 +197,7 @@ def make_pin_factory(hardware: HardwareConfig, simulate: bool,
                                         f"{exc.strerror} (is I2C enabled?)") from exc
                 if pcf:
                     bus = SMBusPort(bus, width)
-            chip_class = PCF857x if pcf else MCP23017
+            chip_class: Any = PCA9685 if pwm else PCF857x if pcf else MCP23017
             chips[name] = chip_class(name, cfg, bus, on_failure=on_expander_failure)
         factory = ExpanderFactory(base, chips)
         for name, chip in chips.items():
@@ -202,6 +206,8 @@ def make_pin_factory(hardware: HardwareConfig, simulate: bool,
             except OSError as exc:
                 raise HardwareError(f"expander {name} (I2C bus {chip.config.bus}, address "
                                     f"0x{chip.address:02x}) does not answer: {exc}") from exc
+            if isinstance(chip, PCA9685):
+                continue  # outputs only: no interrupt
             if isinstance(chip.bus, SimulatedMCP23017 | SimulatedPCF857x):
                 chip.bus.on_interrupt = chip.interrupt
             elif chip.config.interrupt is not None:

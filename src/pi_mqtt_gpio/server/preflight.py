@@ -16,7 +16,12 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pi_mqtt_gpio.server.config import BUILTIN_ROLES, Config, ListenerConfig
+from pi_mqtt_gpio.server.config import (
+    BUILTIN_ROLES,
+    Config,
+    ListenerConfig,
+    pca9685_frequency_warnings,
+)
 from pi_mqtt_gpio.server.devices.outputs import start_differs
 from pi_mqtt_gpio.server.persistence import writable_problem
 from pi_mqtt_gpio.server.safety import guards_for
@@ -164,6 +169,7 @@ def _warnings(config: Config, simulate: bool, out: Findings) -> None:
         out.warnings.append("hardware.pin_factory is 'mock': the pins are simulated, nothing "
                             "on the header will move (use --simulate for a demo, 'lgpio' "
                             "for real pins)")
+    out.warnings.extend(pca9685_frequency_warnings(config.devices, config.expanders))
 
 
 def _check_mixers(config: Config, simulate: bool, out: Findings) -> None:

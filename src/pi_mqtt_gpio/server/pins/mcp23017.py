@@ -1,5 +1,6 @@
 """MCP23017 I²C expanders as gpiozero pins: ``"io1:3"`` is pin 3 (GPA3) of expander ``io1``,
-(PCF8574/PCF8575: ``pcf857x.py``, the same pins on another chip driver),
+(PCF8574/PCF8575: ``pcf857x.py``, the same pins on another chip driver; the PCA9685's PWM
+channels: ``pca9685.py``),
 ``"io1:8"`` is GPB0. Every gpiozero input and output type (and so gestures, bindings,
 safety, Home Assistant) works on them unchanged, through ``ExpanderFactory``: a gpiozero pin
 factory that hands out expander pins by name and everything else from the board's factory.
@@ -44,21 +45,45 @@ IODIR, IPOL, GPINTEN, DEFVAL, INTCON, IOCON, GPPU, INTF, INTCAP, GPIO, OLAT = (
 
 @section
 class ExpanderConfig:
-    type: Literal["MCP23017", "PCF8574", "PCF8575"]
+    type: Literal["MCP23017", "PCF8574", "PCF8575", "PCA9685"]
     bus: Annotated[int, Range(ge=0, le=255)] = 1
-    address: Annotated[int, Range(ge=0x20, le=0x3F)] = 0x20
+    address: Annotated[int, Range(ge=0x20, le=0x7F)] = 0x20
     interrupt: Annotated[int, Range(ge=0, le=53)] | None = None  # the INT line (GPIO)
     poll_interval_s: Annotated[float, Range(ge=0.005, le=10)] = 0.02
+    # PCA9685 only: the PWM frequency of all its channels (default 50 Hz), its outputs'
+    # polarity (MODE2 INVRT) and driver (MODE2 OUTDRV: totem pole, or open drain)
+    frequency: Annotated[float, Range(ge=24, le=1526)] | None = None
+    invert: bool = False
+    open_drain: bool = False
 
     def check(self) -> list[str]:
-        """Each chip's address pins give it 0x20-0x27; the PCF8574A variant 0x38-0x3F."""
+        """Each chip's address pins give it 0x20-0x27; the PCF8574A variant 0x38-0x3F; a
+        PCA9685 0x40-0x7F but 0x70 (the all-call address every PCA9685 answers)."""
+        if self.type == "PCA9685":
+            return self._pca9685_problems()
+        problems = [f"{key} is a PCA9685 setting (a {self.type} has no PWM)"
+                    for key in ("frequency", "invert", "open_drain")
+                    if getattr(self, key) not in (None, False)]
         if 0x20 <= self.address <= 0x27 or (self.type == "PCF8574"
                                             and 0x38 <= self.address <= 0x3F):
-            return []
+            return problems
         where = "0x20-0x27, or 0x38-0x3F for a PCF8574A" if self.type == "PCF8574" \
             else "0x20-0x27"
         article = "an" if self.type == "MCP23017" else "a"
-        return [f"{article} {self.type} answers at {where}, not 0x{self.address:02x}"]
+        return [*problems,
+                f"{article} {self.type} answers at {where}, not 0x{self.address:02x}"]
+
+    def _pca9685_problems(self) -> list[str]:
+        problems = []
+        if self.address == 0x70:
+            problems.append("0x70 is the all-call address every PCA9685 answers at power-on "
+                            "(use 0x40-0x6f or 0x71-0x7f)")
+        elif not 0x40 <= self.address <= 0x7F:
+            problems.append(f"a PCA9685 answers at 0x40-0x7f, not 0x{self.address:02x} "
+                            f"(give its address: 0x40 with no address jumper set)")
+        if self.interrupt is not None:
+            problems.append("a PCA9685 has no interrupt line (its channels are outputs)")
+        return problems
 
 
 def parse_pin(value: Any) -> tuple[str, int] | None:
@@ -452,12 +477,13 @@ class ExpanderPin:
 
 class ExpanderFactory:
     """gpiozero's pin factory interface: expander pins by name (``io1:3``), everything else
-    from the board's factory (lgpio, or the simulated pins)."""
+    from the board's factory (lgpio, or the simulated pins). A chip's ``pin_class`` (the
+    PCA9685's PWM channels) makes its pins, else they are ``ExpanderPin``."""
 
-    def __init__(self, base: Any, chips: dict[str, MCP23017]) -> None:
+    def __init__(self, base: Any, chips: dict[str, Any]) -> None:
         self.base = base
         self.chips = chips
-        self._pins: dict[str, ExpanderPin] = {}
+        self._pins: dict[str, Any] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.base, name)
@@ -469,7 +495,9 @@ class ExpanderFactory:
         name = f"{parsed[0]}:{parsed[1]}"
         pin = self._pins.get(name)
         if pin is None:
-            pin = self._pins[name] = ExpanderPin(self, self.chips[parsed[0]], parsed[1])
+            chip = self.chips[parsed[0]]
+            pin_class = getattr(chip, "pin_class", ExpanderPin)
+            pin = self._pins[name] = pin_class(self, chip, parsed[1])
         return pin
 
     def close(self) -> None:
