@@ -2,8 +2,9 @@
 its MQTT gateway: MQTT 3.1.1 only, QoS ≤ 1), three simulated gatekeepers listing all three
 nodes in ``hosts``, callers spread over the nodes, per-user publish permissions as subjects.
 ``kill -9`` of a node: every gatekeeper comes back through another node, the twin is
-intact, calls succeed again within 20 s and no command runs twice; a spoofed suffix moves
-nothing."""
+intact, calls succeed again within 20 s and no command runs twice; a fresh subscriber on
+every surviving node gets the retained ``online`` of a gatekeeper whose node died, and gets it
+again after a late ``offline`` (a Will) overwrote it; a spoofed suffix moves nothing."""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def users() -> str:
         entries.append(
             f'{{user: "gk-{node}", password: "{PASSWORD}", permissions: {{'
             f'publish: {{allow: ["gatekeeper.{node}.>", "homeassistant.>", "$MQTT.>"]}}, '
-            f'subscribe: {{allow: ["gatekeeper.{node}.device.*.call.*", '
+            f'subscribe: {{allow: ["gatekeeper.{node}.status", '  # its status read back
+            f'"gatekeeper.{node}.device.*.call.*", '
             f'"gatekeeper.{node}.device.*.set.*", "gatekeeper.{node}.lease.call.*", '
             f'"homeassistant.status", "$MQTT.>"]}}}}}}')
     for user in ("alice", "bob"):
@@ -105,9 +107,15 @@ authorization {{
 
     def stream_leader(self) -> int:
         """The node that leads the MQTT gateway's message stream (from NATS monitoring)."""
+        return self.leader("$MQTT_msgs") or 0
+
+    def leader(self, name: str) -> int | None:
+        """The node that leads the stream ``name``, None while it has none."""
         import urllib.request
 
         for i in range(3):
+            if self.procs[i] is None:
+                continue
             try:
                 with urllib.request.urlopen(
                         f"http://127.0.0.1:{self.http_ports[i]}/jsz?accounts=true&streams=true",
@@ -117,11 +125,11 @@ authorization {{
                 continue
             for account in doc.get("account_details", []):
                 for stream in account.get("stream_detail", []):
-                    if stream.get("name") == "$MQTT_msgs":
+                    if stream.get("name") == name:
                         leader = stream.get("cluster", {}).get("leader")
                         if leader in ("a", "b", "c"):
                             return "abc".index(leader)
-        return 0
+        return None
 
     def kill(self, i: int) -> None:
         proc = self.procs[i]
@@ -258,18 +266,23 @@ def test_the_gateway_gets_mqtt_3_1_1_and_the_acl_probe_passes(cluster: Any) -> N
     assert not any("failed its probe" in line for gk in nodes.values() for line in gk.log)
 
 
-def test_a_probe_user_without_permissions_fails_closed(cluster: Any, tmp_path: Path) -> None:
-    """The probe's user may publish anywhere (as every user of a NATS account without
-    permissions): its command under another user's name arrives, so the gatekeeper refuses
-    every command and says why."""
-    c, _nodes = cluster
-    config = {"node_id": "n4", "broker": {"mode": "external", "external": external(
-        [f"127.0.0.1:{p}" for p in c.mqtt_ports], "n4", tmp_path, probe="watcher")},
+def n4_config(hosts: list[str], tmp: Path, probe: str = PROBE_USER) -> dict[str, Any]:
+    """A fourth gatekeeper (n4, started by a test of its own) with one LED, for alice."""
+    return {"node_id": "n4", "broker": {"mode": "external", "external": external(
+        hosts, "n4", tmp, probe=probe)},
         "auth": {"users": {"alice": {"role": "operator"}}},
         "safety": {"min_relay_interval_s": 0, "min_command_interval_s": 0,
                    "flap_lockout_s": 0},
         "homeassistant": {"discovery": False},
         "devices": {"lamp": {"type": "LED", "pin": 17}}}
+
+
+def test_a_probe_user_without_permissions_fails_closed(cluster: Any, tmp_path: Path) -> None:
+    """The probe's user may publish anywhere (as every user of a NATS account without
+    permissions): its command under another user's name arrives, so the gatekeeper refuses
+    every command and says why."""
+    c, _nodes = cluster
+    config = n4_config([f"127.0.0.1:{p}" for p in c.mqtt_ports], tmp_path, probe="watcher")
     gk = start_gatekeeper(tmp_path, config, timeout=40)
     try:
         assert "broker ACL" in gk.wait_log("failed its probe", 20)
@@ -326,6 +339,102 @@ def test_kill_9_of_a_cluster_node_every_gatekeeper_comes_back(cluster: Any) -> N
     assert len(toggles) == len(NODES), toggles
     watcher.close()
     c.start(leader)
+
+
+def status_seen(port: int) -> bytes | None:
+    """What a fresh subscriber (a user, QoS 0 as ``mosquitto_sub``) gets as n4's retained
+    status on that node within a second; None: nothing (or the node refused it)."""
+    try:
+        c = client(port, "alice")
+    except Exception:
+        return None
+    try:
+        granted = c.subscribe("gatekeeper/n4/status", 0)
+        if any(getattr(r, "is_failure", False) for r in granted):
+            return None
+        try:
+            m = c.get(1.0)
+        except Exception:
+            return None
+        return bytes(m.payload) if m.retain else None
+    finally:
+        c.close()
+
+
+def wait_status(ports: dict[str, int], want: bytes, timeout: float) -> dict[str, float]:
+    """Poll fresh subscribers on each node until every one got ``want``; seconds each took."""
+    start = time.monotonic()
+    took: dict[str, float] = {}
+    seen: dict[str, bytes | None] = {}
+    while len(took) < len(ports):
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"within {timeout} s not every node showed {want!r}: {seen}")
+        for name, port in ports.items():
+            if name not in took:
+                seen[name] = status_seen(port)
+                if seen[name] == want:
+                    took[name] = time.monotonic() - start
+    return took
+
+
+def test_kill_9_of_its_node_every_surviving_node_shows_it_online(cluster: Any,
+                                                                 tmp_path: Path) -> None:
+    """A gatekeeper on the node leading the gateway's message stream; ``kill -9`` of that
+    node: it serves again through another node, and a fresh subscriber on each surviving node
+    gets its retained ``online`` within 30 s. A retained ``offline`` published over it later
+    (as a Will the cluster fires late, for a connection it dropped) is replaced by ``online``
+    within 30 s. A clean stop leaves ``offline`` on every node."""
+    c, _nodes = cluster
+    for i in range(3):  # the previous test restarted a node: the whole cluster again
+        if c.procs[i] is None:
+            c.start(i)
+    c.wait_ready()
+    end = time.monotonic() + 20
+    while c.leader("$MQTT_msgs") is None or c.leader("$MQTT_rmsgs") is None:
+        assert time.monotonic() < end, "the MQTT streams have no leader"
+        time.sleep(0.2)
+    leader = c.stream_leader()
+    ports = {"abc"[i]: c.mqtt_ports[i] for i in range(3)}
+    hosts = [f"127.0.0.1:{p}" for p in c.mqtt_ports]
+    config = n4_config(hosts[leader:] + hosts[:leader], tmp_path)  # first: the leader
+    gk = start_gatekeeper(tmp_path, config, timeout=40)
+    try:
+        assert f":{c.mqtt_ports[leader]} " in gk.wait_log("connected to the broker", 10)
+        wait_status(ports, b"online", 20)
+        c.kill(leader)
+        killed = time.monotonic()
+        alive = {name: port for name, port in ports.items() if name != "abc"[leader]}
+        for port in alive.values():
+            reply, _ = wait_call(port, "alice", "n4", "state", 30)
+            assert reply["ok"], reply
+        calls = time.monotonic() - killed
+        took = wait_status(alive, b"online", 30 - calls)
+        print(f"after kill -9 of NATS node {'abc'[leader]} (n4's node, the stream leader): "
+              f"calls answered after {calls:.1f} s, retained online on "
+              + ", ".join(f"{n} after {calls + t:.1f} s" for n, t in took.items()))
+        # A late Will: a retained offline over the status of a gatekeeper that serves
+        watcher = client(next(iter(alive.values())), "watcher")
+        try:
+            watcher.subscribe("gatekeeper/n4/status", 0)
+            assert watcher.get(5).payload == b"online"  # its retained copy
+            watcher.publish("gatekeeper/n4/status", "offline", 1, retain=True)
+            assert watcher.get(5).payload == b"offline"  # the broker took it
+            overwritten = time.monotonic()
+            assert watcher.get(30).payload == b"online"  # the gatekeeper's answer
+        finally:
+            watcher.close()
+        since = time.monotonic() - overwritten
+        took = wait_status(alive, b"online", 30)
+        print("a late retained offline over n4's status: online again on "
+              + ", ".join(f"{n} after {since + t:.1f} s" for n, t in took.items()))
+        assert any("publishing it again" in line for line in gk.log), gk.log[-10:]
+        gk.stop()
+        wait_status(alive, b"offline", 10)  # the process is gone: nothing can follow it
+    finally:
+        if gk.alive():
+            gk.stop()
+        c.start(leader)
+        c.wait_ready()
 
 
 def test_a_name_the_3_1_1_gateway_cannot_carry_stops_the_gatekeeper(cluster: Any,

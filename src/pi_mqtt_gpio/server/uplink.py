@@ -13,6 +13,15 @@ EMQX, a cluster), with paho-mqtt.
   After every (re)connect the subscriptions are made again and ``on_connected`` runs (the
   daemon republishes status, catalogue, twin, leases, health and discovery); once the broker
   has granted every subscription the link is *serving* and ``on_serving`` runs.
+- The retained ``{root}/status`` is kept right while connected: the uplink remembers the
+  last retained payload its owner published there (``online``; ``offline`` when stopping)
+  and reads it back from the broker through a subscription of its own (a fresh SUBSCRIBE
+  delivers what the broker stored) 1 s after each publish and each connect, then every
+  60 s; a different payload (a late Will of a connection the broker dropped, a store a
+  cluster lost while electing) or nothing is published again, read back after 1 s, 2 s,
+  4 s, ... at most 10 s apart until it holds. A live message there that differs (a Will
+  firing now) is answered at once. Nothing is published there after ``stop()`` but its
+  ``offline``.
 - A broker that refuses the credentials is a clear log line (once per change) and backoff,
   never a crash loop.
 - Messages arrive on paho's thread and go to the event loop through
@@ -26,6 +35,7 @@ import logging
 import random
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +55,13 @@ log = logging.getLogger("pi_mqtt_gpio.uplink")
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
 PROTOCOL_REFUSED = 0x84  # CONNACK "Unsupported protocol version" (paho maps 3.1.1's 1 to it)
+# The retained status's read-back: first 1 s after a publish or connect, again after a
+# mismatch with the delay doubling to STATUS_RETRY_MAX_S, every STATUS_VERIFY_EVERY_S once
+# it holds; a read waits STATUS_READ_WAIT_S for the broker's retained copy.
+STATUS_CHECK_FIRST_S = 1.0
+STATUS_RETRY_MAX_S = 10.0
+STATUS_VERIFY_EVERY_S = 60.0
+STATUS_READ_WAIT_S = 2.0
 
 
 class Uplink:
@@ -83,6 +100,15 @@ class Uplink:
         self._ungranted: set[str] = set()
         self._up = False  # this connection got its CONNACK
         self.connects = 0
+        # The retained status kept right (see the module's docstring); under _status_lock.
+        self._status_lock = threading.Lock()
+        self._status_want: bytes | None = None  # the owner's last retained payload there
+        self._status_due: float | None = None  # when to read it back (monotonic)
+        self._status_delay = STATUS_CHECK_FIRST_S
+        self._status_reading: float | None = None  # a read-back's deadline
+        self._status_read: bytes | None = None  # the retained copy that read got
+        self._status_said = False  # a mismatch said in the log (once until it holds)
+        self.status_republished = 0  # how often the read-back published it again
 
     def _password(self) -> str | None:
         path = self.config.password_file
@@ -115,10 +141,14 @@ class Uplink:
 
     def stop(self, timeout: float = 2.0) -> None:
         """Publish ``offline`` (retained), disconnect cleanly, end the thread."""
-        self._stop.set()
-        client = self._client
-        if client is not None and self.connected.is_set():
-            info = client.publish(self.will_topic, self.stop_payload, 1, True)
+        with self._status_lock:  # no read-back republishes after this
+            self._stop.set()
+            self._status_want = self.stop_payload
+            self._status_due = None
+            client = self._client
+            info = client.publish(self.will_topic, self.stop_payload, 1, True) \
+                if client is not None and self.connected.is_set() else None
+        if client is not None and info is not None:
             try:
                 info.wait_for_publish(timeout)
             except (RuntimeError, ValueError):
@@ -169,6 +199,7 @@ class Uplink:
                     rc = client.loop(timeout=0.5)
                     if rc != mqtt.MQTT_ERR_SUCCESS:
                         break
+                    self._keep_status(client)
                 self.connected.clear()
                 self.serving.clear()
                 if self._stop.is_set():
@@ -216,6 +247,12 @@ class Uplink:
         self.connects += 1
         self._ungranted = set(self.subscriptions)
         self._subscribe(client, self.subscriptions)
+        with self._status_lock:  # its own subscription, not needed to serve (see _keep_status)
+            client.subscribe(self.will_topic, 0)
+            self._status_reading = None
+            self._status_delay = STATUS_CHECK_FIRST_S
+            if self._status_want is not None:
+                self._status_due = time.monotonic() + STATUS_CHECK_FIRST_S
         self.connected.set()
         if not self._ungranted:
             self._now_serving()
@@ -285,6 +322,9 @@ class Uplink:
             if data is not None:
                 props[Prop.CORRELATION_DATA] = data
         payload = bytes(m.payload)
+        if m.topic == self.will_topic:
+            self._status_message(payload, bool(m.retain))
+            return
         if self.intercept is not None and self.intercept(m.topic, payload):
             return
         msg = Message(m.topic, payload, m.qos, bool(m.retain), props)
@@ -295,9 +335,85 @@ class Uplink:
             except RuntimeError:
                 pass  # the loop is closing
 
+    # --- the retained status, read back (the connection thread) -------------------------------
+    def _status_message(self, payload: bytes, retained: bool) -> None:
+        """Our status as the broker delivers it: a read-back's retained copy, or a live
+        publish (ours, or a Will the broker fired for a connection it dropped)."""
+        with self._status_lock:
+            want = self._status_want
+            if want is None or self._stop.is_set():
+                return
+            if retained:
+                if self._status_reading is not None and self._status_read is None:
+                    self._status_read = payload
+            elif payload != want:
+                # Someone (a Will firing late) overwrote it: publish ours again at once.
+                self._status_reading = None
+                self._status_due = time.monotonic()
+                self._status_read = None
+                self._status_delay = 0.0
+
+    def _keep_status(self, client: mqtt.Client) -> None:
+        """Called between network loops: read the retained status back when due; publish it
+        again when the broker holds something else or nothing."""
+        now = time.monotonic()
+        with self._status_lock:
+            want = self._status_want
+            if want is None or self._stop.is_set() or not self.connected.is_set():
+                return
+            if self._status_reading is not None:
+                got = self._status_read
+                if got is None and now < self._status_reading:
+                    return  # still waiting for the broker's copy
+                self._status_reading = None
+                if got == want:
+                    if self._status_said:
+                        log.info("the broker holds %s = %r again", self.will_topic,
+                                 want.decode(errors="replace"))
+                        self._status_said = False
+                    self._status_delay = STATUS_CHECK_FIRST_S
+                    self._status_due = now + STATUS_VERIFY_EVERY_S
+                    return
+                self._republish_status(client, want, got)
+                return
+            if self._status_due is None or now < self._status_due:
+                return
+            if self._status_delay == 0.0:  # a live message overwrote it: no read needed
+                self._republish_status(client, want, None, live=True)
+                return
+            # A fresh SUBSCRIBE makes the broker deliver the retained copy it holds now.
+            self._status_read = None
+            self._status_reading = now + STATUS_READ_WAIT_S
+            self._status_due = None
+            client.unsubscribe(self.will_topic)
+            client.subscribe(self.will_topic, 0)
+
+    def _republish_status(self, client: mqtt.Client, want: bytes, got: bytes | None,
+                          live: bool = False) -> None:
+        """Under _status_lock: publish the status again, read back after a growing delay."""
+        if not self._status_said:
+            held = "nothing" if got is None else repr(got.decode(errors="replace"))
+            log.warning("the broker %s %s for %s instead of %r: publishing it again",
+                        "published" if live else "holds", held, self.will_topic,
+                        want.decode(errors="replace"))
+            self._status_said = True
+        client.publish(self.will_topic, want, 1, True)
+        self.status_republished += 1
+        delay = max(self._status_delay, STATUS_CHECK_FIRST_S)
+        self._status_due = time.monotonic() + delay
+        self._status_delay = min(delay * 2, STATUS_RETRY_MAX_S)
+
     # --- publishing (any thread) ---------------------------------------------------------------
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False,
                 props: dict[Any, Any] | None = None) -> None:
+        if topic == self.will_topic and retain:
+            with self._status_lock:
+                if self._stop.is_set():
+                    return  # stopped: only stop()'s own payload goes out there
+                self._status_want = payload
+                self._status_delay = STATUS_CHECK_FIRST_S
+                self._status_reading = None
+                self._status_due = time.monotonic() + STATUS_CHECK_FIRST_S
         client = self._client
         if client is None or not self.connected.is_set():
             return  # offline: everything is published again after the reconnect
