@@ -311,7 +311,7 @@ def test_argument_validation(hw: Harness, args: Any, kwargs: Any, message: str) 
 
 
 def test_every_registered_type_has_a_schema_and_methods() -> None:
-    assert len(registry) == 31
+    assert len(registry) == 46
     for name, adapter in registry.items():
         assert adapter.type_name == name
         assert adapter.kind in ("input", "output")

@@ -28,6 +28,7 @@ from pi_mqtt_gpio.server.compat.mqtt_io import MqttIoBridge, MqttIoTopics
 from pi_mqtt_gpio.server.config import Config
 from pi_mqtt_gpio.server.covers import CoverController
 from pi_mqtt_gpio.server.devices.cover import CoverAdapter
+from pi_mqtt_gpio.server.devices.sensors import SensorAdapter
 from pi_mqtt_gpio.server.fdlimit import fit_open_files
 from pi_mqtt_gpio.server.guards import Guards
 from pi_mqtt_gpio.server.hardware import (
@@ -205,6 +206,8 @@ class Daemon:
         self.watchdog: Watchdog | None = None
         self.expander_problems: dict[str, str] = {}
         self.twin.intercept[EXPANDER_DEVICE] = self._expander_event
+        self.sensor_problems: dict[str, str] = {}  # a sensor that stopped answering -> why
+        self.twin.listeners.append(self._sensor_state)
         if config.watchdog is not None:
             self.watchdog = Watchdog(config.watchdog, self.hw, simulate=self.simulate,
                                      on_change=self._health_now)
@@ -349,6 +352,21 @@ class Daemon:
                 self.twin.refresh_later(device, 0.0)
         self._health_now()
         return True
+
+    def _sensor_state(self, device: str, doc: dict[str, Any], _again: bool) -> None:
+        """A sensor published ``available: false`` (its error is a problem of the node's
+        health) or answers again."""
+        if not isinstance(self.hw.adapters.get(device), SensorAdapter):
+            return
+        problem = None if doc.get("available", True) else \
+            f"sensor {device}: {doc.get('error') or 'not answering'}"
+        if problem == self.sensor_problems.get(device):
+            return
+        if problem is None:
+            self.sensor_problems.pop(device, None)
+        else:
+            self.sensor_problems[device] = problem
+        self._health_now()
 
     def _watchdog_edge(self, ev: DeviceEvent) -> bool:
         at = ev.state.get("at")
@@ -637,6 +655,9 @@ class Daemon:
         if self.expander_problems and status == "ok":
             status = "degraded"
         problems.extend(self.expander_problems.values())
+        if self.sensor_problems and status == "ok":
+            status = "degraded"
+        problems.extend(self.sensor_problems.values())
         if self.watchdog is not None and self.watchdog.problem() is not None:
             if status == "ok":
                 status = "degraded"

@@ -2,7 +2,8 @@
 numbers, and the gatekeeper's status, all published through the in-process MQTT client.
 
 It also keeps the twin current where gpiozero has no callback: inputs whose value drifts
-(light, distance, ADCs) are sampled every ``publish_interval`` on the hardware worker, and
+(light, distance, ADCs) are sampled every ``publish_interval`` on the hardware worker,
+sensors (``poll_state``) are read every ``interval`` and say themselves what to publish, and
 outputs running a finite background activity (``blink(n=3)``) are read again when it ends.
 """
 
@@ -175,8 +176,18 @@ class Twin:
     async def _poll(self, name: str, interval: float) -> None:
         adapter = self.hw.adapters[name]
         delta = float(getattr(adapter, "poll_delta", 0.0))
+        poll_state = getattr(adapter, "poll_state", None)  # a sensor decides for itself
         while True:
             await asyncio.sleep(interval)
+            if poll_state is not None:
+                try:
+                    doc = await self.hw.submit(poll_state, force=True)
+                except Exception as exc:
+                    log.warning("reading %s failed: %s", name, exc)
+                    continue
+                if doc is not None:
+                    self.state(name, doc, force=True)  # a change, or the heartbeat
+                continue
             try:
                 state = await self.hw.submit(adapter.state, force=True)
             except Exception as exc:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from pi_mqtt_gpio.server.devices import analog, cover, inputs, mixer, outputs
+from pi_mqtt_gpio.server.devices import analog, cover, inputs, mixer, outputs, sensors
 from pi_mqtt_gpio.server.devices.base import DeviceAdapter
 
 __all__ = ["DeviceAdapter", "registry"]
@@ -11,5 +11,5 @@ __all__ = ["DeviceAdapter", "registry"]
 registry: dict[str, type[DeviceAdapter]] = {
     adapter.type_name: adapter
     for adapter in (*outputs.ADAPTERS, *cover.ADAPTERS, *mixer.ADAPTERS, *inputs.ADAPTERS,
-                    *analog.ADAPTERS)
+                    *analog.ADAPTERS, *sensors.ADAPTERS)
 }

@@ -49,6 +49,9 @@ def _type_text(tp: Any) -> str:
                           if v is not None]
                 text += f" ({', '.join(bounds)})"
         return text
+    if origin is dict:
+        key, value = typing.get_args(tp)
+        return f"mapping of {_type_text(key)} to {_type_text(value)}"
     if origin is typing.Literal:
         return " \\| ".join(repr(a) for a in typing.get_args(tp))
     if dataclasses.is_dataclass(tp):
@@ -107,6 +110,14 @@ def render() -> str:
         out += ["Methods:", "", *[_method_line(m, adapter) for m in adapter.methods], ""]
         if adapter.events:
             out += [f"Events: {', '.join(f'`{e}`' for e in adapter.events)}.", ""]
+        quantities = getattr(adapter, "quantities", None)
+        if quantities or name.startswith("ADS1"):
+            values = ", ".join(f"`{q.key}` ({q.unit})" for q in quantities or ()) \
+                or "`a0` to `a3` (V), the listed `channels`"
+            address = getattr(adapter, "default_address", None)
+            where = f" Default address 0x{address:02x}." if address is not None else ""
+            out += [f"Values in its state: {values}; `units`, `available` (and `error` "
+                    f"while it does not answer).{where} See hardware.md.", ""]
         if name in _SET_EXAMPLES:
             out += [f"`set` payloads: {_SET_EXAMPLES[name]}.", ""]
     return "\n".join(out).rstrip() + "\n"
