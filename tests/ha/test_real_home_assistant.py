@@ -60,6 +60,7 @@ DEVICES = """
   hidden:  {type: LED, pin: 31, homeassistant: false}
   volume:  {type: AlsaMixer, control: Master}
   hall:    {type: Button, pin: "io1:3"}
+  climate: {type: BME280, interval: 1}
 """
 
 
@@ -94,6 +95,7 @@ EXPECTED = {
     "lamp": "switch", "health": "binary_sensor", "volume": "number",
     "hall": "binary_sensor", "hall_event": "event", "watchdog": "binary_sensor",
     "door_sensor": "binary_sensor", "hall_fan": "switch",
+    "climate_temperature": "sensor", "climate_humidity": "sensor", "climate_pressure": "sensor",
 }
 
 
@@ -207,6 +209,35 @@ def test_every_device_appears_with_the_right_entity_type(stage: Stage) -> None:
     assert states[ours["screen"]["entity_id"]]["state"] == "closed"
     assert states[ours["health"]["entity_id"]]["state"] == "off"
     assert stage.ha.mqtt_problems() == []
+
+
+def test_a_sensor_shows_each_value_with_its_unit_and_class(stage: Stage) -> None:
+    want = {"climate_temperature": ("°C", "temperature"), "climate_humidity": ("%", "humidity"),
+            "climate_pressure": ("hPa", "pressure")}
+    for key, (unit, device_class) in want.items():
+        def read(key: str = key) -> dict[str, Any] | None:
+            state = stage.state(key)
+            return state if state["state"] not in ("unknown", "unavailable") else None
+
+        state = wait(read, 10, f"{key} read")
+        float(state["state"])
+        attributes = state["attributes"]
+        assert attributes["unit_of_measurement"] == unit
+        assert attributes["device_class"] == device_class
+        assert attributes["state_class"] == "measurement"
+    # the sensor's own availability: a sensor that stops answering is unavailable in HA
+    daemon = stage.gk.daemon
+    assert daemon is not None
+    adapter = daemon.hw.adapters["climate"]
+    async def sim_fail(failed: bool) -> None:
+        await daemon.hw.submit(adapter.do_sim_fail, failed)  # type: ignore[attr-defined]
+
+    stage.gk.run(lambda: sim_fail(True))
+    wait(lambda: stage.state("climate_temperature")["state"] == "unavailable", 10,
+         "the failing sensor unavailable")
+    stage.gk.run(lambda: sim_fail(False))
+    wait(lambda: stage.state("climate_temperature")["state"] not in ("unknown", "unavailable"),
+         10, "the sensor back")
 
 
 def test_home_assistant_services_move_the_pins(stage: Stage) -> None:

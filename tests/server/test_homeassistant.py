@@ -271,3 +271,45 @@ def test_a_flood_of_birth_messages_republishes_at_most_every_two_seconds() -> No
 class _Handle:
     def cancel(self) -> None:
         pass
+
+
+def test_every_config_has_an_origin_and_both_entity_id_keys() -> None:
+    got = configs()
+    for topic, payload in got.items():
+        component = topic.split("/")[1]
+        assert payload["origin"] == {"name": "pi-mqtt-gpio", "sw_version": "1.2.3"}
+        # default_entity_id for HA 2025.10+, object_id for the releases before it
+        assert payload["default_entity_id"] == f"{component}.{payload['unique_id']}"
+        assert payload["object_id"] == payload["unique_id"]
+
+
+def test_a_sensor_is_one_entity_per_value_with_its_class_unit_and_availability() -> None:
+    config = parse_config("""
+node_id: pi
+devices:
+  climate: {type: BME280, digits: 1}
+  supply: {type: INA219}
+  adc: {type: ADS1115, channels: [1]}
+""")
+    got = discovery(Topics("gatekeeper", "pi"), dict(config.devices), prefix="homeassistant",
+                    version="1.2.3", events=lambda name: [], support_url="https://example.org/x")
+    sensors = {t.split("/")[3]: p for t, p in got.items() if t.split("/")[1] == "sensor"}
+    assert {key: (p["device_class"], p["unit_of_measurement"]) for key, p in sensors.items()} \
+        == {"climate_temperature": ("temperature", "°C"), "climate_humidity": ("humidity", "%"),
+            "climate_pressure": ("pressure", "hPa"), "supply_bus_voltage": ("voltage", "V"),
+            "supply_shunt_voltage": ("voltage", "mV"), "supply_current": ("current", "A"),
+            "supply_power": ("power", "W"), "adc_a1": ("voltage", "V")}
+    temperature = sensors["climate_temperature"]
+    assert temperature["state_class"] == "measurement"
+    assert temperature["value_template"] == "{{ value_json.temperature }}"
+    assert temperature["state_topic"] == "gatekeeper/pi/device/climate/state"
+    assert temperature["suggested_display_precision"] == 1
+    assert "availability_topic" not in temperature
+    assert temperature["availability_mode"] == "all"
+    assert temperature["availability"] == [
+        {"topic": "gatekeeper/pi/status", "payload_available": "online",
+         "payload_not_available": "offline"},
+        {"topic": "gatekeeper/pi/device/climate/state",
+         "value_template": "{{ 'online' if value_json.available else 'offline' }}"}]
+    assert temperature["origin"]["support_url"] == "https://example.org/x"
+    assert allowed_components("BME280") == ("sensor",)

@@ -71,7 +71,15 @@ def allowed_components(type_name: str) -> tuple[str, ...]:
         return ("binary_sensor",)
     if type_name == "DistanceSensor" or type_name.startswith("MCP3"):
         return ("sensor",)
+    if type_name in _sensor_types():
+        return ("sensor",)
     return ()  # TonalBuzzer: nothing Home Assistant has a fitting entity for
+
+
+def _sensor_types() -> tuple[str, ...]:
+    from pi_mqtt_gpio.server.devices.sensors import SENSOR_TYPES
+
+    return SENSOR_TYPES
 
 
 def health_topic_id(node_id: str) -> str:
@@ -80,7 +88,8 @@ def health_topic_id(node_id: str) -> str:
 
 def discovery(topics: Topics, devices: dict[str, Any], *, prefix: str, version: str,
               events: Callable[[str], list[str]], watchdog: bool = False,
-              command_suffix: str | None = None) -> dict[str, dict[str, Any]]:
+              command_suffix: str | None = None, support_url: str | None = None
+              ) -> dict[str, dict[str, Any]]:
     """Every discovery config: config topic -> payload. ``events(name)``: the event types
     of a device (a button's gestures when it has them)."""
     node = topics.node_id
@@ -97,12 +106,27 @@ def discovery(topics: Topics, devices: dict[str, Any], *, prefix: str, version: 
         "payload_not_available": "offline",
         "device": device_block,
     }
+    origin: dict[str, Any] = {"name": "pi-mqtt-gpio", "sw_version": version}
+    if support_url:
+        origin["support_url"] = support_url
     out: dict[str, dict[str, Any]] = {}
 
     def add(component: str, object_id: str, payload: dict[str, Any]) -> None:
         topic = f"{prefix}/{component}/{node}/{object_id}/config"
-        out[topic] = {"unique_id": f"{node}_{object_id}", "object_id": f"{node}_{object_id}",
-                      **payload, **common}
+        entity_id = f"{node}_{object_id}"
+        shared = dict(common)
+        if "availability" in payload:  # its own availability besides the node's
+            payload["availability"] = [{"topic": topics.status, "payload_available": "online",
+                                        "payload_not_available": "offline"},
+                                       *payload["availability"]]
+            payload["availability_mode"] = "all"
+            for key in ("availability_topic", "payload_available", "payload_not_available"):
+                shared.pop(key)
+        # default_entity_id: Home Assistant 2025.10 and later (object_id is deprecated
+        # there); object_id: the releases before it, which drop keys they do not know.
+        out[topic] = {"unique_id": entity_id, "object_id": entity_id,
+                      "default_entity_id": f"{component}.{entity_id}", **payload, **shared,
+                      "origin": origin}
 
     for name, dev in devices.items():
         override = getattr(dev, "homeassistant", None)
@@ -218,6 +242,8 @@ def _entities(topics: Topics, name: str, dev: Any, own: EntityOverride | None,
                 "device_class": "button",
             }))
         return out
+    if component == "sensor" and kind in _sensor_types():
+        return _sensor_entities(topics, name, dev, base, label)
     if component == "sensor":
         if kind == "DistanceSensor":
             return [("sensor", None, {**base, "value_template": "{{ value_json.distance }}",
@@ -229,6 +255,26 @@ def _entities(topics: Topics, name: str, dev: Any, own: EntityOverride | None,
                                   "state_class": "measurement",
                                   "suggested_display_precision": 3})]
     return []  # pragma: no cover - every allowed component is handled above
+
+
+def _sensor_entities(topics: Topics, name: str, dev: Any, base: dict[str, Any], label: str
+                     ) -> list[tuple[str, str | None, dict[str, Any]]]:
+    """One ``sensor`` per value of a polled sensor, unavailable while it does not answer."""
+    from pi_mqtt_gpio.server.devices.sensors import values_of
+
+    values = values_of(dev)
+    own = {"topic": topics.device(name, "state"),
+           "value_template": "{{ 'online' if value_json.available else 'offline' }}"}
+    out: list[tuple[str, str | None, dict[str, Any]]] = []
+    for q in values:
+        digits = dev.digits if dev.digits is not None else q.digits
+        payload = {**base, "name": f"{label} {q.key.replace('_', ' ')}",
+                   "value_template": f"{{{{ value_json.{q.key} }}}}",
+                   "unit_of_measurement": q.unit, "device_class": q.device_class,
+                   "state_class": "measurement", "suggested_display_precision": digits,
+                   "availability": [own]}
+        out.append(("sensor", q.key, payload))
+    return out
 
 
 def _number_range(dev: Any) -> tuple[float, float, float, str | None, str]:

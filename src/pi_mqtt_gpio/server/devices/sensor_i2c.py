@@ -328,7 +328,7 @@ class INA219(Driver):
         max_current = float(self.options.get("max_current", 3.2))
         self.cal, self.current_lsb, self.power_lsb = ina219_calibration(shunt, max_current)
         pga = next((code for limit, code in INA219_PGA.items()
-                    if limit >= max_current * shunt), 3)
+                    if limit + 1e-9 >= max_current * shunt), 3)
         brng = 1 if int(self.options.get("bus_range", 32)) == 32 else 0
         config = (brng << 13) | (pga << 11) | (0x3 << 7) | (0x3 << 3) | 0x7
         self.bus.write_i2c_block_data(self.address, 0x00, [config >> 8, config & 0xFF])

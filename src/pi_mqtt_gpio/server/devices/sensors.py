@@ -144,7 +144,7 @@ class INA219Config(FastI2CConfig):
 
     def check(self) -> list[str]:
         problems = SensorConfig.check(self)
-        if self.shunt_ohms * self.max_current > 0.32:
+        if self.shunt_ohms * self.max_current > 0.32 + 1e-9:
             problems.append(f"max_current {self.max_current:g} A through {self.shunt_ohms:g} "
                             f"Ω is more than the INA219's 320 mV shunt range")
         return problems
