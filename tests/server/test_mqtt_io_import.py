@@ -20,9 +20,9 @@ DATA = ROOT / "tests" / "data" / "mqtt_io"
 
 # file -> (exit status, devices by name -> type, phrases in "not converted")
 EXAMPLES: dict[str, tuple[int, dict[str, str], list[str]]] = {
-    "readme.yml": (0, {"doorbell": "DigitalInputDevice", "porch_light": "OutputDevice"},
-                   ["'lm75_sensor' (lm75)", "'ina219_sensor' (ina219)",
-                    "'alarm_system' (serial)"]),
+    "readme.yml": (0, {"doorbell": "DigitalInputDevice", "porch_light": "OutputDevice",
+                       "lm75_sensor": "LM75", "ina219_sensor": "INA219"},
+                   ["'alarm_system' (serial)"]),
     "ha_discovery.yml": (0, {"door_sensor": "DigitalInputDevice",
                              "hall_fan": "OutputDevice"}, ["device_class fan"]),
     "ha_availability.yml": (0, {}, []),
@@ -34,8 +34,9 @@ EXAMPLES: dict[str, tuple[int, dict[str, str], list[str]]] = {
     "ref_digital_inputs_ha.yml": (1, {}, ["no gpio module named 'rpi'"]),
     "ref_digital_outputs.yml": (0, {"gpio0": "OutputDevice", "gpio1": "OutputDevice"}, []),
     "ref_digital_outputs_ha.yml": (1, {}, ["no gpio module named 'rpi'"]),
-    "ref_sensor_modules.yml": (1, {}, ["'dht' (dht22)", "'ds' (ds18b)"]),
-    "ref_sensor_inputs.yml": (1, {}, ["'dht' (dht22)"]),
+    "ref_sensor_modules.yml": (1, {}, ["'dht' (dht22): no sensor input reads it",
+                                       "'ds' (ds18b): no sensor input reads it"]),
+    "ref_sensor_inputs.yml": (0, {"dht": "AM2302"}, []),
     "ref_stream_modules.yml": (1, {}, ["'network_switch' (serial)", "'ups' (serial)"]),
     "config.example.yml": (0, {"button": "DigitalInputDevice",
                                "door_sensor": "DigitalInputDevice",
@@ -206,6 +207,105 @@ sensor_inputs:
         "light": {"field": "raw_value"}, "tank": {"field": "distance", "scale": 100}}
 
 
+CHIPS = """
+sensor_modules:
+  - {name: probe, module: ds18b, type: DS18B20, address: 000803702E49}
+  - {name: shed, module: dht22, type: dht22, pin: 4}
+  - {name: climate, module: bme280, i2c_bus_num: 1, chip_addr: 0x77}
+  - {name: baro, module: bmp280, i2c_bus_num: 3, chip_addr: 0x76}
+  - {name: bath, module: sht4x}
+  - {name: attic, module: htu21d}
+  - {name: lux, module: bh1750, i2c_bus_num: 1, chip_addr: 0x23}
+  - {name: adc, module: ads1x15, type: ADS1015, pins: [0, 2], gain: 2}
+  - {name: solar, module: ina219, chip_addr: 0x41, shunt_ohms: 0.01, max_amps: 10,
+     voltage_range: 16, gain: 8_320MV, low_power: true}
+  - {name: case, module: lm75, i2c_bus_num: 1, chip_addr: 0x48}
+  - {name: co2, module: mhz19}
+sensor_inputs:
+  - {name: water, module: probe, digits: 3, interval: 30}
+  - {name: shed_t, module: shed, type: temperature, interval: 30}
+  - {name: shed_h, module: shed, type: humidity, interval: 60}
+  - {name: room_p, module: climate, type: pressure, digits: 1}
+  - {name: room_h, module: climate, type: humidity}
+  - {name: baro_p, module: baro, type: pressure}
+  - {name: bath_h, module: bath, type: humidity}
+  - {name: attic_t, module: attic}
+  - {name: light, module: lux, interval: 5}
+  - {name: pot, module: adc, pin: 2, type: voltage}
+  - {name: pot_raw, module: adc, pin: 0}
+  - {name: watts, module: solar}
+  - {name: amps, module: solar, type: current}
+  - {name: case_t, module: case}
+  - {name: bad_type, module: climate, type: dewpoint}
+  - {name: bad_pin, module: adc, pin: 1}
+  - {name: gas, module: co2}
+"""
+
+
+def test_sensor_chips_become_one_device_per_module_and_keep_their_topics() -> None:
+    result = convert(CHIPS, hash_password=lambda p: f"hash:{p}")
+    devices = result.config["devices"]
+    assert devices["probe"] == {"type": "DS18B20", "address": "000803702e49", "interval": 30.0,
+                                "digits": 3}
+    assert devices["shed"] == {"type": "DHT22", "interval": 30.0}
+    assert devices["climate"] == {"type": "BME280", "address": 0x77, "interval": 60.0}
+    assert devices["baro"] == {"type": "BMP280", "bus": 3, "address": 0x76, "interval": 60.0}
+    assert devices["bath"] == {"type": "SHT4x", "interval": 60.0}
+    assert devices["attic"] == {"type": "HTU21D", "interval": 60.0}
+    assert devices["lux"] == {"type": "BH1750", "address": 0x23, "interval": 5.0}
+    assert devices["adc"] == {"type": "ADS1015", "channels": [0, 2], "full_scale": 2.048,
+                              "interval": 60.0}
+    assert devices["solar"] == {"type": "INA219", "shunt_ohms": 0.01, "max_current": 10.0,
+                                "bus_range": 16, "address": 0x41, "interval": 60.0}
+    assert devices["case"] == {"type": "LM75", "address": 0x48, "interval": 60.0}
+    sensors = result.config["compat"]["mqtt_io"]["sensors"]
+    assert sensors == {
+        "water": {"field": "temperature", "device": "probe", "digits": 3},
+        "shed_t": {"field": "temperature", "device": "shed"},
+        "shed_h": {"field": "humidity", "device": "shed"},
+        "room_p": {"field": "pressure", "device": "climate", "digits": 1},
+        "room_h": {"field": "humidity", "device": "climate"},
+        "baro_p": {"field": "pressure", "device": "baro"},
+        "bath_h": {"field": "humidity", "device": "bath"},
+        "attic_t": {"field": "temperature", "device": "attic"},
+        "light": {"field": "illuminance", "device": "lux"},
+        "pot": {"field": "a2", "device": "adc"},
+        "pot_raw": {"field": "a0", "device": "adc", "scale": 16000.0},  # counts: 32768/2.048 V
+        "watts": {"field": "power", "device": "solar"},
+        "amps": {"field": "current", "device": "solar"},
+        "case_t": {"field": "temperature", "device": "case"},
+    }
+    skipped = "\n".join(result.not_converted)
+    lines = {n: i + 1 for i, n in enumerate(CHIPS.splitlines())}
+
+    def line_of(text: str) -> int:
+        return next(v for k, v in lines.items() if text in k)
+
+    for what, why in ((f"line {line_of('name: bad_type')}: sensor input 'bad_type'",
+                       "type dewpoint is not one of temperature, humidity, pressure"),
+                      (f"line {line_of('name: bad_pin')}: sensor input 'bad_pin'",
+                       "pin 1 is not one of the module's pins [0, 2]"),
+                      (f"line {line_of('name: gas')}: sensor input 'gas'",
+                       "its module 'co2' (mhz19) is not converted"),
+                      (f"line {line_of('name: co2')}: sensor module 'co2' (mhz19)",
+                       "no such sensor"),
+                      ("sensor module 'solar' (ina219) gain 8_320MV", "the gain follows"),
+                      ("sensor module 'solar' (ina219) low_power", "the INA219 converts")):
+        assert any(f"{what}: {why}" in n for n in result.not_converted), skipped
+    assert any("dtoverlay=dht11,gpiopin=4" in note for note in result.notes)
+
+
+def test_converted_sensor_chips_pass_check_config(tmp_path: Path) -> None:
+    source = tmp_path / "old.yml"
+    source.write_text(CHIPS)
+    out = tmp_path / "new.yaml"
+    assert main(["import-mqtt-io", str(source), "-o", str(out)]) == 0
+    config = load_config(str(out))
+    assert config.compat.mqtt_io is not None
+    assert config.compat.mqtt_io.sensors["room_p"].field == "pressure"
+    assert main(["check-config", "--config", str(out)]) == 0
+
+
 def test_localhost_with_a_user_keeps_its_password_as_a_hash() -> None:
     cfg = convert("mqtt: {host: 127.0.0.1, port: 1884, user: bob, password: pw1}\n").config
     assert cfg["broker"] == {"mode": "embedded", "listeners": [
@@ -363,3 +463,41 @@ def test_deeply_nested_yaml_is_a_clear_refusal(tmp_path: Path,
     deep.write_text("mqtt: " + "[" * 50_000 + "]" * 50_000 + "\n")
     assert main(["import-mqtt-io", str(deep)]) == 2
     assert "nested too deeply" in capsys.readouterr().err
+
+
+def test_a_sensor_value_is_printed_on_its_mqtt_io_topic_with_its_digits() -> None:
+    from pi_mqtt_gpio.server.compat.mqtt_io import MqttIoTopics
+    from pi_mqtt_gpio.server.config import parse_config
+    from pi_mqtt_gpio.topics import Topics
+
+    cfg = parse_config("""
+node_id: pi
+devices:
+  climate: {type: BME280}
+compat:
+  mqtt_io:
+    topic_prefix: home
+    only_listed: true
+    sensors:
+      room_p: {device: climate, field: pressure, digits: 1}
+      room_t: {device: climate, field: temperature}
+""")
+    assert cfg.compat.mqtt_io is not None
+    names = MqttIoTopics(cfg.compat.mqtt_io, dict(cfg.devices), Topics("gatekeeper", "pi"))
+    state = {"temperature": 21.437, "humidity": 40.1, "pressure": 1006.53, "available": True}
+    assert sorted(names.state_messages("climate", None, state)) == [
+        ("home/sensor/room_p", b"1006.5", False), ("home/sensor/room_t", b"21.44", False)]
+    down = {"temperature": None, "humidity": None, "pressure": None, "available": False}
+    assert names.state_messages("climate", state, down) == []  # nothing while it is down
+
+
+def test_a_sensor_field_the_device_does_not_have_is_refused() -> None:
+    from pi_mqtt_gpio.server.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match="a BMP280 has no 'humidity' in its state"):
+        parse_config("""
+node_id: pi
+devices:
+  baro: {type: BMP280}
+compat: {mqtt_io: {topic_prefix: home, sensors: {h: {device: baro, field: humidity}}}}
+""")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import field
 from typing import Annotated, Any, Literal
 
+from pi_mqtt_gpio.server.devices.sensors import SENSOR_TYPES as POLLED_SENSORS
+from pi_mqtt_gpio.server.devices.sensors import values_of
 from pi_mqtt_gpio.server.schema import NonEmpty, Problem, Range, section
 
 __all__ = [
@@ -24,7 +26,7 @@ OUTPUT_TYPES = ("OutputDevice", "DigitalOutputDevice", "LED", "Buzzer", "PWMOutp
                 "PWMLED")
 INPUT_TYPES = ("Button", "DigitalInputDevice", "MotionSensor", "LineSensor", "LightSensor")
 SENSOR_TYPES = ("MCP3001", "MCP3002", "MCP3004", "MCP3008", "MCP3201", "MCP3202", "MCP3204",
-                "MCP3208", "MCP3301", "MCP3302", "MCP3304", "DistanceSensor")
+                "MCP3208", "MCP3301", "MCP3302", "MCP3304", "DistanceSensor", *POLLED_SENSORS)
 
 Payload = Annotated[str, NonEmpty()]
 
@@ -63,7 +65,9 @@ class MqttIoSensor:
     printed it (``digits`` decimals) from one key of the device's state times ``scale``."""
 
     device: str | None = None
-    field: Literal["value", "raw_value", "voltage", "distance"] = "value"
+    field: Literal["value", "raw_value", "voltage", "distance", "temperature", "humidity",
+                   "pressure", "illuminance", "bus_voltage", "shunt_voltage", "current", "power",
+                   "a0", "a1", "a2", "a3"] = "value"
     scale: Annotated[float, Range(gt=0, le=1e9)] = 1.0
     digits: Annotated[int, Range(ge=0, le=10)] = 2
     retain: bool = False
@@ -135,6 +139,8 @@ def compat_problems(compat: CompatConfig, devices: dict[str, Any], root: str,
     for name, sensor in cfg.sensors.items():
         dev = devices.get(sensor.device or name)
         fields = ("value", "distance") if dev is not None and dev.type == "DistanceSensor" \
+            else ("value", *(q.key for q in values_of(dev))) \
+            if dev is not None and dev.type in POLLED_SENSORS \
             else ("value", "raw_value", "voltage")
         if dev is not None and dev.type in SENSOR_TYPES and sensor.field not in fields:
             problems.append(((*where, "sensors", name, "field"), f"a {dev.type} has no "

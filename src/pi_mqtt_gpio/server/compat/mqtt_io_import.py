@@ -31,6 +31,20 @@ GPIOZERO_OUTPUTS = ("LED", "OutputDevice", "DigitalOutputDevice", "Buzzer", "PWM
 GPIOZERO_INPUTS = ("Button", "DigitalInputDevice", "MotionSensor", "LineSensor",
                    "LightSensor")
 HA_KEYS = ("name", "device_class", "icon")
+# mqtt-io sensor module -> the gatekeeper's device type (bmp280 and htu21d: forks' modules
+# with the same keys as bme280)
+CHIP_MODULES = {"ds18b": "DS18B20", "dht22": "DHT22", "bme280": "BME280", "bmp280": "BMP280",
+                "sht4x": "SHT4x", "htu21d": "HTU21D", "bh1750": "BH1750", "ads1x15": "ADS1115",
+                "ina219": "INA219", "lm75": "LM75"}
+# the values a sensor input's ``type`` may name, the first its default
+CHIP_VALUES = {"ds18b": ("temperature",), "dht22": ("temperature", "humidity"),
+               "bme280": ("temperature", "humidity", "pressure"),
+               "bmp280": ("temperature", "pressure"), "sht4x": ("temperature", "humidity"),
+               "htu21d": ("temperature", "humidity"), "bh1750": ("illuminance",),
+               "ina219": ("power", "current", "bus_voltage", "shunt_voltage"),
+               "lm75": ("temperature",)}
+CHIP_DEFAULT_VALUE = {k: v[0] for k, v in CHIP_VALUES.items()} | {"ads1x15": "value"}
+ADS_GAINS = {2 / 3: 6.144, 1.0: 4.096, 2.0: 2.048, 4.0: 1.024, 8.0: 0.512, 16.0: 0.256}
 # Home Assistant's device classes by entity kind (2024): others are refused by HA.
 HA_CLASSES = {
     "switch": ("outlet", "switch"),
@@ -447,11 +461,13 @@ class _Importer:
     # --- sensors, streams, the rest -------------------------------------------------------------
     def sensors(self) -> None:
         modules = {str(m.get("name")): m for m in _items(self.doc.get("sensor_modules"))}
+        chips: dict[str, str] = {}  # sensor module name -> its device (made at first use)
         for mod in modules.values():
-            if str(mod.get("module")) not in ("mcp3008", "mcp3xxx", "hcsr04"):
+            if str(mod.get("module")) not in ("mcp3008", "mcp3xxx", "hcsr04", *CHIP_MODULES):
                 self.out.skip(mod.get("__line__"), f"sensor module {mod.get('name')!r} "
                               f"({mod.get('module')})", "no such sensor in the gatekeeper "
-                              "(MCP3xxx ADCs and HC-SR04 distance sensors are)")
+                              f"(converted: mcp3008, mcp3xxx, hcsr04, "
+                              f"{', '.join(CHIP_MODULES)})")
         for entry in _items(self.doc.get("sensor_inputs")):
             mio = str(entry.get("name", ""))
             what = f"sensor input {mio!r}"
@@ -464,20 +480,27 @@ class _Importer:
             kind = str(mod.get("module"))
             interval = float(entry.get("interval") or 60)
             dev: dict[str, Any]
-            if kind in ("mcp3008", "mcp3xxx"):
-                chip = "MCP3008" if kind == "mcp3008" else str(mod.get("type", "")).upper()
+            if kind in CHIP_MODULES:
+                chip = self.chip_sensor(mod, entry, what, chips, interval)
+                if chip is None:
+                    continue
+                device, compat = chip
+                dev = self.devices[device]
+            elif kind in ("mcp3008", "mcp3xxx"):
+                chip_type = "MCP3008" if kind == "mcp3008" else str(mod.get("type", "")).upper()
                 from pi_mqtt_gpio.server.devices.analog import CHIPS
 
-                if chip not in CHIPS:
-                    self.out.skip(line, what, f"{chip or 'this chip'} is not one of "
+                if chip_type not in CHIPS:
+                    self.out.skip(line, what, f"{chip_type or 'this chip'} is not one of "
                                   f"{', '.join(CHIPS)}")
                     continue
-                dev = {"type": chip, "channel": _int(entry.get("channel")) or 0,
+                dev = {"type": chip_type, "channel": _int(entry.get("channel")) or 0,
                        "port": _int(mod.get("spi_port")) or 0,
                        "device": _int(mod.get("spi_device")) or 0,
                        "publish_interval": min(3600.0, max(0.05, interval))}
                 # mqtt-io's mcp3008 module published read_adc()'s raw count; mcp3xxx 0..1
-                compat: dict[str, Any] = {"field": "raw_value"} if kind == "mcp3008" else {}
+                compat = {"field": "raw_value"} if kind == "mcp3008" else {}
+                device = ""
             elif kind == "hcsr04":
                 echo = _int(entry.get("pin_echo", mod.get("pin_echo")))
                 trigger = _int(entry.get("pin_trigger", mod.get("pin_trigger")))
@@ -490,14 +513,21 @@ class _Importer:
                        "max_distance": 4.0,
                        "publish_interval": min(3600.0, max(0.05, interval))}
                 compat = {"field": "distance", "scale": 100}
+                device = ""
             else:
-                continue  # said with its module above
+                self.out.skip(line, what, f"its module {mod.get('name')!r} ({kind}) is not "
+                              f"converted")
+                continue
             sensor_ha = self.ha(entry, ("sensor",), what)
             if sensor_ha is not None:
                 sensor_ha.pop("component", None)
-                if sensor_ha:
+                if sensor_ha and kind not in CHIP_MODULES:
                     dev["homeassistant"] = sensor_ha
-            device = self._add(dev, mio)
+                elif sensor_ha:
+                    self.out.skip(line, f"{what} ha_discovery", "a sensor with several "
+                                  "values gets one entity per value, named after the device")
+            if not device:
+                device = self._add(dev, mio)
             compat.update(_compat_entry(entry, mio, device, payloads=False))
             digits = _int(entry.get("digits"))
             if digits is not None and digits != 2:
@@ -508,7 +538,101 @@ class _Importer:
             else:
                 self.compat_sensors[mio] = compat
             self.out.done(line, what, f"devices.{device} ({dev['type']})")
+        for name, mod in modules.items():
+            if str(mod.get("module")) in CHIP_MODULES and name not in chips:
+                self.out.skip(mod.get("__line__"), f"sensor module {name!r} "
+                              f"({mod.get('module')})", "no sensor input reads it")
 
+    def chip_sensor(self, mod: dict[str, Any], entry: dict[str, Any], what: str,
+                    chips: dict[str, str], interval: float
+                    ) -> tuple[str, dict[str, Any]] | None:
+        """A sensor input of a chip module (ds18b, dht22, bme280, ...): one device per module,
+        each input one value of it. Returns (device, compat settings) or None (skipped)."""
+        kind, line = str(mod.get("module")), entry.get("__line__")
+        wanted = str(entry.get("type") or CHIP_DEFAULT_VALUE.get(kind, "temperature")).lower()
+        compat: dict[str, Any] = {}
+        if kind == "ads1x15":
+            pin = _int(entry.get("pin"))
+            pins = [p for p in (mod.get("pins") or []) if isinstance(p, int)]
+            if pin is None or pin not in range(4) or (pins and pin not in pins):
+                self.out.skip(line, what, f"pin {entry.get('pin')!r} is not one of the "
+                              f"module's pins {pins}")
+                return None
+            if wanted not in ("value", "voltage"):
+                self.out.skip(line, what, f"type {wanted} is not value or voltage")
+                return None
+            compat["field"] = f"a{pin}"
+            if wanted == "value":  # mqtt-io: the count scaled to 16 bits
+                full_scale = ADS_GAINS.get(float(mod.get("gain", 1)), 4.096)
+                compat["scale"] = round(32768 / full_scale, 6)
+        else:
+            values = CHIP_VALUES[kind]
+            if wanted not in values:
+                self.out.skip(line, what, f"type {wanted} is not one of {', '.join(values)}")
+                return None
+            compat["field"] = wanted
+        name = str(mod.get("name"))
+        device = chips.get(name)
+        if device is None:
+            dev = self.chip_device(mod)
+            if dev is None:
+                return None
+            device = chips[name] = self._add(dev, name)
+        dev = self.devices[device]
+        dev["interval"] = min(dev.get("interval", 86400.0), max(
+            2.0 if dev["type"] in ("DHT11", "DHT22", "AM2302") else 1.0, interval))
+        digits = _int(entry.get("digits"))
+        if digits is not None and digits > 2:
+            dev["digits"] = min(6, max(digits, dev.get("digits", 0)))
+        return device, compat
+
+    def chip_device(self, mod: dict[str, Any]) -> dict[str, Any] | None:
+        kind, line = str(mod.get("module")), mod.get("__line__")
+        what = f"sensor module {mod.get('name')!r} ({kind})"
+        bus = _int(mod.get("i2c_bus_num"))
+        address = _int(mod.get("chip_addr"))
+        dev: dict[str, Any] = {"type": CHIP_MODULES[kind]}
+        if kind == "ds18b":
+            if mod.get("address"):
+                dev["address"] = str(mod["address"]).lower()
+        elif kind == "dht22":
+            chip = str(mod.get("type", "dht22")).upper()
+            dev["type"] = chip if chip in ("DHT11", "DHT22", "AM2302") else "DHT22"
+            pin = _int(mod.get("pin"))
+            self.out.notes.append(f"line {line}: {what}: the kernel reads the DHT: add "
+                                  f"dtoverlay=dht11,gpiopin={pin if pin is not None else 'N'} "
+                                  f"to /boot/firmware/config.txt and reboot")
+        elif kind == "ads1x15":
+            dev["type"] = "ADS1015" if str(mod.get("type")).upper() == "ADS1015" else "ADS1115"
+            pins = sorted({p for p in (mod.get("pins") or []) if isinstance(p, int)
+                           and 0 <= p <= 3})
+            if pins:
+                dev["channels"] = pins
+            gain = mod.get("gain", 1)
+            full_scale = ADS_GAINS.get(float(gain)) if isinstance(gain, int | float) else None
+            if full_scale is None:
+                self.out.skip(line, f"{what} gain {gain}", "not one of 2/3, 1, 2, 4, 8, 16")
+                return None
+            dev["full_scale"] = full_scale
+        elif kind == "ina219":
+            shunt = float(mod.get("shunt_ohms") or 0.1)
+            dev["shunt_ohms"] = shunt
+            amps = mod.get("max_amps")
+            dev["max_current"] = float(amps) if isinstance(amps, int | float) and amps > 0 \
+                else round(min(3.2, 0.32 / shunt), 6)
+            if mod.get("voltage_range") in (16, 32):
+                dev["bus_range"] = mod["voltage_range"]
+            if str(mod.get("gain", "AUTO")).upper() != "AUTO":
+                self.out.skip(line, f"{what} gain {mod.get('gain')}", "the gain follows from "
+                              "max_current and shunt_ohms")
+            if mod.get("low_power"):
+                self.out.skip(line, f"{what} low_power", "the INA219 converts continuously")
+        if kind not in ("ds18b", "dht22"):  # the I²C chips
+            if bus is not None and bus != 1:
+                dev["bus"] = bus
+            if address is not None:
+                dev["address"] = address
+        return dev
     def rest(self) -> None:
         for entry in _items(self.doc.get("stream_modules")):
             self.out.skip(entry.get("__line__"), f"stream module {entry.get('name')!r} "
