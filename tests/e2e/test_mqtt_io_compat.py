@@ -5,6 +5,7 @@ mqtt-io's topics, on MQTT 3.1.1 and 5.0. Refusals are watched from a separate cl
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -273,6 +274,8 @@ def test_mqtt_ios_readme_example_imported_runs_with_its_own_topics(tmp_path: Pat
     cfg = convert((ROOT / "tests/data/mqtt_io/readme.yml").read_text()).config
     cfg["broker"]["listeners"] = [{"type": "tcp", "host": "127.0.0.1", "port": 0}]
     cfg["node_id"] = "pi"
+    for sensor in ("lm75_sensor", "ina219_sensor"):  # mqtt-io read them every 60 s
+        cfg["devices"][sensor]["interval"] = 1
     cfg["auth"]["users"] = {"admin": {"password_hash": hash_password(PASSWORD),
                                       "role": "admin"}}
     g = start_gatekeeper(tmp_path, cfg)
@@ -298,6 +301,14 @@ def test_mqtt_ios_readme_example_imported_runs_with_its_own_topics(tmp_path: Pat
         lines = out.splitlines()
         assert "home/output/porch_light ON" in lines, lines
         assert "home/input/doorbell ON" in lines, lines  # pin high, not inverted
+        # its LM75 and INA219 (simulated here) on mqtt-io's sensor topics, with 2 decimals
+        got = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(g.port), "-v",
+                              "-t", "home/sensor/porch_temperature", "-t", "home/sensor/current",
+                              "-C", "2", "-W", "20"], capture_output=True, text=True,
+                             timeout=30).stdout.splitlines()
+        assert sorted(line.split(" ")[0] for line in got) == [
+            "home/sensor/current", "home/sensor/porch_temperature"], got
+        assert all(re.fullmatch(r"-?\d+\.\d\d", line.split(" ")[1]) for line in got), got
     finally:
         g.stop()
 
