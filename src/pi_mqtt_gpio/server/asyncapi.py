@@ -86,6 +86,19 @@ EVENT = {"type": "object", "properties": {"event": {"type": "string"},
                                           "seq": {"type": "integer"},
                                           "ts": {"type": "string", "format": "date-time"}},
          "required": ["event", "seq", "ts"], "additionalProperties": True}
+HISTORY = {"type": "object", "description": "A sensor's readings of the last hour (retained, "
+           "at most once a minute; the same as its history method's result): t holds the "
+           "seconds after t0 (epoch seconds) of each row, values one list per value aligned "
+           "with t (null: the sensor did not answer).",
+           "properties": {"step": {"type": "number"}, "window": {"type": "number"},
+                          "units": {"type": "object",
+                                    "additionalProperties": {"type": "string"}},
+                          "t0": {"type": "number"},
+                          "t": {"type": "array", "items": {"type": "number"}},
+                          "values": {"type": "object", "additionalProperties": {
+                              "type": "array", "items": {"type": ["number", "null"]}}},
+                          "ts": {"type": "string", "format": "date-time"}},
+           "required": ["t0", "t", "values", "ts"]}
 REPLY = {"type": "object", "properties": {
     "ok": {"type": "boolean"}, "result": {}, "state": {"type": "object"},
     "error": {"type": "object", "properties": {
@@ -107,7 +120,8 @@ def asyncapi(config: Any, *, simulate: bool = False) -> dict[str, Any]:
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     messages: dict[str, Any] = {}
-    schemas: dict[str, Any] = {"State": STATE, "Event": EVENT, "Reply": REPLY}
+    schemas: dict[str, Any] = {"State": STATE, "Event": EVENT, "Reply": REPLY,
+                               "History": HISTORY}
 
     def channel(key: str, address: str, message: str, payload: dict[str, Any] | str,
                 action: str, summary: str, params: dict[str, Any] | None = None,
@@ -164,6 +178,9 @@ def asyncapi(config: Any, *, simulate: bool = False) -> dict[str, Any]:
                 f"{name} ({dev.type}): its state.")
         channel(f"{key}_event", f"{base}/event", f"{key}_event", "Event", "receive",
                 f"{name}: its events ({', '.join(adapter.events) or 'none'}).")
+        if "sensor" in adapter.capabilities:
+            channel(f"{key}_history", f"{base}/history", f"{key}_history", "History",
+                    "receive", f"{name}: its readings of the last hour.")
         channel(f"{key}_set", f"{base}/set{suffix}", f"{key}_set", {"type": "string"},
                 "send", f"{name}: a plain command (ON, OFF, TOGGLE, a number, ...).",
                 user_param or None)

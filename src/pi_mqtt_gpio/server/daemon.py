@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import gc
 import logging
 import signal
@@ -37,6 +38,7 @@ from pi_mqtt_gpio.server.hardware import (
     consumer_label,
     make_pin_factory,
 )
+from pi_mqtt_gpio.server.history import SensorHistory
 from pi_mqtt_gpio.server.homeassistant import Discovery, discovery
 from pi_mqtt_gpio.server.persistence import (
     SCHEMA_VERSION,
@@ -208,6 +210,15 @@ class Daemon:
         self.twin.intercept[EXPANDER_DEVICE] = self._expander_event
         self.sensor_problems: dict[str, str] = {}  # a sensor that stopped answering -> why
         self.twin.listeners.append(self._sensor_state)
+        # the last hour of each sensor's readings (retained .../history, the history method)
+        self.history = SensorHistory(self.topics, self._publish)
+        for name, adapter in self.hw.adapters.items():
+            if isinstance(adapter, SensorAdapter):
+                values = adapter.value_list()
+                self.history.add_sensor(name, [q.key for q in values],
+                                        {q.key: q.unit for q in values}, adapter.poll_interval)
+                adapter.history = functools.partial(self.history.doc, name)
+        self.twin.listeners.append(self.history.record)
         if config.watchdog is not None:
             self.watchdog = Watchdog(config.watchdog, self.hw, simulate=self.simulate,
                                      on_change=self._health_now)

@@ -117,7 +117,9 @@ def render() -> str:
             address = getattr(adapter, "default_address", None)
             where = f" Default address 0x{address:02x}." if address is not None else ""
             out += [f"Values in its state: {values}; `units`, `available` (and `error` "
-                    f"while it does not answer).{where} See hardware.md.", ""]
+                    f"while it does not answer).{where} See hardware.md. The last hour of "
+                    f"its readings is retained at `{{root}}/device/<name>/history` and "
+                    f"returned by `history` (see dashboard.md).", ""]
         if name in _SET_EXAMPLES:
             out += [f"`set` payloads: {_SET_EXAMPLES[name]}.", ""]
     return "\n".join(out).rstrip() + "\n"

@@ -181,6 +181,11 @@ class SensorAdapter(DeviceAdapter):
     events: ClassVar[tuple[str, ...]] = ()
     methods = {
         "state": Method("state", writes=False, doc="The last reading."),
+        "history": Method("history", (Param("since_s", "float", 3600.0, ge=0, le=3600),),
+                          writes=False,
+                          doc="The readings of the last hour the gatekeeper kept (at most "
+                              "one per max(interval, 10 s)): t0, t (seconds after t0) and "
+                              "each value's list; since_s: only the last so many seconds."),
         "sim_fail": Method("sim_fail", (Param("failed", "bool", True),), sim_only=True,
                            doc="Simulation: the sensor stops answering (or answers again)."),
     }
@@ -200,6 +205,8 @@ class SensorAdapter(DeviceAdapter):
         self.ready = False  # setup() done since the last failure
         self._published: dict[str, Any] | None = None
         self._polls_since = 0
+        # the gatekeeper's kept readings of this sensor (server/history.py), by since_s
+        self.history: Callable[[float], dict[str, Any]] | None = None
 
     @classmethod
     def quantities_for(cls, config: Any) -> list[Quantity]:
@@ -323,6 +330,11 @@ class SensorAdapter(DeviceAdapter):
     @property
     def poll_interval(self) -> float:
         return float(self.config.interval)
+
+    def do_history(self, since_s: float = 3600.0) -> dict[str, Any]:
+        if self.history is None:  # not kept (an adapter outside a gatekeeper)
+            return {"t0": 0.0, "t": [], "values": {q.key: [] for q in self.value_list()}}
+        return self.history(since_s)
 
     def do_sim_fail(self, failed: bool = True) -> dict[str, Any]:
         if isinstance(self.driver, SimulatedDriver):
