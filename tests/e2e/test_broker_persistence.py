@@ -16,7 +16,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from pi_mqtt_gpio.mqtt.codec import decode
+from pi_mqtt_gpio.mqtt.codec import decode, encode_publish
 from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, Publish
 from pi_mqtt_gpio.server.security import hash_password
 from tests.conftest import Client, Gatekeeper, broker_config, start_gatekeeper, wait_for
@@ -337,3 +337,67 @@ def test_sys_statistics_for_admin_only(tmp_path: Path, clients: list[Client],
         assert "$SYS/broker/forged" not in topics
     finally:
         gk.stop()
+
+
+# ------------------------------------------------------------------------------ large files
+def _peak_rss_kib(gk: Gatekeeper) -> int:
+    with open(f"/proc/{gk.proc.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _long_queue_file(path: Path, messages: int) -> int:
+    """``broker.json`` with one session (subscribed to big/#) holding ``messages`` queued
+    QoS 1 messages of 40 bytes (written as text: the test itself never holds them)."""
+    packet = encode_publish("big/t", b"p" * 40, 1, False, False, 1, {}, PROTOCOL_50, None)
+    entry = json.dumps([[base64.b64encode(packet).decode(), None, None, None, None],
+                        1, False, [], 0, False])
+    head = json.dumps({"version": 1, "saved_at": 1e12, "retained": [], "sessions": [{
+        "id": "big", "expiry": 3600, "left": 3600.0,
+        "client": [None, "everyone", PROTOCOL_50, "tcp", "127.0.0.1:1"],
+        "subs": [["big/#", 1, False, False, 0, None]], "inflight": [], "rel": [],
+        "next_pid": 1, "queue": "Q"}]})
+    before, after = head.encode().split(b'"Q"')
+    with open(path, "wb") as f:
+        f.write(before + b"[")
+        chunk = ",".join([entry] * 10_000).encode()
+        for i in range(messages // 10_000):
+            f.write((b"," if i else b"") + chunk)
+        f.write(b"]" + after)
+    return path.stat().st_size
+
+
+@pytest.mark.parametrize("messages", [1_000_000, 250_000], ids=["100MiB", "25MiB"])
+def test_a_huge_store_costs_no_more_memory_than_the_limits(tmp_path: Path,
+                                                           messages: int) -> None:
+    """One session with a million queued messages (100 MiB: past what a Pi reads, moved
+    aside unread) or a quarter of a million (25 MiB: read, its queue cut to
+    max_queued_messages while it is read): the daemon's peak RSS stays within 100 MiB of an
+    empty start."""
+    config = persistent_config(tmp_path, broker={
+        "listeners": [{"type": "tcp", "host": "127.0.0.1", "port": 0}]})
+    gk = start_gatekeeper(tmp_path, config)
+    try:
+        baseline = _peak_rss_kib(gk)
+    finally:
+        assert gk.stop() == 0
+    (tmp_path / "broker.json").unlink(missing_ok=True)
+    size = _long_queue_file(tmp_path / "broker.json", messages)
+    gk = start_gatekeeper(tmp_path, config, timeout=120)
+    try:
+        line = gk.wait_log("broker store", 5)
+        peak = _peak_rss_kib(gk)
+        print(f"{size / 2**20:.0f} MiB file: peak RSS {peak // 1024} MiB, empty start "
+              f"{baseline // 1024} MiB; {line}")
+        aside = list(tmp_path.glob("broker.json.corrupt-*"))
+        if messages == 1_000_000:
+            assert "larger than the broker's limits allow" in line and len(aside) == 1
+        else:
+            assert not aside, line
+            assert "1 sessions with 1000 messages restored" in line, line
+            assert f"{messages - 1000} past the limits" in line, line
+        assert peak - baseline < 100 * 1024
+    finally:
+        assert gk.stop() == 0

@@ -213,3 +213,27 @@ def test_sys_values_count_traffic(version: int) -> None:
         int(before["$SYS/broker/messages/received"]) + 1
     assert "$SYS/broker/version" not in after  # unchanged: not published again
     assert before["$SYS/broker/subscriptions/count"] == b"1"
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+def test_loads_cuts_each_list_to_what_the_limits_hold() -> None:
+    """``loads`` keeps the first entries of the retained list, the sessions and each
+    session's subscriptions, queue and in-flight list up to the caps and counts the rest;
+    anything else is read as ``json`` reads it, and what is not JSON is refused."""
+    caps = store.Caps(retained=2, sessions=2, subs=1, queue=3, inflight=1)
+    doc = {"version": 1, "other": [1, 2, 3, 4], "retained": [[i] for i in range(5)],
+           "sessions": [{"id": "a", "queue": list(range(10)), "inflight": [1, 2],
+                         "subs": [[1], [2]], "rel": [1, 2, 3]}, {"id": "b"}, {"id": "c"}]}
+    loaded = store.loads(json.dumps(doc, indent=1), caps, _no_constant)
+    assert loaded.doc == {"version": 1, "other": [1, 2, 3, 4], "retained": [[0], [1]],
+                          "sessions": [{"id": "a", "queue": [0, 1, 2], "inflight": [1],
+                                        "subs": [[1]], "rel": [1, 2, 3]}, {"id": "b"}]}
+    assert loaded.cut == 3 + 7 + 1 + 1 + 1
+    for text in ("", "{", '{"a": 1} x', '{"retained": [1,]}', '{"a": NaN}',
+                 '{"sessions": [{"queue": [1 2]}]}', '{"a" 1}', "{1: 2}"):
+        with pytest.raises(ValueError):
+            store.loads(text, caps, _no_constant)
+    assert store.loads(" [] ", caps, _no_constant).doc == []

@@ -6,6 +6,10 @@ broker was down, is passed in). Four steps:
 - ``capture`` runs where the core runs and takes references only (a ``Message`` is never
   mutated once created), so that it costs a walk of the tables and no encoding;
 - ``encode`` turns a capture into a JSON document, anywhere (a worker thread);
+- ``loads`` reads the JSON text and keeps at most what the limits can hold of each list
+  (``Caps``: a session's queue, its subscriptions, the sessions, the retained messages): what
+  is past them is read and thrown away one entry at a time, never held, so a file of a
+  million queued messages costs the memory of a thousand;
 - ``parse`` checks a whole document and raises ``ValueError`` on anything it would not
   have written (the file is then moved aside and the broker starts empty);
 - ``apply`` puts a parsed document into a fresh core, within the core's limits.
@@ -23,7 +27,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -39,8 +45,8 @@ from pi_mqtt_gpio.mqtt.topic_tree import parse_shared
 if TYPE_CHECKING:
     from pi_mqtt_gpio.mqtt.broker import BrokerCore
 
-__all__ = ["SCHEMA_VERSION", "Capture", "Parsed", "Restored", "apply", "capture", "encode",
-           "parse", "signature"]
+__all__ = ["SCHEMA_VERSION", "Caps", "Capture", "Loaded", "Parsed", "Restored", "apply",
+           "capture", "encode", "loads", "parse", "signature"]
 
 SCHEMA_VERSION = 1
 _MAX_NAME = 65535  # client ids, user names, roles, filters: an MQTT string at most
@@ -181,6 +187,141 @@ def encode(cap: Capture) -> dict[str, Any]:
             "sessions": sessions}
 
 
+# ---------------------------------------------------------------------------------- loads
+@dataclass(slots=True, frozen=True)
+class Caps:
+    """The most entries of each list that ``apply`` could restore (the rest is cut)."""
+
+    retained: int
+    sessions: int
+    subs: int
+    queue: int
+    inflight: int
+
+
+@dataclass(slots=True)
+class Loaded:
+    doc: Any
+    cut: int  # entries past the caps, read and thrown away
+
+
+_WS = re.compile(r"[ \t\n\r]*")
+_SESSION_LISTS = ("subs", "queue", "inflight")
+
+
+class _Reader:
+    """The document's outer levels (the top object, its ``retained`` and ``sessions`` lists,
+    each session object and its lists) walked here; every entry of a list, and every other
+    value, read whole by ``json``'s own scanner."""
+
+    def __init__(self, text: str, caps: Caps, parse_constant: Callable[[str], Any]) -> None:
+        self.text = text
+        self.caps = caps
+        decoder = json.JSONDecoder(parse_constant=parse_constant)
+        self.scan: Callable[[str, int], tuple[Any, int]] = decoder.scan_once  # type: ignore[attr-defined]
+        self.cut = 0
+
+    def ws(self, i: int) -> int:
+        m = _WS.match(self.text, i)
+        assert m is not None
+        return m.end()
+
+    def expect(self, i: int, char: str) -> int:
+        i = self.ws(i)
+        if self.text[i:i + 1] != char:
+            raise ValueError(f"expected {char!r} at character {i}")
+        return i + 1
+
+    def value(self, i: int) -> tuple[Any, int]:
+        i = self.ws(i)
+        try:
+            return self.scan(self.text, i)
+        except StopIteration:
+            raise ValueError(f"expected a value at character {i}") from None
+
+    def after(self, i: int, close: str) -> tuple[bool, int]:
+        """Past what follows an entry: whether its object or list ended there."""
+        i = self.ws(i)
+        char = self.text[i:i + 1]
+        if char != close and char != ",":
+            raise ValueError(f"expected ',' or {close!r} at character {i}")
+        return char == close, i + 1
+
+    def members(self, i: int, member: Callable[[str, int], tuple[Any, int]]
+                ) -> tuple[dict[str, Any], int]:
+        """An object at ``i``: ``member(key, position)`` reads each value."""
+        i = self.expect(i, "{")
+        out: dict[str, Any] = {}
+        i = self.ws(i)
+        if self.text[i:i + 1] == "}":
+            return out, i + 1
+        while True:
+            key, i = self.value(i)
+            if not isinstance(key, str):
+                raise ValueError(f"expected a key at character {i}")
+            i = self.expect(i, ":")
+            out[key], i = member(key, i)
+            done, i = self.after(i, "}")
+            if done:
+                return out, i
+
+    def items(self, i: int, cap: int, item: Callable[[int], tuple[Any, int]] | None = None
+              ) -> tuple[Any, int]:
+        """A list at ``i`` (anything else is read as it is: ``parse`` refuses it) of which
+        the first ``cap`` entries are kept."""
+        i = self.ws(i)
+        if self.text[i:i + 1] != "[":
+            return self.value(i)
+        read = item or self.value
+        out: list[Any] = []
+        i = self.ws(i + 1)
+        if self.text[i:i + 1] == "]":
+            return out, i + 1
+        while True:
+            entry, i = read(i)
+            if len(out) < cap:
+                out.append(entry)
+            else:
+                self.cut += 1
+            del entry
+            done, i = self.after(i, "]")
+            if done:
+                return out, i
+
+    def session(self, i: int) -> tuple[Any, int]:
+        if self.text[self.ws(i):self.ws(i) + 1] != "{":
+            return self.value(i)
+
+        def member(key: str, j: int) -> tuple[Any, int]:
+            if key in _SESSION_LISTS:
+                return self.items(j, getattr(self.caps, key))
+            return self.value(j)
+
+        return self.members(i, member)
+
+    def document(self) -> Any:
+        def member(key: str, j: int) -> tuple[Any, int]:
+            if key == "retained":
+                return self.items(j, self.caps.retained)
+            if key == "sessions":
+                return self.items(j, self.caps.sessions, self.session)
+            return self.value(j)
+
+        i = self.ws(0)
+        doc, i = self.members(i, member) if self.text[i:i + 1] == "{" else self.value(i)
+        if self.ws(i) != len(self.text):
+            raise ValueError(f"extra data at character {self.ws(i)}")
+        return doc
+
+
+def loads(text: str, caps: Caps, parse_constant: Callable[[str], Any]) -> Loaded:
+    """The document in ``text`` (``ValueError`` when it is not JSON), its lists cut to
+    ``caps``: an entry past a cap is read (and must be JSON) but never kept."""
+    reader = _Reader(text, caps, parse_constant)
+    doc = reader.document()
+    return Loaded(doc, reader.cut)
+
+
 # ---------------------------------------------------------------------------------- parse
 @dataclass(slots=True)
 class _SessionIn:
@@ -200,6 +341,7 @@ class Parsed:
     retained: list[Message] = field(default_factory=list)
     sessions: list[_SessionIn] = field(default_factory=list)
     expired: int = 0  # messages and sessions whose time ran out while the broker was down
+    cut: int = 0  # list entries past the limits, thrown away while reading (``loads``)
 
 
 def _int(value: Any, lo: int, hi: int, what: str) -> int:

@@ -5,15 +5,18 @@
 any moment leaves the old file or the new one, both whole), off the event loop, within
 ``autosave_s`` of a change and once more after the last client is gone at shutdown. What is
 kept, and how it is checked and restored, is ``mqtt/store.py``. A file that does not parse,
-does not have that shape, or is larger than the broker's limits allow is moved aside as
-``broker.json.corrupt-<timestamp>`` with a warning, and the broker starts empty.
+does not have that shape, or is larger than the broker's limits allow (and never larger than
+``MAX_FILE_BYTES``, 32 MiB) is moved aside as ``broker.json.corrupt-<timestamp>`` with a
+warning, and the broker starts empty. Lists longer than the limits can hold (a session's
+queue past ``max_queued_messages``, ...) are cut while the file is read: what is past them is
+never held in memory.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,18 +26,33 @@ from pi_mqtt_gpio.mqtt.broker import BrokerCore, BrokerLimits
 from pi_mqtt_gpio.mqtt.message import Message
 from pi_mqtt_gpio.server.persistence import StateFile
 
-__all__ = ["BROKER_FILE", "BrokerStore", "max_file_bytes"]
+__all__ = ["BROKER_FILE", "MAX_FILE_BYTES", "BrokerStore", "caps", "max_file_bytes"]
 
 log = logging.getLogger("pi_mqtt_gpio.persistence")
 
 BROKER_FILE = "broker.json"
 
 
+MAX_FILE_BYTES = 32 * 1024 * 1024  # whatever the limits: what a Pi reads at start
+
+
 def max_file_bytes(limits: BrokerLimits) -> int:
-    """The largest file the broker's limits let it write: its retained and queued bytes
-    (base64 and JSON: less than twice), and the sessions' subscriptions and tables."""
-    return (2 * (limits.max_retained_bytes + limits.max_queued_bytes)
-            + limits.max_sessions * (4096 + 2 * limits.max_subscription_bytes_per_client))
+    """The largest file read at start: what the broker's limits let it write (its retained
+    and queued bytes, base64 and JSON: less than twice; the sessions' subscriptions and
+    tables), and never more than ``MAX_FILE_BYTES``. A larger one is moved aside unread."""
+    written = (2 * (limits.max_retained_bytes + limits.max_queued_bytes)
+               + limits.max_sessions * (4096 + 2 * limits.max_subscription_bytes_per_client))
+    return min(written, MAX_FILE_BYTES)
+
+
+def caps(limits: BrokerLimits) -> store.Caps:
+    """The most entries of each list of the file the broker could restore: a retained
+    message costs at least a level of the tree (300 bytes)."""
+    return store.Caps(retained=limits.max_retained_bytes // 300 + 1,
+                      sessions=limits.max_sessions,
+                      subs=limits.max_subscriptions_per_client,
+                      queue=limits.max_queued_messages,
+                      inflight=limits.max_inflight_out)
 
 
 def _constant(name: str) -> float:
@@ -42,21 +60,29 @@ def _constant(name: str) -> float:
 
 
 class _BrokerFile(StateFile):
-    def read(self, limit: int, now: float) -> store.Parsed | None:
-        """The parsed file (None: there is none, or it was moved aside). Blocking."""
+    def read(self, limit: int, now: float, cut: store.Caps) -> store.Parsed | None:
+        """The parsed file (None: there is none, or it was moved aside), each list cut to
+        ``cut`` while it is read. Blocking."""
         try:
             with open(self.path, "rb") as f:
-                data = f.read(limit + 1)
+                size = os.fstat(f.fileno()).st_size
+                data = f.read(limit + 1) if size <= limit else b""
         except FileNotFoundError:
             return None
         try:
-            if len(data) > limit:
+            if size > limit or len(data) > limit:
                 raise ValueError(f"larger than the broker's limits allow ({limit:,} bytes)")
-            doc = json.loads(data.decode("utf-8"), parse_constant=_constant)
+            text = data.decode("utf-8")
+            del data
+            loaded = store.loads(text, cut, _constant)
+            del text
+            doc = loaded.doc
             saved_at = doc.get("saved_at") if isinstance(doc, dict) else None
             if isinstance(saved_at, bool) or not isinstance(saved_at, int | float):
                 raise ValueError("saved_at: not a time")
-            return store.parse(doc, now, time.time() - saved_at)
+            parsed = store.parse(doc, now, time.time() - saved_at)
+            parsed.cut = loaded.cut
+            return parsed
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
             aside = self._aside()
@@ -83,11 +109,14 @@ class BrokerStore:
         self._last: store.Capture | None = None
         self._task: asyncio.Task[None] | None = None
         self._writing: asyncio.Future[None] | None = None
+        self._warned = False  # about a file too large to be read again (once)
 
     async def load(self) -> store.Restored | None:
         """Read the file (off the loop) and restore it into the core (before it serves)."""
         now = self.clock()
-        parsed = await asyncio.to_thread(self.file.read, max_file_bytes(self.core.limits), now)
+        limits = self.core.limits
+        parsed = await asyncio.to_thread(self.file.read, max_file_bytes(limits), now,
+                                         caps(limits))
         restored = None
         if parsed is not None:
             now = self.clock()
@@ -95,7 +124,8 @@ class BrokerStore:
             log.info("broker store %s: %d retained messages, %d sessions with %d messages "
                      "restored (%d expired while down, %d no longer authorised, %d past the "
                      "limits)", self.file.path, restored.retained, restored.sessions,
-                     restored.messages, parsed.expired, restored.revoked, restored.dropped)
+                     restored.messages, parsed.expired, restored.revoked,
+                     restored.dropped + parsed.cut)
         self._signature = store.signature(self.core)
         self._last = store.capture(self.core, now, self.keep)
         return restored
@@ -128,6 +158,12 @@ class BrokerStore:
 
     def _write(self, cap: store.Capture) -> None:
         self.file.save({**store.encode(cap), "saved_at": time.time()})
+        size = self.file.path.stat().st_size
+        limit = max_file_bytes(self.core.limits)
+        if size > limit and not self._warned:
+            self._warned = True
+            log.warning("broker store %s is %d bytes, more than the %d read at start: it "
+                        "would be moved aside unread", self.file.path, size, limit)
 
     async def close(self) -> None:
         """The last save (the clients are gone: their sessions are offline now)."""
