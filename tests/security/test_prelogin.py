@@ -173,6 +173,59 @@ def test_a_thousand_pending_sockets_leave_the_logins_working(gk: Gatekeeper,
     assert any("open files limit" in line for line in gk.log)
 
 
+def _server_sockets(port: int, source: str) -> int:
+    """Sockets of the daemon's ``port`` from ``source`` that the daemon has not closed yet
+    (ESTABLISHED on its side), from /proc/net/tcp: what it holds, seen from outside."""
+    peer = "".join(f"{int(b):02X}" for b in reversed(source.split(".")))
+    n = 0
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            local, remote, state = line.split()[1:4]
+            if state == "01" and int(local.split(":")[1], 16) == port \
+                    and remote.split(":")[0] == peer:
+                n += 1
+    return n
+
+
+def _upgrade_request(port: int) -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (f"GET /mqtt HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Protocol: mqtt\r\n\r\n").encode()
+
+
+def test_upgraded_websockets_that_never_log_in_count_until_closed(gk: Gatekeeper) -> None:
+    """Batches of WebSocket sockets that upgrade and never send CONNECT, from one address,
+    for over twice the login timeout (320 sockets): the sockets the daemon holds open for
+    that address never exceed twice its share, also while the timed-out ones close (they
+    count until their socket is closed, and get 2 s for it, not websockets' 10 s)."""
+    port = gk.ports["websocket"]
+    source = "127.0.8.2"
+    socks: list[socket.socket] = []
+    peak = 0
+    try:
+        for _ in range(16):
+            batch = [socket.create_connection(("127.0.0.1", port), timeout=5,
+                                              source_address=(source, 0)) for _ in range(20)]
+            for s in batch:
+                s.sendall(_upgrade_request(port))
+            for s in batch:  # each is answered (101) or closed before the next batch
+                try:
+                    s.recv(4096)
+                except OSError:
+                    pass
+            socks += batch
+            peak = max(peak, _server_sockets(port, source))
+            time.sleep(0.5)  # pacing: the batches span 2.7 login timeouts
+            peak = max(peak, _server_sockets(port, source))
+        print(f"{len(socks)} upgraded sockets opened; at most {peak} held by the daemon")
+        assert 0 < peak <= 2 * PER_ADDRESS
+        assert wait_for(lambda: _server_sockets(port, source) == 0, timeout=TIMEOUT_S + 5)
+    finally:
+        for s in socks:
+            s.close()
+
+
 # ---------------------------------------------------------------- Origin
 def _frame(payload: bytes) -> bytes:
     """A masked binary WebSocket frame (what a browser sends)."""

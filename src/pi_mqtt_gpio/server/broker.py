@@ -43,7 +43,6 @@ log = logging.getLogger("pi_mqtt_gpio.broker")
 Authenticate = Callable[[AuthRequest], Awaitable[AuthResult]]
 
 _HIGH_WATER = 256 * 1024  # above this a client is congested: QoS 0 deliveries are dropped
-_PRELOGIN = (ConnState.NEW, ConnState.AUTHENTICATING)
 
 
 class _Link:
@@ -262,6 +261,10 @@ class _WsLink(_Link):
                     self.conn.congested = False
                     await self.ws.send(data)
                 if self._closing:
+                    if self.conn.client is None:
+                        # It never logged in: its goodbye (a refusal's CONNACK, the close
+                        # frame) gets the TCP link's 2 s, not websockets' 10 s.
+                        self.ws.close_timeout = min(self.ws.close_timeout or 2.0, 2.0)
                     await self.ws.close()
                     return
         except ConnectionClosed:
@@ -501,7 +504,10 @@ class BrokerServer:
             return conn
         held = self._prelogin.get(conn.address)
         if held is not None:
-            held[:] = [c for c in held if c.state in _PRELOGIN and not c.closing]
+            # A socket that never logged in counts until it is really closed (``link_lost``
+            # with ``closed``), also while its goodbye is under way: one that logged in does
+            # not count any more.
+            held[:] = [c for c in held if c.client is None]
         else:
             held = self._prelogin[conn.address] = []
         if len(held) >= PENDING_HARD_FACTOR * core.limits.max_pending_per_address:
@@ -516,11 +522,13 @@ class BrokerServer:
             held.append(conn)
         return conn
 
-    def link_lost(self, link: _Link) -> None:
-        """``link``'s socket is closed (in whatever phase)."""
+    def link_lost(self, link: _Link, closed: bool = True) -> None:
+        """``link``'s socket is closed (in whatever phase); ``closed`` False: the MQTT
+        connection over it is over but its socket may still be closing (a WebSocket's close
+        handshake), and it goes on counting against its address's pre-login share."""
         conn = link.conn
         self.links.pop(conn.id, None)
-        held = self._prelogin.get(conn.address)
+        held = self._prelogin.get(conn.address) if closed else None
         if held is not None:
             with contextlib.suppress(ValueError):
                 held.remove(conn)
@@ -571,7 +579,7 @@ class BrokerServer:
         except ConnectionClosed:
             pass
         finally:
-            self.link_lost(link)
+            self.link_lost(link, closed=False)  # counted until connection_lost
             link.close()
             try:
                 await asyncio.wait_for(writer, 2.0)
