@@ -46,6 +46,11 @@ def test_bounded_to_an_hour_and_to_its_row_count() -> None:
     for i in range(30):
         slow.add(T0 + i * 600, reading(21.0))
     assert len(slow.rows) == 7 and slow.rows.maxlen == 7
+    # a fast sensor whose readings are seldom published (a threshold) forgets old ones too
+    sparse = Ring(["temperature"], UNITS, step=10)
+    for i in range(30):
+        sparse.add(T0 + i * 600, reading(21.0 + i))
+    assert [t - T0 for t, _ in sparse.rows] == [i * 600 for i in range(23, 30)]
 
 
 def test_the_documents_bytes_are_bounded_for_a_four_value_sensor() -> None:

@@ -36,6 +36,7 @@ def test_history_retained_for_a_viewer_and_fresh_from_the_method(tmp_path: Path)
     cfg = broker_config(devices={
         "climate": {"type": "BME280", "interval": 0.3},
         "porch_light": {"type": "LED", "pin": 17},
+        "daylight": {"type": "LightSensor", "pin": 18},
     }, auth={"allow_anonymous": True, "anonymous_role": "viewer",
              "users": {"ada": {"password_hash": hash_password("ada-pw"), "role": "admin"}}})
     gk = start_gatekeeper(tmp_path, cfg)
@@ -60,7 +61,8 @@ def test_history_retained_for_a_viewer_and_fresh_from_the_method(tmp_path: Path)
         catalogue = json.loads(viewer.get(10).payload)
         topics = {d["name"]: d["topics"] for d in catalogue["devices"]}
         assert topics["climate"]["history"] == f"{gk.root}/device/climate/history"
-        assert "history" not in topics["porch_light"]  # sensors only
+        assert "history" not in topics["porch_light"]  # polled sensors only
+        assert "history" not in topics["daylight"]
 
         admin.subscribe(f"{gk.root}/reply/{admin.client_id}/#", 1)
         admin.subscribe(f"{gk.root}/device/climate/state", 1)

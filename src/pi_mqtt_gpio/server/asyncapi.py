@@ -178,7 +178,7 @@ def asyncapi(config: Any, *, simulate: bool = False) -> dict[str, Any]:
                 f"{name} ({dev.type}): its state.")
         channel(f"{key}_event", f"{base}/event", f"{key}_event", "Event", "receive",
                 f"{name}: its events ({', '.join(adapter.events) or 'none'}).")
-        if "sensor" in adapter.capabilities:
+        if "history" in adapter.methods:  # a polled sensor's kept readings
             channel(f"{key}_history", f"{base}/history", f"{key}_history", "History",
                     "receive", f"{name}: its readings of the last hour.")
         channel(f"{key}_set", f"{base}/set{suffix}", f"{key}_set", {"type": "string"},

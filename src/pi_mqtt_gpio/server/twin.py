@@ -86,7 +86,7 @@ class Twin:
             entry = adapter.catalogue()
             entry["topics"] = {leaf: self.topics.device(name, leaf)
                                for leaf in ("state", "event", "set", "call")}
-            if "sensor" in entry["capabilities"]:  # the last hour, kept (server/history.py)
+            if "history" in entry["methods"]:  # a sensor's last hour (server/history.py)
                 entry["topics"]["history"] = self.topics.device(name, "history")
             entry["state_topic"] = entry["topics"]["state"]
             devices.append(entry)

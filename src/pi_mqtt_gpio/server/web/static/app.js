@@ -185,7 +185,7 @@ function subscribeAll() {
   const filters = [];
   if (!app.single) filters.push(`${app.base}/+/devices`, `${app.base}/+/status`);
   if (app.root) {
-    for (const leaf of ["status", "devices", "device/+/state", "device/+/event", "lease",
+    for (const leaf of ["status", "devices", "device/+/state", "device/+/event", "device/+/history", "lease",
       "system/health", "audit"]) filters.push(`${app.root}/${leaf}`);
   }
   const reply = replyPrefix();
@@ -219,12 +219,14 @@ function onMessage(topic, payload, packet) {
   if (rest === "lease") return setLeases(parse(text));
   if (rest === "system/health") return setHealth(parse(text));
   if (rest === "audit") return addAudit(parse(text));
-  const m = rest.match(/^device\/([^/]+)\/(state|event)$/);
+  const m = rest.match(/^device\/([^/]+)\/(state|event|history)$/);
   if (!m) return;
   const card = app.cards.get(m[1]);
   const doc = parse(text);
   if (!card || !doc) return;
-  if (m[2] === "state") card.state(doc); else card.event(doc);
+  if (m[2] === "state") card.state(doc);
+  else if (m[2] === "history") card.history(doc);
+  else card.event(doc);
 }
 
 const parse = (text) => { try { return JSON.parse(text); } catch { return null; } };

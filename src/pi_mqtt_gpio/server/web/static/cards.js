@@ -11,6 +11,7 @@ const param = (dev, method, name) => {
 
 function kindOf(dev) {
   if (dev.type === "Cover") return "cover";
+  if (has(dev, "sensor") && hasMethod(dev, "history")) return "sensor"; // polled, with kept readings
   if (dev.kind === "input") return "input";
   if (has(dev, "rgb")) return "rgb";
   if (has(dev, "dimmable")) return "dimmer";
@@ -60,6 +61,7 @@ export function makeCard(dev, ctx) {
   const btn = (label, onclick, cls = "w") => el("button", { type: "button", class: cls, onclick }, label);
   let state = {};
   let render = () => { value.textContent = JSON.stringify(stripTs(state)); };
+  const extra = { history: null };
 
   if (kind === "switch") {
     const toggle = el("button", { type: "button", class: "w toggle", "aria-pressed": "false",
@@ -141,6 +143,16 @@ export function makeCard(dev, ctx) {
       s.set(state[r.key]);
       if (mute) mute.setAttribute("aria-pressed", String(!!state.muted));
     };
+  } else if (kind === "sensor") {
+    const chart = sensorChart(dev, root, value);
+    render = () => chart.state(state);
+    extra.history = (doc) => chart.history(doc);
+    if (ctx.simulated && hasMethod(dev, "sim_fail")) {
+      sims.append(el("div", { class: "hint" }, "Simulated sensor"),
+        el("div", { class: "row" },
+          btn("Stop answering", () => call("sim_fail", { failed: true }), "s"),
+          btn("Answer again", () => call("sim_fail", { failed: false }), "s")));
+    }
   } else if (kind === "input") {
     let simSlider = null;
     render = () => {
@@ -184,6 +196,10 @@ export function makeCard(dev, ctx) {
       if (lock) lock.remove();
       if (doc.lockout_until) notes.append(el("span", { "data-role": "lockout" }, `Locked out until ${fmtTime(doc.lockout_until)}.`));
     },
+    /** A sensor's kept readings of the last hour ({root}/device/<name>/history). */
+    history(doc) {
+      if (extra.history) extra.history(doc);
+    },
     event(doc) {
       recent.unshift(`${fmtTime(doc.ts)} ${doc.event}`);
       recent.length = Math.min(recent.length, 5);
@@ -212,4 +228,127 @@ export function makeCard(dev, ctx) {
 function stripTs(doc) {
   const { ts, ...rest } = doc || {};
   return rest;
+}
+
+// ---------------------------------------------------------------- sensors
+const HOUR_MS = 3600 * 1000;
+const SVG = "http://www.w3.org/2000/svg";
+const svgEl = (tag, attrs = {}) => {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+  return node;
+};
+const isNum = (v) => typeof v === "number" && Number.isFinite(v);
+const fmtNum = (v, unit) => (isNum(v) ? `${v}${unit ? ` ${unit}` : ""}` : "—");
+
+/** A sensor's values with their units, whether it answers (and why not), and per value a
+ * sparkline of the last hour: the gatekeeper's kept history, extended by the live states
+ * (at most one point per the history's step, the latest of it, as the gatekeeper keeps). */
+function sensorChart(dev, root, value) {
+  const readings = el("div", { class: "readings" });
+  const error = el("p", { class: "error", "data-role": "sensor-error", hidden: true });
+  value.after(error, readings);
+  const rows = new Map(); // value name -> {num, svg, points: [[ms, v|null]], fromHistory}
+  let units = {};
+  let step = 10000; // ms, until the history says
+  let state = {};
+
+  const rowOf = (key) => {
+    let row = rows.get(key);
+    if (row) return row;
+    const num = el("span", { class: "num", "data-role": "reading" }, "…");
+    const svg = svgEl("svg", { class: "spark", viewBox: "0 0 120 32", preserveAspectRatio: "none",
+      role: "img", "data-role": "chart", "data-points": 0, "data-history": 0 });
+    row = { num, svg, points: [], fromHistory: 0 };
+    rows.set(key, row);
+    readings.append(el("div", { class: "reading", "data-key": key },
+      el("span", { class: "label" }, key.replace(/_/g, " ")), num, svg));
+    return row;
+  };
+
+  const add = (row, ms, v) => {
+    const pts = row.points;
+    const last = pts[pts.length - 1];
+    if (last && ms < last[0]) return;
+    if (last && Math.floor(last[0] / step) === Math.floor(ms / step)) pts[pts.length - 1] = [ms, v];
+    else pts.push([ms, v]);
+  };
+
+  const draw = (key, row) => {
+    const now = Date.now();
+    while (row.points.length && row.points[0][0] < now - HOUR_MS) row.points.shift();
+    const pts = row.points;
+    const nums = pts.filter((p) => isNum(p[1]));
+    row.svg.replaceChildren();
+    row.svg.setAttribute("data-points", String(nums.length));
+    row.svg.setAttribute("data-history", String(row.fromHistory));
+    const unit = units[key] || "";
+    if (!nums.length) return;
+    const t0 = pts[0][0];
+    const t1 = Math.max(pts[pts.length - 1][0], t0 + 1);
+    let lo = Math.min(...nums.map((p) => p[1]));
+    let hi = Math.max(...nums.map((p) => p[1]));
+    if (hi - lo < 1e-9) { lo -= 0.5; hi += 0.5; }
+    const x = (ms) => (pts.length === 1 ? 60 : ((ms - t0) / (t1 - t0)) * 118 + 1);
+    const y = (v) => 30 - ((v - lo) / (hi - lo)) * 28;
+    let d = "";
+    let pen = false;
+    for (const [ms, v] of pts) {
+      if (!isNum(v)) { pen = false; continue; }
+      d += `${pen ? "L" : "M"}${x(ms).toFixed(1)} ${y(v).toFixed(1)}`;
+      pen = true;
+    }
+    const [lastMs, lastV] = nums[nums.length - 1];
+    row.svg.append(
+      svgEl("title", {}),
+      svgEl("path", { d, fill: "none", "vector-effect": "non-scaling-stroke" }),
+      svgEl("circle", { cx: x(lastMs).toFixed(1), cy: y(lastV).toFixed(1), r: 1.8 }));
+    const [min, max] = [Math.min(...nums.map((p) => p[1])), Math.max(...nums.map((p) => p[1]))];
+    const minutes = Math.max(1, Math.round((now - t0) / 60000));
+    row.svg.firstChild.textContent = `${key}, last ${minutes} min: ${nums.length} points, min ${fmtNum(min, unit)}, max ${fmtNum(max, unit)}`;
+    row.svg.setAttribute("aria-label", row.svg.firstChild.textContent);
+  };
+
+  const drawAll = () => { for (const [key, row] of rows) draw(key, row); };
+
+  return {
+    state(doc) {
+      state = doc || {};
+      units = { ...units, ...(state.units || {}) };
+      const keys = Object.keys(state.units || {});
+      const up = state.available !== false;
+      root.classList.toggle("unavailable", !up);
+      root.dataset.available = String(up);
+      error.hidden = up;
+      error.textContent = up ? "" : `Not answering: ${state.error || "no reading"}`;
+      const first = keys[0];
+      value.textContent = !up ? "unavailable" : first ? fmtNum(state[first], units[first]) : "?";
+      const ms = Date.parse(state.ts) || Date.now();
+      for (const key of keys) {
+        const row = rowOf(key);
+        const v = up && isNum(state[key]) ? state[key] : null;
+        row.num.textContent = fmtNum(v, units[key]);
+        add(row, ms, v);
+      }
+      drawAll();
+    },
+    history(doc) {
+      if (!doc || !Array.isArray(doc.t) || !doc.values) return;
+      if (isNum(doc.step) && doc.step > 0) step = doc.step * 1000;
+      units = { ...(doc.units || {}), ...units };
+      const base = Number(doc.t0) * 1000;
+      for (const [key, list] of Object.entries(doc.values)) {
+        if (!Array.isArray(list)) continue;
+        const row = rowOf(key);
+        const kept = doc.t.map((t, i) => [base + Number(t) * 1000, isNum(list[i]) ? list[i] : null]);
+        const lastKept = kept.length ? kept[kept.length - 1][0] : -Infinity;
+        // What came live after the document was made stays (it is newer).
+        const live = row.points.filter((p) => p[0] > lastKept);
+        row.points = [];
+        for (const [ms, v] of [...kept, ...live]) add(row, ms, v);
+        row.fromHistory = kept.filter((p) => isNum(p[1])).length;
+      }
+      drawAll();
+    },
+  };
 }
