@@ -44,7 +44,8 @@ def _start(tmp: Path, certs: Path, **limits: Any) -> Gatekeeper:
         {"type": "tls", "host": "127.0.0.1", "port": 0, "certfile": str(certs / "cert.pem"),
          "keyfile": str(certs / "key.pem")},
         {"type": "websocket", "host": "127.0.0.1", "port": 0,
-         "allowed_origins": ["https://panel.example:8443"]},
+         "allowed_origins": ["https://panel.example:8443"],
+         "allowed_hosts": ["gatekeeper.example"]},
     ]
     return start_gatekeeper(tmp, config)
 
@@ -235,11 +236,13 @@ def _frame(payload: bytes) -> bytes:
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
-def _upgrade_and_publish(port: int, origin: str | None, topic: str) -> bytes:
-    """An upgrade with ``origin`` and, in the same write, MQTT CONNECT (admin) and a PUBLISH
-    of ``topic``: returns the server's first answer."""
+def _upgrade_and_publish(port: int, origin: str | None, topic: str, host: str = "127.0.0.1",
+                         extra: tuple[str, ...] = (), source: str = "127.0.0.1") -> bytes:
+    """An upgrade with ``origin`` (and ``Host: host:port``, ``extra`` headers) and, in the
+    same write, MQTT CONNECT (admin) and a PUBLISH of ``topic``: returns the server's first
+    answer."""
     key = base64.b64encode(os.urandom(16)).decode()
-    lines = ["GET /mqtt HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket",
+    lines = ["GET /mqtt HTTP/1.1", f"Host: {host}:{port}", *extra, "Upgrade: websocket",
              "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
              "Sec-WebSocket-Version: 13", "Sec-WebSocket-Protocol: mqtt"]
     if origin is not None:
@@ -248,7 +251,8 @@ def _upgrade_and_publish(port: int, origin: str | None, topic: str) -> bytes:
     connect = encode(Connect(f"o{os.getpid()}{time.monotonic_ns()}", PROTOCOL_50,
                              username="root", password=PW.encode()), PROTOCOL_50)
     publish = encode(Publish(topic, b"x", 0, False, False, None, {}), PROTOCOL_50)
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+    with socket.create_connection(("127.0.0.1", port), timeout=5,
+                                  source_address=(source, 0)) as s:
         s.sendall(request + _frame(connect) + _frame(publish))
         answer = b""
         while b"\r\n\r\n" not in answer:
@@ -265,6 +269,32 @@ def _upgrade_and_publish(port: int, origin: str | None, topic: str) -> bytes:
     return answer
 
 
+def _published_before_sentinel(port: int, watch: Watch) -> list[str]:
+    """The topics the admin's watch saw up to a sentinel published over an upgrade now
+    (everything published before it has been read by then)."""
+    _upgrade_and_publish(port, None, "probe/sentinel")
+    seen: list[str] = []
+
+    def sentinel() -> bool:
+        seen.extend(m.topic for m in watch.drain())
+        return "probe/sentinel" in seen
+
+    assert wait_for(sentinel, timeout=10), seen
+    return seen
+
+
+def _log_sentinel(gk: Gatekeeper, source: str, before: int) -> None:
+    """A line of our own (a failed login from ``source``) after what was sent before: all
+    that it logged is in the log once this appears."""
+    raw = socket.create_connection(("127.0.0.1", gk.port), source_address=(source, 0))
+    raw.sendall(encode(Connect("sentinel", PROTOCOL_50, username="root", password=b"no"),
+                       PROTOCOL_50))
+    try:
+        assert wait_for(lambda: any(source in line for line in gk.log[before:]), timeout=15)
+    finally:
+        raw.close()
+
+
 def test_websocket_upgrade_from_a_foreign_page_is_refused(gk: Gatekeeper) -> None:
     """Origin of another site: 403, and nothing sent after the request reaches the broker
     (an admin on # sees the accepted ones' messages, and a sentinel after, but not it).
@@ -278,14 +308,7 @@ def test_websocket_upgrade_from_a_foreign_page_is_refused(gk: Gatekeeper) -> Non
                  "none": None}
         answers = {name: _upgrade_and_publish(port, origin, f"probe/{name}")
                    for name, origin in cases.items()}
-        _upgrade_and_publish(port, None, "probe/sentinel")
-        seen: list[str] = []
-
-        def sentinel() -> bool:
-            seen.extend(m.topic for m in watch.drain())
-            return "probe/sentinel" in seen
-
-        assert wait_for(sentinel, timeout=10), seen
+        seen = _published_before_sentinel(port, watch)
         status = {name: a.split(b"\r\n", 1)[0].decode() for name, a in answers.items()}
         print(status, seen)
         for name in ("foreign", "null", "other-port"):
@@ -297,6 +320,58 @@ def test_websocket_upgrade_from_a_foreign_page_is_refused(gk: Gatekeeper) -> Non
     finally:
         watch.close()
     assert any("refused a WebSocket upgrade" in line for line in gk.log)
+
+
+def test_dns_rebinding_and_doubled_headers_are_refused(gk: Gatekeeper) -> None:
+    """A page whose own name was made to point here (DNS rebinding: its Host and Origin are
+    its name) is refused with 403 before any MQTT is read; a name in ``allowed_hosts`` and an
+    IP address are accepted. Two Origin headers are a 400 without a traceback."""
+    port = gk.ports["websocket"]
+    watch = Watch(gk)
+    before = len(gk.log)
+    try:
+        rebind = "rebind.attacker.example"
+        cases = {
+            "rebound": (f"http://{rebind}:{port}", rebind, ()),
+            "rebound-listed": ("https://panel.example:8443", rebind, ()),
+            "allowed-host": (f"http://gatekeeper.example:{port}", "gatekeeper.example", ()),
+            "ip": (f"http://127.0.0.1:{port}", "127.0.0.1", ()),
+            "localhost": (f"http://localhost:{port}", "localhost", ()),
+            "no-origin": (None, rebind, ()),
+            "two-origins": (f"http://127.0.0.1:{port}", "127.0.0.1",
+                            ("Origin: http://evil.example",)),
+        }
+        answers = {name: _upgrade_and_publish(port, origin, f"probe/{name}", host, extra)
+                   for name, (origin, host, extra) in cases.items()}
+        seen = _published_before_sentinel(port, watch)
+        status = {name: a.split(b"\r\n", 1)[0].decode() for name, a in answers.items()}
+        print(status)
+        for name in ("rebound", "rebound-listed"):
+            assert status[name].startswith("HTTP/1.1 403"), status
+            assert f"probe/{name}" not in seen
+        for name in ("allowed-host", "ip", "localhost", "no-origin"):
+            assert status[name].startswith("HTTP/1.1 101"), status
+            assert f"probe/{name}" in seen
+        assert status["two-origins"].startswith("HTTP/1.1 400"), status
+        assert "probe/two-origins" not in seen
+    finally:
+        watch.close()
+    assert not [line for line in gk.log[before:] if "Traceback" in line or "Error" in line]
+
+
+def test_refusals_from_many_addresses_log_a_bounded_number_of_lines(gk: Gatekeeper) -> None:
+    """Upgrades from a foreign page, 5 from each of 49 addresses (127.0.11.x): at most 20
+    lines about them in all (the per-address budget alone let 245 through)."""
+    port = gk.ports["websocket"]
+    before = len(gk.log)
+    for i in range(245):
+        _upgrade_and_publish(port, "http://evil.example", "probe/flood",
+                             source=f"127.0.11.{1 + i % 49}")
+    _log_sentinel(gk, "127.0.11.200", before)
+    lines = [line for line in gk.log[before:]
+             if ("127.0.11." in line and "127.0.11.200" not in line) or "suppressed" in line]
+    print(f"{len(lines)} log lines for 245 refusals from 49 addresses")
+    assert len(lines) <= 22, lines
 
 
 # ---------------------------------------------------------------- HTTP log
@@ -319,15 +394,7 @@ def test_plain_http_does_not_flood_the_log(gk: Gatekeeper) -> None:
                     pass
             except OSError:
                 pass
-    # a line of our own after them: everything they logged is in the log when it appears
-    raw = socket.create_connection(("127.0.0.1", gk.port), source_address=("127.0.10.1", 0))
-    raw.sendall(encode(Connect("sentinel", PROTOCOL_50, username="root", password=b"no"),
-                       PROTOCOL_50))
-    try:
-        assert wait_for(lambda: any("127.0.10.1" in line for line in gk.log[before:]),
-                        timeout=15)
-    finally:
-        raw.close()
+    _log_sentinel(gk, "127.0.10.1", before)
     lines = gk.log[before:]
     http = [line for line in lines if "websockets" in line or "pi_mqtt_gpio.web" in line]
     print(f"{len(lines)} log lines for 600 requests, {len(http)} of them about HTTP")

@@ -30,7 +30,7 @@ from websockets.exceptions import ConnectionClosed
 from pi_mqtt_gpio.mqtt.broker import PENDING_HARD_FACTOR, BrokerCore, InternalClient
 from pi_mqtt_gpio.mqtt.connection import Connection, ConnState
 from pi_mqtt_gpio.mqtt.hooks import AuthRequest, AuthResult, Decision
-from pi_mqtt_gpio.mqtt.logguard import LogLimiter
+from pi_mqtt_gpio.mqtt.logguard import LOG_TOTAL, LogLimiter
 from pi_mqtt_gpio.mqtt.message import Message
 from pi_mqtt_gpio.server.config import ListenerConfig
 from pi_mqtt_gpio.server.preflight import tls_context
@@ -417,7 +417,7 @@ class BrokerServer:
         self._auth_tasks: dict[int, asyncio.Task[None]] = {}  # connection id -> its login
         self.bound: list[tuple[str, str, int]] = []  # (type, host, port) actually listening
         self._prelogin: dict[str, list[Connection]] = {}  # address -> its sockets not logged in
-        self._log = LogLimiter(log)
+        self._log = LogLimiter(log, total=LOG_TOTAL)
 
     def now(self) -> float:
         """The broker core's clock: the event loop's monotonic time."""
@@ -543,7 +543,8 @@ class BrokerServer:
         """websockets' ``process_request`` for one listener: the request counts as the
         socket's first sign of life; an upgrade from a foreign page (``Origin``) is 403."""
         serve_http = handler(self.web, tls=tls, allowed_origins=listener.allowed_origins,
-                             brokers=listener.dashboard_brokers)
+                             brokers=listener.dashboard_brokers,
+                             allowed_hosts=listener.allowed_hosts)
 
         def process_request(connection: ServerConnection, request: Any) -> Any:
             link = getattr(connection, "link", None)

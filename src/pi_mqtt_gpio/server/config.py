@@ -6,6 +6,7 @@ is started or any pin claimed. Unknown keys are errors.
 
 from __future__ import annotations
 
+import re
 import socket
 from dataclasses import field
 from pathlib import Path
@@ -65,11 +66,15 @@ class ListenerConfig:
     # websocket: pages of these origins ("https://host:port") may open MQTT over WebSocket
     # besides the listener's own (a browser upgrade from any other Origin is refused)
     allowed_origins: list[str] = field(default_factory=list)
+    # websocket: more names (besides IP addresses, localhost, the host name, <host>.local and
+    # the FQDN) a browser may call this machine by (a request with Origin naming another
+    # Host is refused: DNS rebinding)
+    allowed_hosts: list[str] = field(default_factory=list)
     # websocket: other brokers' WebSocket addresses the dashboard served here may use
     dashboard_brokers: list[str] = field(default_factory=list)
 
     def check(self) -> list[str]:
-        from pi_mqtt_gpio.server.web import normalize_origin
+        from pi_mqtt_gpio.server.web import host_name, normalize_origin
 
         problems = []
         if self.type == "tls" and not (self.certfile and self.keyfile):
@@ -78,8 +83,16 @@ class ListenerConfig:
             problems.append("certfile and keyfile go together")
         if (self.require_certificate or self.use_identity_as_username) and not self.cafile:
             problems.append("client certificates need cafile")
-        if self.type != "websocket" and (self.allowed_origins or self.dashboard_brokers):
-            problems.append("allowed_origins and dashboard_brokers are for websocket listeners")
+        if self.type != "websocket" and (self.allowed_origins or self.dashboard_brokers
+                                         or self.allowed_hosts):
+            problems.append("allowed_origins, allowed_hosts and dashboard_brokers are for "
+                            "websocket listeners")
+        for host in self.allowed_hosts:
+            name = host_name(host)
+            if name is None or name != host.strip().lower().rstrip(".") \
+                    or not _HOST_NAME.fullmatch(name):
+                problems.append(f"allowed_hosts: {host!r} is not a host name like "
+                                "'pi.example.com' (no scheme, no port)")
         for origin in self.allowed_origins:
             if normalize_origin(origin) is None:
                 problems.append(f"allowed_origins: {origin!r} is not an origin like "
@@ -89,6 +102,9 @@ class ListenerConfig:
                 problems.append(f"dashboard_brokers: {url!r} is not a WebSocket address like "
                                 "'wss://host:port/mqtt'")
         return problems
+
+
+_HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 
 
 def _websocket_url(url: str) -> bool:

@@ -6,14 +6,20 @@ named; everything else is 404. Every answer carries a strict Content-Security-Po
 A browser names the page that opens a WebSocket in ``Origin``: an upgrade whose Origin is
 neither this listener's own (the ``Host`` it was asked for, with http/https for ws/wss) nor
 listed in the listener's ``allowed_origins`` is refused with 403, so a page of another site
-cannot use a visitor's browser (and its place in the network) to reach the broker. Clients
-that are not browsers send no Origin and are not concerned.
+cannot use a visitor's browser (and its place in the network) to reach the broker. Since a
+page can make its own name point at this machine (DNS rebinding), a request that carries an
+Origin must also name in ``Host`` a name this machine answers to: an IP address, localhost,
+its host name, ``<host name>.local`` and its FQDN, or one of the listener's
+``allowed_hosts``. Clients that are not browsers send no Origin and are not concerned. Two
+Origin (or Host, or Upgrade) headers are refused with 400.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterable
 from functools import lru_cache
@@ -24,10 +30,10 @@ from urllib.parse import unquote, urlsplit
 from websockets.datastructures import Headers
 from websockets.http11 import Response
 
-from pi_mqtt_gpio.mqtt.logguard import LogLimiter, clip
+from pi_mqtt_gpio.mqtt.logguard import LOG_TOTAL, LogLimiter, clip
 
-__all__ = ["STATIC", "handler", "normalize_origin", "origin_allowed", "process_request",
-           "quiet_http_log"]
+__all__ = ["STATIC", "handler", "host_allowed", "host_name", "local_names", "normalize_origin",
+           "origin_allowed", "process_request", "quiet_http_log"]
 
 log = logging.getLogger("pi_mqtt_gpio.web")
 
@@ -107,13 +113,54 @@ def origin_allowed(origin: str | None, host: str | None, tls: bool,
     return given == own
 
 
+def host_name(text: str) -> str | None:
+    """The lower-case name or address of a ``Host`` header or an ``allowed_hosts`` entry,
+    without its port (brackets of IPv6 kept off), or None when it is not one."""
+    try:
+        parts = urlsplit("//" + text.strip())
+        parts.port  # noqa: B018  # raises on a bad port
+    except ValueError:
+        return None
+    host = parts.hostname
+    if not host or parts.username is not None or parts.path or parts.query or parts.fragment:
+        return None
+    return host.rstrip(".")
+
+
+@lru_cache(maxsize=1)
+def local_names() -> frozenset[str]:
+    """The names this machine answers to: localhost, its host name, ``<host name>.local``
+    (mDNS) and its FQDN (read once)."""
+    names = {"localhost"}
+    for name in (socket.gethostname(), socket.getfqdn()):
+        name = name.lower().rstrip(".")
+        if name:
+            names.add(name)
+            names.add(name.split(".", 1)[0] + ".local")
+    return frozenset(names)
+
+
+def host_allowed(host: str | None, allowed: Iterable[str] = ()) -> bool:
+    """Whether ``Host`` names this machine: an IP address, one of ``local_names`` or of
+    ``allowed`` (lower case, no port)."""
+    name = host_name(host) if host else None
+    if name is None:
+        return False
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    return name in local_names() or name in allowed
+
+
 class _HttpLogFilter(logging.Filter):
     """The websockets server's lines (every plain HTTP request, every failed handshake)
     through the same budget as the broker's: 5 lines of a kind per 10 s."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.limiter = LogLimiter(log)  # says what it held back under our own name
+        self.limiter = LogLimiter(log, total=LOG_TOTAL)  # says what it held back under our own name
 
     def filter(self, record: logging.LogRecord) -> bool:
         return self.limiter.allow(str(record.msg), time.monotonic())
@@ -128,6 +175,7 @@ def quiet_http_log() -> None:
 
 def handler(node: dict[str, Any] | None = None, *, tls: bool = False,
             allowed_origins: Iterable[str] = (), brokers: Iterable[str] = (),
+            allowed_hosts: Iterable[str] = (),
             ) -> Callable[[Any, Any], Response | None]:
     """websockets' ``process_request`` hook. ``node`` is what the page may know before it
     logs in (served as ``/node.json``): the node id, its topic root, whether anonymous
@@ -136,22 +184,37 @@ def handler(node: dict[str, Any] | None = None, *, tls: bool = False,
     node_body = json.dumps(node, separators=(",", ":")).encode() if node else None
     brokers_body = json.dumps(list(brokers)).encode()
     origins = frozenset(o for o in map(normalize_origin, allowed_origins) if o is not None)
-    refusals = LogLimiter(log)
+    hosts = frozenset(h for h in map(host_name, allowed_hosts) if h is not None)
+    local_names()  # looked up now, not at the first request
+    refusals = LogLimiter(log, total=LOG_TOTAL)
+
+    def refuse(connection: Any, request: Any, why: str, text: object, status: int = 403
+               ) -> Response:
+        peer = getattr(connection, "remote_address", None)
+        address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        upgrade = any(v.lower() == "websocket" for v in request.headers.get_all("Upgrade"))
+        refusals.log(logging.WARNING, address, time.monotonic(), "refused %s from %s: %s %s",
+                     "a WebSocket upgrade" if upgrade else "an HTTP request", address, why,
+                     clip(text))
+        if status == 400:
+            return _response(400, "Bad Request", b"bad request\n", "text/plain; charset=utf-8")
+        return _response(403, "Forbidden", f"{why}\n".encode(), "text/plain; charset=utf-8")
 
     def process_request(connection: Any, request: Any) -> Response | None:
         """None lets a WebSocket handshake go on; else the HTTP answer."""
         headers = request.headers
-        if headers.get("Upgrade", "").lower() == "websocket":
-            origin = headers.get("Origin")
-            if origin_allowed(origin, headers.get("Host"), tls, origins):
+        values = {name: headers.get_all(name) for name in ("Origin", "Host", "Upgrade")}
+        for name, got in values.items():
+            if len(got) > 1:
+                return refuse(connection, request, f"{len(got)} {name} headers", "", 400)
+        origin = values["Origin"][0] if values["Origin"] else None
+        host = values["Host"][0] if values["Host"] else None
+        if origin is not None and not host_allowed(host, hosts):
+            return refuse(connection, request, "a browser's page for the host", host)
+        if values["Upgrade"] and values["Upgrade"][0].lower() == "websocket":
+            if origin_allowed(origin, host, tls, origins):
                 return None
-            peer = getattr(connection, "remote_address", None)
-            address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
-            refusals.log(logging.WARNING, address, time.monotonic(),
-                         "refused a WebSocket upgrade from %s: page origin %s is not allowed",
-                         address, clip(origin))
-            return _response(403, "Forbidden", b"origin not allowed\n",
-                             "text/plain; charset=utf-8")
+            return refuse(connection, request, "page origin not allowed:", origin)
         path = unquote(urlsplit(request.path).path) or "/"
         if path == "/node.json" and node_body is not None:
             return _response(200, "OK", node_body, TYPES[".json"])
