@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import queue
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from pi_mqtt_gpio.server.security import hash_password
 from tests.conftest import NO_GUARDS, Client, Gatekeeper, start_gatekeeper, v5_props
@@ -220,3 +223,131 @@ def test_the_catalogue_lists_only_the_devices_its_reader_may_read(
     finally:
         for c in (limited, admin, viewer):
             c.close()
+
+
+def persistent(gk: Gatekeeper, user: str, client_id: str, version: int) -> Client:
+    """``user`` with a session that outlives the connection (3.1.1: clean session 0)."""
+    c = Client(gk.port, version, client_id=client_id, clean=False)
+    c.c.username_pw_set(user, PASSWORD)
+    kw: dict[str, Any] = {}
+    if version == mqtt.MQTTv5:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 600
+        kw["properties"] = props
+    rc, _ = c.connect(**kw)
+    assert int(getattr(rc, "value", rc)) == 0, rc
+    return c
+
+
+def readable(m: mqtt.MQTTMessage) -> bool:
+    """What a viewer may read here: the node's topics and its mqtt-io mirrors."""
+    return m.topic.startswith((ROOT + "/", PREFIX + "/"))
+
+
+@VERSIONS
+def test_a_demoted_user_reads_nothing_more_through_its_old_subscriptions(
+        tmp_path: Path, version: int) -> None:
+    """Two admins subscribed to ``#`` and ``secret/#``, one connected, one away with a
+    persistent session, become viewers (users file + SIGHUP): the subscriptions a viewer
+    would not be granted are gone, with what was queued on them; nothing the viewer may not
+    read arrives, live or queued, before the sentinels it may read."""
+    h = hash_password(PASSWORD)
+    users = tmp_path / "users"
+    users.write_text(f"live:{h}:admin\naway:{h}:admin\n")
+    cfg = config()
+    cfg["auth"]["users_file"] = str(users)
+    g = start_gatekeeper(tmp_path, cfg)
+    admin = login(g, "admin")
+    live = login(g, "live", version)
+    away = persistent(g, "away", f"away-{version}", version)
+    filters = ["#", "secret/#", "zigbee2mqtt/#", f"{ROOT}/#"]
+    try:
+        for c in (live, away):  # what was granted before (a SUBSCRIBE per filter)
+            assert [codes(c.subscribe(f, 1)) for f in filters] == [[1]] * 4
+        away.close()
+        admin.publish("secret/before", b"queued before", 1)
+        admin.publish(f"{ROOT}/probe/before", b"queued before, readable", 1)
+        got = until(live, lambda m: m.topic == f"{ROOT}/probe/before")
+        assert [m.topic for m in got if not m.retain and m.topic.startswith(
+            ("secret/", f"{ROOT}/probe/"))] == ["secret/before", f"{ROOT}/probe/before"]
+        users.write_text(f"live:{h}:viewer\naway:{h}:viewer\n")
+        mark = len(g.log)
+        g.proc.send_signal(signal.SIGHUP)
+        g.wait_log("users reloaded", 10, mark)
+        assert codes(live.subscribe("#", 1)) == [refused(version)]  # a viewer now
+        for t in ("secret/after", "zigbee2mqtt/x", "secret/before"):
+            admin.publish(t, b"after " + t.encode(), 1)
+        admin.publish(f"{ROOT}/probe/after", b"sentinel", 1)
+        got = until(live, lambda m: m.topic == f"{ROOT}/probe/after")
+        assert [m.topic for m in got if not readable(m)] == [], [m.topic for m in got]
+        back = persistent(g, "away", f"away-{version}", version)
+        try:
+            got = until(back, lambda m: m.topic == f"{ROOT}/probe/after")
+            assert [m.topic for m in got if not readable(m)] == [], [m.topic for m in got]
+            assert f"{ROOT}/probe/before" in [m.topic for m in got]  # kept: still readable
+            admin.publish("secret/live", b"live", 1)
+            admin.publish(f"{ROOT}/probe/live", b"sentinel", 1)
+            got = until(back, lambda m: m.topic == f"{ROOT}/probe/live")
+            assert [m.topic for m in got if not readable(m)] == [], [m.topic for m in got]
+        finally:
+            back.close()
+    finally:
+        admin.close()
+        live.close()
+        assert g.stop() == 0
+
+
+@VERSIONS
+def test_the_parent_topic_of_a_checked_prefix_is_checked_too(
+        gk: Gatekeeper, version: int) -> None:
+    """``home/kitchen/#`` matches ``home/kitchen`` and ``{root}/#`` matches
+    ``{root}/device/secret_valve`` (MQTT-4.7.1-2): the viewer gets neither another
+    program's ``home/kitchen`` nor the limited role the topic its deny covers, retained or
+    live."""
+    admin = login(gk, "admin")
+    parents = [PREFIX, f"{ROOT}/device/secret_valve"]
+    viewer = login(gk, "view", version)
+    limited = login(gk, "limited", version)
+    try:
+        for t in parents:
+            admin.publish(t, b"retained " + t.encode(), 1, retain=True)
+        assert codes(viewer.subscribe(f"{PREFIX}/#", 1)) == [1]
+        assert codes(limited.subscribe(f"{ROOT}/#", 1)) == [1]
+        for t in parents:
+            admin.publish(t, b"live " + t.encode(), 1)
+        toggle(gk, "fan")  # the sentinels, after everything else
+        got = until(viewer, lambda m: m.topic == f"{PREFIX}/output/fan" and not m.retain)
+        assert PREFIX not in [m.topic for m in got]
+        got = until(limited, lambda m: m.topic == f"{ROOT}/device/fan/state" and not m.retain)
+        assert not any("secret_valve" in m.topic for m in got), [m.topic for m in got]
+    finally:
+        for t in parents:
+            admin.publish(t, b"", 1, retain=True)
+        admin.close()
+        viewer.close()
+        limited.close()
+
+
+@VERSIONS
+def test_the_audit_of_a_denied_device_reaches_only_who_may_read_it(
+        gk: Gatekeeper, version: int) -> None:
+    """The role denied the valve does not learn from ``{root}/audit`` what was done to it;
+    an admin does."""
+    limited = login(gk, "limited", version)
+    watcher = login(gk, "admin", version)
+    try:
+        for c in (limited, watcher):
+            assert codes(c.subscribe(f"{ROOT}/audit", 1)) == [1]
+        toggle(gk, "secret_valve")
+        toggle(gk, "fan")  # the sentinel
+
+        def fan(m: mqtt.MQTTMessage) -> bool:
+            return bool(json.loads(m.payload)["device"] == "fan")
+
+        seen = [json.loads(m.payload)["device"] for m in until(limited, fan)]
+        assert seen == ["fan"], seen
+        seen = [json.loads(m.payload)["device"] for m in until(watcher, fan)]
+        assert seen == ["secret_valve", "fan"], seen
+    finally:
+        limited.close()
+        watcher.close()

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from pi_mqtt_gpio.mqtt.hooks import ClientInfo, Decision
+from pi_mqtt_gpio.mqtt.hooks import ClientInfo, Decision, under_protected
 from pi_mqtt_gpio.mqtt.topic_tree import topic_matches
 from pi_mqtt_gpio.server.compat.mqtt_io import MqttIoTopics
 from pi_mqtt_gpio.server.config import parse_config
@@ -49,6 +49,8 @@ UNIVERSE = [
     "secret/admin/notes", "zigbee2mqtt/x", "homeassistant/switch/pi_fan/config",
     "othernode/a/b/c", "gatekeeper/other/device/x/state", "elsewhere/a", "private/bob/diary",
     "$SYS/broker/uptime",
+    # parent topics: ``x/#`` matches ``x`` too (MQTT-4.7.1-2)
+    "home", f"{ROOT}/device/secret_valve", f"{ROOT}/reply", "private/bob", "private",
 ]
 FILTERS = ["#", "+/+/+/+", "+/#", "+/output/#", "home/#", "home/+/+", "home/output/+",
            f"{ROOT}/#", f"{ROOT}/device/+/state", f"{ROOT}/reply/#", f"{ROOT}/reply/me/#",
@@ -84,7 +86,7 @@ def test_a_granted_filter_holds_nothing_unreadable_outside_the_checked_prefixes(
             continue
         for t in UNIVERSE:
             if topic_matches(f, t) and not acl.readable(client, t):
-                assert t.startswith(protected), (client.role, f, t)
+                assert under_protected(t, protected), (client.role, f, t)
 
 
 @pytest.mark.parametrize("client", READERS, ids=lambda c: f"{c.role}-{c.username}")
@@ -174,3 +176,31 @@ def test_the_catalogue_lists_only_what_its_reader_may_read() -> None:
             ["devices"]] == ["bell"]
     assert acl.reader_payload(limited, topic, b"not json") == b"not json"
 
+
+
+def audit(device: str, **more: object) -> bytes:
+    return json.dumps({"ts": "t", "client_id": "c", "username": "u", "device": device,
+                       "method": "toggle", "source": "call", "ok": True, **more}).encode()
+
+
+def test_an_audit_entry_reaches_only_readers_of_the_devices_it_names() -> None:
+    """``{root}/audit`` names devices and what was done to them: a reader gets an entry only
+    when it may read the state of every device the entry names (a lease's too)."""
+    acl = make()
+    topic = f"{ROOT}/audit"
+    assert topic in acl.read_protected()
+    limited, admin, viewer = who("limited"), who("admin"), who("viewer")
+    internal = ClientInfo("gk", None, None, 5, "internal", "", internal=True)
+    hidden = [audit("secret_valve"),
+              audit("lease", kwargs={"devices": ["fan", "secret_valve"], "ttl": 5}),
+              audit("lease", method="lost", lease={"devices": ["secret_valve"]})]
+    shown = [audit("fan"), audit("lease", kwargs={"devices": ["fan"]}),
+             audit("lease", lease={"devices": None}), b"not json"]
+    for entry in hidden:
+        assert acl.reader_payload(limited, topic, entry) is None, entry
+    for entry in hidden + shown:
+        for c in (admin, viewer, internal):
+            assert acl.reader_payload(c, topic, entry) is entry
+    for entry in shown:
+        assert acl.reader_payload(limited, topic, entry) is entry, entry
+    assert acl.reader_payload(who("nobody"), topic, audit("fan")) is None

@@ -175,8 +175,9 @@ auth:
     assert acl.authorize_subscribe(viewer, "gatekeeper/pi/reply/c1/#", 1) is Decision.DENY
     # a {root}/# reader does not receive other clients' replies
     # (and deny filters are enforced at delivery too: their fixed start is protected)
-    # (the catalogue too: it is rewritten per reader)
-    assert acl.read_protected() == ("gatekeeper/pi/devices", "gatekeeper/pi/reply/", "users/")
+    # (the catalogue too: it is rewritten per reader; the audit: per device it names)
+    assert acl.read_protected() == ("gatekeeper/pi/audit", "gatekeeper/pi/devices",
+                                    "gatekeeper/pi/reply/", "users/")
     assert not acl.readable(own, "users/dora/secret")
     assert acl.readable(own, "users/dora/x")
     assert acl.readable(viewer, "gatekeeper/pi/reply/c5/rpc")

@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 import logging
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -258,6 +259,10 @@ class BrokerCore:
         # Topic prefixes whose deliveries a hook must approve per receiver (reply prefixes).
         self._protected: tuple[str, ...] = tuple(
             prefix for hook in self.hooks for prefix in hook.read_protected())
+        # ... and their parent topics: a filter ``x/#`` also matches ``x`` (MQTT-4.7.1-2), so
+        # a prefix ending in ``/`` covers the topic without it (``home/`` covers ``home``).
+        self._protected_parents: frozenset[str] = frozenset(
+            prefix[:-1] for prefix in self._protected if prefix.endswith("/"))
 
     # ------------------------------------------------------------------ transport interface
     def open_connection(
@@ -1048,8 +1053,78 @@ class BrokerCore:
 
     # ------------------------------------------------------------------ PUBLISH in, fast
     def invalidate_authorization(self) -> None:
-        """Rights may have changed (users reloaded): forget every cached decision."""
+        """Rights may have changed (users reloaded): forget every cached decision, and
+        authorise every subscription again, as a SUBSCRIBE now would be (``reauthorize``)."""
         self.auth_epoch += 1
+        self.reauthorize()
+
+    def reauthorize(self) -> tuple[int, int]:
+        """Every session's subscriptions (connected or not) granted again by the hooks as
+        they answer now: one they refuse is removed (MQTT has no unsubscribe from the server:
+        its deliveries just stop; the client learns it at its next SUBSCRIBE, 0x87 / 0x80).
+        Then what each session holds for later, queued or in flight towards an offline
+        client (resent at reconnect, MQTT-4.4.0-1), is kept only when a subscription it
+        still has matches it and the read rule lets it read it now, as a restart's restore
+        decides (``store.apply``). Returns (subscriptions removed, messages dropped)."""
+        removed = dropped = 0
+        for session in list(self.sessions.values()):
+            client = session.client
+            if client is None or client.internal or session.internal_handler is not None:
+                continue
+            refused = [topic_filter for topic_filter, entry in session.subscriptions.items()
+                       if self._authorize_subscribe(client, topic_filter, entry.options.qos)
+                       is not Decision.ALLOW]
+            for topic_filter in refused:
+                self._remove_subscription(session, topic_filter)
+            if refused:
+                removed += len(refused)
+                log.warning("%d subscriptions of %r removed (no longer authorised), %r first",
+                            len(refused), clip(session.client_id), clip(refused[0]))
+            dropped += self._recheck_held(session)
+        if dropped:
+            log.warning("%d queued messages dropped: their readers may no longer read them",
+                        dropped)
+        return removed, dropped
+
+    def _recheck_held(self, session: Session) -> int:
+        """Drop what ``session`` holds that it may no longer receive (``reauthorize``)."""
+        dropped = 0
+        if session.queue:
+            kept: deque[Pending] = deque()
+            for item in session.queue:
+                shown = self._still_delivers(session, item.message)
+                if shown is None:
+                    self._charge(session, -item.message.cost)
+                    dropped += 1
+                    continue
+                if shown is not item.message:
+                    self._charge(session, shown.cost - item.message.cost)
+                    item.message = shown
+                kept.append(item)
+            session.queue = kept
+        if session.conn is None:  # in flight to a client that is gone: resent at reconnect
+            for pid, held in list(session.inflight.items()):
+                if not held.released and self._still_delivers(session, held.message) is None:
+                    del session.inflight[pid]
+                    self._charge(session, -held.message.cost)
+                    dropped += 1
+        return dropped
+
+    def _still_delivers(self, session: Session, msg: Message) -> Message | None:
+        """``msg`` as ``session`` may receive it now: None when no subscription it holds
+        matches it, or the read rule refuses it (``_deliver``'s check)."""
+        cid = session.client_id
+        for node in self.subscriptions.match(msg.topic):
+            if cid in node.subs or any(cid in members for members in node.shared.values()):
+                break
+        else:
+            return None
+        return self._for_reader(session, msg) if self._read_checked(msg.topic) else msg
+
+    def _read_checked(self, topic: str) -> bool:
+        """Whether deliveries on ``topic`` are checked per reader (``read_protected()``)."""
+        return bool(self._protected) and (
+            topic.startswith(self._protected) or topic in self._protected_parents)
 
     def _fast_publish(self, conn: Connection, first: int, body: bytes, now: float) -> bool:
         """The common PUBLISH (QoS 0/1, no DUP, no RETAIN, no Topic Alias, no Message Expiry,
@@ -1088,7 +1163,8 @@ class BrokerCore:
         self.stats.messages_in += 1
         msg: Message | None = None  # built only for a receiver the general path serves
         sessions = self.sessions
-        protected = bool(self._protected) and topic.startswith(self._protected)
+        protected = bool(self._protected) and (
+            topic.startswith(self._protected) or topic in self._protected_parents)
         version = conn.version
         same: bytes | None = None  # the PUBLISH as a QoS 0 receiver of ``version`` gets it
         other: bytes | None = None  # ... and as one of the other version gets it
@@ -1570,7 +1646,8 @@ class BrokerCore:
         if session.internal_handler is not None:
             session.internal_handler(msg, sub_ids)
             return
-        if self._protected and msg.topic.startswith(self._protected):
+        if self._protected and (msg.topic.startswith(self._protected)
+                                or msg.topic in self._protected_parents):
             # The rule that granted the subscription decides each delivery it holds back
             # (MQTT 5.0 section 5.4.2): live, retained (MQTT-3.3.1-9) and queued alike.
             shown = self._for_reader(session, msg)
@@ -1663,7 +1740,10 @@ class BrokerCore:
             return None
         payload = msg.payload
         for hook in hooks:
-            payload = hook.reader_payload(client, topic, payload)
+            shown = hook.reader_payload(client, topic, payload)
+            if shown is None:
+                return None  # not for this reader
+            payload = shown
         return msg if payload is msg.payload else dataclasses.replace(msg, payload=payload)
 
     def _enqueue(self, session: Session, item: Pending, now: float) -> None:

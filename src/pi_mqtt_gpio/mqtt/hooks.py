@@ -16,6 +16,7 @@ __all__ = [
     "BrokerHooks",
     "ClientInfo",
     "Decision",
+    "under_protected",
 ]
 
 
@@ -62,6 +63,15 @@ class ClientInfo:
     extra: dict[str, object] = field(default_factory=dict)
 
 
+def under_protected(topic: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether deliveries on ``topic`` are checked per reader by ``prefixes``
+    (``read_protected()``): it starts with one, or it is one ending in ``/`` without the
+    ``/`` (a filter ``home/#`` matches the topic ``home``, MQTT-4.7.1-2). The broker's own
+    checks are this, inlined."""
+    return topic.startswith(prefixes) or any(
+        p.endswith("/") and topic == p[:-1] for p in prefixes)
+
+
 class BrokerHooks:
     """Base class: every method defers or does nothing. Override what you need."""
 
@@ -75,9 +85,11 @@ class BrokerHooks:
         """Topic prefixes whose deliveries ``readable`` must approve (checked per receiver).
 
         The contract with ``authorize_subscribe``: a hook grants a filter only when every
-        topic it matches that ``readable`` would refuse starts with one of these prefixes.
-        The broker then checks nothing per delivery elsewhere (its fast path), and checks
-        every delivery here, live, retained and queued ones alike."""
+        topic it matches that ``readable`` would refuse is under one of these prefixes
+        (``under_protected``: it starts with one, or is the parent topic of one that ends in
+        ``/``, which ``x/#`` matches too, MQTT-4.7.1-2). The broker then checks nothing per
+        delivery elsewhere (its fast path), and checks every delivery here, live, retained
+        and queued ones alike."""
         return ()
 
     def readable(self, client: ClientInfo, topic: str) -> bool:
@@ -85,9 +97,10 @@ class BrokerHooks:
         same rule that ``authorize_subscribe`` grants by."""
         return True
 
-    def reader_payload(self, client: ClientInfo, topic: str, payload: bytes) -> bytes:
+    def reader_payload(self, client: ClientInfo, topic: str, payload: bytes) -> bytes | None:
         """The payload ``client`` receives on ``topic`` (under ``read_protected()``, once
-        ``readable`` approved): ``payload`` itself, or a view of it for this reader."""
+        ``readable`` approved): ``payload`` itself, or a view of it for this reader, or None
+        when this message is not for this reader (what it says is not for it to read)."""
         return payload
 
     def may_retain(self, client: ClientInfo, topic: str) -> bool:

@@ -13,7 +13,8 @@ for. A SUBSCRIBE is granted only when its filter lies within the role's subscrib
 under ``read_protected()``, where the broker asks ``readable`` (the same rule) for every
 delivery, retained and queued ones included. A filter that merely overlaps something
 readable (``#`` beside mqtt-io's topics) is refused. The device catalogue is rewritten per
-reader (``reader_payload``): it lists only the devices whose state the reader may read.
+reader (``reader_payload``): it lists only the devices whose state the reader may read;
+an audit entry reaches only readers that may read the state of every device it names.
 """
 
 from __future__ import annotations
@@ -101,6 +102,10 @@ class AccessControl(BrokerHooks):
         # The catalogue as published, and its view per set of read filters.
         self._catalogue_src: bytes | None = None
         self._catalogue_views: dict[tuple[tuple[str, ...], tuple[str, ...]], bytes] = {}
+        self._audit = topics.audit
+        # The last audit entry read, and the devices it names.
+        self._audit_src: bytes | None = None
+        self._audit_names: tuple[str, ...] = ()
 
     def current_role(self, client: ClientInfo) -> str | None:
         """The client's role now: as authenticated, or as the users are after a reload."""
@@ -259,8 +264,11 @@ class AccessControl(BrokerHooks):
         broker asks ``readable`` for each delivery there: the reply prefixes, mqtt-io's
         prefix, the fixed start of every deny filter (``{root}/#`` with a deny of
         ``{root}/device/safe/#`` is granted, the denied topics are held back at delivery),
-        and the catalogue (rewritten per reader, ``reader_payload``)."""
-        prefixes = {self.topics.replies, self._catalogue}
+        the catalogue (rewritten per reader, ``reader_payload``) and the audit topic (an
+        entry only to readers of the devices it names). The broker checks a prefix ending in
+        ``/`` on its parent topic too (``{root}/device/safe/#`` matches
+        ``{root}/device/safe``, MQTT-4.7.1-2)."""
+        prefixes = {self.topics.replies, self._catalogue, self._audit}
         if self._alias_root is not None:
             prefixes.add(self._alias_root)
         for role in self.roles.values():
@@ -277,15 +285,23 @@ class AccessControl(BrokerHooks):
         role = self._expand(client)
         return role is not None and self._may_read(role, topic)
 
-    def reader_payload(self, client: ClientInfo, topic: str, payload: bytes) -> bytes:
+    def reader_payload(self, client: ClientInfo, topic: str, payload: bytes) -> bytes | None:
         """The device catalogue lists only the devices whose state topic the reader may
         read; a reader that may read them all gets the catalogue as published. One view per
-        set of read filters, made again when the catalogue changes."""
-        if topic != self._catalogue or client.internal:
+        set of read filters, made again when the catalogue changes. An audit entry is
+        delivered (None: not) only to a reader that may read the state of every device it
+        names."""
+        if client.internal or (topic != self._catalogue and topic != self._audit):
             return payload
         role = self._expand(client)
         if role is None:
-            return payload
+            return payload if topic == self._catalogue else None
+        if topic == self._audit:
+            if payload is not self._audit_src and payload != self._audit_src:
+                self._audit_src = payload
+                self._audit_names = self._audit_devices(payload)
+            return payload if all(self._may_read(role, self.topics.device(name, "state"))
+                                  for name in self._audit_names) else None
         if payload is not self._catalogue_src and payload != self._catalogue_src:
             self._catalogue_src = payload
             self._catalogue_views.clear()
@@ -312,6 +328,26 @@ class AccessControl(BrokerHooks):
             return payload
         doc["devices"] = shown
         return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+
+    @staticmethod
+    def _audit_devices(payload: bytes) -> tuple[str, ...]:
+        """The devices an audit entry names: its ``device`` (``lease`` is the lease call,
+        not a device), the ``devices`` of a lease call and of a lost lease."""
+        try:
+            entry = json.loads(payload)
+        except ValueError:
+            return ()
+        if not isinstance(entry, dict):
+            return ()
+        names = []
+        device = entry.get("device")
+        if isinstance(device, str) and device != "lease":
+            names.append(device)
+        for holder in (entry.get("kwargs"), entry.get("lease")):
+            listed = holder.get("devices") if isinstance(holder, dict) else None
+            if isinstance(listed, list):
+                names.extend(name for name in listed if isinstance(name, str))
+        return tuple(names)
 
     def _state_topic(self, entry: object) -> str | None:
         """A catalogue entry's state topic (from its name when it names none)."""
