@@ -4,6 +4,8 @@ subscription, retained and queue budgets, stuck consumers, commands never retain
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from pi_mqtt_gpio.mqtt.broker import BrokerLimits
@@ -17,7 +19,7 @@ from pi_mqtt_gpio.mqtt.packets import (
     Publish,
     Will,
 )
-from tests.mqtt.harness import Harness
+from tests.mqtt.harness import FakeClient, Harness
 from tests.mqtt.test_core import BOTH, publishes, subscribe
 
 NOT_AUTHORIZED = {PROTOCOL_311: 0x05, PROTOCOL_50: RC.NOT_AUTHORIZED}
@@ -255,3 +257,19 @@ def test_commands_are_not_retained(version: int) -> None:
     c.send(Publish("state/relay", b"ON", 0, True))
     assert h.core.retained.get("cmd/relay") is None
     assert h.core.retained.get("state/relay") is not None
+
+
+def test_malformed_packets_from_many_addresses_give_a_bounded_log(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Each address gets a few log lines per 10 s; across addresses the core's log is capped
+    too (a flood from many addresses, or IPv6, cannot fill the journal)."""
+    from pi_mqtt_gpio.mqtt.logguard import LOG_TOTAL
+
+    h = Harness()
+    with caplog.at_level(logging.INFO, logger="pi_mqtt_gpio"):
+        for n in range(200):
+            fc = FakeClient(h, PROTOCOL_50, peer=f"127.0.{n // 250}.{n % 250 + 1}:1")
+            fc.send_raw(b"\x10\x02\x00\x00")  # a CONNECT cut short: closed, logged
+            assert fc.closed
+    lines = [r for r in caplog.records if r.name.startswith("pi_mqtt_gpio")]
+    assert 0 < len(lines) <= LOG_TOTAL + 2, len(lines)

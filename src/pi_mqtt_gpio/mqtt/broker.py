@@ -35,7 +35,7 @@ from pi_mqtt_gpio.mqtt.hooks import (
     ClientInfo,
     Decision,
 )
-from pi_mqtt_gpio.mqtt.logguard import LogLimiter, clip
+from pi_mqtt_gpio.mqtt.logguard import LOG_TOTAL, LogLimiter, clip
 from pi_mqtt_gpio.mqtt.message import MESSAGE_OVERHEAD, Message
 from pi_mqtt_gpio.mqtt.packets import (
     PROTOCOL_50,
@@ -255,7 +255,7 @@ class BrokerCore:
         self._pending: dict[int, Connection] = {}
         self._conn_sessions: dict[int, Session] = {}  # connection id -> its session
         self._pending_by_address: dict[str, int] = {}
-        self._log = LogLimiter(log)
+        self._log = LogLimiter(log, total=LOG_TOTAL)  # across all addresses too
         # Topic prefixes whose deliveries a hook must approve per receiver (reply prefixes).
         self._protected: tuple[str, ...] = tuple(
             prefix for hook in self.hooks for prefix in hook.read_protected())

@@ -548,16 +548,8 @@ def _restore_subscription(core: BrokerCore, session: Session, sub: Subscription,
 
 def _delivers(core: BrokerCore, session: Session, msg: Message) -> bool:
     """Whether a subscription ``session`` still holds matches ``msg`` and the read rule lets
-    its owner read it now (as ``_deliver`` asks under the protected prefixes)."""
-    cid = session.client_id
-    for node in core.subscriptions.match(msg.topic):
-        if cid in node.subs or any(cid in members for members in node.shared.values()):
-            break
-    else:
-        return False
-    protected = core._protected
-    return not (protected and msg.topic.startswith(protected)) \
-        or core._for_reader(session, msg) is not None
+    its owner read it now (``_deliver``'s check, parent topics of protected prefixes too)."""
+    return core._still_delivers(session, msg) is not None
 
 
 def _restore_held(core: BrokerCore, session: Session, h: _Held, inflight: bool, now: float,
