@@ -1,6 +1,8 @@
 """scripts/install into a staging tree: the layout, runtime dependencies only, the installed
-program checks and serves a config, a second run changes nothing, uninstall and purge; the
-wheel's metadata keeps development tools in an extra."""
+program checks and serves a config, a second run changes nothing, uninstall and purge, an
+upgrade built beside the running venv (a failed one changes nothing, a change to package data
+alone is installed), udev re-applied on install, uninstall and purge; the wheel's metadata
+keeps development tools in an extra."""
 
 from __future__ import annotations
 
@@ -21,15 +23,30 @@ import yaml
 from tests.conftest import READY, Client
 
 ROOT = Path(__file__).resolve().parents[2]
-INSTALL = ROOT / "scripts" / "install"
 DEV_TOOLS = {"pytest", "mypy", "ruff", "hypothesis", "mqtt5", "pytest-timeout", "types-pyyaml"}
 
 
-def _install(stage: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run(["bash", str(INSTALL), "--root", str(stage), *args],
-                         capture_output=True, text=True, timeout=600)
+def _install(stage: Path, *args: str, src: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    res = _run_install(src, stage, *args)
     assert res.returncode == 0, res.stderr[-3000:]
     return res
+
+
+def _source_copy(dest: Path) -> Path:
+    """The parts of the repository the installer reads, copied so that a test can change them."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for part in ("src", "deploy", "docs", "scripts"):
+        shutil.copytree(ROOT / part, dest / part, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, dest / name)
+    return dest
+
+
+def _run_install(src: Path, stage: Path, *args: str,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(src / "scripts/install"), "--root", str(stage), *args],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
 
 
 def _snapshot(stage: Path) -> list[tuple[str, int, int, float, str]]:
@@ -42,9 +59,15 @@ def _snapshot(stage: Path) -> list[tuple[str, int, int, float, str]]:
 
 
 @pytest.fixture(scope="module")
-def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the sources: the working tree may change while the tests run."""
+    return _source_copy(tmp_path_factory.mktemp("src"))
+
+
+@pytest.fixture(scope="module")
+def stage(tmp_path_factory: pytest.TempPathFactory, source: Path) -> Iterator[Path]:
     stage = tmp_path_factory.mktemp("stage")
-    _install(stage)
+    _install(stage, src=source)
     yield stage
 
 
@@ -117,19 +140,20 @@ def test_installed_program_checks_and_serves_its_config(stage: Path, tmp_path: P
         assert proc.wait(10) == 0
 
 
-def test_second_run_changes_nothing(stage: Path) -> None:
+def test_second_run_changes_nothing(stage: Path, source: Path) -> None:
     before = _snapshot(stage)
-    res = _install(stage)
+    res = _install(stage, src=source)
     assert "is current" in res.stdout
     assert _snapshot(stage) == before
 
 
-def test_config_is_never_overwritten_and_uninstall_keeps_it(tmp_path: Path) -> None:
+def test_config_is_never_overwritten_and_uninstall_keeps_it(tmp_path: Path,
+                                                           source: Path) -> None:
     stage = tmp_path / "s"
-    _install(stage)
+    _install(stage, src=source)
     config = stage / "etc/pi-mqtt-gatekeeper/config.yaml"
     config.write_text("# mine\n")
-    _install(stage)
+    _install(stage, src=source)
     assert config.read_text() == "# mine\n"
     _install(stage, "--uninstall")
     assert config.exists() and (stage / "var/lib/pi-mqtt-gatekeeper").exists()
@@ -156,3 +180,86 @@ def test_wheel_keeps_development_tools_in_an_extra(tmp_path: Path) -> None:
             assert 'extra == "dev"' in line, line
     assert "pi-mqtt-gatekeeper = pi_mqtt_gpio.server.main:main" in scripts
     assert "pi-mqtt-gpio = pi_mqtt_gpio.client.cli:main" in scripts
+
+
+def test_upgrade_is_built_beside_and_a_failed_one_changes_nothing(tmp_path: Path) -> None:
+    src = _source_copy(tmp_path / "src")
+    stage = tmp_path / "stage"
+    assert _run_install(src, stage).returncode == 0
+    opt = stage / "opt/pi-mqtt-gatekeeper"
+    first = os.readlink(opt / "venv")
+    assert first.startswith("venv-") and (opt / first / "bin/pi-mqtt-gatekeeper").exists()
+    # A change to the dashboard's files alone is a new version: installed, not "current".
+    static = Path("pi_mqtt_gpio/server/web/static/style.css")
+    css = src / "src" / static
+    css.write_text(css.read_text() + "\n/* upgraded */\n")
+    res = _run_install(src, stage)
+    assert res.returncode == 0 and "is current" not in res.stdout, res.stdout
+    second = os.readlink(opt / "venv")
+    assert second != first and (opt / first).is_dir(), "the previous venv is kept"
+    site = next((opt / second / "lib").glob("python3*/site-packages"))
+    assert (site / static).read_text().endswith("/* upgraded */\n")
+    gk = stage / "usr/local/bin/pi-mqtt-gatekeeper"
+    # A build that fails (here: a broken pyproject.toml) leaves the running venv in place.
+    (src / "pyproject.toml").write_text((src / "pyproject.toml").read_text() + "\n[[[\n")
+    res = _run_install(src, stage)
+    assert res.returncode != 0 and "nothing was changed" in res.stderr, res.stderr[-2000:]
+    assert os.readlink(opt / "venv") == second
+    assert sorted(p.name for p in opt.iterdir()) == sorted(["venv", first, second])
+    version = subprocess.run([str(gk), "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0, version.stderr
+    # Only the one in use and the one before it are kept.
+    (src / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
+    css.write_text(css.read_text() + "/* again */\n")
+    assert _run_install(src, stage).returncode == 0
+    third = os.readlink(opt / "venv")
+    assert sorted(p.name for p in opt.iterdir()) == sorted(["venv", second, third])
+
+
+def test_udev_rules_are_reapplied_on_install_uninstall_and_purge(tmp_path: Path,
+                                                                 source: Path) -> None:
+    """Without a reload and a trigger the chips keep the gatekeeper's owner after uninstall
+    (and a dangling UID after purge) until a reboot; /dev/gpiomem* never get the rule."""
+    log = tmp_path / "udevadm.log"
+    fake = tmp_path / "udevadm"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
+    fake.chmod(0o755)
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    chip = dev / "gpiochip0"
+    chip.touch()
+    env = {"PI_MQTT_INSTALL_UDEVADM": str(fake), "PI_MQTT_INSTALL_DEV": str(dev)}
+    stage = tmp_path / "stage"
+    triggers = ["control --reload", "trigger --subsystem-match=gpio --action=change",
+                "trigger --sysname-match=gpiomem* --action=change"]
+    for action in ((), ("--uninstall",), ("--purge",)):
+        if os.geteuid() == 0:  # as the rule left it: owned by a user that is gone
+            os.chown(chip, 54321, 54321)
+            chip.chmod(0o600)
+        log.write_text("")
+        res = _run_install(source, stage, *action, env=env)
+        assert res.returncode == 0, res.stderr[-2000:]
+        calls = log.read_text().splitlines()
+        for call in triggers:
+            assert call in calls, (action, calls)
+        assert calls.index("control --reload") < calls.index(triggers[1]), calls
+        if os.geteuid() == 0 and action:
+            st = chip.stat()
+            gpio = subprocess.run(["getent", "group", "gpio"], capture_output=True, text=True)
+            gid = int(gpio.stdout.split(":")[2]) if gpio.returncode == 0 else 0
+            assert (st.st_uid, st.st_gid) == (0, gid), action
+            assert st.st_mode & 0o777 == (0o660 if gid else 0o600), oct(st.st_mode)
+
+
+def test_config_directory_mode_agrees_with_the_unit(stage: Path) -> None:
+    """systemd warns at every start when ConfigurationDirectory= exists with another mode."""
+    unit = (ROOT / "deploy/pi-mqtt-gatekeeper.service").read_text()
+    modes = re.findall(r"^ConfigurationDirectoryMode=(\d+)$", unit, re.M)
+    assert modes == ["0750"], modes
+    assert (stage / "etc/pi-mqtt-gatekeeper").stat().st_mode & 0o777 == 0o750
+
+
+def test_docs_say_who_can_list_the_lines() -> None:
+    text = (ROOT / "docs/install.md").read_text()
+    assert "sudo gpioinfo" in text
+    assert not re.search(r"(?<!sudo )`gpioinfo` shows", text)
