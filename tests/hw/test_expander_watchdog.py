@@ -36,9 +36,13 @@ ADDRESS = 0x20
 GPIOA, GPIOB, INTFA, OLATA, OLATB = 0x12, 0x13, 0x0E, 0x14, 0x15
 
 
-def stub_bus() -> int:
-    """Load i2c-stub with a chip at 0x20 and i2c-dev; the stub's bus number."""
-    subprocess.run(["modprobe", "i2c-stub", f"chip_addr={ADDRESS:#x}"], check=True)
+def stub_bus(*others: int) -> int:
+    """Load i2c-stub with a chip at 0x20 and i2c-dev; the stub's bus number. With ``others``
+    the stub is loaded afresh with chips at those addresses too."""
+    if others:
+        subprocess.run(["modprobe", "-r", "i2c-stub"], check=False)
+    chips = ",".join(f"{a:#x}" for a in (ADDRESS, *others))
+    subprocess.run(["modprobe", "i2c-stub", f"chip_addr={chips}"], check=True)
     subprocess.run(["modprobe", "i2c-dev"], check=True)
     for adapter in glob.glob("/sys/class/i2c-adapter/i2c-*"):
         if Path(adapter, "name").read_text().startswith("SMBus stub"):

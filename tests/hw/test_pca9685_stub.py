@@ -10,13 +10,12 @@ simulated chip. Its own module: the stub is reloaded with a chip at 0x40 beside 
 
 from __future__ import annotations
 
-import glob
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.hw.test_expander_watchdog import stub_bus
 from tests.hw.test_gpio_sim import Daemon, Mqtt
 
 pytestmark = pytest.mark.skipif("GPIOSIM_SYSFS" not in os.environ,
@@ -30,21 +29,10 @@ def led(n: int) -> int:
     return 0x06 + 4 * n
 
 
-def stub_bus_with_pca9685() -> int:
-    """i2c-stub with chips at 0x20 (the other expander tests') and 0x40; its bus number."""
-    subprocess.run(["modprobe", "-r", "i2c-stub"], check=False)
-    subprocess.run(["modprobe", "i2c-stub", f"chip_addr=0x20,{PWM_ADDRESS:#x}"], check=True)
-    subprocess.run(["modprobe", "i2c-dev"], check=True)
-    for adapter in glob.glob("/sys/class/i2c-adapter/i2c-*"):
-        if Path(adapter, "name").read_text().startswith("SMBus stub"):
-            return int(adapter.rsplit("-", 1)[1])
-    raise RuntimeError("no i2c-stub adapter")
-
-
 def test_pca9685_registers_reach_the_kernel_bus(tmp_path: Path) -> None:
     from smbus2 import SMBus
 
-    bus_number = stub_bus_with_pca9685()
+    bus_number = stub_bus(PWM_ADDRESS)
     smbus = SMBus(bus_number)
     daemon = Daemon(tmp_path, 1891, devices={
         "dim": {"type": "PWMLED", "pin": "pwm1:3", "frequency": 50},

@@ -73,6 +73,14 @@ class FakeBus:
     def write_byte_data(self, addr: int, reg: int, value: int, force: Any = None) -> None:
         self.write_i2c_block_data(addr, reg, [value])
 
+    def read_word_data(self, addr: int, reg: int, force: Any = None) -> int:
+        """SMBus word read: the first byte on the wire is the low byte."""
+        first, second = self.read_i2c_block_data(addr, reg, 2)
+        return first | (second << 8)
+
+    def write_word_data(self, addr: int, reg: int, value: int, force: Any = None) -> None:
+        self.write_i2c_block_data(addr, reg, [value & 0xFF, value >> 8])
+
     def write_byte(self, addr: int, value: int, force: Any = None) -> None:
         self._check(addr)
         self.writes.append((value, []))
@@ -233,6 +241,14 @@ class WordBus(FakeBus):
         self.words[reg] = (data[0] << 8) | data[1]
         if self.on_write is not None:
             self.on_write(reg, list(data))
+
+    def read_word_data(self, addr: int, reg: int, force: Any = None) -> int:
+        self._check(addr)
+        word = self.words.get(reg, 0)
+        return (word >> 8) | ((word & 0xFF) << 8)  # MSB first on the wire: SMBus's low byte
+
+    def write_word_data(self, addr: int, reg: int, value: int, force: Any = None) -> None:
+        self.write_i2c_block_data(addr, reg, [value & 0xFF, value >> 8])
 
 
 def test_ads1115_single_ended_channels_and_full_scale() -> None:

@@ -50,6 +50,12 @@ class Bus(Protocol):
 
     def write_byte(self, i2c_addr: int, value: int, force: bool | None = None) -> None: ...
 
+    def read_word_data(self, i2c_addr: int, register: int, force: bool | None = None
+                       ) -> int: ...
+
+    def write_word_data(self, i2c_addr: int, register: int, value: int,
+                        force: bool | None = None) -> None: ...
+
     def i2c_rdwr(self, *i2c_msgs: Any) -> None: ...
 
 
@@ -61,6 +67,21 @@ def _raw_read(bus: Bus, address: int, length: int) -> list[int]:
     bus.i2c_rdwr(msg)
     data: bytes = msg.buf[:length]
     return list(data)
+
+
+def _swap(word: int) -> int:
+    return ((word & 0xFF) << 8) | (word >> 8)
+
+
+def read_word_be(bus: Bus, address: int, register: int) -> int:
+    """A 16-bit register sent most significant byte first (ADS1x15, INA219, LM75) as an SMBus
+    word read (the bus takes the first byte as the low one: swapped back), the transfer the
+    kernel's own drivers of these chips use: every SMBus adapter carries it."""
+    return _swap(bus.read_word_data(address, register))
+
+
+def write_word_be(bus: Bus, address: int, register: int, value: int) -> None:
+    bus.write_word_data(address, register, _swap(value & 0xFFFF))
 
 
 def _crc8(data: list[int] | bytes, init: int) -> int:
@@ -284,15 +305,13 @@ class ADS1x15(Driver):
         for channel in self.options.get("channels", (0, 1, 2, 3)):
             config = (1 << 15) | ((4 + channel) << 12) | (ADS_FULL_SCALE[full_scale] << 9) \
                 | (1 << 8) | (rates[rate] << 5) | 0x03  # OS, AINx/GND, PGA, single, no comp.
-            self.bus.write_i2c_block_data(self.address, 0x01, [config >> 8, config & 0xFF])
+            write_word_be(self.bus, self.address, 0x01, config)
             time.sleep(1.0 / rate + 0.0005)
             for _ in range(3):
-                status = self.bus.read_i2c_block_data(self.address, 0x01, 2)
-                if status[0] & 0x80:  # conversion done
+                if read_word_be(self.bus, self.address, 0x01) & 0x8000:  # conversion done
                     break
                 time.sleep(0.001)
-            data = self.bus.read_i2c_block_data(self.address, 0x00, 2)
-            raw = (data[0] << 8) | data[1]
+            raw = read_word_be(self.bus, self.address, 0x00)
             if raw & 0x8000:
                 raw -= 0x10000
             out[f"a{channel}"] = raw / 32768.0 * full_scale  # ADS1015: low 4 bits are 0
@@ -331,12 +350,11 @@ class INA219(Driver):
                     if limit + 1e-9 >= max_current * shunt), 3)
         brng = 1 if int(self.options.get("bus_range", 32)) == 32 else 0
         config = (brng << 13) | (pga << 11) | (0x3 << 7) | (0x3 << 3) | 0x7
-        self.bus.write_i2c_block_data(self.address, 0x00, [config >> 8, config & 0xFF])
-        self.bus.write_i2c_block_data(self.address, 0x05, [self.cal >> 8, self.cal & 0xFF])
+        write_word_be(self.bus, self.address, 0x00, config)
+        write_word_be(self.bus, self.address, 0x05, self.cal)
 
     def _word(self, register: int) -> int:
-        data = self.bus.read_i2c_block_data(self.address, register, 2)
-        return (data[0] << 8) | data[1]
+        return read_word_be(self.bus, self.address, register)
 
     @staticmethod
     def _signed(value: int) -> int:
@@ -361,8 +379,7 @@ class LM75(Driver):
     chip = "LM75"
 
     def read(self) -> dict[str, float]:
-        data = self.bus.read_i2c_block_data(self.address, 0x00, 2)
-        raw = (data[0] << 8) | data[1]
+        raw = read_word_be(self.bus, self.address, 0x00)
         if raw & 0x8000:
             raw -= 0x10000
         return {"temperature": (raw >> 5) * 0.125}  # 11 bit (LM75B); 9-bit chips: low bits 0
