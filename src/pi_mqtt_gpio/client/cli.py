@@ -7,10 +7,12 @@
     pi-mqtt-gpio nodes
     pi-mqtt-gpio lease status
     pi-mqtt-gpio lease acquire [DEVICE ...] [--ttl S] [--for S]   (held until Ctrl-C)
+    pi-mqtt-gpio lease run DEVICE ... [--ttl S] -- call DEVICE METHOD [ARGS] [-- ...]
     pi-mqtt-gpio lease renew|release [DEVICE ...] [--lease-id ID] [--force]
 
 Connection options come from flags or the environment: PI_MQTT_HOST, PI_MQTT_PORT,
-PI_MQTT_USER, PI_MQTT_PASSWORD, PI_MQTT_NODE. The password, in this order: --password (seen
+PI_MQTT_USER, PI_MQTT_PASSWORD, PI_MQTT_NODE (none: the only node on the broker, or this
+host's name when several are). The password, in this order: --password (seen
 by every user in the process list: kept for old scripts), --password-stdin (one line),
 --password-file FILE (its first line), PI_MQTT_PASSWORD, else a prompt when there is a user
 name and stdin is a terminal.
@@ -22,6 +24,7 @@ import argparse
 import getpass
 import json
 import os
+import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from pi_mqtt_gpio.client.connection import Gatekeeper
+from pi_mqtt_gpio.client.lease import Lease
 from pi_mqtt_gpio.errors import GatekeeperError
 from pi_mqtt_gpio.version import package_version
 
@@ -66,33 +70,56 @@ def _parser() -> argparse.ArgumentParser:
                                            "--password-stdin, --password-file or the prompt")
     parser.add_argument("--password-stdin", action="store_true",
                         help="read the password from stdin (one line)")
-    parser.add_argument("--password-file", help="read the password from this file (its first "
-                                                "line)")
-    parser.add_argument("--node", help="the gatekeeper's node_id (PI_MQTT_NODE)")
-    parser.add_argument("--base-topic", default="gatekeeper")
+    parser.add_argument("--password-file", metavar="FILE",
+                        help="read the password from this file (its first line)")
+    parser.add_argument("--node", help="the gatekeeper's node_id (PI_MQTT_NODE; default: the "
+                                       "only node on the broker)")
+    parser.add_argument("--base-topic", metavar="TOPIC", default="gatekeeper",
+                        help="the gatekeeper's base_topic (default: gatekeeper)")
     parser.add_argument("--tls", action="store_true", help="connect with TLS (system CAs)")
-    parser.add_argument("--cafile", help="TLS with this CA certificate")
+    parser.add_argument("--cafile", metavar="FILE", help="TLS with this CA certificate")
     parser.add_argument("--v311", action="store_true", help="use MQTT 3.1.1")
-    parser.add_argument("--timeout", type=float, default=5.0)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("devices", help="list the devices, their types and methods")
-    call = sub.add_parser("call", help="call a method: ARGS are values or key=value")
-    call.add_argument("device")
-    call.add_argument("method")
-    call.add_argument("args", nargs="*")
-    watch = sub.add_parser("watch", help="print states and events as they happen")
-    watch.add_argument("device", nargs="?")
+    parser.add_argument("--timeout", metavar="SECONDS", type=float, default=5.0,
+                        help="how long to wait for a connection or a reply (default: 5)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands",
+                                required=True)
+    _commands(sub)
     sub.add_parser("nodes", help="list the gatekeeper nodes on this broker")
-    lease = sub.add_parser("lease", help="control leases: status, acquire (and hold), renew, "
-                                         "release")
-    lease.add_argument("action", choices=["status", "acquire", "renew", "release"])
-    lease.add_argument("devices", nargs="*", help="device names (none: the global lease)")
-    lease.add_argument("--ttl", type=float, default=30.0)
-    lease.add_argument("--for", dest="hold", type=float,
-                       help="acquire: hold for this many seconds (default: until Ctrl-C)")
-    lease.add_argument("--lease-id")
+    lease = sub.add_parser("lease", help="control leases: status, acquire (and hold), run a "
+                                         "command holding one, renew, release")
+    lease.add_argument("action", metavar="ACTION",
+                       choices=["status", "acquire", "run", "renew", "release"],
+                       help="status, acquire, run, renew or release")
+    lease.add_argument("devices", metavar="DEVICE", nargs="*",
+                       help="device names (none: the global lease)")
+    lease.add_argument("--ttl", metavar="SECONDS", type=float, default=30.0,
+                       help="lease time, renewed every third of it (default: 30)")
+    lease.add_argument("--for", metavar="SECONDS", dest="hold", type=float,
+                       help="acquire: hold it this long, then release it (default: until "
+                            "Ctrl-C)")
+    lease.add_argument("--lease-id", metavar="ID")
     lease.add_argument("--force", action="store_true",
                        help="release someone else's lease (needs the force_release right)")
+    lease.epilog = ("lease run DEVICE... -- COMMAND [-- COMMAND ...]: acquire the lease, run "
+                    "each command (call, devices, watch) on the connection that holds it, "
+                    "release it; exits with the first failing command's status")
+    return parser
+
+
+def _commands(sub: Any) -> None:
+    """The commands that act on one node (also what ``lease run`` runs)."""
+    sub.add_parser("devices", help="list the devices, their types and methods")
+    call = sub.add_parser("call", help="call a method: ARGS are values or key=value")
+    call.add_argument("device", metavar="DEVICE")
+    call.add_argument("method", metavar="METHOD")
+    call.add_argument("args", metavar="ARG", nargs="*", help="a value or key=value")
+    watch = sub.add_parser("watch", help="print states and events as they happen")
+    watch.add_argument("device", metavar="DEVICE", nargs="?")
+
+
+def _inner_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pi-mqtt-gpio lease run DEVICE... --")
+    _commands(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
     return parser
 
 
@@ -113,8 +140,33 @@ def _password(args: argparse.Namespace) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pi_mqtt_gpio.terminal import run_command
+
+    return run_command(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    inner: list[list[str]] = []
+    if "--" in words:  # lease run ... -- COMMAND [-- COMMAND]
+        cut = words.index("--")
+        outer = parser.parse_args(words[:cut])
+        if outer.command == "lease" and outer.action == "run":
+            args, rest = outer, words[cut + 1:]
+            while "--" in rest:
+                inner.append(rest[:rest.index("--")])
+                rest = rest[rest.index("--") + 1:]
+            inner.append(rest)
+        else:
+            args = parser.parse_args(words)
+    else:
+        args = parser.parse_args(words)
+    if args.command == "lease" and args.action == "run":
+        if not args.devices or not any(inner):
+            parser.error("lease run DEVICE... -- COMMAND: name the devices, and after -- "
+                         "the command to run holding their lease")
+        commands = [_inner_parser().parse_args(words) for words in inner if words]
     given = [flag for flag, on in (("--password", args.password is not None),
                                    ("--password-stdin", args.password_stdin),
                                    ("--password-file", args.password_file is not None)) if on]
@@ -129,30 +181,65 @@ def main(argv: Sequence[str] | None = None) -> int:
         except EOFError:
             print("pi-mqtt-gpio: no password given", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
-            return 130
     if args.command == "nodes":
         return _nodes(args)
+    if not args.node and not os.environ.get("PI_MQTT_NODE"):
+        problem = _choose_node(args)
+        if problem is not None:
+            print(f"pi-mqtt-gpio: {problem}", file=sys.stderr)
+            return 2
     try:
         gk = _connect(args)
     except GatekeeperError as exc:
         print(f"pi-mqtt-gpio: {exc.message}", file=sys.stderr)
         return 2
     try:
-        if args.command == "devices":
-            return _devices(gk)
-        if args.command == "call":
-            return _call(gk, args)
+        if args.command == "lease" and args.action == "run":
+            return _lease_run(gk, args, commands)
         if args.command == "lease":
             return _lease(gk, args)
-        return _watch(gk, args.device)
+        return _command(gk, args)
     except GatekeeperError as exc:
         print(f"{exc.code.value}: {exc.message}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
     finally:
         gk.close()
+
+
+def _command(gk: Gatekeeper, args: argparse.Namespace,
+             stop: threading.Event | None = None) -> int:
+    """devices, call or watch (until ``stop`` is set)."""
+    if args.command == "devices":
+        return _devices(gk)
+    if args.command == "call":
+        return _call(gk, args)
+    return _watch(gk, args.device, stop or threading.Event())
+
+
+def _choose_node(args: argparse.Namespace) -> str | None:
+    """No ``--node``: the only node on the broker (an online one first), else this host's name
+    when it is one of them; sets ``args.node``. Returns what is wrong, or None."""
+    from pi_mqtt_gpio.client.nodes import list_nodes
+
+    try:
+        nodes = list_nodes(args.host, args.port, username=args.user, password=args.password,
+                           base_topic=args.base_topic, tls=args.cafile or args.tls,
+                           protocol=4 if args.v311 else 5, wait=min(args.timeout, 0.5))
+    except (OSError, GatekeeperError) as exc:
+        return str(exc)
+    online = [n for n in nodes if n.status == "online"]
+    candidates = online or nodes
+    here = socket.gethostname().split(".")[0]
+    if len(candidates) == 1:
+        args.node = candidates[0].node_id
+    elif any(n.node_id == here for n in candidates):
+        args.node = here
+    elif not candidates:
+        return f"no gatekeeper nodes on this broker (base topic {args.base_topic!r})"
+    else:
+        listed = ", ".join(f"{n.node_id} ({n.status})" for n in nodes)
+        return f"several gatekeeper nodes on this broker: {listed}; choose one with --node"
+    return None
 
 
 def _devices(gk: Gatekeeper) -> int:
@@ -206,10 +293,11 @@ def _lease(gk: Gatekeeper, args: argparse.Namespace) -> int:
         return 0
     if args.action == "acquire":
         with gk.lease(devices, ttl=args.ttl) as held:
-            print(f"lease {held.lease_id} on {', '.join(devices) if devices else 'all devices'} "
-                  f"held by {held.holder} until {held.expires} (renewed every "
-                  f"{args.ttl / 3:g} s); Ctrl-C releases it", flush=True)
-            threading.Event().wait(args.hold)
+            how = f"for {args.hold:g} s" if args.hold is not None else "until Ctrl-C"
+            print(f"lease {held.lease_id} on {_scope(devices)} held by {held.holder} {how} "
+                  f"(ttl {held.ttl:g} s, renewed every {held.ttl / 3:g} s)", flush=True)
+            if held.wait_broken(args.hold):
+                return _broken(held)
         print("released")
         return 0
     kwargs: dict[str, Any] = {"ttl": args.ttl} if args.action == "renew" else {}
@@ -225,7 +313,35 @@ def _lease(gk: Gatekeeper, args: argparse.Namespace) -> int:
     return 0
 
 
-def _watch(gk: Gatekeeper, device: str | None) -> int:
+def _scope(devices: Sequence[str] | None) -> str:
+    return ", ".join(devices) if devices else "all devices"
+
+
+def _broken(lease: Lease) -> int:
+    print(f"pi-mqtt-gpio: lease {lease.lease_id} on {_scope(lease.devices)} lost: "
+          f"{lease.lost.message if lease.lost else 'not renewed in time'}", file=sys.stderr)
+    return 1
+
+
+def _lease_run(gk: Gatekeeper, args: argparse.Namespace,
+               commands: list[argparse.Namespace]) -> int:
+    """Hold the lease on this connection while each command runs on it, in order; a lost
+    lease ends a watch and the whole command with 1."""
+    with gk.lease(args.devices, ttl=args.ttl) as held:
+        print(f"lease {held.lease_id} on {_scope(args.devices)} held by {held.holder} "
+              f"(ttl {held.ttl:g} s, renewed every {held.ttl / 3:g} s)", file=sys.stderr,
+              flush=True)
+        for command in commands:
+            status = _command(gk, command, held.broken)  # a watch ends when the lease does
+            if held.broken.is_set():
+                return _broken(held)
+            if status != 0:
+                return status
+    print(f"lease {held.lease_id} released", file=sys.stderr)
+    return 0
+
+
+def _watch(gk: Gatekeeper, device: str | None, stop: threading.Event) -> int:
     def show(kind: str) -> Any:
         def out(name: str, doc: dict[str, Any]) -> None:
             if device is None or name == device:
@@ -242,7 +358,7 @@ def _watch(gk: Gatekeeper, device: str | None) -> int:
             state(name, gk.state(name, wait=1.0))
         except GatekeeperError:
             print(f"{name}: no state", file=sys.stderr)
-    threading.Event().wait()
+    stop.wait()
     return 0
 
 

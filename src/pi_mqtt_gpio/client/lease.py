@@ -1,4 +1,4 @@
-"""The client side of control leases (DESIGN §3): acquire, renew in the background, release.
+"""The client side of control leases: acquire, renew in the background, release.
 
 Requests go to ``{root}/lease/call`` like any RPC; the reply's ``result`` carries the lease id,
 holder and expiry.
@@ -9,15 +9,21 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from pi_mqtt_gpio.errors import GatekeeperError
+from pi_mqtt_gpio.errors import GatekeeperError, LeaseHeld, LeaseRequired, NotAuthorized
 from pi_mqtt_gpio.topics import Topics
 
 __all__ = ["Lease"]
 
 log = logging.getLogger("pi_mqtt_gpio.client")
+
+# A renewal refused with one of these will never succeed: the lease is gone (released by an
+# admin, expired) or not ours. Anything else (a timeout, a lost connection, BUSY) is retried
+# until the lease would have expired.
+FINAL = (LeaseRequired, LeaseHeld, NotAuthorized)
 
 
 class Gatekeeper(Protocol):
@@ -48,6 +54,8 @@ class Lease:
         self.holder: str | None = None
         self.expires: str | None = None
         self.lost: GatekeeperError | None = None  # set when a background renewal failed
+        self.broken = threading.Event()  # set when the lease is gone: renewing stopped
+        self._deadline = 0.0  # monotonic: when the lease ends unless renewed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -70,6 +78,10 @@ class Lease:
         self.lease_id = result.get("lease_id", self.lease_id)
         self.holder = result.get("holder", self.holder)
         self.expires = result.get("expires", self.expires)
+        granted = result.get("ttl")
+        if isinstance(granted, int | float) and not isinstance(granted, bool) and granted > 0:
+            self.ttl = float(granted)  # what the gatekeeper granted, not what was asked for
+        self._deadline = time.monotonic() + self.ttl
 
     def acquire(self) -> None:
         self._update(self._call("acquire", self._kwargs()))
@@ -84,13 +96,24 @@ class Lease:
             try:
                 self.renew()
             except GatekeeperError as exc:
-                log.warning("renewing lease %s failed: %s", self.lease_id, exc)
                 self.lost = exc
+                if isinstance(exc, FINAL) or time.monotonic() >= self._deadline:
+                    # Told to the holder by ``broken`` and ``lost``: the caller says it.
+                    log.info("lease %s lost: %s", self.lease_id, exc)
+                    self.broken.set()
+                    return
+                log.warning("renewing lease %s failed (retrying): %s", self.lease_id, exc)
+
+    def wait_broken(self, timeout: float | None = None) -> bool:
+        """Wait until the lease is lost (True) or ``timeout`` seconds passed (False)."""
+        return self.broken.wait(timeout)
 
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(self.gatekeeper.timeout)
+        if self.broken.is_set():
+            return  # nothing left to release
         kwargs = {k: v for k, v in self._kwargs().items() if k != "ttl"}
         try:
             self._call("release", kwargs)

@@ -17,7 +17,15 @@ import yaml
 from pi_mqtt_gpio.server.bindings import BindingsQueueConfig
 from pi_mqtt_gpio.server.compat.config import CompatConfig, compat_problems
 from pi_mqtt_gpio.server.pins.mcp23017 import ExpanderConfig
-from pi_mqtt_gpio.server.schema import NonEmpty, Problem, Range, Tagged, build, section
+from pi_mqtt_gpio.server.schema import (
+    NonEmpty,
+    Problem,
+    Range,
+    Tagged,
+    build,
+    did_you_mean,
+    section,
+)
 from pi_mqtt_gpio.server.watchdog import WatchdogConfig
 
 __all__ = [
@@ -353,13 +361,15 @@ def _role_problems(auth: AuthConfig) -> list[Problem | str]:
     problems: list[Problem | str] = []
     known = set(BUILTIN_ROLES) | set(auth.roles)
     if auth.allow_anonymous and auth.anonymous_role not in known:
-        problems.append((("auth", "anonymous_role"), f"{auth.anonymous_role!r} is not a role"))
+        problems.append((("auth", "anonymous_role"), f"{auth.anonymous_role!r} is not a role"
+                         f"{did_you_mean(auth.anonymous_role, known)}"))
     for name, user in auth.users.items():
         if name.startswith("local:"):
             problems.append((("auth", "users", name), "user names starting with 'local:' are "
                              "the principals of local bindings (local:<button>)"))
         if user.role not in known:
-            problems.append((("auth", "users", name, "role"), f"{user.role!r} is not a role"))
+            problems.append((("auth", "users", name, "role"), f"{user.role!r} is not a role"
+                             f"{did_you_mean(user.role, known)}"))
     return problems
 
 

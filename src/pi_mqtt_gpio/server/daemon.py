@@ -920,14 +920,23 @@ def _say(line: str) -> None:
 
 
 def _hint(daemon: Daemon) -> None:
-    """One line telling a new user how to watch and call devices."""
+    """A line telling a new user how to watch and call devices (with the credentials to give
+    when anonymous clients are refused: placeholders, never a real password), and one with
+    the dashboard's address when there is a WebSocket listener."""
+    local = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}
     tcp = [(h, p) for kind, h, p in daemon.server.bound if kind == "tcp"]
-    if not tcp:
-        return
-    host, port = tcp[0]
-    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    root = daemon.topics.root
-    first = next(iter(daemon.hw.adapters), "DEVICE")
-    _say(f"try: mosquitto_sub -h {host} -p {port} -t '{root}/#' -v   |   "
-         f"mosquitto_rr -h {host} -p {port} -i me -t {daemon.topics.device(first, 'call')} "
-         f"-e {daemon.topics.reply_prefix('me')} -m '{{\"method\": \"state\"}}'")
+    if tcp:
+        host, port = tcp[0]
+        host = local.get(host, host)
+        root = daemon.topics.root
+        first = next(iter(daemon.hw.adapters), "DEVICE")
+        login = "" if daemon.config.auth.allow_anonymous else " -u <user> -P <password>"
+        _say(f"try: mosquitto_sub -h {host} -p {port}{login} -t '{root}/#' -v   |   "
+             f"mosquitto_rr -h {host} -p {port}{login} -i me "
+             f"-t {daemon.topics.device(first, 'call')} "
+             f"-e {daemon.topics.reply_prefix('me')} -m '{{\"method\": \"state\"}}'")
+    for kind, host, port in daemon.server.bound:
+        if kind.startswith("websocket"):
+            scheme = "https" if kind.endswith("+tls") else "http"
+            _say(f"dashboard: {scheme}://{local.get(host, host)}:{port}/")
+            break

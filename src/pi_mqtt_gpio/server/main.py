@@ -54,48 +54,61 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version",
                         version=f"%(prog)s {package_version()}")
-    parser.add_argument("--config", help="YAML config file")
+    parser.add_argument("--config", metavar="FILE", help="YAML config file (also accepted "
+                        "after the subcommand)")
     parser.add_argument("--simulate", action="store_true",
                         help="simulated pins (gpiozero MockFactory) instead of real GPIO")
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"])
-    sub = parser.add_subparsers(dest="command")
+    parser.add_argument("--log-level", default="info", metavar="LEVEL",
+                        choices=["debug", "info", "warning", "error"],
+                        help="debug, info (default), warning or error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                title="commands (none: run the gatekeeper)")
+
+    def config_option(command: argparse.ArgumentParser, text: str) -> None:
+        # SUPPRESS: a --config given before the subcommand is kept, not reset to None.
+        command.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=text)
+
     check = sub.add_parser("check-config", help="validate a config file and exit")
-    check.add_argument("--config", dest="check_config", required=True)
+    config_option(check, "the config to check")
     hashp = sub.add_parser("hash-password", help="print an argon2id hash for auth.users")
     hashp.add_argument("--password-stdin", "--stdin", dest="stdin", action="store_true",
                        help="read the password from stdin (one line)")
     passwd = sub.add_parser("passwd", help="add or change a user in a users file "
                                            "(like mosquitto_passwd)")
-    passwd.add_argument("file")
-    passwd.add_argument("user")
+    passwd.add_argument("file", metavar="FILE", help="the users file")
+    passwd.add_argument("user", metavar="USER")
     passwd.add_argument("--role", help="admin, operator, viewer, homeassistant or a role of "
                                        "--config (default: the user's role, viewer for a "
                                        "new user)")
-    passwd.add_argument("--config", dest="passwd_config",
-                        help="the config whose auth.roles may be given as --role")
+    config_option(passwd, "the config whose auth.roles may be given as --role")
     passwd.add_argument("--password-stdin", "--stdin", dest="stdin", action="store_true",
                         help="read the password from stdin (one line)")
     owners = sub.add_parser("gpio-owners", help="list every line of the GPIO chip: used or "
                                                 "free, consumer, ours or foreign")
-    owners.add_argument("--config", dest="owners_config", help="for hardware.chip and "
-                                                               "consumer_tag")
+    config_option(owners, "for hardware.chip and consumer_tag")
     owners.add_argument("--chip", help="chip number, /dev/gpiochipN or label (default: auto)")
     owners.add_argument("--json", action="store_true")
     doc = sub.add_parser("asyncapi", help="print an AsyncAPI 3.0 document of the node's "
                                           "topics and payloads")
-    doc.add_argument("--config", dest="asyncapi_config", required=True)
+    config_option(doc, "the node's config")
     imp = sub.add_parser("import-mqtt-io", help="convert an mqtt-io config (its topics keep "
                                                 "working beside the gatekeeper's own)")
-    imp.add_argument("old", help="the mqtt-io config (YAML)")
-    imp.add_argument("-o", "--output", help="write the new config here, mode 0600 (default: "
-                                            "stdout); an existing file only with --force")
+    imp.add_argument("old", metavar="OLD.yml", help="the mqtt-io config (YAML)")
+    imp.add_argument("-o", "--output", metavar="NEW.yaml",
+                     help="write the new config here, mode 0600 (default: stdout); an "
+                          "existing file only with --force")
     imp.add_argument("--force", action="store_true",
                      help="replace an existing output file (never a symbolic link)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pi_mqtt_gpio.terminal import run_command
+
+    return run_command(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
@@ -103,13 +116,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _gpio_owners(args)
     if args.command in ("hash-password", "passwd"):
         return _passwords(args)
-    if args.command == "asyncapi":
-        return _asyncapi(args.asyncapi_config, args.simulate)
     if args.command == "import-mqtt-io":
         return _import_mqtt_io(args.old, args.output, args.force)
-    path = args.check_config if args.command == "check-config" else args.config
+    path = args.config
     if not path:
-        parser.error("--config FILE is required")
+        where = f"{args.command} --config FILE" if args.command else "--config FILE"
+        parser.error(f"the config file is needed: {where}")
+    if args.command == "asyncapi":
+        return _asyncapi(path, args.simulate)
     return _check_and_run(path, checking=args.command == "check-config",
                           simulate=args.simulate)
 
@@ -241,7 +255,7 @@ def _passwords(args: argparse.Namespace) -> int:
 
         # What a role may be, known before the password is asked for.
         roles = set(BUILTIN_ROLES)
-        config_path = args.passwd_config or args.config
+        config_path = args.config
         try:
             if config_path:
                 roles |= set(load_config(config_path).auth.roles)
@@ -254,8 +268,11 @@ def _passwords(args: argparse.Namespace) -> int:
             return 1
         if args.role is not None and args.role not in roles:
             hint = "" if config_path else "; a role of your config needs --config FILE"
-            print(f"passwd: {args.role!r} is not a role (roles: {', '.join(sorted(roles))})"
-                  f"{hint}; {args.file} was not changed", file=sys.stderr)
+            from pi_mqtt_gpio.server.schema import did_you_mean
+
+            print(f"passwd: {args.role!r} is not a role{did_you_mean(args.role, roles)} "
+                  f"(roles: {', '.join(sorted(roles))}){hint}; {args.file} was not changed",
+                  file=sys.stderr)
             return 2
     password = _read_password(args.stdin)
     if password is None:
@@ -320,9 +337,9 @@ def _gpio_owners(args: argparse.Namespace) -> int:
     from pi_mqtt_gpio.server.hardware import line_owners, resolve_chip
 
     hardware = HardwareConfig()
-    if args.owners_config:
+    if args.config:
         try:
-            hardware = load_config(args.owners_config).hardware
+            hardware = load_config(args.config).hardware
         except ConfigError as exc:
             print(str(exc), file=sys.stderr)
             return 2

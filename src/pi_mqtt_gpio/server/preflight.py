@@ -170,6 +170,20 @@ def _warnings(config: Config, simulate: bool, out: Findings) -> None:
                             "on the header will move (use --simulate for a demo, 'lgpio' "
                             "for real pins)")
     out.warnings.extend(pca9685_frequency_warnings(config.devices, config.expanders))
+    if not simulate and config.hardware.pin_factory != "mock":
+        _check_header(config, out)
+
+
+def _check_header(config: Config, out: Findings) -> None:
+    """GPIO 28-53 are not on a Raspberry Pi's 40-pin header: only a Compute Module has them
+    (warned, not refused: the gatekeeper cannot tell a Compute Module from its chip)."""
+    from pi_mqtt_gpio.server.pins.header import HEADER_GPIOS
+
+    for name, dev in config.devices.items():
+        for key, line, _shared in dev.lines():
+            if isinstance(line, int) and line not in HEADER_GPIOS:
+                out.warnings.append(f"devices.{name}.{key}: GPIO{line} is not on the 40-pin "
+                                    f"header (GPIO0 to GPIO27): only a Compute Module has it")
 
 
 def _check_mixers(config: Config, simulate: bool, out: Findings) -> None:

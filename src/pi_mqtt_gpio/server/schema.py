@@ -12,11 +12,12 @@ Why not pydantic: it costs the daemon ~17-20 MiB of RSS on a Raspberry Pi (the b
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import keyword
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -56,6 +57,13 @@ class Matches:
 
     pattern: str
     what: str
+
+
+@dataclass(frozen=True, slots=True)
+class Normalize:
+    """Rewrite a value before it is checked (``"GPIO22"`` -> 22); ValueError: a problem."""
+
+    convert: Callable[[Any], Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +135,12 @@ def build(tp: Any, value: Any, path: Path, problems: list[Problem]) -> Any:
     for c in constraints:
         if isinstance(c, Tagged):
             return _build_tagged(c, value, path, problems)
+        if isinstance(c, Normalize):
+            try:
+                value = c.convert(value)
+            except ValueError as exc:
+                problems.append((path, str(exc)))
+                return None
     result = _convert(tp, value, path, problems)
     if result is None:
         return None
@@ -272,7 +286,7 @@ def _build_section(cls: type, data: Mapping[str, Any], path: Path,
     before = len(problems)
     for key in data:
         if key not in fields:
-            problems.append(((*path, str(key)), "unknown key"))
+            problems.append(((*path, str(key)), "unknown key" + did_you_mean(key, fields)))
     for name, f in fields.items():
         if name in data:
             kwargs[f.name] = build(hints[f.name], data[name], (*path, name), problems)
@@ -297,6 +311,21 @@ def _build_section(cls: type, data: Mapping[str, Any], path: Path,
     return obj
 
 
+def closest(name: object, known: Iterable[str]) -> str | None:
+    """The known name closest to a mistyped one (case aside), if one is close."""
+    if not isinstance(name, str):
+        return None
+    choices = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(name.lower(), list(choices), n=1, cutoff=0.6)
+    return choices[close[0]] if close else None
+
+
+def did_you_mean(name: object, known: Iterable[str]) -> str:
+    """``"; did you mean 'bounce_time'?"`` for a mistyped name, or ``""``."""
+    near = closest(name, known)
+    return f"; did you mean {near!r}?" if near else ""
+
+
 def _build_tagged(tag: Tagged, value: Any, path: Path, problems: list[Problem]) -> Any:
     if not isinstance(value, Mapping):
         problems.append((path, f"expected a mapping (got {_short(value)})"))
@@ -307,7 +336,10 @@ def _build_tagged(tag: Tagged, value: Any, path: Path, problems: list[Problem]) 
         return None
     cls = tag.lookup(str(name))
     if cls is None:
-        problems.append(((*path, tag.key),
-                         f"unknown {tag.key} {_short(name)}; known: {', '.join(tag.known())}"))
+        known = tag.known()
+        near = closest(name, known)
+        hint = f" (did you mean {near!r}?)" if near else ""
+        problems.append(((*path, tag.key), f"unknown {tag.key} {_short(name)}{hint}; "
+                         f"known: {', '.join(known)}"))
         return None
     return _build_section(cls, value, path, problems)

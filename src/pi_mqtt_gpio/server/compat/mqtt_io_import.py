@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from pi_mqtt_gpio.server.pins.header import BOARD_TO_BCM
+
 __all__ = ["Conversion", "convert", "render"]
 
 LOCAL_HOSTS = ("", "localhost", "127.0.0.1", "::1", "ip6-localhost")
@@ -22,10 +24,6 @@ EXPANDERS = {"mcp23017": "MCP23017", "pcf8574": "PCF8574", "pcf8575": "PCF8575"}
 PASSWORD_FILE = "/etc/pi-mqtt-gatekeeper/mqtt-password"
 PROBE_USER = "gk-probe"
 PROBE_PASSWORD_FILE = "/etc/pi-mqtt-gatekeeper/acl-probe-password"
-# The 40-pin header: physical (BOARD) pin -> BCM GPIO number.
-BOARD_TO_BCM = {3: 2, 5: 3, 7: 4, 8: 14, 10: 15, 11: 17, 12: 18, 13: 27, 15: 22, 16: 23,
-                18: 24, 19: 10, 21: 9, 22: 25, 23: 11, 24: 8, 26: 7, 27: 0, 28: 1, 29: 5,
-                31: 6, 32: 12, 33: 13, 35: 19, 36: 16, 37: 26, 38: 20, 40: 21}
 GPIOZERO_OUTPUTS = ("LED", "OutputDevice", "DigitalOutputDevice", "Buzzer", "PWMLED",
                     "PWMOutputDevice")
 GPIOZERO_INPUTS = ("Button", "DigitalInputDevice", "MotionSensor", "LineSensor",

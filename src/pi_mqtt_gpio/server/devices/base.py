@@ -16,7 +16,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pi_mqtt_gpio.errors import BadArgument
 from pi_mqtt_gpio.server.homeassistant import EntityOverride
-from pi_mqtt_gpio.server.schema import Matches, Range, section
+from pi_mqtt_gpio.server.pins.header import pin_number
+from pi_mqtt_gpio.server.schema import Matches, Normalize, Range, section
 
 __all__ = [
     "REQUIRED",
@@ -29,10 +30,11 @@ __all__ = [
     "is_active",
 ]
 
-# A BCM GPIO line number, or a pin of an I/O expander: "<expander>:<0-15>" ("io1:3").
-Pin = Annotated[int, Range(ge=0, le=53)] | Annotated[
+# A BCM GPIO line number (also as gpiozero names it: "GPIO22", "BCM22", or a header pin
+# "BOARD15", "J8:15"), or a pin of an I/O expander: "<expander>:<0-15>" ("io1:3").
+Pin = Annotated[Annotated[int, Range(ge=0, le=53)] | Annotated[
     str, Matches(r"[A-Za-z_][A-Za-z0-9_-]*:(1[0-5]|[0-9])",
-                 "a GPIO number or an expander pin like 'io1:3'")]
+                 "a GPIO number or an expander pin like 'io1:3'")], Normalize(pin_number)]
 Emit = Callable[[str, str | None, dict[str, Any]], None]  # (device, event, state), any thread
 
 
