@@ -23,7 +23,8 @@ import yaml
 from tests.conftest import READY, Client
 
 ROOT = Path(__file__).resolve().parents[2]
-DEV_TOOLS = {"pytest", "mypy", "ruff", "hypothesis", "mqtt5", "pytest-timeout", "types-pyyaml"}
+DEV_TOOLS = {"pytest", "mypy", "ruff", "hypothesis", "mqtt5", "pytest-timeout", "types-pyyaml",
+             "build"}
 
 
 def _install(stage: Path, *args: str, src: Path = ROOT) -> subprocess.CompletedProcess[str]:
