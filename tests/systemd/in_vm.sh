@@ -50,6 +50,64 @@ check "gpioinfo: line 27 held by gatekeeper:doorbell" sh -c "gpioinfo $chip | gr
 journalctl -u $unit --no-pager -o short-monotonic | tail -8
 check "journalctl -u $unit shows its log" sh -c "journalctl -u $unit -o cat _PID=$pid | grep -q ."
 
+step "systemd-analyze security $unit"
+score=$(systemd-analyze security $unit --no-pager 2>/dev/null | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
+echo "exposure score: ${score:-none}"
+check "systemd-analyze security: ${score:-none} <= 2.0" awk -v s="${score:-99}" 'BEGIN {exit !(s <= 2.0)}'
+
+step "pi-mqtt-gatekeeper passwd + systemctl reload, then a login"
+venv=/opt/pi-mqtt-gatekeeper/venv
+login() {  # login USER PASSWORD: MQTT CONNECT to 127.0.0.1:1883, exit 0 when accepted
+  "$venv/bin/python" - "$1" "$2" <<'PY'
+import sys, paho.mqtt.client as mqtt
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+c.username_pw_set(sys.argv[1], sys.argv[2])
+try:
+    c.connect("127.0.0.1", 1883, 10)
+except Exception as exc:
+    print("connect:", exc); sys.exit(2)
+res = {}
+c.on_connect = lambda cl, ud, fl, rc, pr: (res.setdefault("rc", rc), cl.disconnect())
+c.loop_forever(timeout=10)
+print("CONNACK:", res.get("rc")); sys.exit(0 if res.get("rc") == 0 else 1)
+PY
+}
+refused() { ! login "$@"; }
+check "alice cannot log in before passwd" refused alice s3cret-Pass
+check "pi-mqtt-gatekeeper passwd (--password-stdin)" sh -c \
+  "printf '%s\n' s3cret-Pass | pi-mqtt-gatekeeper passwd /etc/pi-mqtt-gatekeeper/users alice --role operator --password-stdin"
+ls -l /etc/pi-mqtt-gatekeeper/users
+check "systemctl reload" systemctl reload $unit
+sleep 1
+check "alice logs in" login alice s3cret-Pass
+check "a wrong password is refused" refused alice wrong-Pass
+check "still the same main process after reload" test "$(systemctl show -p MainPID --value $unit)" = "$pid"
+
+step "an output on, then systemctl stop"
+check "pi-mqtt-gpio call porch_light on" env PI_MQTT_PASSWORD=s3cret-Pass pi-mqtt-gpio --user alice --node living-room call porch_light on
+sleep 0.5
+v=$(cat "$sim/sim_gpio17/value")
+check "gpio-sim line 17 is high ($v)" test "$v" = 1
+check "systemctl stop" systemctl stop $unit
+v=$(cat "$sim/sim_gpio17/value")
+check "after stop line 17 is low ($v)" test "$v" = 0
+gpioinfo $chip | grep -E 'line +(17|27):'
+check "after stop the lines are free" sh -c "! gpioinfo $chip | grep -q gatekeeper:"
+journalctl -u $unit -o cat --no-pager | tail -5
+
+step "apt remove, then apt purge: the chips back to the gpio group without a reboot"
+useradd -m -G gpio pi
+check "apt remove" env DEBIAN_FRONTEND=noninteractive apt-get remove -y -q pi-mqtt-gatekeeper
+ls -l /dev/$chip
+check "after remove /dev/$chip is root:gpio 0660" test "$(stat -c %U:%G:%a /dev/$chip)" = root:gpio:660
+check "a member of gpio reads line 17 (gpioget as pi)" runuser -u pi -- gpioget $chip 17
+check "apt purge" env DEBIAN_FRONTEND=noninteractive apt-get purge -y -q pi-mqtt-gatekeeper
+ls -l /dev/$chip
+check "after purge /dev/$chip is root:gpio 0660" test "$(stat -c %U:%G:%a /dev/$chip)" = root:gpio:660
+check "after purge the user gatekeeper is gone" sh -c "! getent passwd gatekeeper"
+check "after purge /etc/pi-mqtt-gatekeeper is gone" test ! -e /etc/pi-mqtt-gatekeeper
+check "a member of gpio drives line 17 (gpioset as pi)" runuser -u pi -- gpioset $chip 17=1
+
 echo
 echo "FINAL: $fails failures"
 exit "$fails"
