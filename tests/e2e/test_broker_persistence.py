@@ -245,6 +245,52 @@ def test_a_subscription_the_role_lost_while_down_delivers_nothing(
         gk.stop()
 
 
+@pytest.mark.parametrize("change", ["removed", "demoted"])
+def test_a_session_dropped_at_a_start_stays_dropped(
+        tmp_path: Path, clients: list[Client], version: int, change: str) -> None:
+    """bob's persistent session (a queued message) is dropped at a start because bob was
+    removed from the users file (or its subscription, because bob became a viewer); the
+    gatekeeper stops again with nothing else happening; bob is an admin again: his client id
+    gets no session back (removed) or no subscription (demoted), never the old message."""
+    users = tmp_path / "users"
+    users.write_text(f"bob:{PASSWORD_HASH}:admin\nroot:{PASSWORD_HASH}:admin\n")
+    config = persistent_config(tmp_path, auth={"allow_anonymous": False, "roles": {},
+                                               "users_file": str(users)})
+    gk = start_gatekeeper(tmp_path, config)
+    cid = f"bob-{version}"
+    try:
+        bob = login(persistent_client(gk.port, version, cid), "bob")
+        clients.append(bob)
+        bob.connect()
+        assert not refused(bob.subscribe("zigbee2mqtt/#", 1))
+        bob.close()
+        admin = login(Client(gk.port, version), "root")
+        clients.append(admin)
+        admin.connect()
+        admin.publish("zigbee2mqtt/lamp", b"for the old bob", qos=1)
+        admin.close()
+        gk.stop()
+        users.write_text(f"root:{PASSWORD_HASH}:admin\n" if change == "removed" else
+                         f"bob:{PASSWORD_HASH}:viewer\nroot:{PASSWORD_HASH}:admin\n")
+        gk = start_gatekeeper(tmp_path, config)  # bob's session is dropped here
+        gk.stop()  # nothing changed since that start
+        users.write_text(f"bob:{PASSWORD_HASH}:admin\nroot:{PASSWORD_HASH}:admin\n")
+        gk = start_gatekeeper(tmp_path, config)
+        bob = login(persistent_client(gk.port, version, cid), "bob")
+        clients.append(bob)
+        assert bob.connect() == (0, change == "demoted")  # a session only if bob stayed
+        admin = login(Client(gk.port, version), "root")
+        clients.append(admin)
+        admin.connect()
+        admin.publish("zigbee2mqtt/lamp", b"live", qos=1)
+        admin.publish(f"{gk.root}/marker", b"x", qos=1, retain=True)
+        assert not refused(bob.subscribe(f"{gk.root}/marker", 1))
+        got = bob.get()
+        assert (got.topic, got.payload) == (f"{gk.root}/marker", b"x")  # nothing before it
+    finally:
+        gk.stop()
+
+
 # ------------------------------------------------------------------------------ $SYS
 def _sys_values(c: Client, want: Any, timeout: float = 10.0) -> dict[str, bytes]:
     """``$SYS`` messages as they come, until ``want(values)`` holds."""

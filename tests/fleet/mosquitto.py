@@ -33,10 +33,14 @@ PROBE_USER = "gk-probe"  # the ACL probe's user, as in the shipped ACL
 class Mosquitto:
     """``acl=False``: a Mosquitto without any ACL (every user may publish anything)."""
 
-    def __init__(self, tmp: Path, extra_acl: str = "", *, acl: bool = True) -> None:
+    def __init__(self, tmp: Path, extra_acl: str = "", *, acl: bool = True,
+                 acl_edit: tuple[str, str] | None = None) -> None:
         self.tmp = tmp
         self.port = free_port()
         acl_text = (ROOT / "deploy" / "mosquitto" / "fleet.acl").read_text()
+        if acl_edit is not None:  # one line of the shipped ACL changed (a mistake in it)
+            assert acl_edit[0] in acl_text, acl_edit
+            acl_text = acl_text.replace(*acl_edit)
         block = acl_text[acl_text.index("user gk-kitchen"):acl_text.index("user gk-garage")]
         for node in NODES:  # one user per gatekeeper, as the shipped example for "kitchen"
             acl_text += "\n" + block.replace("kitchen", node)

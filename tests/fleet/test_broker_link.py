@@ -150,3 +150,51 @@ def test_without_a_broker_acl_a_forged_admin_call_moves_nothing(tmp_path: Path) 
         victor.close()
         gk.stop()
         broker.stop()
+
+
+@pytest.mark.parametrize("line", ["gatekeeper/+/device/+/call/%u", "gatekeeper/+/device/+/set/%u",
+                                  "gatekeeper/+/lease/call/%u"])
+def test_one_wrong_line_of_the_broker_acl_fails_the_probe(tmp_path: Path, line: str) -> None:
+    """The shipped ACL with one command line's ``%u`` made ``+`` (anyone may publish under
+    anyone's name on that kind of topic): the probe tries every kind and fails, so the
+    gatekeeper refuses commands instead of letting a viewer command as alice."""
+    broker = Mosquitto(tmp_path, acl_edit=(f"pattern write {line}",
+                                           f"pattern write {line.replace('%u', '+')}"))
+    gk = start_gatekeeper(tmp_path, node_config(tmp_path, "n1", broker.port))
+    victor = client(broker.port, "victor")
+    try:
+        gk.wait_log("the broker ACL failed its probe", 10)
+        reply = call(victor, "alice", "n1", "on")
+        assert reply is None or reply["error"]["code"] == "NOT_AUTHORIZED", reply
+        state = client(broker.port, "watcher")
+        try:
+            state.subscribe("gatekeeper/n1/device/lamp/state", 1)
+            assert json.loads(state.get(10).payload)["value"] == 0
+        finally:
+            state.close()
+    finally:
+        victor.close()
+        gk.stop()
+        broker.stop()
+
+
+def test_a_retained_command_on_the_broker_is_never_carried_out(tmp_path: Path) -> None:
+    """alice leaves a retained ``set ON`` on the broker; a gatekeeper that starts (or
+    reconnects) later does not switch the lamp on from it; a live command still works."""
+    broker = Mosquitto(tmp_path)
+    alice = client(broker.port, "alice")
+    alice.publish("gatekeeper/n1/device/lamp/set/alice", "ON", 1, retain=True)
+    gk = start_gatekeeper(tmp_path, node_config(tmp_path, "n1", broker.port))
+    watcher = client(broker.port, "watcher")
+    try:
+        gk.wait_log("ignoring a retained command on gatekeeper/n1/device/lamp/set/alice", 15)
+        watcher.subscribe("gatekeeper/n1/device/lamp/state", 1)
+        assert json.loads(watcher.get(10).payload)["value"] == 0
+        reply = call(alice, "alice", "n1", "on")  # a live one: carried out
+        assert reply is not None and reply["ok"], reply
+    finally:
+        alice.publish("gatekeeper/n1/device/lamp/set/alice", "", 1, retain=True)
+        alice.close()
+        watcher.close()
+        gk.stop()
+        broker.stop()

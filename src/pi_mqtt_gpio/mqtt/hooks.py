@@ -111,6 +111,11 @@ class BrokerHooks:
         """A PUBLISH was refused by authorisation (``message`` is a ``session.Message``)."""
         return None
 
+    def owner_exists(self, client: ClientInfo) -> bool:
+        """Whether the user a stored session belongs to still exists (may still log in); a
+        restored session of one that does not is dropped."""
+        return True
+
     def response_information(self, client: ClientInfo) -> str | None:
         """Response Information for a 5.0 client that asked for it (Request Response Info)."""
         return None

@@ -507,6 +507,10 @@ def apply(core: BrokerCore, parsed: Parsed, now: float) -> Restored:
                 or len(core.sessions) >= limits.max_sessions:
             out.dropped += 1
             continue
+        if data.client is not None and not all(
+                hook.owner_exists(data.client) for hook in core.hooks):
+            out.revoked += 1 + len(data.subs) + len(data.queue) + len(data.inflight)
+            continue  # its user was removed: the session ends with it
         session = Session(cid)
         session.client = data.client
         session.expiry_interval = min(data.expiry, limits.max_session_expiry)

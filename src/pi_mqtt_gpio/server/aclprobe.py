@@ -3,10 +3,13 @@ the publisher's own user name (``{root}/.../call/<username>``), which is all the
 knows about who sent a command.
 
 The probe connects as a broker user of its own (``broker.external.acl_probe``), on the host
-the gatekeeper is connected to and with its MQTT version, and publishes two harmless lease
-calls: first one under another user's name (``{root}/lease/call/<probe>-forged-<nonce>``),
-which the broker must drop, then one under its own name, which must arrive (the positive
-control: the probe user can publish, the gatekeeper's subscription works). Both publishes are
+the gatekeeper is connected to and with its MQTT version, and publishes a harmless command on
+each kind of command topic (a lease call, a device call and a device set, the device being
+``acl-probe``, which no config may name): first under another user's name
+(``.../<probe>-forged-<nonce>``), which the broker must drop, then under its own name, which
+must arrive (the positive control: the probe user can publish on each, the gatekeeper's
+subscriptions work). Each kind has its own line in a broker ACL, and one wrong line is
+enough to let anyone command in anyone's name. Both publishes are
 QoS 0, so a broker that answers a denied QoS 1 publish with PUBACK 0x87 (Mosquitto with
 MQTT 5) and one that drops it silently (3.1.1, NATS's MQTT gateway) look the same: what
 counts is what arrives.
@@ -41,6 +44,8 @@ __all__ = ["METHOD", "AclProbe", "Verdict"]
 log = logging.getLogger("pi_mqtt_gpio.aclprobe")
 
 METHOD = "acl-probe"
+DEVICE = "acl-probe"  # the device its device calls and sets name (they are never commands)
+KINDS = ("lease/call", f"device/{DEVICE}/call", f"device/{DEVICE}/set")
 GRACE_S = 0.5  # after its own command arrived, how long the forged one may still come
 KEEP_NONCES = 16  # nonces of earlier probes still recognised (a forged one arriving late)
 
@@ -62,7 +67,8 @@ class AclProbe:
         self._lock = threading.Lock()
         self._running = threading.Lock()  # one probe at a time (a cancelled one may still run)
         self._nonces: list[str] = []
-        self._own = threading.Event()
+        self._own = threading.Event()  # its own command arrived on every kind of topic
+        self._own_kinds: set[str] = set()
         self._forged = threading.Event()
         self._current: str | None = None
         self.late_forgery: str | None = None  # a forged topic that arrived after its probe
@@ -79,7 +85,8 @@ class AclProbe:
         """True for the probe's own messages and for anything sent as the probe user: they
         are never commands. Records what arrived for the running probe."""
         base, _, user = topic.rpartition("/")
-        if base != f"{self.root}/lease/call":
+        kind = base.removeprefix(f"{self.root}/")
+        if kind == base or kind not in KINDS:
             return False
         nonce = _probe_nonce(payload)
         if nonce is None:
@@ -87,13 +94,15 @@ class AclProbe:
         with self._lock:
             known = nonce in self._nonces
             current = nonce == self._current
+            if current and known and user == self.username:
+                self._own_kinds.add(kind)
+                if len(self._own_kinds) == len(KINDS):
+                    self._own.set()
         if known and user != self.username:
             if current:
                 self._forged.set()
             else:
                 self.late_forgery = topic
-        elif current:
-            self._own.set()
         return True
 
     # --- one probe (a worker thread) -----------------------------------------------------------
@@ -110,6 +119,8 @@ class AclProbe:
             self._current = nonce
             self._nonces = [*self._nonces[-(KEEP_NONCES - 1):], nonce]
         self._own.clear()
+        with self._lock:
+            self._own_kinds.clear()
         self._forged.clear()
         try:
             return self._run(host, port, v5, nonce, start)
@@ -119,8 +130,10 @@ class AclProbe:
 
     def _run(self, host: str, port: int, v5: bool, nonce: str, start: float) -> Verdict:
         cfg = self.config
-        forged_topic = f"{self.root}/lease/call/{self.username}-forged-{nonce[:8]}"
-        own_topic = f"{self.root}/lease/call/{self.username}"
+        forged_topics = [f"{self.root}/{kind}/{self.username}-forged-{nonce[:8]}"
+                         for kind in KINDS]
+        own_topics = [f"{self.root}/{kind}/{self.username}" for kind in KINDS]
+        forged_topic = ", ".join(forged_topics)
 
         def verdict(passed: bool, reason: str) -> Verdict:
             return Verdict(passed, reason, time.monotonic() - start)
@@ -160,18 +173,23 @@ class AclProbe:
                                       f"{self.username!r}: {refusal[0]} (create that user on "
                                       f"the broker with acl_probe.password_file's password)")
             body = {"method": METHOD, "nonce": nonce}
-            client.publish(forged_topic, json.dumps({**body, "as": "another user"}), 0)
-            client.publish(own_topic, json.dumps({**body, "as": "itself"}), 0)
+            for topic in forged_topics:
+                client.publish(topic, json.dumps({**body, "as": "another user"}), 0)
+            for topic in own_topics:
+                client.publish(topic, json.dumps({**body, "as": "itself"}), 0)
             if not self._own.wait(cfg.timeout_s):
                 if self._forged.is_set():
                     return self._forged_verdict(forged_topic, start)
-                return verdict(False, f"the ACL probe's command under its own name "
-                                      f"({own_topic}) did not arrive within "
+                with self._lock:
+                    missing = [t for kind, t in zip(KINDS, own_topics, strict=True)
+                               if kind not in self._own_kinds]
+                return verdict(False, f"the ACL probe's commands under its own name "
+                                      f"({', '.join(missing)}) did not arrive within "
                                       f"{cfg.timeout_s:g} s: the broker ACL must let "
                                       f"{self.username!r} publish there")
             if self._forged.wait(GRACE_S):
                 return self._forged_verdict(forged_topic, start)
-            return verdict(True, f"the broker dropped the ACL probe's command under another "
+            return verdict(True, f"the broker dropped the ACL probe's commands under another "
                                  f"user's name ({forged_topic}) and delivered its own")
         finally:
             client.disconnect()

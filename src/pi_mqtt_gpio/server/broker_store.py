@@ -126,8 +126,14 @@ class BrokerStore:
                      "limits)", self.file.path, restored.retained, restored.sessions,
                      restored.messages, parsed.expired, restored.revoked,
                      restored.dropped + parsed.cut)
-        self._signature = store.signature(self.core)
-        self._last = store.capture(self.core, now, self.keep)
+        if parsed is not None and restored is not None and (
+                parsed.expired or parsed.cut or restored.revoked or restored.dropped):
+            # What was left behind (expired, no longer authorised, past the limits) must not
+            # come back at a later start: the file is written again at the first autosave.
+            self._signature = self._last = None
+        else:
+            self._signature = store.signature(self.core)
+            self._last = store.capture(self.core, now, self.keep)
         return restored
 
     def start(self) -> None:

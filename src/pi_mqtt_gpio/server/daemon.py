@@ -18,6 +18,7 @@ from typing import Any
 from pi_mqtt_gpio.errors import GatekeeperError, NotAuthorized
 from pi_mqtt_gpio.mqtt.broker import BrokerCore, BrokerLimits, InternalClient
 from pi_mqtt_gpio.mqtt.hooks import BrokerHooks, ClientInfo, Decision
+from pi_mqtt_gpio.mqtt.logguard import LOG_TOTAL, LogLimiter, clip
 from pi_mqtt_gpio.mqtt.message import Message
 from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, Properties
 from pi_mqtt_gpio.server.aclprobe import AclProbe, Verdict, forged_reason
@@ -159,6 +160,7 @@ class Daemon:
                                        may_command=self._may_command)
             self.twin.listeners.append(self.bridge.state)
         self.uplink: Uplink | None = None
+        self._retained_log = LogLimiter(log, total=LOG_TOTAL)
         self.status_link: Uplink | None = None  # external mode: holds mqtt-io's status Will
         self.fatal: str | None = None  # why the daemon stopped itself (exit status 1)
         self.uplink_loop: asyncio.AbstractEventLoop | None = None
@@ -277,7 +279,8 @@ class Daemon:
         own, root = self.client.client_id, self.topics.root + "/"
         self.broker_store = BrokerStore(
             Path(path).parent, self.core, self.config.persistence.autosave_s,
-            lambda msg: msg.sender != own and not msg.topic.startswith((root, "$SYS/")),
+            lambda msg: msg.sender != own and msg.topic != root[:-1]
+            and not msg.topic.startswith((root, "$SYS/")),
             self.server.now)
         await self.broker_store.load()
 
@@ -435,6 +438,14 @@ class Daemon:
         publisher's user name; the gatekeeper applies that user's role."""
         if self.discovery is not None and msg.topic == self.discovery.birth_topic:
             self.discovery.birth(msg.payload)
+            return
+        if msg.retain:
+            # A retained command would run again at every (re)connect and for every node
+            # that starts later: commands are never taken from the broker's retained store.
+            self._retained_log.log(logging.WARNING, msg.topic, asyncio.get_running_loop().time(),
+                                   "ignoring a retained command on %s (commands are never "
+                                   "retained: clear it with an empty retained publish)",
+                                   clip(msg.topic))
             return
         if self.bridge is not None and self.mqtt_io is not None \
                 and self.mqtt_io.command(msg.topic) is not None:

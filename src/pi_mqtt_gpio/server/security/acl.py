@@ -155,6 +155,10 @@ class AccessControl(BrokerHooks):
         self._cache[key] = expanded
         return expanded
 
+    def owner_exists(self, client: ClientInfo) -> bool:
+        """A stored session's user still has a role (was not removed from the users)."""
+        return client.internal or self.current_role(client) is not None
+
     def has_right(self, client: ClientInfo, right: str) -> bool:
         """Whether the client's role (as it is now) holds ``right`` (simulate,
         force_release, manage). Rights are named by the role's config, never by its name."""
