@@ -1,7 +1,9 @@
 #!/bin/bash
 # Runs inside the systemd VM (vm/systemd/run.sh) as root, after multi-user.target: installs
-# the gatekeeper's Debian package as a user would and checks the running service. The host's
-# checkout is at /mnt/host (read-only) with the package under dist/vm/. One line per check:
+# the gatekeeper's Debian package, then scripts/install, as a user would, and checks the running
+# service, its removal and purge. The host's
+# checkout is at /mnt/host (read-only) with the package and a wheelhouse for scripts/install
+# under dist/vm/ (made by scripts/systemd-stage). One line per check:
 # "PASS: ..." or "FAIL: ..."; the exit status is the number of failures.
 set -u
 fails=0
@@ -107,6 +109,32 @@ check "after purge /dev/$chip is root:gpio 0660" test "$(stat -c %U:%G:%a /dev/$
 check "after purge the user gatekeeper is gone" sh -c "! getent passwd gatekeeper"
 check "after purge /etc/pi-mqtt-gatekeeper is gone" test ! -e /etc/pi-mqtt-gatekeeper
 check "a member of gpio drives line 17 (gpioset as pi)" runuser -u pi -- gpioset $chip 17=1
+
+step "scripts/install from the checkout (pip offline, from the stage's wheelhouse)"
+mkdir -p /root/src
+tar -C /mnt/host --exclude=./.git --exclude=./.venv --exclude=./dist --exclude=./build \
+  --exclude=./node_modules --exclude='*/__pycache__' -cf - . | tar -C /root/src -xf -
+check "scripts/install" env PIP_NO_INDEX=1 PIP_FIND_LINKS=/mnt/host/dist/vm/wheelhouse /root/src/scripts/install
+check "systemctl start" systemctl start $unit
+for _ in $(seq 60); do
+  systemctl -q is-active $unit || break
+  gpioinfo $chip | grep -q gatekeeper:porch_light && break; sleep 0.3
+done
+pid=$(systemctl show -p MainPID --value $unit)
+user=$(ps -o user= -p "$pid" | xargs)
+check "main process $pid runs as ${user:-?}" test "$user" = gatekeeper
+check "gpioinfo: line 17 held by gatekeeper:porch_light" sh -c "gpioinfo $chip | grep -E 'line +17:' | grep -q 'gatekeeper:porch_light'"
+check "/dev/$chip belongs to gatekeeper" test "$(stat -c %U:%a /dev/$chip)" = gatekeeper:600
+check "scripts/install --uninstall" /root/src/scripts/install --uninstall
+check "after --uninstall the service is gone" sh -c "! systemctl -q is-active $unit"
+ls -l /dev/$chip
+check "after --uninstall /dev/$chip is root:gpio 0660" test "$(stat -c %U:%G:%a /dev/$chip)" = root:gpio:660
+check "a member of gpio reads line 17" runuser -u pi -- gpioget $chip 17
+check "scripts/install --purge" /root/src/scripts/install --purge
+ls -l /dev/$chip
+check "after --purge /dev/$chip is root:gpio 0660" test "$(stat -c %U:%G:%a /dev/$chip)" = root:gpio:660
+check "after --purge the user gatekeeper is gone" sh -c "! getent passwd gatekeeper"
+check "a member of gpio drives line 17" runuser -u pi -- gpioset $chip 17=1
 
 echo
 echo "FINAL: $fails failures"

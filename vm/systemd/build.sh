@@ -10,7 +10,7 @@ CACHE=${GPIOSIM_CACHE:-/var/cache/pi-mqtt-gpio-vm}
 SD=$CACHE/systemd
 HERE=$(cd "$(dirname "$0")" && pwd)
 MIRROR=${GPIOSIM_MIRROR:-http://deb.debian.org/debian}
-PKGS=systemd-sysv,udev,dbus,python3,gpiod,kmod,procps,util-linux,adduser,ca-certificates
+PKGS=systemd-sysv,udev,dbus,python3,python3-venv,gpiod,kmod,procps,util-linux,adduser,ca-certificates
 log() { printf '[systemd-vm %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root"
@@ -44,6 +44,13 @@ if [ ! -x "$RF/lib/systemd/systemd" ] || [ ! -x "$RF/usr/bin/gpioinfo" ]; then
   debootstrap --variant=minbase --include="$PKGS" bookworm "$RF" "$MIRROR" > "$SD/debootstrap.log" 2>&1 \
     || { tail -20 "$SD/debootstrap.log" >&2; die "debootstrap failed"; }
   rm -rf "$RF/var/cache/apt/archives/"*.deb
+fi
+missing=$(for p in ${PKGS//,/ }; do chroot "$RF" dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done | xargs)
+if [ -n "$missing" ]; then   # packages added to PKGS since the debootstrap
+  log "apt-get install $missing"
+  chroot "$RF" apt-get update -qq >&2
+  chroot "$RF" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >&2
+  chroot "$RF" apt-get clean
 fi
 log "configuring the root file system"
 rm -rf "$RF/lib/modules"; mkdir -p "$RF/lib/modules"
