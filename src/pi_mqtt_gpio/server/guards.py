@@ -45,8 +45,6 @@ class Guards:
         # the hardware worker thread, inside ``_spaced``.
         self._spacing: dict[str, float] = {}
         self._outstanding: dict[str, int] = {}  # admitted commands not finished, per device
-        self._ran: dict[str, Any] = {}  # each device's value as its last command left it
-        self._on_pin: dict[str, bool] = {}  # ... and whether that is active on the pins
 
     @staticmethod
     def _now() -> float:
@@ -55,9 +53,7 @@ class Guards:
     def start(self, states: dict[str, dict[str, Any]]) -> None:
         """What the outputs are at start (their safe states)."""
         for name, state in states.items():
-            self._ran[name] = state.get("value")
-            self._on_pin[name] = _on_pins(state)
-            self.policy.known(name, state.get("value"), self._on_pin[name])
+            self.policy.known(name, state.get("value"), _on_pins(state))
 
     # --- admission -----------------------------------------------------------------------------
     def admit(self, adapter: DeviceAdapter, method: str, kwargs: dict[str, Any]
@@ -133,7 +129,6 @@ class Guards:
     def executed(self, name: str, active: bool) -> None:
         """A command for ``name`` that did not go through ``submit`` (a cover's relays) ran
         and left it ``active`` or not."""
-        self._on_pin[name] = active
         self.policy.executed(name, active)
 
     def _finished(self, name: str, future: asyncio.Future[Any]) -> None:
@@ -145,8 +140,7 @@ class Guards:
         if (future.cancelled() or future.exception() is not None) and not self.pending(name):
             # A command that did not run (refused at execution, failed, cancelled): what
             # the policy predicted for it never happened; the device is as it last ran.
-            value = self._ran.get(name, 0)
-            self.policy.known(name, value, self._on_pin.get(name, is_active(value)))
+            self.policy.resync(name)
 
     def _submit(self, name: str, at: float | None, fn: Callable[..., Any],
                 args: tuple[Any, ...], recheck: Callable[[], None] | None,
@@ -205,9 +199,8 @@ class Guards:
         (re)arm the max_on timer."""
         name = adapter.name
         value = state.get("value")
-        self._ran[name] = value
-        self._on_pin[name] = on_pin = _on_pins(state)
-        self.policy.executed(name, on_pin)
+        on_pin = _on_pins(state)
+        self.policy.executed(name, on_pin, value)
         if not self.pending(name):
             self.policy.known(name, value, on_pin)
         guard = self.policy.guards.get(name)
@@ -226,9 +219,7 @@ class Guards:
         """The twin published ``name``'s state, whoever read it (a blink that ended, a
         refresh): with no command of its own pending, that is what the device is."""
         if "value" in state and not self.pending(name):
-            self._ran[name] = state["value"]
-            self._on_pin[name] = on_pin = _on_pins(state)
-            self.policy.known(name, state["value"], on_pin)
+            self.policy.known(name, state["value"], _on_pins(state))
 
     def _max_on_fired(self, adapter: DeviceAdapter) -> None:
         name = adapter.name

@@ -89,6 +89,7 @@ class _Device:
     edges: deque[float] = field(default_factory=deque)  # commanded changes in the window
     lockout_until: float | None = None
     on_pin: bool = False  # active on the hardware, as the last executed command left it
+    ran: Any = 0  # ... and the value it left
 
 
 class SafetyPolicy:
@@ -103,11 +104,21 @@ class SafetyPolicy:
         ending, a safe state). Ignored while commands for it are still queued ahead."""
         dev = self._dev(device)
         dev.value, dev.active = value, active
-        dev.on_pin = active
+        dev.ran, dev.on_pin = value, active
 
-    def executed(self, device: str, active: bool) -> None:
-        """A command for ``device`` ran on the worker and left it ``active`` (or not)."""
-        self._dev(device).on_pin = active
+    def executed(self, device: str, active: bool, value: Any = ...) -> None:
+        """A command for ``device`` ran on the worker and left it ``active`` (or not), at
+        ``value`` when known."""
+        dev = self._dev(device)
+        dev.on_pin = active
+        if value is not ...:  # (a value may be None: a detached servo)
+            dev.ran = value
+
+    def resync(self, device: str) -> None:
+        """What was predicted for commands that never ran is forgotten: the device is as
+        its last executed command left it."""
+        dev = self._dev(device)
+        dev.value, dev.active = dev.ran, dev.on_pin
 
     def _dev(self, device: str) -> _Device:
         dev = self._devices.get(device)
