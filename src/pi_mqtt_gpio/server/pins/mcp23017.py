@@ -171,7 +171,26 @@ class SimulatedMCP23017(Bus):
             self.on_interrupt()
 
 
-class MCP23017:
+class Chip:
+    """What every expander chip driver shares: failing once (a clear log line, the pins
+    marked failed through ``on_failure``) until it answers again."""
+
+    name: str
+    config: Any
+    address: int
+    failed: str | None
+    on_failure: Callable[[str, str | None], None] | None
+
+    def _fail(self, exc: OSError) -> None:
+        if self.failed is None:
+            self.failed = f"expander {self.name} (I2C bus {self.config.bus}, address " \
+                          f"0x{self.address:02x}) does not answer: {exc}"
+            log.error("%s", self.failed)
+            if self.on_failure is not None:
+                self.on_failure(self.name, self.failed)
+
+
+class MCP23017(Chip):
     """One chip: register cache, reads and writes under one lock, edge detection."""
 
     def __init__(self, name: str, config: ExpanderConfig, bus: Bus, *,
@@ -293,14 +312,6 @@ class MCP23017:
         self._write16(GPPU, self.gppu)
         self._write16(GPINTEN, self.gpinten)
         self._write16(OLAT, self.olat)
-
-    def _fail(self, exc: OSError) -> None:
-        if self.failed is None:
-            self.failed = f"expander {self.name} (I2C bus {self.config.bus}, address " \
-                          f"0x{self.address:02x}) does not answer: {exc}"
-            log.error("%s", self.failed)
-            if self.on_failure is not None:
-                self.on_failure(self.name, self.failed)
 
     def _changed(self, value: int) -> None:
         with self.lock:

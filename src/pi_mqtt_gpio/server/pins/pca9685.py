@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pi_mqtt_gpio.server.pins.mcp23017 import ExpanderPinInfo
+from pi_mqtt_gpio.server.pins.mcp23017 import Chip, ExpanderPinInfo
 
 __all__ = [
     "CHANNELS",
@@ -186,7 +186,7 @@ class SimulatedPCA9685:
         pass
 
 
-class PCA9685:
+class PCA9685(Chip):
     """One chip: the channels' last counts, writes under one lock, a check once a second."""
 
     def __init__(self, name: str, config: Any, bus: Any, *,
@@ -280,14 +280,6 @@ class PCA9685:
                 self.failed = None
                 if self.on_failure is not None:
                     self.on_failure(self.name, None)
-
-    def _fail(self, exc: OSError) -> None:
-        if self.failed is None:
-            self.failed = f"expander {self.name} (I2C bus {self.config.bus}, address " \
-                          f"0x{self.address:02x}) does not answer: {exc}"
-            log.error("%s", self.failed)
-            if self.on_failure is not None:
-                self.on_failure(self.name, self.failed)
 
 
 class PCA9685Pin:
