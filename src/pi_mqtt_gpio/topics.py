@@ -60,7 +60,7 @@ class Topics:
     @property
     def any_status(self) -> str:
         """The filter of every node's status under the same base topic."""
-        return f"{self.base_topic}/+/status"
+        return self.any_node("status")
 
     def parse_status(self, topic: str) -> str | None:
         """The node id of ``{base_topic}/<node>/status``, else None."""
@@ -77,6 +77,37 @@ class Topics:
     def reply_prefix(self, client_id: str) -> str:
         """Where a client's RPC replies go (its Response Information on MQTT 5)."""
         return f"{self.replies}{client_id}"
+
+    def reply(self, client_id: str, rest: str) -> str:
+        """One reply topic under a client's reply prefix."""
+        return f"{self.reply_prefix(client_id)}/{rest}"
+
+    def any_node(self, leaf: str) -> str:
+        """The filter ``{base_topic}/+/<leaf>`` (every node's status, catalogue, ...)."""
+        return f"{self.base_topic}/+/{leaf}"
+
+    @staticmethod
+    def sent_by(topic: str, user: str) -> str:
+        """A command topic with the sender's user name as its last level (external broker
+        mode, where the broker's ACL pins that level to the user)."""
+        return f"{topic}/{user}"
+
+    @classmethod
+    def grammar(cls) -> dict[str, str]:
+        """Every topic as a template with ``{root}``, ``{base_topic}``, ``{name}``,
+        ``{leaf}`` and ``{client_id}`` placeholders, made by the methods above (the web
+        dashboard builds and parses its topics from these, served as ``/topics.json``)."""
+        t = cls("{base_topic}", "{node_id}")
+        under_root = {
+            "status": t.status, "devices": t.devices, "lease": t.lease,
+            "lease_call": t.lease_call, "health": t.health, "audit": t.audit,
+            "device": t.device("{name}", "{leaf}"),
+            "reply_prefix": t.reply_prefix("{client_id}"),
+        }
+        grammar = {k: v.replace(t.root, "{root}", 1) for k, v in under_root.items()}
+        grammar["root"] = t.root
+        grammar["any_node"] = t.any_node("{leaf}")
+        return grammar
 
     def is_command(self, topic: str) -> bool:
         """A topic that commands the node: a device's ``set``/``call``, or the lease call."""

@@ -14,6 +14,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from pi_mqtt_gpio.server.web import STATIC
+from pi_mqtt_gpio.topics import Topics
 from tests.conftest import Client, Gatekeeper
 
 
@@ -67,6 +68,28 @@ def test_node_json_tells_the_page_what_it_may_know_before_login(broker: Gatekeep
                                 "mqtt_path": "/mqtt", "anonymous": True, "devices": 0}
     status, _h, body = get(broker.ports["websocket"], "/")
     assert status == 200 and b'<script type="module" src="app.js">' in body
+
+
+def test_topics_json_is_the_servers_own_topic_grammar(broker: Gatekeeper) -> None:
+    """The page builds and parses every topic from /topics.json; filled in, each template
+    is the topic the server's own Topics builds."""
+    status, headers, body = get(broker.ports["websocket"], "/topics.json")
+    assert status == 200 and headers["content-type"] == "application/json"
+    grammar = json.loads(body)
+    t = Topics("gatekeeper", "test")
+
+    def fill(kind: str, **values: str) -> str:
+        values.setdefault("root", t.root)
+        values.setdefault("base_topic", t.base_topic)
+        return str(grammar[kind].format(**values))
+
+    assert fill("root", node_id="test") == t.root
+    assert fill("status") == t.status and fill("devices") == t.devices
+    assert fill("lease") == t.lease and fill("lease_call") == t.lease_call
+    assert fill("health") == t.health and fill("audit") == t.audit
+    assert fill("device", name="porch", leaf="call") == t.device("porch", "call")
+    assert fill("reply_prefix", client_id="me") == t.reply_prefix("me")
+    assert fill("any_node", leaf="status") == t.any_status
 
 
 def _access(port: int, props: dict[str, object]) -> dict[str, object] | None:

@@ -189,7 +189,7 @@ class Gatekeeper:
             raise ValueError("a node on an external broker needs a username: the broker "
                              "checks the caller's name in the topic")
         self.fleet = True
-        self.reply_prefix = f"{self.topics.reply_prefix(self.username)}/{self.client_id}"
+        self.reply_prefix = self.topics.reply(self.username, self.client_id)
 
     def command_topic(self, topic: str) -> str:
         """A command topic as this connection must publish it (``/<username>`` appended
@@ -380,7 +380,7 @@ class Gatekeeper:
         request: dict[str, Any] = {"method": method, "args": list(args), "kwargs": kwargs or {}}
         future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
         future.device = device  # type: ignore[attr-defined]
-        reply_topic = f"{self.reply_prefix}/rpc"
+        reply_topic = f"{self.reply_prefix}/rpc"  # under our own reply prefix
         props = None
         if self.v5:
             key: Any = n.to_bytes(8, "big")

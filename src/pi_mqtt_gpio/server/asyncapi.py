@@ -157,7 +157,7 @@ def asyncapi(config: Any, *, simulate: bool = False) -> dict[str, Any]:
         "GPIO health and line ownership (retained).")
     channel("audit", topics.audit, "audit", {"type": "object"}, "receive",
             "Who called what, and the outcome.")
-    channel("reply", f"{topics.root}/reply/{{caller}}/{{rest}}", "reply", "Reply", "receive",
+    channel("reply", topics.reply("{caller}", "{rest}"), "reply", "Reply", "receive",
             "RPC replies, under the caller's own prefix (its client id; in a fleet its user "
             "name).", {"caller": {}, "rest": {}})
     lease_call = {"type": "object", "properties": {
@@ -173,18 +173,17 @@ def asyncapi(config: Any, *, simulate: bool = False) -> dict[str, Any]:
         key = _key(name)
         call_schema = f"Call_{_key(dev.type)}"
         schemas.setdefault(call_schema, _call_schema(adapter.methods, simulate))
-        base = f"{topics.root}/device/{name}"
-        channel(f"{key}_state", f"{base}/state", f"{key}_state", "State", "receive",
+        channel(f"{key}_state", topics.device(name, "state"), f"{key}_state", "State", "receive",
                 f"{name} ({dev.type}): its state.")
-        channel(f"{key}_event", f"{base}/event", f"{key}_event", "Event", "receive",
+        channel(f"{key}_event", topics.device(name, "event"), f"{key}_event", "Event", "receive",
                 f"{name}: its events ({', '.join(adapter.events) or 'none'}).")
         if "history" in adapter.methods:  # a polled sensor's kept readings
-            channel(f"{key}_history", f"{base}/history", f"{key}_history", "History",
+            channel(f"{key}_history", topics.device(name, "history"), f"{key}_history", "History",
                     "receive", f"{name}: its readings of the last hour.")
-        channel(f"{key}_set", f"{base}/set{suffix}", f"{key}_set", {"type": "string"},
+        channel(f"{key}_set", topics.device(name, "set") + suffix, f"{key}_set", {"type": "string"},
                 "send", f"{name}: a plain command (ON, OFF, TOGGLE, a number, ...).",
                 user_param or None)
-        channel(f"{key}_call", f"{base}/call{suffix}", f"{key}_call", call_schema, "send",
+        channel(f"{key}_call", topics.device(name, "call") + suffix, f"{key}_call", call_schema, "send",
                 f"{name}: call a method; the reply goes to the Response Topic.",
                 user_param or None, reply=True)
     servers: dict[str, Any] = {}

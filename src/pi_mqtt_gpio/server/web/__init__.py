@@ -31,6 +31,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Response
 
 from pi_mqtt_gpio.mqtt.logguard import LOG_TOTAL, LogLimiter, clip
+from pi_mqtt_gpio.topics import Topics
 
 __all__ = ["STATIC", "handler", "host_allowed", "host_name", "local_names", "normalize_origin",
            "origin_allowed", "process_request", "quiet_http_log"]
@@ -173,6 +174,11 @@ def quiet_http_log() -> None:
         logger.addFilter(_HttpLogFilter())
 
 
+# The topic grammar the page builds and parses its topics with: the same methods as the
+# server's (``Topics.grammar``), so the two cannot drift apart.
+TOPICS_BODY = json.dumps(Topics.grammar(), separators=(",", ":")).encode()
+
+
 def handler(node: dict[str, Any] | None = None, *, tls: bool = False,
             allowed_origins: Iterable[str] = (), brokers: Iterable[str] = (),
             allowed_hosts: Iterable[str] = (),
@@ -220,6 +226,8 @@ def handler(node: dict[str, Any] | None = None, *, tls: bool = False,
             return _response(200, "OK", node_body, TYPES[".json"])
         if path == "/brokers.json":
             return _response(200, "OK", brokers_body, TYPES[".json"])
+        if path == "/topics.json":
+            return _response(200, "OK", TOPICS_BODY, TYPES[".json"])
         if path.endswith("/"):
             path += "index.html"
         file = _files().get(path)

@@ -5,6 +5,7 @@
 // the leases and the safety guards apply to it unchanged.
 import mqtt from "./vendor/mqtt.esm.js";
 import { makeCard } from "./cards.js";
+import { loadTopics, parseTopic, topic } from "./topics.js";
 import { $, el, fmtTime, toast, topicMatches } from "./util.js";
 
 const params = new URLSearchParams(location.search);
@@ -78,8 +79,9 @@ const external = () => !!app.catalogue && app.catalogue.broker === "external";
 const fleet = () => external() || (!app.root
   && [...app.nodes.values()].some((n) => n.catalogue && n.catalogue.broker === "external"));
 const suffix = () => (external() && app.creds ? `/${app.creds.username}` : "");
-export const callTopic = (name) => `${app.root}/device/${name}/call${suffix()}`;
-const leaseTopic = () => `${app.root}/lease/call${suffix()}`;
+const at = (vars = {}) => ({ root: app.root, base_topic: app.base, ...vars });
+export const callTopic = (name) => topic("device", at({ name, leaf: "call" })) + suffix();
+const leaseTopic = () => topic("lease_call", at()) + suffix();
 
 export function mayPublish(topic) {
   if (!app.access) return true; // unknown (another broker): the broker and the node decide
@@ -183,10 +185,10 @@ function connect(creds) {
 
 function subscribeAll() {
   const filters = [];
-  if (!app.single) filters.push(`${app.base}/+/devices`, `${app.base}/+/status`);
+  if (!app.single) filters.push(topic("any_node", at({ leaf: "devices" })), topic("any_node", at({ leaf: "status" })));
   if (app.root) {
-    for (const leaf of ["status", "devices", "device/+/state", "device/+/event", "device/+/history", "lease",
-      "system/health", "audit"]) filters.push(`${app.root}/${leaf}`);
+    for (const kind of ["status", "devices", "lease", "health", "audit"]) filters.push(topic(kind, at()));
+    for (const leaf of ["state", "event", "history"]) filters.push(topic("device", at({ name: "+", leaf })));
   }
   const reply = replyPrefix();
   if (reply) filters.push(`${reply}/#`);
@@ -200,32 +202,34 @@ function replyPrefix() {
   if (!app.root) return null;
   // A node on another broker answers where we ask; the broker's ACL lets each user read
   // its own <root>/reply/<username>/# (Mosquitto: pattern read gatekeeper/+/reply/%u/#).
-  if (external()) return `${app.root}/reply/${app.creds ? app.creds.username : app.clientId}`;
-  return app.reply || `${app.root}/reply/${app.clientId}`;
+  if (external()) return topic("reply_prefix", at({ client_id: app.creds ? app.creds.username : app.clientId }));
+  return app.reply || topic("reply_prefix", at({ client_id: app.clientId }));
 }
 
-function onMessage(topic, payload, packet) {
+function onMessage(t, payload, packet) {
   const text = new TextDecoder().decode(payload);
   const reply = replyPrefix();
-  if (reply && topic.startsWith(reply + "/")) return onReply(topic, text, packet);
+  if (reply && t.startsWith(reply + "/")) return onReply(t, text, packet);
   if (!app.single) {
-    const m = topic.match(/^([^/]+)\/([^/]+)\/(devices|status)$/);
-    if (m && m[1] === app.base) noteNode(m[2], m[3], text);
+    const node = parseTopic("root", t.split("/").slice(0, -1).join("/"), { base_topic: app.base });
+    const leaf = t.split("/").pop();
+    if (node && (leaf === "devices" || leaf === "status")) noteNode(node.node_id, leaf, text);
   }
-  if (!app.root || !topic.startsWith(app.root + "/")) return;
-  const rest = topic.slice(app.root.length + 1);
-  if (rest === "status") return setOnline(text === "online");
-  if (rest === "devices") return setCatalogue(text);
-  if (rest === "lease") return setLeases(parse(text));
-  if (rest === "system/health") return setHealth(parse(text));
-  if (rest === "audit") return addAudit(parse(text));
-  const m = rest.match(/^device\/([^/]+)\/(state|event|history)$/);
-  if (!m) return;
-  const card = app.cards.get(m[1]);
+  if (!app.root) return;
+  const known = at();
+  const on = (kind) => parseTopic(kind, t, known) !== null;
+  if (on("status")) return setOnline(text === "online");
+  if (on("devices")) return setCatalogue(text);
+  if (on("lease")) return setLeases(parse(text));
+  if (on("health")) return setHealth(parse(text));
+  if (on("audit")) return addAudit(parse(text));
+  const m = parseTopic("device", t, known);
+  if (!m || !["state", "event", "history"].includes(m.leaf)) return;
+  const card = app.cards.get(m.name);
   const doc = parse(text);
   if (!card || !doc) return;
-  if (m[2] === "state") card.state(doc);
-  else if (m[2] === "history") card.history(doc);
+  if (m.leaf === "state") card.state(doc);
+  else if (m.leaf === "history") card.history(doc);
   else card.event(doc);
 }
 
@@ -353,7 +357,7 @@ function route() {
   }
   const id = decodeURIComponent(m[1]);
   const known = app.nodes.get(id);
-  showNode(id, (known && known.catalogue && known.catalogue.root) || `${app.base}/${id}`);
+  showNode(id, (known && known.catalogue && known.catalogue.root) || topic("root", at({ node_id: id })));
 }
 
 function showNode(id, root) {
@@ -569,6 +573,7 @@ function hideLogin() {
 }
 
 async function start() {
+  await loadTopics();
   try {
     const res = await fetch("node.json", { cache: "no-store" });
     app.info = res.ok ? await res.json() : null;
