@@ -1,4 +1,4 @@
-"""Error codes and the exception tree shared by the server and the client stub (DESIGN §3).
+"""Error codes and the exception tree shared by the server and the client stub.
 
 A refused call is answered with ``{"ok": false, "error": {"code": CODE, "message": ...}}``;
 the client raises the ``GatekeeperError`` subclass named after the code.

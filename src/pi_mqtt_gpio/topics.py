@@ -1,4 +1,4 @@
-"""The one place where topic strings are built and parsed (DESIGN section 3).
+"""The one place where topic strings are built and parsed.
 
 Shared by the server and the client stub. ``{root}`` is ``<base_topic>/<node_id>``.
 """

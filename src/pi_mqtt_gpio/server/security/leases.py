@@ -42,7 +42,7 @@ class Lease:
 
 
 class ControlLeaseManager:
-    """Who may drive which device (DESIGN §3). Sans-io: time is passed in.
+    """Who may drive which device. Sans-io: time is passed in.
 
     ``scope: global`` — every lease is the global lease (a device list is accepted and
     ignored). ``scope: device`` — leases name devices; a lease without devices is global.
