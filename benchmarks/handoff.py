@@ -68,7 +68,7 @@ def _threads() -> dict[int, tuple[int, int]]:
 async def _measure(mode: str, kind: str, n: int) -> dict[str, Any]:
     from broker import free_port
 
-    from pi_mqtt_gpio.server.config import parse_config
+    from pi_mqtt_gpio.server.config_loader import parse_config
     from pi_mqtt_gpio.server.daemon import Daemon
 
     port = free_port()
@@ -118,7 +118,7 @@ async def _in_process(n: int) -> float:
     from pi_mqtt_gpio.mqtt import packets as pk
     from pi_mqtt_gpio.mqtt.codec import encode
     from pi_mqtt_gpio.mqtt.hooks import AuthResult, Decision
-    from pi_mqtt_gpio.server.config import parse_config
+    from pi_mqtt_gpio.server.config_loader import parse_config
     from pi_mqtt_gpio.server.daemon import Daemon
 
     daemon = Daemon(parse_config("""

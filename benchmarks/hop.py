@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from pi_mqtt_gpio.mqtt import packets as pk  # noqa: E402
 from pi_mqtt_gpio.mqtt.codec import encode  # noqa: E402
 from pi_mqtt_gpio.mqtt.hooks import AuthResult, Decision  # noqa: E402
-from pi_mqtt_gpio.server.config import parse_config  # noqa: E402
+from pi_mqtt_gpio.server.config_loader import parse_config  # noqa: E402
 from pi_mqtt_gpio.server.daemon import Daemon  # noqa: E402
 
 CONFIG = """

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from pi_mqtt_gpio.server.config import parse_config
+from pi_mqtt_gpio.server.config_loader import parse_config
 from pi_mqtt_gpio.server.devices import registry, sensor_i2c
 from pi_mqtt_gpio.server.devices.sensor_i2c import crc8_htu21d, crc8_sensirion
 from pi_mqtt_gpio.server.devices.sensors import SensorAdapter

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
+from argon2 import PasswordHasher
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -114,6 +115,17 @@ def start_gatekeeper(tmp: Path, config: dict[str, Any], *, extra_args: list[str]
     if result is None:
         raise RuntimeError("gatekeeper exited:\n" + "\n".join(lines))
     return Gatekeeper(proc, result[0], result[1], path, lines)
+
+
+# Test users' password hashes: argon2id at its smallest costs (a check takes well under a
+# millisecond instead of about 230 ms), for the tests that are not about hashing; the daemon
+# checks a hash with the parameters written in it (tests/server/test_passwd.py, test_security.py
+# and the attacks in tests/security keep the real costs).
+_CHEAP_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+
+
+def cheap_hash(password: str) -> str:
+    return _CHEAP_HASHER.hash(password)
 
 
 # Device-behaviour tests switch relays as fast as they like; the guards that would slow or
@@ -331,7 +343,7 @@ class GatekeeperThread:
     def start(self) -> int:
         from gpiozero.pins.mock import MockFactory
 
-        from pi_mqtt_gpio.server.config import parse_config
+        from pi_mqtt_gpio.server.config_loader import parse_config
         from pi_mqtt_gpio.server.daemon import Daemon
         from pi_mqtt_gpio.server.pins import simulated
 

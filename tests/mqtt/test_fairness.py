@@ -59,7 +59,7 @@ def test_a_backlog_of_a_closed_connection_is_dropped() -> None:
 
 
 def test_the_config_key_reaches_the_core() -> None:
-    from pi_mqtt_gpio.server.config import ConfigError, parse_config
+    from pi_mqtt_gpio.server.config_loader import ConfigError, parse_config
     from pi_mqtt_gpio.server.daemon import broker_limits
 
     config = parse_config("broker: {limits: {frames_per_turn: 5}}\ndevices: {}\n")

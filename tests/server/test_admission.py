@@ -460,7 +460,7 @@ interlocks: [[fan, heater]]
 
 
 def test_two_members_with_an_active_safe_state_are_refused_by_the_config() -> None:
-    from pi_mqtt_gpio.server.config import ConfigError, parse_config
+    from pi_mqtt_gpio.server.config_loader import ConfigError, parse_config
 
     with pytest.raises(ConfigError) as info:
         parse_config("""

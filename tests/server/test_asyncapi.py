@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 
 from pi_mqtt_gpio.server.asyncapi import asyncapi
-from pi_mqtt_gpio.server.config import load_config, parse_config
+from pi_mqtt_gpio.server.config_loader import load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "tests" / "fixtures" / "asyncapi-3.0.0.schema.json").read_text())

@@ -15,7 +15,7 @@ from pi_mqtt_gpio.server.bindings import (
     PublishQueue,
     QueuedPublish,
 )
-from pi_mqtt_gpio.server.config import ConfigError, parse_config
+from pi_mqtt_gpio.server.config_loader import ConfigError, parse_config
 
 BASE = "node_id: n\ndevices:\n  screen: {type: Cover, up: 5, down: 6}\n"
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from pi_mqtt_gpio.server import daemon
-from pi_mqtt_gpio.server.config import ConfigError, load_config
+from pi_mqtt_gpio.server.config_loader import ConfigError, load_config
 
 SERVER = [sys.executable, "-m", "pi_mqtt_gpio.server.main"]
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from pi_mqtt_gpio.mqtt.message import Message
-from pi_mqtt_gpio.server.config import parse_config
+from pi_mqtt_gpio.server.config_loader import parse_config
 from pi_mqtt_gpio.server.daemon import Daemon
 from pi_mqtt_gpio.server.security import hash_password
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pi_mqtt_gpio.server.config import ConfigError, load_config, parse_config
+from pi_mqtt_gpio.server.config_loader import ConfigError, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -139,7 +139,7 @@ def test_expander_devices_end_to_end_and_a_chip_that_stops_answering() -> None:
     ("expanders: {io2: {type: MCP23017}}", "bus 1 address 0x20 is io1's"),
 ])
 def test_expander_config_problems(extra: str, message: str) -> None:
-    from pi_mqtt_gpio.server.config import ConfigError, parse_config
+    from pi_mqtt_gpio.server.config_loader import ConfigError, parse_config
 
     if extra.startswith("expanders:"):  # a second expander beside io1
         text = "expanders:\n  io1: {type: MCP23017, interrupt: 4}\n  io2: {type: MCP23017}\n"

@@ -13,7 +13,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from pi_mqtt_gpio.server.config import parse_config
+from pi_mqtt_gpio.server.config_loader import parse_config
 from pi_mqtt_gpio.server.daemon import Daemon
 from tests.conftest import Client, v5_props, wait_for
 

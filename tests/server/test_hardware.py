@@ -10,7 +10,7 @@ import pytest
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from pi_mqtt_gpio.errors import Busy, HardwareError
-from pi_mqtt_gpio.server.config import parse_config
+from pi_mqtt_gpio.server.config_loader import parse_config
 from pi_mqtt_gpio.server.hardware import HardwareManager, find_header_chip, resolve_chip
 
 

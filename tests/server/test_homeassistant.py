@@ -13,7 +13,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from pi_mqtt_gpio.server.config import ConfigError, parse_config
+from pi_mqtt_gpio.server.config_loader import ConfigError, parse_config
 from pi_mqtt_gpio.server.devices import registry
 from pi_mqtt_gpio.server.homeassistant import allowed_components, discovery
 from pi_mqtt_gpio.topics import Topics

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from pi_mqtt_gpio.server.compat.mqtt_io_import import convert
-from pi_mqtt_gpio.server.config import load_config
+from pi_mqtt_gpio.server.config_loader import load_config
 from pi_mqtt_gpio.server.main import main
 from pi_mqtt_gpio.server.security import verify_password
 from tests.conftest import ROOT
@@ -376,7 +376,7 @@ compat:
      "needs interrupt"),
 ])
 def test_compat_config_refusals(text: str, message: str) -> None:
-    from pi_mqtt_gpio.server.config import ConfigError, parse_config
+    from pi_mqtt_gpio.server.config_loader import ConfigError, parse_config
 
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse_config(BASE + text + "\n")
@@ -467,7 +467,7 @@ def test_deeply_nested_yaml_is_a_clear_refusal(tmp_path: Path,
 
 def test_a_sensor_value_is_printed_on_its_mqtt_io_topic_with_its_digits() -> None:
     from pi_mqtt_gpio.server.compat.mqtt_io import MqttIoTopics
-    from pi_mqtt_gpio.server.config import parse_config
+    from pi_mqtt_gpio.server.config_loader import parse_config
     from pi_mqtt_gpio.topics import Topics
 
     cfg = parse_config("""
@@ -492,7 +492,7 @@ compat:
 
 
 def test_a_sensor_field_the_device_does_not_have_is_refused() -> None:
-    from pi_mqtt_gpio.server.config import ConfigError, parse_config
+    from pi_mqtt_gpio.server.config_loader import ConfigError, parse_config
 
     with pytest.raises(ConfigError, match="a BMP280 has no 'humidity' in its state"):
         parse_config("""

@@ -279,7 +279,7 @@ PWM1 = "expanders: {pwm1: {type: PCA9685, address: 0x40, frequency: 50}}\n"
      "a PWMLED cannot use an expander pin .* or a PCA9685 channel for PWM"),
 ])
 def test_config_refusals(text: str, message: str) -> None:
-    from pi_mqtt_gpio.server.config import ConfigError, parse_config
+    from pi_mqtt_gpio.server.config_loader import ConfigError, parse_config
 
     with pytest.raises(ConfigError, match=message):
         parse_config(text)
@@ -296,7 +296,7 @@ GOOD = PWM1 + """devices:
 
 
 def test_a_good_config_and_the_frequency_warning() -> None:
-    from pi_mqtt_gpio.server.config import parse_config
+    from pi_mqtt_gpio.server.config_loader import parse_config
     from pi_mqtt_gpio.server.preflight import preflight
 
     config = parse_config("node_id: g\n" + GOOD)

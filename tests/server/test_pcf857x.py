@@ -123,14 +123,14 @@ def test_end_to_end_and_a_chip_that_stops_answering() -> None:
     ("expanders: {io2: {type: PCF8576}}\ndevices: {}", "MCP23017"),
 ])
 def test_config_problems(text: str, message: str) -> None:
-    from pi_mqtt_gpio.server.config import ConfigError, parse_config
+    from pi_mqtt_gpio.server.config_loader import ConfigError, parse_config
 
     with pytest.raises(ConfigError, match=message):
         parse_config(text)
 
 
 def test_a_pcf8575_and_a_pcf8574a_are_accepted() -> None:
-    from pi_mqtt_gpio.server.config import parse_config
+    from pi_mqtt_gpio.server.config_loader import parse_config
 
     config = parse_config("expanders:\n  a: {type: PCF8575, address: 0x21}\n"
                           "  b: {type: PCF8574, address: 0x3f}\n"

@@ -12,7 +12,7 @@ import pytest
 from pi_mqtt_gpio.mqtt.hooks import ClientInfo, Decision, under_protected
 from pi_mqtt_gpio.mqtt.topic_tree import topic_matches
 from pi_mqtt_gpio.server.compat.mqtt_io import MqttIoTopics
-from pi_mqtt_gpio.server.config import parse_config
+from pi_mqtt_gpio.server.config_loader import parse_config
 from pi_mqtt_gpio.server.security import AccessControl
 from pi_mqtt_gpio.topics import Topics
 

@@ -13,7 +13,7 @@ import pytest
 
 from pi_mqtt_gpio.errors import BadArgument, LeaseHeld, LeaseRequired
 from pi_mqtt_gpio.mqtt.hooks import ClientInfo, Decision
-from pi_mqtt_gpio.server.config import parse_config
+from pi_mqtt_gpio.server.config_loader import parse_config
 from pi_mqtt_gpio.server.security import (
     AccessControl,
     ControlLeaseManager,

@@ -17,7 +17,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from pi_mqtt_gpio.server.config import ConfigError, parse_config
+from pi_mqtt_gpio.server.config_loader import ConfigError, parse_config
 from pi_mqtt_gpio.server.devices import registry
 from pi_mqtt_gpio.server.devices.sensor_i2c import (
     BH1750,

@@ -9,7 +9,7 @@ import pytest
 
 from pi_mqtt_gpio.mqtt.hooks import AuthRequest, Decision
 from pi_mqtt_gpio.mqtt.packets import RC
-from pi_mqtt_gpio.server.config import parse_config
+from pi_mqtt_gpio.server.config_loader import parse_config
 from pi_mqtt_gpio.server.security import Authenticator, LoginThrottle, hash_password
 
 PEER = "10.0.0.5:40000"

@@ -12,7 +12,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from pi_mqtt_gpio.server.config import ConfigError, parse_config
+from pi_mqtt_gpio.server.config_loader import ConfigError, parse_config
 from pi_mqtt_gpio.server.daemon import Daemon
 from pi_mqtt_gpio.server.watchdog import LoopbackWatch
 from tests.conftest import Client

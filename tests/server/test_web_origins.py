@@ -11,7 +11,7 @@ import pytest
 from pi_mqtt_gpio.mqtt.broker import BrokerLimits
 from pi_mqtt_gpio.mqtt.logguard import LogLimiter
 from pi_mqtt_gpio.server import fdlimit
-from pi_mqtt_gpio.server.config import ConfigError, parse_config
+from pi_mqtt_gpio.server.config_loader import ConfigError, parse_config
 from pi_mqtt_gpio.server.web import host_allowed, local_names, normalize_origin, origin_allowed
 
 

@@ -21,11 +21,20 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
-from pi_mqtt_gpio.server.schema import Range, section
+from pi_mqtt_gpio.server.devices.actions import (
+    BUTTON_EVENTS,
+    GESTURES,
+    BindingConfig,
+    GesturesConfig,
+    PublishConfig,
+)
+from pi_mqtt_gpio.server.devices.gestures import GestureRecognizer
+from pi_mqtt_gpio.server.sections import BindingsQueueConfig
 
 __all__ = [
+    "BUTTON_EVENTS",
     "GESTURES",
     "BindingConfig",
     "Bindings",
@@ -37,57 +46,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("pi_mqtt_gpio.bindings")
-
-GESTURES = ("single", "double", "long_start", "long_end")
-BUTTON_EVENTS = ("pressed", "released", "held")
-
-
-@section
-class GesturesConfig:
-    double_click_s: Annotated[float, Range(gt=0, le=5)] = 0.3
-    long_press_s: Annotated[float, Range(gt=0, le=60)] = 0.8
-
-
-@section
-class PublishConfig:
-    topic: str
-    payload: str = ""
-    qos: Annotated[int, Range(ge=0, le=1)] = 0
-    retain: bool = False
-
-    def check(self) -> list[Any]:
-        if not self.topic or any(c in self.topic for c in "+#\x00") or len(self.topic) > 1024:
-            return [(("topic",), "a topic without wildcards, 1 to 1024 characters")]
-        return []
-
-
-@section
-class BindingConfig:
-    """``{device, method, args, kwargs}`` or ``{publish: {topic, payload}}``."""
-
-    device: str | None = None
-    method: str | None = None
-    args: list[Any] | None = None
-    kwargs: dict[str, Any] | None = None
-    publish: PublishConfig | None = None
-
-    def check(self) -> list[str]:
-        if (self.device is None) == (self.publish is None):
-            return ["a binding names a device (with a method) or a publish, not both"]
-        if self.device is not None and not self.method:
-            return ["a device binding needs a method"]
-        if self.publish is not None and (self.method or self.args or self.kwargs):
-            return ["a publish binding takes no method, args or kwargs"]
-        return []
-
-
-@section
-class BindingsQueueConfig:
-    """Publish bindings waiting for the broker link (external mode)."""
-
-    max: Annotated[int, Range(ge=1, le=10000)] = 200
-    max_age_s: Annotated[float, Range(gt=0, le=3600)] = 30.0
-
 
 @dataclass(frozen=True, slots=True)
 class QueuedPublish:
@@ -138,9 +96,6 @@ class ButtonGestures:
                  emit: Callable[[str, str], None],
                  clock: Callable[[], float] | None = None,
                  call_at: Callable[..., Any] | None = None) -> None:
-        # Imported here: the device adapters import this module for their config.
-        from pi_mqtt_gpio.server.devices.gestures import GestureRecognizer
-
         self.button = button
         self.recognizer = GestureRecognizer(double_click_s=config.double_click_s,
                                             long_press_s=config.long_press_s)

@@ -32,8 +32,7 @@ from pi_mqtt_gpio.mqtt.connection import Connection, ConnState
 from pi_mqtt_gpio.mqtt.hooks import AuthRequest, AuthResult, Decision
 from pi_mqtt_gpio.mqtt.logguard import LOG_TOTAL, LogLimiter
 from pi_mqtt_gpio.mqtt.message import Message
-from pi_mqtt_gpio.server.config import ListenerConfig
-from pi_mqtt_gpio.server.preflight import tls_context
+from pi_mqtt_gpio.server.config import ListenerConfig, tls_context
 from pi_mqtt_gpio.server.web import handler, quiet_http_log
 
 __all__ = ["BrokerServer"]

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import re
 import socket
-from dataclasses import field
+import ssl
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
+from urllib.parse import urlsplit
 
 import yaml
 
-from pi_mqtt_gpio.server.bindings import BindingsQueueConfig
-from pi_mqtt_gpio.server.compat.config import CompatConfig, compat_problems
-from pi_mqtt_gpio.server.pins.mcp23017 import ExpanderConfig
+from pi_mqtt_gpio.errors import GatekeeperError
+from pi_mqtt_gpio.mqtt.topic_tree import parse_shared
 from pi_mqtt_gpio.server.schema import (
     NonEmpty,
     Problem,
@@ -26,7 +30,15 @@ from pi_mqtt_gpio.server.schema import (
     did_you_mean,
     section,
 )
-from pi_mqtt_gpio.server.watchdog import WatchdogConfig
+from pi_mqtt_gpio.server.sections import (
+    DEFAULT_FREQUENCY,
+    FREQUENCY_TOLERANCE,
+    BindingsQueueConfig,
+    CompatConfig,
+    ExpanderConfig,
+    WatchdogConfig,
+    frequency_matches,
+)
 
 __all__ = [
     "BUILTIN_ROLES",
@@ -35,9 +47,12 @@ __all__ = [
     "BrokerConfig",
     "Config",
     "ConfigError",
+    "DeviceType",
+    "Known",
     "ListenerConfig",
     "load_config",
     "parse_config",
+    "tls_context",
 ]
 
 
@@ -112,12 +127,24 @@ class ListenerConfig:
         return problems
 
 
+def tls_context(listener: ListenerConfig) -> ssl.SSLContext | None:
+    """The listener's server TLS context (None without certfile/keyfile); raises OSError or
+    ssl.SSLError for unreadable or unusable files."""
+    if not listener.certfile or not listener.keyfile:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(listener.certfile, listener.keyfile)
+    if listener.cafile:
+        ctx.load_verify_locations(listener.cafile)
+        ctx.verify_mode = ssl.CERT_REQUIRED if listener.require_certificate else ssl.CERT_OPTIONAL
+    return ctx
+
+
 _HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 
 
 def _websocket_url(url: str) -> bool:
-    from urllib.parse import urlsplit
-
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018  # raises on a bad port
@@ -241,8 +268,6 @@ class RoleConfig:
     rights: list[Right] = field(default_factory=list)
 
     def check(self) -> list[Problem | str]:
-        from pi_mqtt_gpio.mqtt.topic_tree import parse_shared
-
         problems: list[Problem | str] = []
         for kind in ("subscribe", "publish", "deny"):
             for i, item in enumerate(getattr(self, kind)):
@@ -299,17 +324,58 @@ def _hostname() -> str:
 BUILTIN_ROLES = ("admin", "operator", "viewer", "homeassistant")
 
 
-def _device_schema(type_name: str) -> type | None:
-    from pi_mqtt_gpio.server.devices import registry
+class DeviceType(Protocol):
+    """What the config checks ask of a device type (a device adapter class)."""
 
-    adapter = registry.get(type_name)
+    @property
+    def Config(self) -> type: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def methods(self) -> Mapping[str, Any]: ...
+
+
+ConfigCheck = Callable[["Config"], "list[Problem | str]"]
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """What the layers above tell the config layer: the device types by their ``type``
+    (the adapters' registry), the Home Assistant components a type can be shown as, and
+    the checks of sections whose meaning lives above (``compat:``), run last."""
+
+    devices: Mapping[str, DeviceType]
+    components: Callable[[str], tuple[str, ...]]
+    checks: tuple[ConfigCheck, ...] = ()
+
+
+_KNOWN: ContextVar[Known | None] = ContextVar("_KNOWN", default=None)
+
+
+def _known() -> Known:
+    known = _KNOWN.get()
+    if known is None:
+        raise RuntimeError("a Config is built by parse_config(..., known=...)")
+    return known
+
+
+@contextmanager
+def knowing(known: Known) -> Iterator[None]:
+    """Build and check configs with these device types (``parse_config`` does)."""
+    token = _KNOWN.set(known)
+    try:
+        yield
+    finally:
+        _KNOWN.reset(token)
+
+
+def _device_schema(type_name: str) -> type | None:
+    adapter = _known().devices.get(type_name)
     return adapter.Config if adapter is not None else None
 
 
 def _device_types() -> list[str]:
-    from pi_mqtt_gpio.server.devices import registry
-
-    return sorted(registry)
+    return sorted(_known().devices)
 
 
 DeviceEntry = Annotated[Any, Tagged("type", _device_schema, _device_types)]
@@ -348,8 +414,8 @@ class Config:
         problems.extend(_homeassistant_problems(self.devices, self.homeassistant))
         problems.extend(_watchdog_problems(self.devices, self.watchdog))
         problems.extend(_expander_problems(self.devices, self.expanders))
-        problems.extend(compat_problems(self.compat, self.devices, self.root,
-                                        self.homeassistant.prefix))
+        for check in _known().checks:
+            problems.extend(check(self))
         return problems
 
     @property
@@ -376,8 +442,7 @@ def _role_problems(auth: AuthConfig) -> list[Problem | str]:
 def _interlock_problems(groups: list[list[str]], devices: dict[str, Any]
                         ) -> list[Problem | str]:
     """Every member names an output device; a group has two members or more."""
-    from pi_mqtt_gpio.server.devices import registry
-
+    registry = _known().devices
     problems: list[Problem | str] = []
     for i, group in enumerate(groups):
         if len(set(group)) < 2:
@@ -400,8 +465,7 @@ def _interlock_problems(groups: list[list[str]], devices: dict[str, Any]
 
 
 def _restore_problems(devices: dict[str, Any]) -> list[Problem | str]:
-    from pi_mqtt_gpio.server.devices import registry
-
+    registry = _known().devices
     problems: list[Problem | str] = []
     for name, dev in devices.items():
         adapter = registry.get(dev.type)
@@ -468,10 +532,7 @@ def _pca9685_problems(where: tuple[str, ...], dev: Any, expander: str,
                       exp: ExpanderConfig) -> list[Problem | str]:
     """A PCA9685 channel is an output at the chip's one frequency: no inputs, and a Servo's
     frame is the chip's period (gpiozero computes its pulse widths from frame_width)."""
-    from pi_mqtt_gpio.server.devices import registry
-    from pi_mqtt_gpio.server.pins.pca9685 import DEFAULT_FREQUENCY, FREQUENCY_TOLERANCE
-
-    adapter = registry.get(dev.type)
+    adapter = _known().devices.get(dev.type)
     if adapter is not None and adapter.kind == "input":
         return [(where, f"a {dev.type} is an input: {expander} is a PCA9685, whose channels "
                  f"are PWM outputs only; give it a GPIO number or an I/O expander pin")]
@@ -492,8 +553,6 @@ def pca9685_frequency_warnings(devices: dict[str, Any], expanders: dict[str, Exp
                                ) -> list[str]:
     """A PWM device on a PCA9685 runs at the chip's frequency, not its own: said when they
     differ (the duty cycle, so brightness or speed, is the same)."""
-    from pi_mqtt_gpio.server.pins.pca9685 import DEFAULT_FREQUENCY, frequency_matches
-
     out = []
     for name, dev in devices.items():
         asked = getattr(dev, "frequency", None)
@@ -529,8 +588,7 @@ def _watchdog_problems(devices: dict[str, Any], watchdog: WatchdogConfig | None
 def _homeassistant_problems(devices: dict[str, Any], ha: HomeAssistantConfig
                             ) -> list[Problem | str]:
     """A device's entity override names a component its type can be shown as."""
-    from pi_mqtt_gpio.server.homeassistant import allowed_components
-
+    allowed_components = _known().components
     problems: list[Problem | str] = []
     if not ha.prefix or any(c in ha.prefix for c in "+#\x00"):
         problems.append((("homeassistant", "prefix"), "must be non-empty without '+', '#'"))
@@ -552,9 +610,7 @@ def _binding_problems(devices: dict[str, Any], root: str) -> list[Problem | str]
     """A device binding names a device and one of its methods with arguments it accepts; a
     publish binding stays out of this node's own tree except its ``set``/``call`` topics
     (which then run as local calls)."""
-    from pi_mqtt_gpio.errors import GatekeeperError
-    from pi_mqtt_gpio.server.devices import registry
-
+    registry = _known().devices
     problems: list[Problem | str] = []
     for button, dev in devices.items():
         for trigger, action in (getattr(dev, "bindings", None) or {}).items():
@@ -705,8 +761,9 @@ def _expanded_size(root: yaml.Node, limit: int) -> int | None:
     return sizes[id(root)]
 
 
-def parse_config(text: str, source: str = "<config>") -> Config:
-    """Parse YAML text; raises ``ConfigError`` listing every problem."""
+def parse_config(text: str, source: str = "<config>", *, known: Known) -> Config:
+    """Parse YAML text with the device types and checks of ``known``; raises
+    ``ConfigError`` listing every problem."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         if node is not None and _expanded_size(node, MAX_CONFIG_NODES) is None:
@@ -740,9 +797,10 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         if key and key[0] == "__duplicate__":
             problems.append(f"line {line}: {_dotted(key[1:])}: key given twice")
     found: list[Problem] = []
-    config = build(Config, data, (), found)
-    if config is None:
-        found.extend(p for p in _partial_checks(data) if p not in found)
+    with knowing(known):
+        config = build(Config, data, (), found)
+        if config is None:
+            found.extend(p for p in _partial_checks(data) if p not in found)
     located = sorted(((_line_for(loc, lines) or 0, _dotted(loc), msg) for loc, msg in found),
                      key=lambda item: item[0])
     for at, where, msg in located:
@@ -753,7 +811,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     return config
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | Path, *, known: Known) -> Config:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -761,7 +819,7 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from None
     except UnicodeDecodeError:
         raise ConfigError(str(path), ["not UTF-8 text"]) from None
-    return parse_config(text, str(path))
+    return parse_config(text, str(path), known=known)
 
 
 def _line_name(line: int | str) -> str:

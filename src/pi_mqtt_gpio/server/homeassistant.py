@@ -15,31 +15,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pi_mqtt_gpio.server.schema import NonEmpty, section
+from pi_mqtt_gpio.server.devices.sensors import SENSOR_TYPES, values_of
+from pi_mqtt_gpio.server.sections import COMPONENTS, EntityOverride
 from pi_mqtt_gpio.topics import Topics
 
 __all__ = ["COMPONENTS", "EntityOverride", "allowed_components", "discovery", "health_topic_id"]
-
-Component = Literal["light", "switch", "cover", "number", "binary_sensor", "sensor", "event"]
-COMPONENTS = ("light", "switch", "cover", "number", "binary_sensor", "sensor", "event")
-
-
-@section
-class EntityOverride:
-    """A device's own Home Assistant entity settings."""
-
-    component: Component | None = None
-    name: Annotated[str, NonEmpty()] | None = None
-    icon: str | None = None  # "mdi:..."
-    device_class: str | None = None
-    entity_category: Literal["config", "diagnostic"] | None = None
-    enabled_by_default: bool | None = None
-    # A two-state input shown the other way round: on while the device is inactive (a
-    # config converted from mqtt-io whose "ON" was the pin's level, not the device's state).
-    inverted: bool = False
-
 
 ON_OFF = ("OutputDevice", "DigitalOutputDevice", "LED", "Buzzer")
 DIMMABLE = ("PWMOutputDevice", "PWMLED")
@@ -71,15 +53,9 @@ def allowed_components(type_name: str) -> tuple[str, ...]:
         return ("binary_sensor",)
     if type_name == "DistanceSensor" or type_name.startswith("MCP3"):
         return ("sensor",)
-    if type_name in _sensor_types():
+    if type_name in SENSOR_TYPES:
         return ("sensor",)
     return ()  # TonalBuzzer: nothing Home Assistant has a fitting entity for
-
-
-def _sensor_types() -> tuple[str, ...]:
-    from pi_mqtt_gpio.server.devices.sensors import SENSOR_TYPES
-
-    return SENSOR_TYPES
 
 
 def health_topic_id(node_id: str) -> str:
@@ -242,7 +218,7 @@ def _entities(topics: Topics, name: str, dev: Any, own: EntityOverride | None,
                 "device_class": "button",
             }))
         return out
-    if component == "sensor" and kind in _sensor_types():
+    if component == "sensor" and kind in SENSOR_TYPES:
         return _sensor_entities(topics, name, dev, base, label)
     if component == "sensor":
         if kind == "DistanceSensor":
@@ -260,8 +236,6 @@ def _entities(topics: Topics, name: str, dev: Any, own: EntityOverride | None,
 def _sensor_entities(topics: Topics, name: str, dev: Any, base: dict[str, Any], label: str
                      ) -> list[tuple[str, str | None, dict[str, Any]]]:
     """One ``sensor`` per value of a polled sensor, unavailable while it does not answer."""
-    from pi_mqtt_gpio.server.devices.sensors import values_of
-
     values = values_of(dev)
     own = {"topic": topics.device(name, "state"),
            "value_template": "{{ 'online' if value_json.available else 'offline' }}"}

@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from pi_mqtt_gpio.server.config import ConfigError, load_config
+from pi_mqtt_gpio.server.config_loader import ConfigError, load_config
 from pi_mqtt_gpio.version import package_version
 
 __all__ = ["main"]

@@ -19,8 +19,8 @@ from pathlib import Path
 from pi_mqtt_gpio.server.config import (
     BUILTIN_ROLES,
     Config,
-    ListenerConfig,
     pca9685_frequency_warnings,
+    tls_context,
 )
 from pi_mqtt_gpio.server.devices.outputs import start_differs
 from pi_mqtt_gpio.server.persistence import writable_problem
@@ -35,20 +35,6 @@ __all__ = ["Findings", "preflight", "tls_context"]
 class Findings:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-
-
-def tls_context(listener: ListenerConfig) -> ssl.SSLContext | None:
-    """The listener's server TLS context (None without certfile/keyfile); raises OSError or
-    ssl.SSLError for unreadable or unusable files."""
-    if not listener.certfile or not listener.keyfile:
-        return None
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(listener.certfile, listener.keyfile)
-    if listener.cafile:
-        ctx.load_verify_locations(listener.cafile)
-        ctx.verify_mode = ssl.CERT_REQUIRED if listener.require_certificate else ssl.CERT_OPTIONAL
-    return ctx
 
 
 def _loopback(host: str) -> bool:

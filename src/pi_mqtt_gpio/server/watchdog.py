@@ -16,35 +16,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Any
 
-from pi_mqtt_gpio.server.schema import Range, section
+from pi_mqtt_gpio.server.sections import WatchdogConfig
 
 __all__ = ["WATCHDOG_DEVICE", "LoopbackWatch", "Watchdog", "WatchdogConfig"]
 
 log = logging.getLogger("pi_mqtt_gpio.watchdog")
 
 WATCHDOG_DEVICE = "__watchdog__"  # the airlock name of its input's edges (never a device)
-Line = Annotated[int, Range(ge=0, le=53)]
-
-
-@section
-class WatchdogConfig:
-    out: Line
-    in_: Line  # "in" in the config
-    period_s: Annotated[float, Range(ge=0.05, le=3600)] = 1.0
-    stale_s: Annotated[float, Range(gt=0, le=36000)] = 3.0
-
-    def check(self) -> list[str]:
-        problems = []
-        if self.out == self.in_:
-            problems.append("out and in must be two different lines (wired together)")
-        if self.stale_s <= self.period_s:
-            problems.append("stale_s must be longer than period_s (an edge comes every "
-                            "period_s)")
-        return problems
-
-
 class LoopbackWatch:
     """Whether edges keep coming back: ``degraded`` once none came for ``stale_s``."""
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
 from pi_mqtt_gpio.errors import BadArgument
-from pi_mqtt_gpio.server.homeassistant import EntityOverride
 from pi_mqtt_gpio.server.pins.header import pin_number
 from pi_mqtt_gpio.server.schema import Matches, Normalize, Range, section
+from pi_mqtt_gpio.server.sections import EntityOverride
 
 __all__ = [
     "REQUIRED",

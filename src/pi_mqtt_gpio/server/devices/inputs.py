@@ -13,7 +13,12 @@ import time
 from typing import Annotated, Any, ClassVar
 
 from pi_mqtt_gpio.errors import BadArgument
-from pi_mqtt_gpio.server.bindings import BUTTON_EVENTS, GESTURES, BindingConfig, GesturesConfig
+from pi_mqtt_gpio.server.devices.actions import (
+    BUTTON_EVENTS,
+    GESTURES,
+    BindingConfig,
+    GesturesConfig,
+)
 from pi_mqtt_gpio.server.devices.base import DeviceAdapter, DeviceConfig, Method, Param, Pin
 from pi_mqtt_gpio.server.schema import Range, section
 

@@ -23,10 +23,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import MethodType
-from typing import Annotated, Any, Literal
+from typing import Any
 from weakref import ReferenceType, WeakMethod, ref
 
-from pi_mqtt_gpio.server.schema import Range, section
+from pi_mqtt_gpio.server.sections import ExpanderConfig
 
 __all__ = [
     "MCP23017",
@@ -41,49 +41,6 @@ log = logging.getLogger("pi_mqtt_gpio.expander")
 # Registers (IOCON.BANK = 0): A at even addresses, B at the next one.
 IODIR, IPOL, GPINTEN, DEFVAL, INTCON, IOCON, GPPU, INTF, INTCAP, GPIO, OLAT = (
     0x00, 0x02, 0x04, 0x06, 0x08, 0x0A, 0x0C, 0x0E, 0x10, 0x12, 0x14)
-
-
-@section
-class ExpanderConfig:
-    type: Literal["MCP23017", "PCF8574", "PCF8575", "PCA9685"]
-    bus: Annotated[int, Range(ge=0, le=255)] = 1
-    address: Annotated[int, Range(ge=0x20, le=0x7F)] = 0x20
-    interrupt: Annotated[int, Range(ge=0, le=53)] | None = None  # the INT line (GPIO)
-    poll_interval_s: Annotated[float, Range(ge=0.005, le=10)] = 0.02
-    # PCA9685 only: the PWM frequency of all its channels (default 50 Hz), its outputs'
-    # polarity (MODE2 INVRT) and driver (MODE2 OUTDRV: totem pole, or open drain)
-    frequency: Annotated[float, Range(ge=24, le=1526)] | None = None
-    invert: bool = False
-    open_drain: bool = False
-
-    def check(self) -> list[str]:
-        """Each chip's address pins give it 0x20-0x27; the PCF8574A variant 0x38-0x3F; a
-        PCA9685 0x40-0x7F but 0x70 (the all-call address every PCA9685 answers)."""
-        if self.type == "PCA9685":
-            return self._pca9685_problems()
-        problems = [f"{key} is a PCA9685 setting (a {self.type} has no PWM)"
-                    for key in ("frequency", "invert", "open_drain")
-                    if getattr(self, key) not in (None, False)]
-        if 0x20 <= self.address <= 0x27 or (self.type == "PCF8574"
-                                            and 0x38 <= self.address <= 0x3F):
-            return problems
-        where = "0x20-0x27, or 0x38-0x3F for a PCF8574A" if self.type == "PCF8574" \
-            else "0x20-0x27"
-        article = "an" if self.type == "MCP23017" else "a"
-        return [*problems,
-                f"{article} {self.type} answers at {where}, not 0x{self.address:02x}"]
-
-    def _pca9685_problems(self) -> list[str]:
-        problems = []
-        if self.address == 0x70:
-            problems.append("0x70 is the all-call address every PCA9685 answers at power-on "
-                            "(use 0x40-0x6f or 0x71-0x7f)")
-        elif not 0x40 <= self.address <= 0x7F:
-            problems.append(f"a PCA9685 answers at 0x40-0x7f, not 0x{self.address:02x} "
-                            f"(give its address: 0x40 with no address jumper set)")
-        if self.interrupt is not None:
-            problems.append("a PCA9685 has no interrupt line (its channels are outputs)")
-        return problems
 
 
 def parse_pin(value: Any) -> tuple[str, int] | None:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pi_mqtt_gpio.server.pins.mcp23017 import Chip, ExpanderPinInfo
+from pi_mqtt_gpio.server.sections import DEFAULT_FREQUENCY
 
 __all__ = [
     "CHANNELS",
@@ -53,9 +54,7 @@ FULL = 0x10  # bit 4 of LEDn_ON_H (full on) and LEDn_OFF_H (full off, which wins
 
 CHANNELS = 16
 OSCILLATOR_HZ = 25_000_000
-DEFAULT_FREQUENCY = 50.0
 PWM_INTERFACES = frozenset({"gpio", "pwm"})
-FREQUENCY_TOLERANCE = 0.01  # a device's frequency within 1 % of the chip's is the chip's
 
 
 def prescale_for(frequency: float) -> int:
@@ -72,12 +71,6 @@ def counts_for(duty: float) -> tuple[int, int]:
     if count >= 4096:
         return FULL << 8, 0  # full on
     return 0, count
-
-
-def frequency_matches(asked: float, frequency: float) -> bool:
-    """Whether a device's frequency is the chip's (gpiozero's Servo truncates 1/frame_width
-    to whole hertz, hence at least 1 Hz of slack)."""
-    return abs(asked - frequency) <= max(1.0, FREQUENCY_TOLERANCE * frequency)
 
 
 class SimulatedPCA9685:
