@@ -10,7 +10,7 @@ from pi_mqtt_gpio.mqtt.codec import FrameReader, encode
 from pi_mqtt_gpio.mqtt.hooks import ClientInfo
 from pi_mqtt_gpio.mqtt.logguard import clip
 from pi_mqtt_gpio.mqtt.message import Message
-from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, PROTOCOL_311, Connect, Packet
+from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, PROTOCOL_311, Connect, Packet, Prop, Properties
 
 __all__ = ["ConnState", "Connection", "peer_address"]
 
@@ -98,6 +98,12 @@ class Connection:
     @property
     def v5(self) -> bool:
         return self.version == PROTOCOL_50
+
+    def reason(self, text: str) -> Properties:
+        """A Reason String for a 5.0 answer (none on 3.1.1, nor for an empty ``text``)."""
+        # MQTT-3.1.2-29: no Reason String when the client set Request Problem Information to 0
+        # (CONNACK and DISCONNECT are exempt; we honour it everywhere else).
+        return {Prop.REASON_STRING: text} if self.v5 and text else {}
 
     def send(self, packet: Packet) -> None:
         self.write(encode(packet, self.version))

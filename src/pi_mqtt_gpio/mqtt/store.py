@@ -34,8 +34,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pi_mqtt_gpio.mqtt.authorize import authorize_subscribe, topic_ok
 from pi_mqtt_gpio.mqtt.codec import decode, encode_publish
+from pi_mqtt_gpio.mqtt.deliver import affordable, charge, enqueue
 from pi_mqtt_gpio.mqtt.errors import MQTTError
+from pi_mqtt_gpio.mqtt.handle_subscribe import (
+    add_subscription,
+    still_delivers,
+    subscription_budget,
+)
 from pi_mqtt_gpio.mqtt.hooks import ClientInfo, Decision
 from pi_mqtt_gpio.mqtt.message import Message
 from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, PROTOCOL_311, Publish, Subscription
@@ -494,8 +501,8 @@ def apply(core: BrokerCore, parsed: Parsed, now: float) -> Restored:
     ``max_retained_bytes``, ``max_sessions``, the subscription budgets, ``max_queued_*``."""
     out = Restored()
     for msg in parsed.retained:
-        if msg.payload and core._topic_ok(msg.topic):
-            core._retain(msg, now)  # MQTT-3.3.1-5; refused past max_retained_bytes
+        if msg.payload and topic_ok(core, msg.topic):
+            core.store_retained(msg, now)  # MQTT-3.3.1-5; refused past max_retained_bytes
         if core.retained.get(msg.topic) is msg:
             out.retained += 1
         else:
@@ -541,19 +548,19 @@ def _restore_subscription(core: BrokerCore, session: Session, sub: Subscription,
         out.revoked += 1
         return
     group, plain = parsed
-    if core._authorize_subscribe(client, sub.topic_filter, sub.qos) is not Decision.ALLOW:
+    if authorize_subscribe(core, client, sub.topic_filter, sub.qos) is not Decision.ALLOW:
         out.revoked += 1
         return
-    if not core._topic_ok(plain) or not core._subscription_budget(session, plain):
+    if not topic_ok(core, plain) or not subscription_budget(core, session, plain):
         out.dropped += 1
         return
-    core._add_subscription(session, sub, sid, group, plain, now)
+    add_subscription(core, session, sub, sid, group, plain, now)
 
 
 def _delivers(core: BrokerCore, session: Session, msg: Message) -> bool:
     """Whether a subscription ``session`` still holds matches ``msg`` and the read rule lets
     its owner read it now (``_deliver``'s check, parent topics of protected prefixes too)."""
-    return core._still_delivers(session, msg) is not None
+    return still_delivers(core, session, msg) is not None
 
 
 def _restore_held(core: BrokerCore, session: Session, h: _Held, inflight: bool, now: float,
@@ -565,17 +572,17 @@ def _restore_held(core: BrokerCore, session: Session, h: _Held, inflight: bool, 
     cost = msg.cost
     if inflight and h.pid and h.pid not in session.inflight \
             and len(session.inflight) < core.limits.max_inflight_out \
-            and core._affordable(session, cost):
+            and affordable(core, session, cost):
         # Sent before and not acknowledged: sent again with DUP at reconnect (MQTT-4.4.0-1).
         session.inflight[h.pid] = Inflight(msg, h.qos, h.retain, h.sub_ids, h.released)
-        core._charge(session, cost)
+        charge(core, session, cost)
         out.messages += 1
         return
     if h.released or not h.qos:
         out.dropped += 1  # past the limits (a released QoS 2 flow needs its packet id)
         return
     before = core.stats.dropped_queue_full
-    core._enqueue(session, Pending(msg, h.qos, h.retain, h.sub_ids), now)
+    enqueue(core, session, Pending(msg, h.qos, h.retain, h.sub_ids), now)
     if core.stats.dropped_queue_full == before:
         out.messages += 1
     else:
