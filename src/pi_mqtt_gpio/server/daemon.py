@@ -1,12 +1,11 @@
 """Composition root: builds the broker, security, hardware, twin and RPC services from the
-config, starts them, and shuts them down safely (DESIGN section 6)."""
+config, starts them, and shuts them down safely (DESIGN section 6). The node's health is
+health.py's, external broker mode external.py's."""
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import functools
-import gc
 import logging
 import signal
 import sys
@@ -15,13 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pi_mqtt_gpio.errors import GatekeeperError, NotAuthorized
+from pi_mqtt_gpio.errors import GatekeeperError
 from pi_mqtt_gpio.mqtt.broker import BrokerCore, BrokerLimits, InternalClient
 from pi_mqtt_gpio.mqtt.hooks import BrokerHooks, ClientInfo, Decision
-from pi_mqtt_gpio.mqtt.logguard import LOG_TOTAL, LogLimiter, clip
 from pi_mqtt_gpio.mqtt.message import Message
 from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, Properties
-from pi_mqtt_gpio.server.aclprobe import AclProbe, Verdict, forged_reason
 from pi_mqtt_gpio.server.bindings import Bindings, ButtonGestures, PublishQueue
 from pi_mqtt_gpio.server.broker import BrokerServer
 from pi_mqtt_gpio.server.broker_store import BrokerStore
@@ -31,6 +28,7 @@ from pi_mqtt_gpio.server.config import Config
 from pi_mqtt_gpio.server.covers import CoverController
 from pi_mqtt_gpio.server.devices.cover import CoverAdapter
 from pi_mqtt_gpio.server.devices.sensors import SensorAdapter
+from pi_mqtt_gpio.server.external import ExternalMode
 from pi_mqtt_gpio.server.fdlimit import fit_open_files
 from pi_mqtt_gpio.server.guards import Guards
 from pi_mqtt_gpio.server.hardware import (
@@ -39,6 +37,7 @@ from pi_mqtt_gpio.server.hardware import (
     consumer_label,
     make_pin_factory,
 )
+from pi_mqtt_gpio.server.health import EXPANDER_DEVICE, Health, trim_memory
 from pi_mqtt_gpio.server.history import SensorHistory
 from pi_mqtt_gpio.server.homeassistant import Discovery, discovery
 from pi_mqtt_gpio.server.persistence import (
@@ -52,7 +51,7 @@ from pi_mqtt_gpio.server.persistence import (
 from pi_mqtt_gpio.server.rpc_handler import RpcHandler, make_safe
 from pi_mqtt_gpio.server.safety import SafetyPolicy, guards_for, line_interlocks
 from pi_mqtt_gpio.server.security import AccessControl, Authenticator, ControlLeaseManager
-from pi_mqtt_gpio.server.twin import Twin, dumps, utc_ts
+from pi_mqtt_gpio.server.twin import Twin
 from pi_mqtt_gpio.server.uplink import Uplink
 from pi_mqtt_gpio.server.watchdog import WATCHDOG_DEVICE, Watchdog
 from pi_mqtt_gpio.topics import Topics
@@ -62,21 +61,54 @@ __all__ = ["Daemon", "run"]
 
 log = logging.getLogger("pi_mqtt_gpio.daemon")
 
-HEALTH_INTERVAL_S = 60.0
-EXPANDER_DEVICE = "__expander__"  # the airlock name of expander failures (never a device)
-ACL_RETRY_S = 30.0  # after a failed ACL probe, the next one (at most acl_probe.interval_s)
 WAITING_LINE_AFTER_S = 2.0  # external mode: not serving by then -> "waiting for the broker"
-SIMULATED_WARNING_ROUNDS = 60  # health rounds between two "pins are simulated" warnings (1 h)
 
 
 class Daemon:
     def __init__(self, config: Config, *, simulate: bool = False) -> None:
         self.config = config
         self.simulate = simulate or config.hardware.pin_factory == "mock"
-        # Simulated pins that nobody asked for on the command line: a production config
-        # that still says pin_factory: mock. Said at start and every hour.
-        self.simulated_by_config = self.simulate and not simulate
         self.topics = Topics(config.base_topic, config.node_id)
+        self._build_broker()
+        self.hw = HardwareManager(
+            dict(config.devices),
+            lambda: make_pin_factory(config.hardware, self.simulate, _labels(config),
+                                     expanders=dict(config.expanders),
+                                     on_expander_failure=self.health.expander_failure),
+            simulate=self.simulate,
+            hardware=config.hardware,
+        )
+        self.persister: Persister | None = None
+        self.broker_store: BrokerStore | None = None  # the embedded broker's, with persistence
+        self.sys_publisher: SysPublisher | None = None
+        self.client: InternalClient | None = None
+        self.twin = Twin(self.topics, self.hw, self._publish)
+        # Simulated pins that nobody asked for on the command line: a production config
+        # that still says pin_factory: mock.
+        self.health = Health(self.topics, self.hw, self.twin, config.devices,
+                             simulate=self.simulate,
+                             simulated_by_config=self.simulate and not simulate)
+        self._build_services()
+        self._build_discovery()
+        self.rpc.on_set_refused = self._republish
+        self.bridge: MqttIoBridge | None = None
+        if self.mqtt_io is not None:
+            self.bridge = MqttIoBridge(self.mqtt_io, publish=self._publish,
+                                       call=self.rpc.command, refuse=self.rpc.refuse,
+                                       may_command=self._may_command)
+            self.twin.listeners.append(self.bridge.state)
+        self.fatal: str | None = None  # why the daemon stopped itself (exit status 1)
+        self.request_stop: Callable[[], None] = lambda: None
+        self.ready = asyncio.Event()  # external mode: serving (see ExternalMode)
+        self._build_external()
+        self._build_observers()
+        self.core.hooks.append(_GatekeeperHooks(self))
+        self.started = False
+
+    # --- building -----------------------------------------------------------------------------
+    def _build_broker(self) -> None:
+        """Users, ACL and the broker (its core; the listeners in embedded mode)."""
+        config = self.config
         self.authenticator = Authenticator(config.auth,
                                            max_concurrent=config.auth.max_concurrent_checks)
         compat = config.compat.mqtt_io
@@ -93,27 +125,10 @@ class Daemon:
                  "root": self.topics.root, "broker": config.broker.mode, "mqtt_path": "/mqtt",
                  "anonymous": config.auth.allow_anonymous, "devices": len(config.devices)},
         )
-        labels = {line: consumer_label(config.hardware.consumer_tag, name, line)
-                  for name, dev in config.devices.items() for _k, line, _s in dev.lines()}
-        if config.watchdog is not None:
-            for role, line in (("watchdog-out", config.watchdog.out),
-                               ("watchdog-in", config.watchdog.in_)):
-                labels[line] = consumer_label(config.hardware.consumer_tag, role, line)
-        self.hw = HardwareManager(
-            dict(config.devices),
-            lambda: make_pin_factory(config.hardware, self.simulate, labels,
-                                     expanders=dict(config.expanders),
-                                     on_expander_failure=self._expander_failure),
-            simulate=self.simulate,
-            hardware=config.hardware,
-        )
-        self._health_task: asyncio.Task[None] | None = None
-        self._health_pending: set[asyncio.Task[None]] = set()
-        self.persister: Persister | None = None
-        self.broker_store: BrokerStore | None = None  # the embedded broker's, with persistence
-        self.sys_publisher: SysPublisher | None = None
-        self.client: InternalClient | None = None
-        self.twin = Twin(self.topics, self.hw, self._publish)
+
+    def _build_services(self) -> None:
+        """Guards, covers, the RPC handler, bindings and gestures."""
+        config = self.config
         self.guards = Guards(
             SafetyPolicy(guards_for(config.safety, config.devices),
                          [*(frozenset(group) for group in config.interlocks),
@@ -141,77 +156,43 @@ class Daemon:
         for name in self.covers:
             self.twin.intercept[name] = self._cover_input
         self.twin.listeners.append(self._observed)
+
+    def _build_discovery(self) -> None:
+        config = self.config
         self.discovery: Discovery | None = None
-        if config.homeassistant.discovery:
-            self.discovery = Discovery(
-                discovery(self.topics, dict(config.devices), prefix=config.homeassistant.prefix,
-                          version=package_version(), watchdog=config.watchdog is not None,
-                          command_suffix=config.homeassistant.username
-                          if config.broker.mode == "external" else None,
-                          events=lambda name: list(self.hw.adapters[name].catalogue()["events"])),
-                prefix=config.homeassistant.prefix, publish=self._publish,
-                republish_states=self._republish_all,
-                call_later=lambda delay, fn: asyncio.get_running_loop().call_later(delay, fn))
-        self.rpc.on_set_refused = self._republish
-        self.bridge: MqttIoBridge | None = None
-        if self.mqtt_io is not None:
-            self.bridge = MqttIoBridge(self.mqtt_io, publish=self._publish,
-                                       call=self.rpc.command, refuse=self.rpc.refuse,
-                                       may_command=self._may_command)
-            self.twin.listeners.append(self.bridge.state)
+        if not config.homeassistant.discovery:
+            return
+        self.discovery = Discovery(
+            discovery(self.topics, dict(config.devices), prefix=config.homeassistant.prefix,
+                      version=package_version(), watchdog=config.watchdog is not None,
+                      command_suffix=config.homeassistant.username
+                      if config.broker.mode == "external" else None,
+                      events=lambda name: list(self.hw.adapters[name].catalogue()["events"])),
+            prefix=config.homeassistant.prefix, publish=self._publish,
+            republish_states=self.republish_all,
+            call_later=lambda delay, fn: asyncio.get_running_loop().call_later(delay, fn))
+
+    def _build_external(self) -> None:
+        """External broker mode: the uplinks (the broker does not say who listens)."""
+        self.external: ExternalMode | None = None
         self.uplink: Uplink | None = None
-        self._retained_log = LogLimiter(log, total=LOG_TOTAL)
-        self.status_link: Uplink | None = None  # external mode: holds mqtt-io's status Will
-        self.fatal: str | None = None  # why the daemon stopped itself (exit status 1)
-        self.uplink_loop: asyncio.AbstractEventLoop | None = None
-        self.request_stop: Callable[[], None] = lambda: None
-        # External mode: ready = serving (CONNACK, every subscription granted, the first ACL
-        # probe's verdict); the broker ACL's state: unchecked (acl_probe: false), pending
-        # (after each connect, until the probe answers), passed, failed.
-        self.ready = asyncio.Event()
-        self.acl_probe: AclProbe | None = None
-        self.acl_state = "unchecked"
-        self.acl_reason: str | None = None
-        self._acl_said: tuple[str, str | None] | None = None
-        self._probe_task: asyncio.Task[None] | None = None
-        if config.broker.mode == "external" and config.broker.external is not None:
-            ext = config.broker.external
-            if ext.acl_probe:
-                self.acl_probe = AclProbe(ext.acl_probe, ext, root=self.topics.root,
-                                          client_id=ext.client_id or
-                                          f"gatekeeper-{config.node_id}")
-                self.acl_state = "pending"
-            subscriptions = [f"{self.topics.any_device(leaf)}/+" for leaf in ("set", "call")]
-            subscriptions.append(f"{self.topics.lease_call}/+")
-            if config.homeassistant.discovery:
-                subscriptions.append(f"{config.homeassistant.prefix}/status")
-            if self.mqtt_io is not None and compat is not None:
-                subscriptions.extend(self.mqtt_io.subscriptions())
-                # MQTT gives a connection one Will: mqtt-io's "dead" needs its own.
-                self.status_link = Uplink(
-                    ext, client_id=compat.client_id or f"gatekeeper-{config.node_id}-mqtt-io",
-                    will_topic=self.mqtt_io.status_topic,
-                    will_payload=compat.status_payload_dead.encode(),
-                    stop_payload=compat.status_payload_stopped.encode(),
-                    on_message=lambda _msg: None, on_connected=self._status_link_connected,
-                    subscriptions=[])
-            self.uplink = Uplink(ext, client_id=ext.client_id or
-                                 f"gatekeeper-{config.node_id}", will_topic=self.topics.status,
-                                 on_message=self._uplink_message,
-                                 on_connected=self._uplink_connected,
-                                 subscriptions=subscriptions,
-                                 on_v311=self._v311_names,
-                                 on_serving=self._uplink_serving,
-                                 intercept=self._intercept if self.acl_probe else None)
-            self.rpc.listening = lambda topic: True  # the broker does not say who listens
-            self.twin.broker_mode = "external"
-            uplink = self.uplink
-            self.bindings.link_up = uplink.connected.is_set  # publish bindings wait meanwhile
-        self.watchdog: Watchdog | None = None
-        self.expander_problems: dict[str, str] = {}
-        self.twin.intercept[EXPANDER_DEVICE] = self._expander_event
-        self.sensor_problems: dict[str, str] = {}  # a sensor that stopped answering -> why
-        self.twin.listeners.append(self._sensor_state)
+        self.status_link: Uplink | None = None  # holds mqtt-io's status Will
+        ext = self.config.broker.external
+        if self.config.broker.mode != "external" or ext is None:
+            return
+        self.external = ExternalMode(self, ext)
+        self.uplink, self.status_link = self.external.uplink, self.external.status_link
+        self.health.broker_acl = self.external.state
+        self.rpc.listening = lambda topic: True
+        self.twin.broker_mode = "external"
+        self.bindings.link_up = self.uplink.connected.is_set  # publish bindings wait meanwhile
+
+    def _build_observers(self) -> None:
+        """Who else looks at device events and states: the health (expanders, sensors), the
+        sensor history, the watchdog, gestures and bindings."""
+        config = self.config
+        self.twin.intercept[EXPANDER_DEVICE] = self.health.expander_event
+        self.twin.listeners.append(self.health.sensor_state)
         # the last hour of each sensor's readings (retained .../history, the history method)
         self.history = SensorHistory(self.topics, self._publish)
         for name, adapter in self.hw.adapters.items():
@@ -221,14 +202,14 @@ class Daemon:
                                         {q.key: q.unit for q in values}, adapter.poll_interval)
                 adapter.history = functools.partial(self.history.doc, name)
         self.twin.listeners.append(self.history.record)
+        self.watchdog: Watchdog | None = None
         if config.watchdog is not None:
             self.watchdog = Watchdog(config.watchdog, self.hw, simulate=self.simulate,
-                                     on_change=self._health_now)
+                                     on_change=self.health.now)
+            self.health.watchdog = self.watchdog
             self.twin.intercept[WATCHDOG_DEVICE] = self._watchdog_edge
         for name in {*self.gestures, *self.bindings.bindings}:
             self.twin.observe[name] = self._button_input
-        self.core.hooks.append(_GatekeeperHooks(self))
-        self.started = False
 
     # --- the in-process MQTT client -----------------------------------------------------------
     def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
@@ -341,64 +322,17 @@ class Daemon:
             at = loop_now - max(0.0, time.monotonic() - ev.mono) if ev.mono else loop_now
             gestures.edge(ev.event == "pressed", at)
 
-    def _expander_failure(self, name: str, problem: str | None) -> None:
-        """An expander stopped answering (problem) or answers again (None); from its
-        thread, through the airlock."""
-        self.hw.airlock(EXPANDER_DEVICE, name, {"problem": problem})
-
-    def _expander_event(self, ev: DeviceEvent) -> bool:
-        """Its devices' states say unavailable (or are read again), the health says why."""
-        name, problem = ev.event or "", ev.state.get("problem")
-        if problem:
-            self.expander_problems[name] = str(problem)
-        else:
-            self.expander_problems.pop(name, None)
-        for device, cfg in self.config.devices.items():
-            if not any(isinstance(line, str) and line.partition(":")[0] == name
-                       for _k, line, _s in cfg.lines()):
-                continue
-            if problem:
-                doc = self.twin.states.get(device, {})
-                state = {k: v for k, v in doc.items() if k != "ts"}
-                self.twin.state(device, {**state, "available": False,
-                                         "error": str(problem)})
-            else:
-                self.twin.refresh_later(device, 0.0)
-        self._health_now()
-        return True
-
-    def _sensor_state(self, device: str, doc: dict[str, Any], _again: bool) -> None:
-        """A sensor published ``available: false`` (its error is a problem of the node's
-        health) or answers again."""
-        if not isinstance(self.hw.adapters.get(device), SensorAdapter):
-            return
-        problem = None if doc.get("available", True) else \
-            f"sensor {device}: {doc.get('error') or 'not answering'}"
-        if problem == self.sensor_problems.get(device):
-            return
-        if problem is None:
-            self.sensor_problems.pop(device, None)
-        else:
-            self.sensor_problems[device] = problem
-        self._health_now()
-
     def _watchdog_edge(self, ev: DeviceEvent) -> bool:
         at = ev.state.get("at")
         if self.watchdog is not None:
             self.watchdog.edge(at if isinstance(at, float) else None)
         return True
 
-    def _health_now(self) -> None:
-        """Publish the health at once (the watchdog's status changed)."""
-        task = asyncio.ensure_future(self.publish_health())
-        self._health_pending.add(task)
-        task.add_done_callback(self._health_pending.discard)
-
     def _gesture(self, button: str, gesture: str) -> None:
         self.twin.notice(button, gesture, {})
         self.bindings.trigger(button, gesture)
 
-    def _republish_all(self) -> None:
+    def republish_all(self) -> None:
         """Every device's state again (Home Assistant restarted)."""
         for name in list(self.twin.states):
             self._republish(name)
@@ -431,168 +365,6 @@ class Daemon:
         return self.acl.authorize_publish(_sender(msg), msg.topic, msg.qos, False) \
             is Decision.ALLOW
 
-    # --- external broker mode -----------------------------------------------------------------
-    def _uplink_message(self, msg: Message) -> None:
-        """A command from the external broker: ``.../set/<user>``, ``.../call/<user>`` or
-        ``{root}/lease/call/<user>``. The broker's ACL guarantees the last level is the
-        publisher's user name; the gatekeeper applies that user's role."""
-        if self.discovery is not None and msg.topic == self.discovery.birth_topic:
-            self.discovery.birth(msg.payload)
-            return
-        if msg.retain:
-            # A retained command would run again at every (re)connect and for every node
-            # that starts later: commands are never taken from the broker's retained store.
-            self._retained_log.log(logging.WARNING, msg.topic, asyncio.get_running_loop().time(),
-                                   "ignoring a retained command on %s (commands are never "
-                                   "retained: clear it with an empty retained publish)",
-                                   clip(msg.topic))
-            return
-        if self.bridge is not None and self.mqtt_io is not None \
-                and self.mqtt_io.command(msg.topic) is not None:
-            # mqtt-io's topics carry no user name: the broker's ACL decided who may publish
-            # them; the gatekeeper applies compat.mqtt_io.username's role.
-            user = self.config.compat.mqtt_io.username  # type: ignore[union-attr]
-            command = Message(msg.topic, msg.payload, msg.qos, False, msg.properties,
-                              sender=user, username=user, role=self.authenticator.role_of(user))
-            refusal = self._acl_refusal()
-            found = self.mqtt_io.command(msg.topic)
-            if refusal is not None and found is not None:
-                self.rpc.refuse(command, found[0].name, found[1], NotAuthorized(refusal),
-                                "mqtt_io")
-                return
-            self.bridge.handle(command)
-            return
-        base, _, user = msg.topic.rpartition("/")  # only command topics are subscribed
-        if not user or (self.acl_probe is not None and user == self.acl_probe.username):
-            return  # the ACL probe's user never commands
-        role = self.authenticator.role_of(user)
-        command = Message(base, msg.payload, msg.qos, False, msg.properties,
-                          sender=user, username=user, role=role)
-        refusal = self._acl_refusal()
-        if refusal is not None:
-            self.rpc.handle_denied(command, refusal)
-            return
-        self.rpc.handle(command)
-
-    def _v311_names(self) -> str | None:
-        """The broker speaks only MQTT 3.1.1 — in practice NATS's MQTT gateway, which
-        refuses '.' and spaces in topics: a node id or device name with them cannot be
-        carried. Called on the uplink's thread; a problem stops the gatekeeper."""
-        names = [("base_topic", self.config.base_topic), ("node_id", self.config.node_id),
-                 *((f"device {name!r}", name) for name in self.config.devices)]
-        bad = [f"{what} {value!r}" for what, value in names if "." in value or " " in value]
-        if not bad:
-            return None
-        problem = (f"the broker speaks only MQTT 3.1.1 (like NATS's MQTT gateway, which refuses "
-                   f"'.' and spaces in topics): {', '.join(bad)} cannot be carried; rename "
-                   f"without '.' and spaces")
-        loop = self.uplink_loop
-        if loop is not None:
-            loop.call_soon_threadsafe(self._stop_for, problem)
-        return problem
-
-    # --- the broker ACL's probe (external mode) -------------------------------------------------
-    def _acl_refusal(self) -> str | None:
-        """Why every command is refused now (the broker ACL is not known to hold), or None."""
-        if self.acl_probe is None or self.acl_state == "passed":
-            return None
-        if self.acl_state == "failed":
-            return f"every command is refused until the broker ACL passes its probe: " \
-                   f"{self.acl_reason}"
-        return "every command is refused until the broker ACL has been checked after " \
-               "connecting: try again in a moment"
-
-    def _intercept(self, topic: str, payload: bytes) -> bool:
-        """On the uplink's thread: the ACL probe's messages are never commands; one of its
-        forged commands arriving late fails the probe all the same."""
-        probe = self.acl_probe
-        if probe is None:
-            return False
-        claimed = probe.claim(topic, payload)
-        late, probe.late_forgery = probe.late_forgery, None
-        loop = self.uplink_loop
-        if late is not None and loop is not None:
-            verdict = Verdict(False, forged_reason(probe.username, late), 0.0)
-            loop.call_soon_threadsafe(self._acl_verdict, verdict)
-        return claimed
-
-    def _uplink_serving(self) -> None:
-        """Every subscription granted: probe the broker's ACL (ready after its verdict)."""
-        if self.acl_probe is None:
-            self.ready.set()
-            return
-        if self._probe_task is not None:
-            self._probe_task.cancel()
-        self._probe_task = asyncio.create_task(self._probe_loop(self.acl_probe))
-
-    async def _probe_loop(self, probe: AclProbe) -> None:
-        """A probe now (after a connect), then every ``interval_s`` (sooner after a failure)."""
-        uplink = self.uplink
-        assert uplink is not None
-        interval = float(probe.config.interval_s)
-        while True:
-            peer = uplink.peer
-            if peer is None:
-                return  # disconnected: the next connect starts a new loop
-            verdict = await asyncio.to_thread(probe.run, peer[0], peer[1], uplink.v5)
-            if uplink.peer != peer:
-                return  # reconnected meanwhile: that connection's own probe decides
-            self._acl_verdict(verdict)
-            await asyncio.sleep(interval if verdict.passed else min(ACL_RETRY_S, interval))
-
-    def _acl_verdict(self, verdict: Verdict) -> None:
-        state = "passed" if verdict.passed else "failed"
-        reason = None if verdict.passed else verdict.reason
-        if self._acl_said != (state, reason):  # one line per change
-            if verdict.passed:
-                log.info("the broker ACL passed its probe (%.0f ms): %s", verdict.elapsed_s * 1000,
-                         verdict.reason)
-            else:
-                log.error("the broker ACL failed its probe (%.0f ms): %s; every command is "
-                          "refused until a probe passes", verdict.elapsed_s * 1000,
-                          verdict.reason)
-            self._acl_said = (state, reason)
-        else:
-            log.debug("ACL probe %s (%.0f ms)", state, verdict.elapsed_s * 1000)
-        changed = (self.acl_state, self.acl_reason) != (state, reason)
-        self.acl_state, self.acl_reason = state, reason
-        if changed:
-            self._health_now()
-        self.ready.set()
-
-    def _status_link_connected(self) -> None:
-        """mqtt-io's status goes out on the connection that holds its Will (the main one may
-        not be connected yet)."""
-        link, names = self.status_link, self.mqtt_io
-        if link is not None and names is not None:
-            link.publish(names.status_topic, names.cfg.status_payload_running.encode(), 1, True)
-
-    def _stop_for(self, problem: str) -> None:
-        log.error("stopping: %s", problem)
-        self.fatal = problem
-        self.request_stop()
-
-    def _uplink_connected(self) -> None:
-        """(Re)connected to the external broker: everything retained is published again;
-        commands wait for this connection's ACL probe (it may be another broker now)."""
-        if self.acl_probe is not None:
-            if self._probe_task is not None:
-                self._probe_task.cancel()
-                self._probe_task = None
-            self.acl_state = "pending"
-        self.twin.status(True)
-        self.twin.catalogue()
-        self._republish_all()
-        self.rpc.publish_leases()
-        if self.discovery is not None:
-            self.discovery.republish()
-        if self.bridge is not None and self.status_link is None:
-            self.bridge.running()
-        self._health_now()
-        sent = self.bindings.link_restored()
-        if sent:
-            log.info("sent %d binding publishes that waited for the broker", sent)
-
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         saved = await self._load_state()  # before any pin is claimed: a bad file refuses start
@@ -600,16 +372,7 @@ class Daemon:
             self.client = self.core.connect_internal(f"gatekeeper-{self.config.node_id}",
                                                      self._on_message)
             await self._load_broker_store()
-        states = await self.hw.start()  # claims the lines; safe states applied
-        try:
-            if self.watchdog is not None:
-                await self.watchdog.start()
-            if self.uplink is None:
-                await self.server.start()
-        except BaseException:
-            await self.hw.stop()
-            raise
-        now = self.server.now()
+        states = await self._claim()
         self.twin.catalogue()
         for name, state in states.items():
             if name not in self.covers:  # a cover's state comes with its position below
@@ -618,26 +381,51 @@ class Daemon:
                            if self.hw.adapters[name].kind == "output"})
         self._restore(saved)
         self.twin.start()
-        root = self.topics.root
-        if self.client is not None:
-            self.client.subscribe(self.topics.any_device("call"), now=now, qos=1)
-            self.client.subscribe(self.topics.any_device("set"), now=now, qos=1)
-            self.client.subscribe(self.topics.lease_call, now=now, qos=1)
-            if self.mqtt_io is not None:
-                for topic in self.mqtt_io.subscriptions():
-                    self.client.subscribe(topic, now=now, qos=1)
+        self._subscribe(self.topics.any_device("call"), self.topics.any_device("set"),
+                        self.topics.lease_call,
+                        *(self.mqtt_io.subscriptions() if self.mqtt_io is not None else ()))
         self.rpc.publish_leases()
         self.twin.status(True)
         if self.bridge is not None and self.uplink is None:
             self.bridge.running()
         if self.discovery is not None:
-            if self.client is not None:
-                self.client.subscribe(self.discovery.birth_topic, now=now, qos=1)
+            self._subscribe(self.discovery.birth_topic)
             self.discovery.start(saved.get("homeassistant"))
             if self.persister is not None and saved.get("homeassistant") != \
                     self.discovery.saved():
                 self.persister.changed()
-        self._health_task = asyncio.create_task(self._health_loop())
+        self._start_services()
+        self.started = True
+        trim_memory()
+        log.info("gatekeeper %s up: %d devices (simulate=%s)", self.topics.root,
+                 len(self.hw.adapters), self.simulate)
+        self.health.warn_simulated()
+
+    async def _claim(self) -> dict[str, dict[str, Any]]:
+        """Claim the lines (safe states applied), start the watchdog and the listeners; the
+        devices' first states."""
+        states = await self.hw.start()
+        try:
+            if self.watchdog is not None:
+                await self.watchdog.start()
+            if self.uplink is None:
+                await self.server.start()
+        except BaseException:
+            await self.hw.stop()
+            raise
+        return states
+
+    def _subscribe(self, *topics: str) -> None:
+        """The in-process client's subscriptions (embedded mode; the uplink makes its own)."""
+        if self.client is None:
+            return
+        now = self.server.now()
+        for topic in topics:
+            self.client.subscribe(topic, now=now, qos=1)
+
+    def _start_services(self) -> None:
+        """The health loop, the broker's store and $SYS, the uplinks."""
+        self.health.start()
         if self.broker_store is not None:
             self.broker_store.start()
         if self.client is not None:
@@ -645,77 +433,12 @@ class Daemon:
                                               self.config.broker.sys_interval_s,
                                               package_version())
             self.sys_publisher.start()
-        if self.uplink is not None:
-            self.uplink_loop = asyncio.get_running_loop()
-            self.uplink.start(self.uplink_loop)
-            if self.status_link is not None:
-                self.status_link.start(self.uplink_loop)
-        self.started = True
-        _trim_memory()
-        log.info("gatekeeper %s up: %d devices (simulate=%s)", root, len(self.hw.adapters),
-                 self.simulate)
-        self._warn_simulated()
+        if self.external is not None:
+            self.external.start(asyncio.get_running_loop())
 
     async def publish_health(self) -> None:
-        """Retained ``{root}/system/health``: ``ok`` / ``degraded`` / ``failed`` and the GPIO
-        line ownership. ``failed``: the hardware worker is gone or does not answer within
-        5 s; ``degraded``: events were dropped, the command queue is over half full, or the
-        inventory could not be read."""
-        status, problems = "ok", []
-        if not self.hw.worker_alive:
-            status, problems = "failed", ["hardware worker not running"]
-            gpio: dict[str, object] = {}
-        else:
-            try:
-                gpio = await asyncio.wait_for(self.hw.submit(self.hw.inventory, force=True), 5)
-            except TimeoutError:
-                status, gpio = "failed", {}
-                problems.append("hardware worker did not answer within 5 s")
-            except Exception as exc:
-                status, gpio = "degraded", {"error": str(exc)}
-                problems.append(f"GPIO inventory: {exc}")
-        if self.expander_problems and status == "ok":
-            status = "degraded"
-        problems.extend(self.expander_problems.values())
-        if self.sensor_problems and status == "ok":
-            status = "degraded"
-        problems.extend(self.sensor_problems.values())
-        if self.watchdog is not None and self.watchdog.problem() is not None:
-            if status == "ok":
-                status = "degraded"
-            problems.append(self.watchdog.problem() or "")
-        if status == "ok" and self.hw.events_dropped:
-            status = "degraded"
-            problems.append(f"{self.hw.events_dropped} input events dropped")
-        if status == "ok" and self.hw.pending > self.hw.queue_max // 2:
-            status = "degraded"
-            problems.append(f"{self.hw.pending} hardware commands queued")
-        if self.acl_state == "failed":
-            if status == "ok":
-                status = "degraded"
-            problems.append(f"every command is refused: {self.acl_reason}")
-        doc = {"status": status, "problems": problems, "ts": utc_ts(), "gpio": gpio,
-               "watchdog": self.watchdog.describe() if self.watchdog is not None else None,
-               "simulated": self.simulate,
-               "events_dropped": self.hw.events_dropped, "commands_queued": self.hw.pending}
-        if self.uplink is not None:
-            doc["broker_acl"] = {"probe": self.acl_state, "reason": self.acl_reason}
-        self._publish(self.topics.health, dumps(doc), 1, True)
-
-    def _warn_simulated(self) -> None:
-        if self.simulated_by_config:
-            log.warning("the pins are SIMULATED (hardware.pin_factory: mock, no --simulate): "
-                        "nothing on the header moves")
-
-    async def _health_loop(self, interval: float = HEALTH_INTERVAL_S) -> None:
-        rounds = 0
-        while True:
-            if rounds and rounds % SIMULATED_WARNING_ROUNDS == 0:
-                self._warn_simulated()
-            rounds += 1
-            await self.publish_health()
-            await asyncio.to_thread(_malloc_trim)  # freed heap back to the OS, off the loop
-            await asyncio.sleep(interval)
+        """Retained ``{root}/system/health`` now."""
+        await self.health.publish()
 
     async def reload(self) -> None:
         """SIGHUP: re-read ``auth.users_file``."""
@@ -729,47 +452,64 @@ class Daemon:
         """Refuse new commands, drive outputs to their safe state, publish ``offline``,
         release the lines, disconnect clients."""
         self.rpc.accepting = False
-        if self._health_task is not None:
-            self._health_task.cancel()
-        if self._probe_task is not None:
-            self._probe_task.cancel()
-        if self.acl_probe is not None:
-            self.acl_probe.abort()
+        self.health.stop()
+        if self.external is not None:
+            self.external.abort()
         if self.sys_publisher is not None:
             await self.sys_publisher.stop()
         if self.started:
-            if self.covers:  # a moving cover stops; its position is saved just below
-                await asyncio.wait([asyncio.ensure_future(c.halt())
-                                    for c in self.covers.values()], timeout=1.5)
-            for gestures in self.gestures.values():
-                gestures.close()
-            if self.discovery is not None:
-                self.discovery.close()
-            await self.rpc.drain(0.5)
-            if self.persister is not None:
-                # Saved before the outputs go safe: what restore: true brings back is the
-                # value they had, not their safe state.
-                self.twin.on_change = None
-                await self.persister.close()
-            await self.twin.stop()  # no more polling; queued events are published
-            if self.watchdog is not None:
-                await self.watchdog.stop()
-            states = await self.hw.stop()
-            for name, state in states.items():
-                if name in self.covers:
-                    state = self.covers[name].state()
-                self.twin.state(name, state)
-            self.twin.status(False)
-            if self.bridge is not None and self.status_link is None:
-                self.bridge.stopped()
-        if self.status_link is not None:
-            await asyncio.to_thread(self.status_link.stop)
-        if self.uplink is not None:
-            await asyncio.to_thread(self.uplink.stop)
+            await self._stop_devices()
+        if self.external is not None:
+            await self.external.stop()
         await self.server.stop()
         if self.broker_store is not None:
             await self.broker_store.close()  # every client is gone: their sessions are offline
         self.authenticator.close()
+
+    async def _stop_devices(self) -> None:
+        """Covers halted, pending calls answered, the state saved, outputs safe, lines
+        released, ``offline`` published."""
+        if self.covers:  # a moving cover stops; its position is saved just below
+            await asyncio.wait([asyncio.ensure_future(c.halt())
+                                for c in self.covers.values()], timeout=1.5)
+        for gestures in self.gestures.values():
+            gestures.close()
+        if self.discovery is not None:
+            self.discovery.close()
+        await self.rpc.drain(0.5)
+        if self.persister is not None:
+            # Saved before the outputs go safe: what restore: true brings back is the
+            # value they had, not their safe state.
+            self.twin.on_change = None
+            await self.persister.close()
+        await self.twin.stop()  # no more polling; queued events are published
+        if self.watchdog is not None:
+            await self.watchdog.stop()
+        states = await self.hw.stop()
+        for name, state in states.items():
+            if name in self.covers:
+                state = self.covers[name].state()
+            self.twin.state(name, state)
+        self.twin.status(False)
+        if self.bridge is not None and self.status_link is None:
+            self.bridge.stopped()
+
+    def stop_for(self, problem: str) -> None:
+        """Stop the daemon because of ``problem`` (exit status 1)."""
+        log.error("stopping: %s", problem)
+        self.fatal = problem
+        self.request_stop()
+
+
+def _labels(config: Config) -> dict[int, str]:
+    """The consumer label of every board line the devices and the watchdog claim."""
+    labels = {line: consumer_label(config.hardware.consumer_tag, name, line)
+              for name, dev in config.devices.items() for _k, line, _s in dev.lines()}
+    if config.watchdog is not None:
+        for role, line in (("watchdog-out", config.watchdog.out),
+                           ("watchdog-in", config.watchdog.in_)):
+            labels[line] = consumer_label(config.hardware.consumer_tag, role, line)
+    return labels
 
 
 def _sender(msg: Message) -> ClientInfo:
@@ -833,38 +573,7 @@ class _GatekeeperHooks(BrokerHooks):
         asyncio.get_running_loop().call_soon(self.daemon.rpc.handle_denied, message)
 
 
-_M_MMAP_THRESHOLD = -3  # mallopt parameter (glibc malloc.h)
-_MMAP_THRESHOLD = 128 * 1024
 
-
-def _libc() -> ctypes.CDLL | None:
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-
-
-def _malloc_trim() -> None:
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
-
-
-def _trim_memory() -> None:
-    """Give the memory freed after start-up (config parsing, imports) back to the OS, and
-    move what is left out of the collector's way: later collections then only walk objects
-    made while serving, which keeps their pauses short (edge latency p99).
-
-    glibc's mmap threshold is fixed at 128 KiB: by default it grows after a large block is
-    freed, and then large payloads (a client's 255 KiB messages) come from the heap, which
-    does not shrink after they are gone; fixed, they are mapped and unmapped, so the memory
-    a burst of large messages took comes back when they are delivered or dropped."""
-    gc.collect()
-    gc.freeze()
-    libc = _libc()
-    if libc is not None and hasattr(libc, "mallopt"):
-        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
-    _malloc_trim()
 
 
 async def run(config: Config, *, simulate: bool = False) -> int:

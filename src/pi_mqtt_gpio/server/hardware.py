@@ -577,14 +577,18 @@ class HardwareManager:
         Must be called on the event loop thread; ordering is the order of calls."""
         assert self._loop is not None, "HardwareManager not started"
         if not force:
-            if not self.accepting:
-                raise Busy("the gatekeeper is shutting down")
-            if self._pending >= self._queue_max:
-                raise Busy(f"{self._pending} hardware commands are already queued")
+            self.admit()
         future: asyncio.Future[Any] = self._loop.create_future()
         self._pending += 1
         self._commands.put((fn, args, future))
         return future
+
+    def admit(self) -> None:
+        """Raise ``Busy`` when a command may not be queued now (shutting down, queue full)."""
+        if not self.accepting:
+            raise Busy("the gatekeeper is shutting down")
+        if self._pending >= self._queue_max:
+            raise Busy(f"{self._pending} hardware commands are already queued")
 
     async def run(self, fn: Callable[..., Any], *args: Any, force: bool = True) -> Any:
         return await self.submit(fn, *args, force=force)

@@ -163,17 +163,21 @@ class Twin:
         self._tasks.clear()
         # Publish what the callbacks reported until the lines were released.
         while not self.hw.events.empty():
-            self.event(self.hw.events.get_nowait())
+            self._publish_event(self.hw.events.get_nowait())
 
     async def _drain(self) -> None:
         """The one publisher task: hardware events, in the order the airlock received them."""
         events = self.hw.events
         while True:
-            ev = await events.get()
-            try:
-                self.event(ev)
-            except Exception:
-                log.exception("publishing %s of %s failed", ev.event, ev.device)
+            self._publish_event(await events.get())
+
+    def _publish_event(self, ev: DeviceEvent) -> None:
+        """One event; a failure (an intercept's, an observer's) is logged and the next one
+        is published all the same."""
+        try:
+            self.event(ev)
+        except Exception:
+            log.exception("publishing %s of %s failed", ev.event, ev.device)
 
     async def _poll(self, name: str, interval: float) -> None:
         adapter = self.hw.adapters[name]
@@ -217,4 +221,5 @@ class Twin:
         except Exception:
             return
         future.add_done_callback(
-            lambda f: self.state(name, f.result()) if not f.exception() else None)
+            lambda f: self.state(name, f.result())
+            if not f.cancelled() and f.exception() is None else None)
