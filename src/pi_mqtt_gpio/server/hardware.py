@@ -7,31 +7,39 @@
   that one publisher task drains. Nothing else crosses threads.
 - A hardware exception fails that command only (``HARDWARE_ERROR``); the worker lives on.
 
-Also here: making the pin factory (``lgpio`` on a Pi, ``mock`` in simulation) and finding the
-Pi's header GPIO chip by its label.
+Making the pin factory is pin_factory.py's; the chip's lines (owners, records, reclaiming
+them from a stale instance) are gpio_lines.py's, both re-exported here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import glob
 import logging
-import os
 import queue
-import re
-import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pi_mqtt_gpio.errors import Busy, GatekeeperError, HardwareError
 from pi_mqtt_gpio.server.config import HardwareConfig
 from pi_mqtt_gpio.server.devices.base import DeviceAdapter
+from pi_mqtt_gpio.server.gpio_lines import (
+    LineOwner,
+    forget_lines,
+    line_consumer,
+    line_owners,
+    reclaim_stale,
+    record_lines,
+)
+from pi_mqtt_gpio.server.pin_factory import (
+    consumer_label,
+    find_header_chip,
+    make_pin_factory,
+    resolve_chip,
+)
 
 __all__ = [
     "DeviceEvent",
@@ -42,12 +50,10 @@ __all__ = [
     "line_owners",
     "make_pin_factory",
     "reclaim_stale",
+    "resolve_chip",
 ]
 
 log = logging.getLogger("pi_mqtt_gpio.hardware")
-
-# Labels of the GPIO chip that drives the 40-pin header: Pi 5 (RP1), Pi 4, Pi 0-3.
-HEADER_CHIP_LABELS = ("pinctrl-rp1", "pinctrl-bcm2712", "pinctrl-bcm2711", "pinctrl-bcm2835")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,334 +64,6 @@ class DeviceEvent:
     ts: float  # wall clock (time.time()) when the edge was seen
     mono: float = 0.0  # time.monotonic() when the edge was seen (gestures, endstops)
 
-
-def chip_labels() -> dict[int, str]:
-    """GPIO chips of this machine: number -> label (empty when lgpio cannot open them)."""
-    import lgpio
-
-    labels: dict[int, str] = {}
-    for path in sorted(glob.glob("/dev/gpiochip*")):
-        m = re.match(r".*gpiochip(\d+)$", path)
-        if not m:
-            continue
-        number = int(m.group(1))
-        try:
-            handle = lgpio.gpiochip_open(number)
-        except Exception:
-            continue
-        try:
-            info = lgpio.gpio_get_chip_info(handle)
-            labels[number] = str(info[3])
-        finally:
-            lgpio.gpiochip_close(handle)
-    return labels
-
-
-def find_header_chip(labels: dict[int, str], wanted: tuple[str, ...] = HEADER_CHIP_LABELS
-                     ) -> int:
-    """The chip whose label names the Pi's header GPIO controller (Pi 5: ``pinctrl-rp1``,
-    gpiochip0 on current kernels and gpiochip4 on older ones)."""
-    for label in wanted:
-        for number, text in sorted(labels.items()):
-            if text == label:
-                return number
-    found = ", ".join(f"gpiochip{n}={t!r}" for n, t in sorted(labels.items())) or "none"
-    raise HardwareError(f"no GPIO chip labelled {' or '.join(wanted)} (found: {found}); "
-                        f"set hardware.chip to a number or a label")
-
-
-def resolve_chip(chip: str | int) -> int:
-    if isinstance(chip, int):
-        return chip
-    text = str(chip).strip()
-    if text.isdigit():
-        return int(text)
-    m = re.fullmatch(r"(?:/dev/)?gpiochip(\d+)", text)
-    if m:
-        return int(m.group(1))
-    labels = chip_labels()
-    if text == "auto":
-        return find_header_chip(labels)
-    return find_header_chip(labels, (text,))
-
-
-def consumer_label(tag: str, role: str, line: int) -> str:
-    """``<consumer_tag>:<role>:<line>`` as ``gpioinfo`` shows it (the kernel keeps 31 bytes:
-    a long device name is shortened, the tag and the line number are kept)."""
-    tail = f":{line}"
-    room = 31 - len(tag) - 1 - len(tail)
-    return f"{tag}:{role[:max(room, 1)]}{tail}"
-
-
-class _LabellingLgpio:
-    """Stands in for the ``lgpio`` module inside gpiozero's lgpio pin factory: before every
-    claim it names the line's consumer (``lgGpioSetUser``, which lgpio's Python binding does
-    not expose, called through ctypes). Everything else is lgpio itself."""
-
-    def __init__(self, labels: dict[int, str]) -> None:
-        import ctypes
-
-        import lgpio
-
-        self._lgpio = lgpio
-        self.labels = labels
-        self._lib = ctypes.CDLL(lgpio._lgpio.__file__)
-        self._lib.lgGpioSetUser.argtypes = (ctypes.c_int, ctypes.c_char_p)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._lgpio, name)
-
-    def _name(self, handle: int, line: int) -> None:
-        label = self.labels.get(line)
-        if label is not None:
-            # gpiochip_open returns handle | chip << 16; the C call wants the handle only.
-            self._lib.lgGpioSetUser(handle & 0xFFFF, label.encode())
-
-    def gpio_claim_input(self, handle: int, gpio: int, lFlags: int = 0) -> Any:
-        self._name(handle, gpio)
-        return self._lgpio.gpio_claim_input(handle, gpio, lFlags)
-
-    def gpio_claim_output(self, handle: int, gpio: int, level: int = 0,
-                          lFlags: int = 0) -> Any:
-        self._name(handle, gpio)
-        return self._lgpio.gpio_claim_output(handle, gpio, level, lFlags)
-
-    def gpio_claim_alert(self, handle: int, gpio: int, eFlags: int, lFlags: int = 0,
-                         notify_handle: Any = None) -> Any:
-        self._name(handle, gpio)
-        if notify_handle is None:
-            return self._lgpio.gpio_claim_alert(handle, gpio, eFlags, lFlags)
-        return self._lgpio.gpio_claim_alert(handle, gpio, eFlags, lFlags, notify_handle)
-
-
-def make_pin_factory(hardware: HardwareConfig, simulate: bool,
-                     labels: dict[int, str] | None = None, *,
-                     expanders: dict[str, Any] | None = None,
-                     on_expander_failure: Callable[[str, str | None], None] | None = None
-                     ) -> Any:
-    """A gpiozero pin factory: simulated pins (MockFactory with PWM) or lgpio on a chip,
-    with every claimed line labelled ``labels[line]``; with I/O expanders (and PCA9685 PWM
-    controllers), wrapped so that their pins (``io1:3``, ``pwm1:0``) come from them
-    (simulated register files under simulation)."""
-    base = _board_factory(hardware, simulate, labels)
-    if not expanders:
-        return base
-    from pi_mqtt_gpio.server.pins.mcp23017 import (
-        MCP23017,
-        ExpanderFactory,
-        SimulatedMCP23017,
-    )
-    from pi_mqtt_gpio.server.pins.pca9685 import PCA9685, SimulatedPCA9685
-    from pi_mqtt_gpio.server.pins.pcf857x import PCF857x, SimulatedPCF857x, SMBusPort
-
-    chips: dict[str, Any] = {}
-    try:
-        for name, cfg in expanders.items():
-            pwm = cfg.type == "PCA9685"
-            pcf = cfg.type in ("PCF8574", "PCF8575")
-            width = 1 if cfg.type == "PCF8574" else 2
-            if simulate or hardware.pin_factory == "mock":
-                bus: Any = SimulatedPCA9685() if pwm else SimulatedPCF857x(width) if pcf \
-                    else SimulatedMCP23017()
-            else:
-                from smbus2 import SMBus
-
-                try:
-                    bus = SMBus(cfg.bus)
-                except OSError as exc:
-                    raise HardwareError(f"expander {name}: cannot open /dev/i2c-{cfg.bus}: "
-                                        f"{exc.strerror} (is I2C enabled?)") from exc
-                if pcf:
-                    bus = SMBusPort(bus, width)
-            chip_class: Any = PCA9685 if pwm else PCF857x if pcf else MCP23017
-            chips[name] = chip_class(name, cfg, bus, on_failure=on_expander_failure)
-        factory = ExpanderFactory(base, chips)
-        for name, chip in chips.items():
-            try:
-                chip.start()
-            except OSError as exc:
-                raise HardwareError(f"expander {name} (I2C bus {chip.config.bus}, address "
-                                    f"0x{chip.address:02x}) does not answer: {exc}") from exc
-            if isinstance(chip, PCA9685):
-                continue  # outputs only: no interrupt
-            if isinstance(chip.bus, SimulatedMCP23017 | SimulatedPCF857x):
-                chip.bus.on_interrupt = chip.interrupt
-            elif chip.config.interrupt is not None:
-                _interrupt_line(base, chip)
-        return factory
-    except BaseException:
-        for chip in chips.values():
-            chip.close()
-        base.close()
-        raise
-
-
-def _interrupt_line(base: Any, chip: Any) -> None:
-    """The chip's INT output (open drain, active low) on a board GPIO: a fall means a change
-    on an input; the chip is read then (its polling thread only checks it still answers)."""
-    import gpiozero
-
-    line = gpiozero.DigitalInputDevice(chip.config.interrupt, pull_up=True, pin_factory=base)
-    line.when_activated = chip.interrupt
-    chip.interrupt_device = line
-    if line.is_active:  # already low: a change is waiting
-        chip.interrupt()
-
-
-def _board_factory(hardware: HardwareConfig, simulate: bool,
-                   labels: dict[int, str] | None = None) -> Any:
-    if simulate or hardware.pin_factory == "mock":
-        from pi_mqtt_gpio.server.pins.simulated import simulated_factory
-
-        return simulated_factory()
-    import gpiozero.pins.lgpio as gz_lgpio
-    from gpiozero.pins.lgpio import LGPIOFactory
-
-    if labels:
-        gz_lgpio.lgpio = _LabellingLgpio(labels)
-    chip = resolve_chip(hardware.chip)
-    try:
-        return LGPIOFactory(chip=chip)
-    except Exception as exc:
-        raise HardwareError(f"cannot open /dev/gpiochip{chip}: {exc}") from exc
-
-
-@dataclass(frozen=True, slots=True)
-class LineOwner:
-    line: int
-    name: str
-    used: bool
-    consumer: str
-    ours: bool
-
-    def to_json(self) -> dict[str, Any]:
-        return {"line": self.line, "name": self.name, "used": self.used,
-                "consumer": self.consumer, "owner": "ours" if self.ours else
-                ("foreign" if self.used else None)}
-
-
-def line_owners(chip: int, tag: str) -> list[LineOwner]:
-    """Every line of ``/dev/gpiochip<chip>``: used or free, consumer, ours or foreign."""
-    import lgpio
-
-    handle = lgpio.gpiochip_open(chip)
-    try:
-        count = int(lgpio.gpio_get_chip_info(handle)[1])
-        owners = []
-        for line in range(count):
-            _, _, flags, name, user = lgpio.gpio_get_line_info(handle, line)
-            consumer = str(user or "")
-            used = bool(consumer) or bool(int(flags) & 1)  # LG_KERNEL_USED
-            owners.append(LineOwner(line, str(name or ""), used, consumer,
-                                    consumer.startswith(f"{tag}:")))
-        return owners
-    finally:
-        lgpio.gpiochip_close(handle)
-
-
-def _records_dir() -> Path:
-    """Where each instance notes which lines it holds (its PID per line): systemd's
-    RuntimeDirectory when set, else /run/pi-mqtt-gatekeeper, else the temp directory."""
-    for base in (os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0],
-                 "/run/pi-mqtt-gatekeeper",
-                 os.path.join(tempfile.gettempdir(), f"pi-mqtt-gatekeeper-{os.getuid()}")):
-        if not base:
-            continue
-        path = Path(base) / "lines"
-        try:
-            path.mkdir(parents=True, exist_ok=True, mode=0o700)
-            return path
-        except OSError:
-            continue
-    raise HardwareError("no writable directory for the line records")
-
-
-def record_lines(chip: int, lines: list[int]) -> None:
-    """Note this process as the holder of ``lines`` (read by a later instance's reclaim)."""
-    directory = _records_dir()
-    for line in lines:
-        (directory / f"gpiochip{chip}-{line}").write_text(f"{os.getpid()}\n")
-
-
-def forget_lines(chip: int, lines: list[int]) -> None:
-    directory = _records_dir()
-    for line in lines:
-        record = directory / f"gpiochip{chip}-{line}"
-        with contextlib.suppress(OSError, ValueError):
-            if int(record.read_text().strip()) == os.getpid():
-                record.unlink()
-
-
-def _recorded_holder(chip: int, line: int) -> int | None:
-    try:
-        pid = int((_records_dir() / f"gpiochip{chip}-{line}").read_text().strip())
-    except (OSError, ValueError, HardwareError):
-        return None
-    if pid == os.getpid() or not Path(f"/proc/{pid}").exists():
-        return None
-    try:  # it must still have the chip open
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            with contextlib.suppress(OSError):
-                if os.readlink(fd) == f"/dev/gpiochip{chip}":
-                    return pid
-    except OSError:
-        return None
-    return None
-
-
-def reclaim_stale(chip: int, lines: list[int], tag: str, wait: float = 5.0) -> list[str]:
-    """``hardware.reclaim_on_busy``: lines held under our consumer tag by a stale earlier
-    instance are freed by stopping that process only (SIGTERM, then SIGKILL) — the one its
-    own line records name. A foreign consumer is never touched: the error names it."""
-    done: list[str] = []
-    owners = {o.line: o for o in line_owners(chip, tag)}
-    stale: dict[int, list[int]] = {}
-    for line in lines:
-        owner = owners.get(line)
-        if owner is None or not owner.used:
-            continue
-        if not owner.ours:
-            raise HardwareError(f"GPIO{line} is held by a foreign consumer {owner.consumer!r}; "
-                                f"not touching it")
-        pid = _recorded_holder(chip, line)
-        if pid is None:
-            raise HardwareError(f"GPIO{line} is held as {owner.consumer!r} but no earlier "
-                                f"gatekeeper recorded it; not touching it")
-        stale.setdefault(pid, []).append(line)
-    for pid, held in stale.items():
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            log.warning("GPIO%s held by a stale gatekeeper (pid %d): sending %s",
-                        ",".join(map(str, held)), pid, sig.name)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-            end = time.monotonic() + wait
-            while time.monotonic() < end:
-                now = {o.line: o for o in line_owners(chip, tag)}
-                if not any(now[line].used for line in held if line in now):
-                    break
-                time.sleep(0.05)
-            else:
-                continue
-            done.append(f"stopped pid {pid} ({sig.name}) holding GPIO"
-                        f"{','.join(map(str, held))}")
-            break
-        else:
-            raise HardwareError(f"GPIO{held[0]} is still held after SIGKILL to pid {pid}")
-    return done
-
-
-def line_consumer(factory: Any, line: int) -> str | None:
-    """Who holds ``line`` on the factory's chip (lgpio only), e.g. ``"gatekeeper:lamp:17"``."""
-    handle = getattr(factory, "_handle", None)
-    if handle is None:
-        return None
-    try:
-        import lgpio
-
-        info = lgpio.gpio_get_line_info(handle, line)
-        return str(info[4]) or None
-    except Exception:
-        return None
 
 
 class HardwareManager:
