@@ -26,7 +26,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("devices/pins", (P + "server.devices", P + "server.pins")),
     # What runs the hardware and keeps it safe, the state mirror, the broker server and
     # what persists; access control and leases.
-    ("hardware/safety/guards", (P + "server.hardware", P + "server.safety", P + "server.guards",
+    ("hardware/safety/guards", (P + "server.hardware", P + "server.pin_factory",
+                                P + "server.gpio_lines", P + "server.safety", P + "server.guards",
                                 P + "server.twin", P + "server.watchdog",
                                 P + "server.persistence", P + "server.security",
                                 P + "server.broker", P + "server.broker_store",
@@ -43,11 +44,16 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("main", (P + "server.main", P + "client")),
 ]
 
+# Packages whose modules do not share their layer: each of those is given its own.
+PACKAGES = ("pi_mqtt_gpio", P + "server")
+
+
 def _layer_of(module: str) -> int:
     best, found = -1, None
     for index, (_name, prefixes) in enumerate(LAYERS):
         for prefix in prefixes:
-            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
+            inside = module.startswith(prefix + ".") and prefix not in PACKAGES
+            if (module == prefix or inside) and len(prefix) > best:
                 best, found = len(prefix), index
     assert found is not None, f"{module} has no layer: give it one in LAYERS"
     return found

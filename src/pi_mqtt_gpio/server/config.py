@@ -729,7 +729,7 @@ NOT_SUPPORTED_YET: dict[str, str] = {}
 MAX_CONFIG_NODES = 100_000  # YAML nodes after aliases are expanded (a real config has < 5,000)
 
 
-def _expanded_size(root: yaml.Node, limit: int) -> int | None:
+def expanded_size(root: yaml.Node, limit: int) -> int | None:
     """How many nodes ``root`` has with every alias expanded (each node counted once per
     place it appears), or None past ``limit`` or for a recursive alias. Memoised, so an
     "alias bomb" (a billion laughs) is measured without being expanded."""
@@ -766,7 +766,7 @@ def parse_config(text: str, source: str = "<config>", *, known: Known) -> Config
     ``ConfigError`` listing every problem."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        if node is not None and _expanded_size(node, MAX_CONFIG_NODES) is None:
+        if node is not None and expanded_size(node, MAX_CONFIG_NODES) is None:
             raise ConfigError(source, [
                 f"line {node.start_mark.line + 1}: the YAML expands to more than "
                 f"{MAX_CONFIG_NODES:,} values through aliases (*name), or an alias refers to "

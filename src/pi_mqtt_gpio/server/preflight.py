@@ -22,8 +22,10 @@ from pi_mqtt_gpio.server.config import (
     pca9685_frequency_warnings,
     tls_context,
 )
+from pi_mqtt_gpio.server.devices.mixer import control_problem
 from pi_mqtt_gpio.server.devices.outputs import start_differs
 from pi_mqtt_gpio.server.persistence import writable_problem
+from pi_mqtt_gpio.server.pins.header import HEADER_GPIOS
 from pi_mqtt_gpio.server.safety import guards_for
 from pi_mqtt_gpio.server.security.acl import builtin_roles
 from pi_mqtt_gpio.server.security.passwords import read_users_file
@@ -163,8 +165,6 @@ def _warnings(config: Config, simulate: bool, out: Findings) -> None:
 def _check_header(config: Config, out: Findings) -> None:
     """GPIO 28-53 are not on a Raspberry Pi's 40-pin header: only a Compute Module has them
     (warned, not refused: the gatekeeper cannot tell a Compute Module from its chip)."""
-    from pi_mqtt_gpio.server.pins.header import HEADER_GPIOS
-
     for name, dev in config.devices.items():
         for key, line, _shared in dev.lines():
             if isinstance(line, int) and line not in HEADER_GPIOS:
@@ -176,8 +176,6 @@ def _check_mixers(config: Config, simulate: bool, out: Findings) -> None:
     """Every AlsaMixer's card and control exist (not under simulation)."""
     if simulate or config.hardware.pin_factory == "mock":
         return
-    from pi_mqtt_gpio.server.devices.mixer import control_problem
-
     for name, dev in config.devices.items():
         if dev.type == "AlsaMixer":
             problem = control_problem(dev)

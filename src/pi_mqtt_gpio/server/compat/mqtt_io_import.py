@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from pi_mqtt_gpio.server.config import MAX_CONFIG_NODES, expanded_size
+from pi_mqtt_gpio.server.devices.analog import CHIPS
 from pi_mqtt_gpio.server.pins.header import BOARD_TO_BCM
 
 __all__ = ["Conversion", "convert", "render"]
@@ -486,8 +488,6 @@ class _Importer:
                 dev = self.devices[device]
             elif kind in ("mcp3008", "mcp3xxx"):
                 chip_type = "MCP3008" if kind == "mcp3008" else str(mod.get("type", "")).upper()
-                from pi_mqtt_gpio.server.devices.analog import CHIPS
-
                 if chip_type not in CHIPS:
                     self.out.skip(line, what, f"{chip_type or 'this chip'} is not one of "
                                   f"{', '.join(CHIPS)}")
@@ -707,13 +707,11 @@ def _items(value: Any) -> list[dict[str, Any]]:
 def convert(text: str, *, hash_password: Any = None) -> Conversion:
     """The gatekeeper config for an mqtt-io config's text. Raises ValueError when the text
     is not a YAML mapping."""
-    from pi_mqtt_gpio.server.config import MAX_CONFIG_NODES, _expanded_size
-
     try:
         # The config's own guard: the size with every alias expanded is measured on the
         # composed nodes, before anything is built (a "billion laughs" is refused at once).
         node = yaml.compose(text, Loader=_LineLoader)
-        if node is not None and _expanded_size(node, MAX_CONFIG_NODES) is None:
+        if node is not None and expanded_size(node, MAX_CONFIG_NODES) is None:
             raise ValueError(f"line {node.start_mark.line + 1}: the YAML expands to more than "
                              f"{MAX_CONFIG_NODES:,} values through aliases (*name), or an "
                              f"alias refers to itself: refused")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from pi_mqtt_gpio.errors import BadArgument
 from pi_mqtt_gpio.server.devices.base import DeviceAdapter, DeviceConfig, Method, Param
 from pi_mqtt_gpio.server.devices.inputs import PolledInputAdapter
 from pi_mqtt_gpio.server.schema import Range, section
@@ -103,8 +104,6 @@ class MCPAdapter(PolledInputAdapter):
         if method == "sim_set":
             lo, hi = self._range
             if not lo <= kwargs["value"] <= hi:
-                from pi_mqtt_gpio.errors import BadArgument
-
                 raise BadArgument(f"value must be from {lo:g} to {hi:g}")
 
 
