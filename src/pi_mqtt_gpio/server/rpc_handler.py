@@ -10,19 +10,18 @@ Checks happen on the event loop before anything is queued (so a refused command 
 hardware): JSON shape, device, method, arguments, simulation-only methods (admin only), and
 where the reply may go (a client may not make the gatekeeper publish on its behalf where it
 could not publish itself).
+
+Reading requests and sending replies is rpc_replies.py's, the lease calls rpc_leases.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
 from pi_mqtt_gpio.errors import (
-    BadArgument,
     BadRequest,
     Busy,
     GatekeeperError,
@@ -32,47 +31,35 @@ from pi_mqtt_gpio.errors import (
     UnknownDevice,
     UnknownMethod,
 )
-from pi_mqtt_gpio.mqtt.hooks import BrokerHooks, ClientInfo, Decision
+from pi_mqtt_gpio.mqtt.hooks import BrokerHooks
 from pi_mqtt_gpio.mqtt.logguard import LogLimiter, clip
 from pi_mqtt_gpio.mqtt.message import Message
-from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, Prop, Properties
-from pi_mqtt_gpio.mqtt.topic_tree import topic_matches
 from pi_mqtt_gpio.server.covers import CoverController
 from pi_mqtt_gpio.server.devices.base import DeviceAdapter, Method, is_active
 from pi_mqtt_gpio.server.guards import Guards
 from pi_mqtt_gpio.server.hardware import HardwareManager
-from pi_mqtt_gpio.server.jsonscan import top_level_scalars
+from pi_mqtt_gpio.server.rpc_leases import LeaseDesk, make_safe
+from pi_mqtt_gpio.server.rpc_replies import (
+    MAX_REQUEST_BYTES,
+    Incoming,
+    Replier,
+    Reply,
+    Send,
+    jsonable,
+    method_of,
+    parse_request,
+    v5_reply,
+    v311_reply,
+)
 from pi_mqtt_gpio.server.security.leases import ControlLeaseManager, Holder, Lease
 from pi_mqtt_gpio.server.twin import Twin, dumps, utc_ts
 from pi_mqtt_gpio.topics import Topics
 
-__all__ = ["RpcHandler", "make_safe"]
+__all__ = ["MAX_REQUEST_BYTES", "RpcHandler", "make_safe"]
 
 log = logging.getLogger("pi_mqtt_gpio.rpc")
 
-Send = Callable[..., None]  # (topic, payload, qos, properties[, retain])
-MAX_REQUEST_BYTES = 65536
-_REPLY_FIELDS = frozenset({"reply_to", "correlation_id"})
 CLEAR_LOCKOUT = "clear_lockout"  # the RPC that lifts a flap lockout (manage right)
-MAX_LEASE_DEVICES = 256  # device names one lease call may list
-
-
-class _TooDeep(BadRequest):
-    def __init__(self, message: str, request: dict[str, Any]) -> None:
-        super().__init__(message)
-        self.request = request  # what could be read of it (the reply fields)
-
-
-class _Reply:
-    __slots__ = ("correlation", "problem", "qos", "topic", "v5")
-
-    def __init__(self, topic: str, correlation: Any, v5: bool, qos: int,
-                 problem: str | None = None) -> None:
-        self.topic = topic
-        self.correlation = correlation
-        self.v5 = v5
-        self.qos = qos
-        self.problem = problem  # the request's reply fields are unusable (answered without)
 
 
 class RpcHandler:
@@ -110,8 +97,9 @@ class RpcHandler:
         # A refused plain set: the device's state is published again unchanged, so that a
         # dashboard that moved its switch optimistically (Home Assistant) snaps back.
         self.on_set_refused: Callable[[str], None] | None = None
-        self._lease_timer: asyncio.TimerHandle | None = None
-        self._log = LogLimiter(log)
+        self.log = LogLimiter(log)
+        self.replier = Replier(topics, acl, send, self.log, _now)
+        self.desk = LeaseDesk(self, leases) if leases is not None else None
 
     # --- entry point (event loop, in message order) --------------------------------------------
     def handle(self, msg: Message) -> None:
@@ -121,7 +109,11 @@ class RpcHandler:
             self.handle_denied(msg)
             return
         if msg.topic == self.topics.lease_call:
-            self._lease_call(msg)
+            if self.desk is not None:
+                self.desk.call(msg)
+            else:
+                self.refuse_call(msg, "lease", None, UnknownMethod("leases are not enabled"),
+                                 v5_reply(msg), "lease")
             return
         parsed = self.topics.parse_device(msg.topic)
         if parsed is None:
@@ -134,27 +126,21 @@ class RpcHandler:
 
     def _call(self, msg: Message, name: str, source: str = "call") -> None:
         self.calls += 1
-        reply = self._v5_reply(msg)
-        method_name: str | None = None
+        call = Incoming(msg)
         try:
-            request = self._parse(msg.payload)
-            if reply is None:
-                reply = self._v311_reply(msg, request)
-            self._usable(reply)
-            method_name = request.get("method") if isinstance(request.get("method"), str) \
-                else None
-            if not isinstance(request.get("method"), str) or not request["method"]:
+            request = call.read()
+            if not call.method:
                 raise BadRequest("'method' must be a non-empty string")
-            if request["method"] == CLEAR_LOCKOUT:
-                self._clear_lockout(msg, name, reply)
+            if call.method == CLEAR_LOCKOUT:
+                self._clear_lockout(msg, name, call.reply)
                 return
-            adapter, method, kwargs = self._resolve(msg, name, request["method"],
+            adapter, method, kwargs = self._resolve(msg, name, call.method,
                                                     request.get("args"), request.get("kwargs"))
             future, delay = self._queue(adapter, method, kwargs, msg, rights=source != "binding")
         except GatekeeperError as exc:
-            self._refuse(msg, name, method_name, exc, self._salvage(msg, exc, reply), source)
+            self.refuse_call(msg, name, call.method, exc, call.reply_after(exc), source)
             return
-        self._await(msg, adapter, method, kwargs, future, reply, source, delay)
+        self._await(msg, adapter, method, kwargs, future, call.reply, source, delay)
 
     def _set(self, msg: Message, name: str, source: str = "set") -> None:
         method_name: str | None = None
@@ -170,26 +156,11 @@ class RpcHandler:
             adapter, method, kwargs = self._resolve(msg, name, method_name, [], kwargs)
             future, delay = self._queue(adapter, method, kwargs, msg, rights=source != "binding")
         except GatekeeperError as exc:
-            self._refuse(msg, name, method_name, exc, None, source)
+            self.refuse_call(msg, name, method_name, exc, None, source)
             return
         self._await(msg, adapter, method, kwargs, future, None, source, delay)
 
     # --- checks ---------------------------------------------------------------------------------
-    def _parse(self, payload: bytes) -> dict[str, Any]:
-        if len(payload) > MAX_REQUEST_BYTES:
-            raise BadRequest(f"request larger than {MAX_REQUEST_BYTES} bytes")
-        try:
-            request = json.loads(payload)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise BadRequest(f"request is not valid JSON: {clip(exc, 200)}") from None
-        except RecursionError:
-            # Still answer a 3.1.1 caller: its reply fields are at the top level.
-            raise _TooDeep("request is nested too deeply", top_level_scalars(
-                payload.decode("utf-8", "replace"), _REPLY_FIELDS)) from None
-        if not isinstance(request, dict):
-            raise BadRequest("request must be a JSON object")
-        return request
-
     def _adapter(self, name: str) -> DeviceAdapter:
         adapter = self.hw.adapters.get(name)
         if adapter is None:
@@ -227,154 +198,35 @@ class RpcHandler:
         name, leaf = parsed if parsed is not None else ("lease", "call")
         if leaf not in ("call", "set"):
             return
-        reply = self._v5_reply(msg) if leaf == "call" else None
+        reply = v5_reply(msg) if leaf == "call" else None
         method = None
         if leaf == "call":
             try:
-                request = self._parse(msg.payload)
-                method = request.get("method") if isinstance(request.get("method"), str) \
-                    else None
+                request = parse_request(msg.payload)
+                method = method_of(request)
                 if reply is None:
-                    reply = self._v311_reply(msg, request)
+                    reply = v311_reply(msg, request)
             except GatekeeperError:
                 pass
         err = NotAuthorized(reason or f"role {msg.role!r} may not publish to {msg.topic}")
-        self._refuse(msg, name, method, err, reply, leaf)
+        self.refuse_call(msg, name, method, err, reply, leaf)
 
-    # --- leases ---------------------------------------------------------------------------------
-    def _lease_call(self, msg: Message) -> None:
-        """``{root}/lease/call``: acquire, renew or release, answered like any call."""
-        reply = self._v5_reply(msg)
-        method: str | None = None
-        kwargs: dict[str, Any] = {}
-        try:
-            if self.leases is None:
-                raise UnknownMethod("leases are not enabled")
-            request = self._parse(msg.payload)
-            if reply is None:
-                reply = self._v311_reply(msg, request)
-            self._usable(reply)
-            method = request.get("method") if isinstance(request.get("method"), str) else None
-            if method not in ("acquire", "renew", "release"):
-                raise UnknownMethod("lease methods: acquire, renew, release")
-            kwargs = self._lease_kwargs(method, request.get("kwargs"))
-            result = self._lease_action(msg, method, kwargs)
-        except GatekeeperError as exc:
-            self._refuse(msg, "lease", method, exc, self._salvage(msg, exc, reply), "lease")
-            return
-        self._log.log(logging.INFO, msg.sender or "", _now(), "lease %s by %r: %s", method,
-                      clip(msg.sender), clip(result, 300))
-        if reply is not None:
-            self._reply(msg, reply, {"ok": True, "result": result})
-        self._audit(msg, "lease", method, {k: v for k, v in kwargs.items() if k != "lease_id"},
-                    "lease", None)
-        self.publish_leases()
-
-    def _lease_kwargs(self, method: str, kwargs: Any) -> dict[str, Any]:
-        """The lease call's arguments, checked: devices (known names), ttl, lease_id, force."""
-        kwargs = kwargs or {}
-        if not isinstance(kwargs, dict):
-            raise BadArgument("kwargs must be an object")
-        unknown = set(kwargs) - {"devices", "ttl", "lease_id", "force"}
-        if unknown:
-            raise BadArgument(f"{method}() has no argument {sorted(unknown)[0]!r}")
-        devices = kwargs.get("devices")
-        if devices is not None:
-            if not isinstance(devices, list) or not devices or len(devices) > MAX_LEASE_DEVICES \
-                    or not all(isinstance(d, str) for d in devices):
-                raise BadArgument("devices must be a non-empty list of device names")
-            for device in devices:
-                if device not in self.hw.adapters:
-                    raise UnknownDevice(f"no device named {clip(device)!r}")
-        ttl = kwargs.get("ttl")
-        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)):
-            raise BadArgument("ttl must be a number of seconds")
-        if kwargs.get("lease_id") is not None and not isinstance(kwargs["lease_id"], str):
-            raise BadArgument("lease_id must be a string")
-        if not isinstance(kwargs.get("force", False), bool):
-            raise BadArgument("force must be true or false")
-        return kwargs
-
-    def _lease_action(self, msg: Message, method: str, kwargs: dict[str, Any]
-                      ) -> dict[str, Any]:
-        """Carry out a checked lease call for its sender (the holder as the broker saw it)."""
-        assert self.leases is not None
-        holder = (msg.username, msg.sender or "")
-        devices, ttl = kwargs.get("devices"), kwargs.get("ttl")
-        lease_id, force = kwargs.get("lease_id"), kwargs.get("force", False)
-        now, wall = _now(), time.time()
-        if method == "acquire":
-            lease = self.leases.acquire(holder, devices, ttl, now, wall)
-            return {"lease_id": lease.lease_id, **lease.describe()}
-        if method == "renew":
-            lease = self.leases.renew(holder, lease_id, devices, ttl, now, wall)
-            return {"lease_id": lease.lease_id, **lease.describe()}
-        if force and not self.has_right(msg, "force_release"):
-            raise NotAuthorized("breaking leases (force: true) needs the 'force_release' right")
-        gone = self.leases.release(holder, lease_id, devices, force=force)
-        if force:
-            self.lease_lost([g for g in gone if g.holder != holder], "broken by admin")
-        return {"released": [lease.describe() for lease in gone]}
-
+    # --- leases (rpc_leases.py) ------------------------------------------------------------------
     def publish_leases(self) -> None:
         """Retained ``{root}/lease`` and the expiry timer, after every change."""
-        if self.leases is None:
-            return
-        self.send(self.topics.lease, dumps(self.leases.snapshot()), 1, {}, True)
-        if self._lease_timer is not None:
-            self._lease_timer.cancel()
-            self._lease_timer = None
-        deadline = self.leases.next_deadline()
-        if deadline is not None:
-            self._lease_timer = asyncio.get_running_loop().call_at(deadline, self._expire)
-
-    def _expire(self) -> None:
-        self._lease_timer = None
-        if self.leases is None:
-            return
-        gone = self.leases.expire(asyncio.get_running_loop().time())
-        self.lease_lost(gone, "expired")
-        self.publish_leases()
+        if self.desk is not None:
+            self.desk.publish()
 
     def holder_gone(self, holder: Holder, reason: str) -> None:
         """The broker says a client disconnected: its leases end, its devices go safe."""
-        if self.leases is None:
-            return
-        gone = self.leases.holder_gone(holder)
-        if gone:
-            self.lease_lost(gone, f"holder disconnected ({reason})")
-            self.publish_leases()
+        if self.desk is not None:
+            self.desk.holder_gone(holder, reason)
 
     def lease_lost(self, gone: list[Lease], reason: str) -> None:
         """Drive the devices of leases that ended against their holder's will to their safe
-        state, through the hardware queue, and say so on the audit topic."""
-        for lease in gone:
-            who = lease.holder[0] or lease.holder[1]
-            log.warning("lease of %s on %s %s: driving its devices to safe state", who,
-                        "all devices" if lease.devices is None else sorted(lease.devices),
-                        reason)
-            for name, adapter in self.hw.adapters.items():
-                if adapter.kind != "output" or not lease.covers(name):
-                    continue
-                if not (adapter.config.lease_required or name in lease.written):
-                    continue
-                cover = self.covers.get(name)
-                if cover is not None:
-                    cover.safe("lease")  # stops; the position is kept and published
-                    continue
-                if self.guards is not None:
-                    self.guards.safe(adapter, "lease")  # publishes the state it leaves
-                    continue
-                try:
-                    future = self.hw.submit(make_safe, adapter, force=True)
-                except GatekeeperError:
-                    continue
-                future.add_done_callback(self._publish_safe(name))
-            entry = {"ts": utc_ts(), "client_id": lease.holder[1], "username": lease.holder[0],
-                     "device": "lease", "method": "lost", "source": "lease", "ok": True,
-                     "reason": reason, "lease": lease.describe()}
-            if self.listening(self.topics.audit):
-                self.send(self.topics.audit, dumps(entry), 0, {})
+        state, and say so on the audit topic."""
+        if self.desk is not None:
+            self.desk.lost(gone, reason)
 
     def _queue(self, adapter: DeviceAdapter, method: Method, kwargs: dict[str, Any],
                msg: Message | None = None, *, rights: bool = False, force: bool = False
@@ -448,7 +300,7 @@ class RpcHandler:
             adapter, spec, bound = self._resolve(msg, device, method, args, kwargs)
             future, delay = self._queue(adapter, spec, bound, msg)
         except GatekeeperError as exc:
-            self._refuse(msg, device, method, exc, None, source, kwargs)
+            self.refuse_call(msg, device, method, exc, None, source, kwargs)
             return
         self._await(msg, adapter, spec, bound, future, None, source, delay)
 
@@ -475,7 +327,7 @@ class RpcHandler:
             future, delay = self._queue(adapter, spec, bound, None if safe else msg,
                                         rights=True, force=safe)
         except GatekeeperError as exc:
-            self._refuse(msg, device, method, exc, None, source, kwargs)
+            self.refuse_call(msg, device, method, exc, None, source, kwargs)
             if then is not None:
                 then(False)
             return False
@@ -488,7 +340,7 @@ class RpcHandler:
     def refuse(self, msg: Message, device: str, method: str | None, exc: GatekeeperError,
                source: str) -> None:
         """Refuse (log, audit) a command that could not even be read."""
-        self._refuse(msg, device, method, exc, None, source)
+        self.refuse_call(msg, device, method, exc, None, source)
 
     def local_publish(self, principal: str, topic: str, trigger: str, payload: bytes) -> bool:
         """A binding publishes to this node's own ``set`` or ``call`` topic: carried out as a
@@ -531,73 +383,19 @@ class RpcHandler:
 
         future.add_done_callback(done)
 
-    def _clear_lockout(self, msg: Message, name: str, reply: _Reply | None) -> None:
+    def _clear_lockout(self, msg: Message, name: str, reply: Reply | None) -> None:
         """``{"method": "clear_lockout"}``: lift a device's flap lockout (``manage`` right)."""
         self._adapter(name)
         if not self.has_right(msg, "manage"):
             raise NotAuthorized("clear_lockout needs the 'manage' right")
         cleared = self.guards.clear_lockout(name) if self.guards is not None else False
         if reply is not None:
-            self._reply(msg, reply, {"ok": True, "result": {"cleared": cleared}})
-        self._audit(msg, name, CLEAR_LOCKOUT, {}, "call", None)
-
-    def _publish_safe(self, name: str) -> Callable[[asyncio.Future[Any]], None]:
-        def done(future: asyncio.Future[Any]) -> None:
-            if not future.cancelled() and future.exception() is None:
-                self.twin.state(name, future.result())
-
-        return done
-
-    def _v5_reply(self, msg: Message) -> _Reply | None:
-        topic = msg.properties.get(Prop.RESPONSE_TOPIC) if msg.properties else None
-        if topic is None:
-            return None
-        return _Reply(topic, msg.properties.get(Prop.CORRELATION_DATA), True, min(msg.qos, 1))
-
-    def _v311_reply(self, msg: Message, request: dict[str, Any]) -> _Reply | None:
-        """The 3.1.1 reply destination. A ``correlation_id`` that is not a string or a
-        number makes the request a ``BAD_REQUEST`` (answered without it)."""
-        topic = request.get("reply_to")
-        if topic is None or not isinstance(topic, str):
-            return None
-        correlation = request.get("correlation_id")
-        if correlation is None or isinstance(correlation, str | int | float):
-            return _Reply(topic, correlation, False, min(msg.qos, 1))
-        return _Reply(topic, None, False, min(msg.qos, 1),
-                      "correlation_id must be a string or a number")
-
-    def _salvage(self, msg: Message, exc: GatekeeperError, reply: _Reply | None
-                 ) -> _Reply | None:
-        """The reply destination of a request that could not be parsed whole."""
-        if reply is not None or not isinstance(exc, _TooDeep) or not exc.request:
-            return reply
-        return self._v311_reply(msg, exc.request)
-
-    @staticmethod
-    def _usable(reply: _Reply | None) -> None:
-        if reply is not None and reply.problem:
-            raise BadRequest(reply.problem)
-
-    def _reply_allowed(self, msg: Message, topic: str) -> bool:
-        if not topic or any(c in topic for c in "+#\x00") or len(topic) > 1024:
-            return False
-        if msg.sender is None:
-            return True
-        prefix = self.topics.reply_prefix(msg.sender)
-        if topic == prefix or topic.startswith(prefix + "/"):
-            return True
-        if topic_matches(self.topics.everything, topic):
-            return False  # never into the gatekeeper's own tree, except the reply prefix
-        client = ClientInfo(msg.sender, msg.username, msg.role, PROTOCOL_50, "", "")
-        for hook in self.acl:
-            decision = hook.authorize_publish(client, topic, msg.qos, False)
-            if decision is not Decision.DEFER:
-                return decision is Decision.ALLOW
-        return False
+            self.replier.reply(msg, reply, {"ok": True, "result": {"cleared": cleared}})
+        self.audit(msg, name, CLEAR_LOCKOUT, {}, "call", None)
 
     # --- completion -----------------------------------------------------------------------------
     def _await(self, msg: Message, adapter: DeviceAdapter, method: Method,
-               kwargs: dict[str, Any], future: asyncio.Future[Any], reply: _Reply | None,
+               kwargs: dict[str, Any], future: asyncio.Future[Any], reply: Reply | None,
                source: str, delay: float = 0.0) -> None:
         """Complete the call when the worker resolves ``future`` (or time out). Callbacks,
         not a task per call: this is the hot path of every RPC. A call that times out is
@@ -609,7 +407,7 @@ class RpcHandler:
         def timed_out() -> None:
             if not future.done():
                 late.append(True)
-                self._refuse(msg, adapter.name, method.name, RequestTimeout(
+                self.refuse_call(msg, adapter.name, method.name, RequestTimeout(
                     f"{adapter.name}.{method.name} did not complete within "
                     f"{self.timeout:g} s"), reply, source, kwargs)
 
@@ -628,16 +426,16 @@ class RpcHandler:
         future.add_done_callback(done)
 
     def _finish(self, msg: Message, adapter: DeviceAdapter, method: Method,
-                kwargs: dict[str, Any], future: asyncio.Future[Any], reply: _Reply | None,
+                kwargs: dict[str, Any], future: asyncio.Future[Any], reply: Reply | None,
                 source: str) -> None:
         try:
             result, state = future.result()
         except GatekeeperError as exc:
-            self._refuse(msg, adapter.name, method.name, exc, reply, source, kwargs)
+            self.refuse_call(msg, adapter.name, method.name, exc, reply, source, kwargs)
             return
         except Exception as exc:  # pragma: no cover - the worker wraps every error
             log.exception("call failed")
-            self._refuse(msg, adapter.name, method.name,
+            self.refuse_call(msg, adapter.name, method.name,
                          GatekeeperError(f"internal error: {exc}"), reply, source, kwargs)
             return
         if self.guards is not None and adapter.kind == "output":
@@ -647,44 +445,27 @@ class RpcHandler:
         # The caller waits on the reply: it goes out first, the retained state right after.
         published = self.twin.stamp(state)
         if reply is not None:
-            self._reply(msg, reply, {"ok": True, "result": _jsonable(result),
+            self.replier.reply(msg, reply, {"ok": True, "result": jsonable(result),
                                      "state": published})
         self.twin.state(adapter.name, state, doc=published)
         after = adapter.refresh_after(method.name, kwargs)
         if after is not None:
             self.twin.refresh_later(adapter.name, after)
-        self._audit(msg, adapter.name, method.name, kwargs, source, None)
+        self.audit(msg, adapter.name, method.name, kwargs, source, None)
 
-    def _refuse(self, msg: Message, device: str, method: str | None, exc: GatekeeperError,
-                reply: _Reply | None, source: str, kwargs: dict[str, Any] | None = None) -> None:
+    def refuse_call(self, msg: Message, device: str, method: str | None, exc: GatekeeperError,
+                reply: Reply | None, source: str, kwargs: dict[str, Any] | None = None) -> None:
         if source in ("set", "mqtt_io") and self.on_set_refused is not None \
                 and device in self.hw.adapters:
             self.on_set_refused(device)
-        self._log.log(logging.INFO, msg.sender or "", _now(), "%s %s.%s from %r refused: %s %s",
+        self.log.log(logging.INFO, msg.sender or "", _now(), "%s %s.%s from %r refused: %s %s",
                       source, clip(device), clip(method), clip(msg.sender), exc.code.value,
                       clip(exc.message, 200))
         if reply is not None:
-            self._reply(msg, reply, {"ok": False, "error": exc.to_json()})
-        self._audit(msg, device, method, kwargs, source, exc)
+            self.replier.reply(msg, reply, {"ok": False, "error": exc.to_json()})
+        self.audit(msg, device, method, kwargs, source, exc)
 
-    def _reply(self, msg: Message, reply: _Reply, body: dict[str, Any]) -> None:
-        if not self._reply_allowed(msg, reply.topic):
-            self._log.log(logging.WARNING, msg.sender or "", _now(),
-                          "reply topic %r refused for %r", clip(reply.topic), clip(msg.sender))
-            return
-        props: Properties = {Prop.CONTENT_TYPE: "application/json"}
-        if reply.v5:
-            if reply.correlation is not None:
-                props[Prop.CORRELATION_DATA] = reply.correlation
-        elif reply.correlation is not None:
-            body["correlation_id"] = reply.correlation
-        try:
-            payload = dumps(body)
-        except (TypeError, ValueError, RecursionError):
-            payload = dumps({"ok": body.get("ok", False), "result": None})
-        self.send(reply.topic, payload, reply.qos, props)
-
-    def _audit(self, msg: Message, device: str, method: str | None,
+    def audit(self, msg: Message, device: str, method: str | None,
                kwargs: dict[str, Any] | None, source: str, error: GatekeeperError | None) -> None:
         if not self.listening(self.topics.audit):
             return  # not retained: nobody would ever read it
@@ -693,7 +474,7 @@ class RpcHandler:
             "device": device, "method": method, "source": source, "ok": error is None,
         }
         if kwargs is not None:
-            entry["kwargs"] = _jsonable(kwargs)
+            entry["kwargs"] = jsonable(kwargs)
         if error is not None:
             entry["error"] = error.to_json()
         self.send(self.topics.audit, dumps(entry), 0, {})
@@ -708,12 +489,6 @@ def _now() -> float:
     return asyncio.get_running_loop().time()
 
 
-def make_safe(adapter: DeviceAdapter) -> dict[str, Any]:
-    """Runs on the hardware worker: the device's safe state, then the state it left."""
-    adapter.safe()
-    return adapter.state()
-
-
 def _execute(adapter: DeviceAdapter, method: str, kwargs: dict[str, Any]) -> tuple[Any, Any]:
     """Runs on the hardware worker: the command, then the state it left."""
     result = adapter.invoke(method, kwargs)
@@ -724,14 +499,3 @@ def _activates(adapter: DeviceAdapter, method: str, kwargs: dict[str, Any]) -> b
     """Runs on the hardware worker: whether the command will leave the device active, from
     the value it has now (a toggle's outcome depends on it)."""
     return is_active(adapter.predict(method, kwargs, adapter.state().get("value")))
-
-
-def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return str(value)
-
