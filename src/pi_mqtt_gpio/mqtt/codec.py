@@ -43,6 +43,18 @@ from pi_mqtt_gpio.mqtt.packets import (
     Unsubscribe,
     Will,
 )
+from pi_mqtt_gpio.mqtt.wire import (
+    WILL,
+    encode_bin,
+    encode_props,
+    encode_str,
+    encode_varint,
+    read_bin,
+    read_props,
+    read_str,
+    read_u16,
+    utf8,
+)
 
 __all__ = [
     "FrameReader",
@@ -55,209 +67,6 @@ __all__ = [
     "peek_protocol_level",
     "validate_topic_name",
 ]
-
-_WILL = 0  # pseudo packet type for Will Properties
-
-# --- property table (MQTT 5.0 section 2.2.2.2) -------------------------------------------------
-_BYTE, _TWO, _FOUR, _VARINT, _UTF8, _BINARY, _PAIR = range(7)
-_T = PacketType
-
-
-def _kinds(*kinds: int) -> int:
-    mask = 0
-    for kind in kinds:
-        mask |= 1 << kind
-    return mask
-
-
-_ALL = _kinds(*range(16))
-_PROPS: dict[int, tuple[int, int]] = {
-    Prop.PAYLOAD_FORMAT_INDICATOR: (_BYTE, _kinds(_T.PUBLISH, _WILL)),
-    Prop.MESSAGE_EXPIRY_INTERVAL: (_FOUR, _kinds(_T.PUBLISH, _WILL)),
-    Prop.CONTENT_TYPE: (_UTF8, _kinds(_T.PUBLISH, _WILL)),
-    Prop.RESPONSE_TOPIC: (_UTF8, _kinds(_T.PUBLISH, _WILL)),
-    Prop.CORRELATION_DATA: (_BINARY, _kinds(_T.PUBLISH, _WILL)),
-    Prop.SUBSCRIPTION_IDENTIFIER: (_VARINT, _kinds(_T.PUBLISH, _T.SUBSCRIBE)),
-    Prop.SESSION_EXPIRY_INTERVAL: (_FOUR, _kinds(_T.CONNECT, _T.CONNACK, _T.DISCONNECT)),
-    Prop.ASSIGNED_CLIENT_IDENTIFIER: (_UTF8, _kinds(_T.CONNACK)),
-    Prop.SERVER_KEEP_ALIVE: (_TWO, _kinds(_T.CONNACK)),
-    Prop.AUTHENTICATION_METHOD: (_UTF8, _kinds(_T.CONNECT, _T.CONNACK, _T.AUTH)),
-    Prop.AUTHENTICATION_DATA: (_BINARY, _kinds(_T.CONNECT, _T.CONNACK, _T.AUTH)),
-    Prop.REQUEST_PROBLEM_INFORMATION: (_BYTE, _kinds(_T.CONNECT)),
-    Prop.WILL_DELAY_INTERVAL: (_FOUR, _kinds(_WILL)),
-    Prop.REQUEST_RESPONSE_INFORMATION: (_BYTE, _kinds(_T.CONNECT)),
-    Prop.RESPONSE_INFORMATION: (_UTF8, _kinds(_T.CONNACK)),
-    Prop.SERVER_REFERENCE: (_UTF8, _kinds(_T.CONNACK, _T.DISCONNECT)),
-    Prop.REASON_STRING: (
-        _UTF8,
-        _kinds(
-            _T.CONNACK, _T.PUBACK, _T.PUBREC, _T.PUBREL, _T.PUBCOMP, _T.SUBACK, _T.UNSUBACK,
-            _T.DISCONNECT, _T.AUTH,
-        ),
-    ),
-    Prop.RECEIVE_MAXIMUM: (_TWO, _kinds(_T.CONNECT, _T.CONNACK)),
-    Prop.TOPIC_ALIAS_MAXIMUM: (_TWO, _kinds(_T.CONNECT, _T.CONNACK)),
-    Prop.TOPIC_ALIAS: (_TWO, _kinds(_T.PUBLISH)),
-    Prop.MAXIMUM_QOS: (_BYTE, _kinds(_T.CONNACK)),
-    Prop.RETAIN_AVAILABLE: (_BYTE, _kinds(_T.CONNACK)),
-    Prop.USER_PROPERTY: (_PAIR, _ALL),
-    Prop.MAXIMUM_PACKET_SIZE: (_FOUR, _kinds(_T.CONNECT, _T.CONNACK)),
-    Prop.WILDCARD_SUBSCRIPTION_AVAILABLE: (_BYTE, _kinds(_T.CONNACK)),
-    Prop.SUBSCRIPTION_IDENTIFIER_AVAILABLE: (_BYTE, _kinds(_T.CONNACK)),
-    Prop.SHARED_SUBSCRIPTION_AVAILABLE: (_BYTE, _kinds(_T.CONNACK)),
-}
-# Properties whose value must be 0 or 1.
-_BOOLEAN_PROPS = frozenset(
-    {
-        Prop.PAYLOAD_FORMAT_INDICATOR,
-        Prop.REQUEST_PROBLEM_INFORMATION,
-        Prop.REQUEST_RESPONSE_INFORMATION,
-        Prop.MAXIMUM_QOS,
-        Prop.RETAIN_AVAILABLE,
-        Prop.WILDCARD_SUBSCRIPTION_AVAILABLE,
-        Prop.SUBSCRIPTION_IDENTIFIER_AVAILABLE,
-        Prop.SHARED_SUBSCRIPTION_AVAILABLE,
-    }
-)
-# Properties where 0 is a protocol error.
-_NONZERO_PROPS = frozenset(
-    {
-        Prop.RECEIVE_MAXIMUM,  # MQTT-3.1.2-? / 3.2.2.3.3
-        Prop.MAXIMUM_PACKET_SIZE,  # 3.1.2.11.4
-        Prop.TOPIC_ALIAS,  # MQTT-3.3.2-8
-        Prop.SUBSCRIPTION_IDENTIFIER,  # MQTT-3.8.2.1.2 (1 to 268,435,455)
-    }
-)
-_LISTS = frozenset({Prop.USER_PROPERTY, Prop.SUBSCRIPTION_IDENTIFIER})
-_CHECK_BOOL, _CHECK_NONZERO, _CHECK_LIST = 1, 2, 4
-# pid -> (type, allowed packet kinds, checks, name for messages): one lookup per property.
-_SPEC: dict[int, tuple[int, int, int, str]] = {
-    pid: (
-        ptype,
-        allowed,
-        (_CHECK_BOOL if pid in _BOOLEAN_PROPS else 0)
-        | (_CHECK_NONZERO if pid in _NONZERO_PROPS else 0)
-        | (_CHECK_LIST if pid in _LISTS else 0),
-        f"property {Prop(pid).name}",
-    )
-    for pid, (ptype, allowed) in _PROPS.items()
-}
-
-
-# --- primitive readers -------------------------------------------------------------------------
-def _utf8(raw: bytes, what: str) -> str:
-    try:
-        text = raw.decode("utf-8")  # strict: rejects overlongs and surrogates (MQTT-1.5.4-1)
-    except UnicodeDecodeError:
-        raise MalformedPacket(f"{what} is not valid UTF-8") from None
-    if "\x00" in text:
-        raise MalformedPacket(f"{what} contains U+0000")  # MQTT-1.5.4-2
-    return text
-
-
-def _read_str(buf: bytes, pos: int, end: int, what: str) -> tuple[str, int]:
-    if pos + 2 > end:
-        raise MalformedPacket(f"{what} length missing")
-    n = (buf[pos] << 8) | buf[pos + 1]
-    pos += 2
-    if pos + n > end:
-        raise MalformedPacket(f"{what} longer than the packet")
-    return _utf8(buf[pos : pos + n], what), pos + n
-
-
-def _read_bin(buf: bytes, pos: int, end: int, what: str) -> tuple[bytes, int]:
-    if pos + 2 > end:
-        raise MalformedPacket(f"{what} length missing")
-    n = (buf[pos] << 8) | buf[pos + 1]
-    pos += 2
-    if pos + n > end:
-        raise MalformedPacket(f"{what} longer than the packet")
-    return bytes(buf[pos : pos + n]), pos + n
-
-
-def _read_u16(buf: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
-    if pos + 2 > end:
-        raise MalformedPacket(f"{what} missing")
-    return (buf[pos] << 8) | buf[pos + 1], pos + 2
-
-
-def _read_varint(buf: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
-    value = 0
-    shift = 0
-    for i in range(4):
-        if pos >= end:
-            raise MalformedPacket(f"{what} truncated")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            if i and byte == 0:
-                raise MalformedPacket(f"{what} not minimally encoded")  # MQTT-1.5.5-1
-            return value, pos
-        shift += 7
-    raise MalformedPacket(f"{what} longer than 4 bytes")
-
-
-def _read_props(buf: bytes, pos: int, end: int, kind: int) -> tuple[Properties, int]:
-    length, pos = _read_varint(buf, pos, end, "property length")
-    stop = pos + length
-    if stop > end:
-        raise MalformedPacket("property length exceeds the packet")
-    props: Properties = {}
-    if not length:
-        return props, pos
-    kind_bit = 1 << kind
-    spec_of = _SPEC.get
-    while pos < stop:
-        pid = buf[pos]  # every identifier in use fits in one varint byte
-        pos += 1
-        spec = spec_of(pid)
-        if spec is None:
-            raise MalformedPacket(f"unknown property 0x{pid:02x}")
-        ptype, allowed, checks, name = spec
-        if not allowed & kind_bit:
-            raise MalformedPacket(f"{name} not allowed here")
-        value: Any
-        if ptype == _UTF8:
-            value, pos = _read_str(buf, pos, stop, name)
-        elif ptype == _BINARY:
-            value, pos = _read_bin(buf, pos, stop, name)
-        elif ptype == _BYTE:
-            if pos >= stop:
-                raise MalformedPacket(f"{name} truncated")
-            value = buf[pos]
-            pos += 1
-        elif ptype == _TWO:
-            if pos + 2 > stop:
-                raise MalformedPacket(f"{name} truncated")
-            value = (buf[pos] << 8) | buf[pos + 1]
-            pos += 2
-        elif ptype == _FOUR:
-            if pos + 4 > stop:
-                raise MalformedPacket(f"{name} truncated")
-            value = int.from_bytes(buf[pos : pos + 4], "big")
-            pos += 4
-        elif ptype == _VARINT:
-            value, pos = _read_varint(buf, pos, stop, name)
-        else:
-            key, pos = _read_str(buf, pos, stop, "user property name")
-            val, pos = _read_str(buf, pos, stop, "user property value")
-            value = (key, val)
-        if checks:
-            if checks & _CHECK_BOOL and value > 1:
-                raise ProtocolError(f"{name} must be 0 or 1")
-            if checks & _CHECK_NONZERO and value == 0:
-                raise ProtocolError(f"{name} must not be 0")
-            if checks & _CHECK_LIST:
-                props.setdefault(pid, []).append(value)
-                continue
-        if pid in props:
-            raise ProtocolError(f"{name} included twice")  # 2.2.2.2
-        props[pid] = value
-    if pos != stop:
-        raise MalformedPacket("property length does not match the properties")
-    return props, pos
-
 
 # --- framing -----------------------------------------------------------------------------------
 class FrameReader:
@@ -349,7 +158,7 @@ def _check_flags(first: int, expected: int, name: str) -> None:
 
 
 def _packet_id(body: bytes, pos: int, end: int) -> tuple[int, int]:
-    pid, pos = _read_u16(body, pos, end, "packet identifier")
+    pid, pos = read_u16(body, pos, end, "packet identifier")
     if pid == 0:
         raise MalformedPacket("packet identifier must not be 0")  # MQTT-2.2.1-3
     return pid, pos
@@ -358,7 +167,7 @@ def _packet_id(body: bytes, pos: int, end: int) -> tuple[int, int]:
 def _decode_connect(first: int, body: bytes) -> Connect:
     _check_flags(first, 0, "CONNECT")
     end = len(body)
-    name, pos = _read_str(body, 0, end, "protocol name")
+    name, pos = read_str(body, 0, end, "protocol name")
     if pos >= end:
         raise MalformedPacket("protocol level missing")
     level = body[pos]
@@ -369,11 +178,11 @@ def _decode_connect(first: int, body: bytes) -> Connect:
     pos += 1
     if flags & 0x01:
         raise MalformedPacket("reserved connect flag must be 0")  # MQTT-3.1.2-3
-    keep_alive, pos = _read_u16(body, pos, end, "keep alive")
+    keep_alive, pos = read_u16(body, pos, end, "keep alive")
     v5 = level == PROTOCOL_50
     props: Properties = {}
     if v5:
-        props, pos = _read_props(body, pos, end, PacketType.CONNECT)
+        props, pos = read_props(body, pos, end, PacketType.CONNECT)
     will_flag = bool(flags & 0x04)
     will_qos = (flags >> 3) & 0x03
     will_retain = bool(flags & 0x20)
@@ -385,22 +194,22 @@ def _decode_connect(first: int, body: bytes) -> Connect:
     has_pass = bool(flags & 0x40)
     if not v5 and has_pass and not has_user:
         raise MalformedPacket("password flag set without user name flag")  # MQTT-3.1.2-22
-    client_id, pos = _read_str(body, pos, end, "client identifier")
+    client_id, pos = read_str(body, pos, end, "client identifier")
     will = None
     if will_flag:
         will_props: Properties = {}
         if v5:
-            will_props, pos = _read_props(body, pos, end, _WILL)
-        topic, pos = _read_str(body, pos, end, "will topic")
+            will_props, pos = read_props(body, pos, end, WILL)
+        topic, pos = read_str(body, pos, end, "will topic")
         validate_topic_name(topic)
-        payload, pos = _read_bin(body, pos, end, "will payload")
+        payload, pos = read_bin(body, pos, end, "will payload")
         will = Will(topic, payload, will_qos, will_retain, will_props)
     username = None
     password = None
     if has_user:
-        username, pos = _read_str(body, pos, end, "user name")
+        username, pos = read_str(body, pos, end, "user name")
     if has_pass:
-        password, pos = _read_bin(body, pos, end, "password")
+        password, pos = read_bin(body, pos, end, "password")
     if pos != end:
         raise MalformedPacket("unexpected bytes after the CONNECT payload")
     return Connect(
@@ -422,6 +231,10 @@ def validate_topic_name(topic: str) -> None:
         raise ProtocolError("topic name contains a wildcard", RC.TOPIC_NAME_INVALID)
 
 
+# Per-hop PUBLISH properties: a property block holding one is never forwarded as is.
+_NOT_FAST = (Prop.TOPIC_ALIAS, Prop.MESSAGE_EXPIRY_INTERVAL, Prop.SUBSCRIPTION_IDENTIFIER)
+
+
 def _decode_publish(first: int, body: bytes, version: int, from_client: bool) -> Publish:
     qos = (first >> 1) & 0x03
     if qos == 3:
@@ -436,45 +249,34 @@ def _decode_publish(first: int, body: bytes, version: int, from_client: bool) ->
     pos = 2 + n
     if pos > end:
         raise MalformedPacket("topic name longer than the packet")
-    try:
-        topic = body[2:pos].decode("utf-8")
-    except UnicodeDecodeError:
-        raise MalformedPacket("topic name is not valid UTF-8") from None
-    if "\x00" in topic:
-        raise MalformedPacket("topic name contains U+0000")
-    if "+" in topic or "#" in topic:
-        raise ProtocolError("topic name contains a wildcard", RC.TOPIC_NAME_INVALID)
+    topic = utf8(body[2:pos], "topic name")
+    validate_topic_name(topic)
     packet_id = None
     if qos:
-        if pos + 2 > end:
-            raise MalformedPacket("packet identifier missing")
-        packet_id = (body[pos] << 8) | body[pos + 1]
-        if not packet_id:
-            raise MalformedPacket("packet identifier must not be 0")  # MQTT-2.2.1-3
-        pos += 2
-    props: Properties
+        packet_id, pos = _packet_id(body, pos, end)
+    props: Properties = {}
     raw = None
     if version == PROTOCOL_50:
-        if pos < end and body[pos] == 0:
-            props = {}
-            pos += 1
-        else:
-            start = pos
-            props, pos = _read_props(body, pos, end, PacketType.PUBLISH)
-            if from_client and Prop.SUBSCRIPTION_IDENTIFIER in props:
-                # MQTT-3.3.4-6: a client must not send Subscription Identifiers.
-                raise ProtocolError("PUBLISH from a client carries a subscription identifier")
-            if not (Prop.TOPIC_ALIAS in props or Prop.MESSAGE_EXPIRY_INTERVAL in props
-                    or Prop.SUBSCRIPTION_IDENTIFIER in props):
-                raw = body[start:pos]
-    else:
-        props = {}
+        props, raw, pos = _publish_props(body, pos, end, from_client)
     if not topic and Prop.TOPIC_ALIAS not in props:
         raise ProtocolError("empty topic name without a topic alias", RC.TOPIC_NAME_INVALID)
     return Publish(topic, body[pos:], qos, bool(first & 0x01), dup, packet_id, props, raw)
 
 
-_NOT_FAST = (Prop.TOPIC_ALIAS, Prop.MESSAGE_EXPIRY_INTERVAL, Prop.SUBSCRIPTION_IDENTIFIER)
+def _publish_props(body: bytes, pos: int, end: int, from_client: bool
+                   ) -> tuple[Properties, bytes | None, int]:
+    """A 5.0 PUBLISH's properties, their encoded block when it may be forwarded as is (no
+    per-hop property in it), and where the payload starts."""
+    if pos < end and body[pos] == 0:
+        return {}, None, pos + 1
+    start = pos
+    props, pos = read_props(body, pos, end, PacketType.PUBLISH)
+    if from_client and Prop.SUBSCRIPTION_IDENTIFIER in props:
+        # MQTT-3.3.4-6: a client must not send Subscription Identifiers.
+        raise ProtocolError("PUBLISH from a client carries a subscription identifier")
+    if any(p in props for p in _NOT_FAST):
+        return props, None, pos
+    return props, body[start:pos], pos
 
 
 def split_publish(first: int, body: bytes, v5: bool
@@ -510,7 +312,7 @@ def split_publish(first: int, body: bytes, v5: bool
         else:
             start = pos
             try:
-                props, pos = _read_props(body, pos, end, PacketType.PUBLISH)
+                props, pos = read_props(body, pos, end, PacketType.PUBLISH)
             except MQTTError:
                 return None
             if any(p in props for p in _NOT_FAST):
@@ -532,7 +334,7 @@ def _decode_ack(cls: Any, kind: PacketType, body: bytes, version: int) -> Any:
     pos += 1
     props: Properties = {}
     if pos < end:
-        props, pos = _read_props(body, pos, end, kind)
+        props, pos = read_props(body, pos, end, kind)
     if pos != end:
         raise MalformedPacket(f"unexpected bytes after the {kind.name} properties")
     return cls(pid, code, props)
@@ -544,12 +346,12 @@ def _decode_subscribe(first: int, body: bytes, version: int) -> Subscribe:
     pid, pos = _packet_id(body, 0, end)
     props: Properties = {}
     if version == PROTOCOL_50:
-        props, pos = _read_props(body, pos, end, PacketType.SUBSCRIBE)
+        props, pos = read_props(body, pos, end, PacketType.SUBSCRIBE)
         if len(props.get(Prop.SUBSCRIPTION_IDENTIFIER, ())) > 1:
             raise ProtocolError("property SUBSCRIPTION_IDENTIFIER included twice")
     subs: list[Subscription] = []
     while pos < end:
-        topic_filter, pos = _read_str(body, pos, end, "topic filter")
+        topic_filter, pos = read_str(body, pos, end, "topic filter")
         if pos >= end:
             raise MalformedPacket("subscription options missing")
         opts = body[pos]
@@ -579,10 +381,10 @@ def _decode_unsubscribe(first: int, body: bytes, version: int) -> Unsubscribe:
     pid, pos = _packet_id(body, 0, end)
     props: Properties = {}
     if version == PROTOCOL_50:
-        props, pos = _read_props(body, pos, end, PacketType.UNSUBSCRIBE)
+        props, pos = read_props(body, pos, end, PacketType.UNSUBSCRIBE)
     filters: list[str] = []
     while pos < end:
-        topic_filter, pos = _read_str(body, pos, end, "topic filter")
+        topic_filter, pos = read_str(body, pos, end, "topic filter")
         filters.append(topic_filter)
     if not filters:
         raise ProtocolError("UNSUBSCRIBE without a topic filter")  # MQTT-3.10.3-2
@@ -603,7 +405,7 @@ def _decode_reason_and_props(
     props: Properties = {}
     pos = 1
     if end > 1:
-        props, pos = _read_props(body, 1, end, kind)
+        props, pos = read_props(body, 1, end, kind)
     if pos != end:
         raise MalformedPacket(f"unexpected bytes after the {kind.name} properties")
     return code, props
@@ -617,7 +419,7 @@ def _decode_connack(body: bytes, version: int) -> ConnAck:
         raise MalformedPacket("reserved CONNACK flags must be 0")
     props: Properties = {}
     if version == PROTOCOL_50:
-        props, pos = _read_props(body, 2, end, PacketType.CONNACK)
+        props, pos = read_props(body, 2, end, PacketType.CONNACK)
         if pos != end:
             raise MalformedPacket("unexpected bytes after the CONNACK properties")
     elif end != 2:
@@ -630,8 +432,76 @@ def _decode_suback(body: bytes, version: int, kind: PacketType) -> tuple[int, li
     pid, pos = _packet_id(body, 0, end)
     props: Properties = {}
     if version == PROTOCOL_50:
-        props, pos = _read_props(body, pos, end, kind)
+        props, pos = read_props(body, pos, end, kind)
     return pid, list(body[pos:]), props
+
+
+def _decode_empty(cls: Any, name: str) -> Callable[[int, bytes, int], Packet]:
+    def decode_empty(first: int, body: bytes, version: int) -> Packet:
+        _check_flags(first, 0, name)
+        if body:
+            raise MalformedPacket(f"{name} remaining length must be 0")
+        return cls()  # type: ignore[no-any-return]
+    return decode_empty
+
+
+def _decode_acks(cls: Any, kind: PacketType, flags: int) -> Callable[[int, bytes, int], Packet]:
+    def decode_ack(first: int, body: bytes, version: int) -> Packet:
+        _check_flags(first, flags, kind.name)
+        return _decode_ack(cls, kind, body, version)  # type: ignore[no-any-return]
+    return decode_ack
+
+
+def _decode_disconnect(first: int, body: bytes, version: int) -> Disconnect:
+    _check_flags(first, 0, "DISCONNECT")
+    code, props = _decode_reason_and_props(body, version, PacketType.DISCONNECT)
+    return Disconnect(code, props)
+
+
+def _decode_connack_frame(first: int, body: bytes, version: int) -> ConnAck:
+    _check_flags(first, 0, "CONNACK")
+    return _decode_connack(body, version)
+
+
+def _decode_suback_frame(first: int, body: bytes, version: int) -> SubAck:
+    _check_flags(first, 0, "SUBACK")
+    pid, codes, props = _decode_suback(body, version, PacketType.SUBACK)
+    return SubAck(pid, codes, props)
+
+
+def _decode_unsuback_frame(first: int, body: bytes, version: int) -> UnsubAck:
+    _check_flags(first, 0, "UNSUBACK")
+    pid, codes, props = _decode_suback(body, version, PacketType.UNSUBACK)
+    if version != PROTOCOL_50 and codes:
+        raise MalformedPacket("UNSUBACK remaining length must be 2")
+    return UnsubAck(pid, codes, props)
+
+
+def _decode_auth(first: int, body: bytes, version: int) -> Auth:
+    if version != PROTOCOL_50:
+        raise MalformedPacket("reserved packet type 15")  # 3.1.1 table 2.1
+    _check_flags(first, 0, "AUTH")
+    code, props = _decode_reason_and_props(body, version, PacketType.AUTH)
+    return Auth(code, props)
+
+
+# Packet type -> its decoder (PUBLISH, which depends on ``from_client``, aside).
+_DECODERS: dict[int, Callable[[int, bytes, int], Packet]] = {
+    1: lambda first, body, _version: _decode_connect(first, body),
+    2: _decode_connack_frame,
+    4: _decode_acks(PubAck, PacketType.PUBACK, 0),
+    5: _decode_acks(PubRec, PacketType.PUBREC, 0),
+    6: _decode_acks(PubRel, PacketType.PUBREL, 2),  # MQTT-3.6.1-1
+    7: _decode_acks(PubComp, PacketType.PUBCOMP, 0),
+    8: _decode_subscribe,
+    9: _decode_suback_frame,
+    10: _decode_unsubscribe,
+    11: _decode_unsuback_frame,
+    12: _decode_empty(PingReq, "PINGREQ"),
+    13: _decode_empty(PingResp, "PINGRESP"),
+    14: _decode_disconnect,
+    15: _decode_auth,
+}
 
 
 def decode_frame(first: int, body: bytes, version: int, *, from_client: bool = True) -> Packet:
@@ -644,56 +514,10 @@ def decode_frame(first: int, body: bytes, version: int, *, from_client: bool = T
     ptype = first >> 4
     if ptype == 3:
         return _decode_publish(first, body, version, from_client)
-    if ptype == 4:
-        _check_flags(first, 0, "PUBACK")
-        return _decode_ack(PubAck, PacketType.PUBACK, body, version)  # type: ignore[no-any-return]
-    if ptype == 5:
-        _check_flags(first, 0, "PUBREC")
-        return _decode_ack(PubRec, PacketType.PUBREC, body, version)  # type: ignore[no-any-return]
-    if ptype == 6:
-        _check_flags(first, 2, "PUBREL")  # MQTT-3.6.1-1
-        return _decode_ack(PubRel, PacketType.PUBREL, body, version)  # type: ignore[no-any-return]
-    if ptype == 7:
-        _check_flags(first, 0, "PUBCOMP")
-        return _decode_ack(PubComp, PacketType.PUBCOMP, body, version)  # type: ignore[no-any-return]
-    if ptype == 12:
-        _check_flags(first, 0, "PINGREQ")
-        if body:
-            raise MalformedPacket("PINGREQ remaining length must be 0")
-        return PingReq()
-    if ptype == 13:
-        _check_flags(first, 0, "PINGRESP")
-        if body:
-            raise MalformedPacket("PINGRESP remaining length must be 0")
-        return PingResp()
-    if ptype == 8:
-        return _decode_subscribe(first, body, version)
-    if ptype == 10:
-        return _decode_unsubscribe(first, body, version)
-    if ptype == 14:
-        _check_flags(first, 0, "DISCONNECT")
-        code, props = _decode_reason_and_props(body, version, PacketType.DISCONNECT)
-        return Disconnect(code, props)
-    if ptype == 1:
-        return _decode_connect(first, body)
-    if ptype == 2:
-        _check_flags(first, 0, "CONNACK")
-        return _decode_connack(body, version)
-    if ptype == 9:
-        _check_flags(first, 0, "SUBACK")
-        pid, codes, props = _decode_suback(body, version, PacketType.SUBACK)
-        return SubAck(pid, codes, props)
-    if ptype == 11:
-        _check_flags(first, 0, "UNSUBACK")
-        pid, codes, props = _decode_suback(body, version, PacketType.UNSUBACK)
-        if version != PROTOCOL_50 and codes:
-            raise MalformedPacket("UNSUBACK remaining length must be 2")
-        return UnsubAck(pid, codes, props)
-    if ptype == 15 and version == PROTOCOL_50:
-        _check_flags(first, 0, "AUTH")
-        code, props = _decode_reason_and_props(body, version, PacketType.AUTH)
-        return Auth(code, props)
-    raise MalformedPacket(f"reserved packet type {ptype}")  # MQTT-2.2.2 / 3.1.1 table 2.1
+    decoder = _DECODERS.get(ptype)
+    if decoder is None:
+        raise MalformedPacket(f"reserved packet type {ptype}")  # MQTT-2.2.2 / 3.1.1 table 2.1
+    return decoder(first, body, version)
 
 
 def decode(
@@ -710,55 +534,6 @@ def decode(
 
 
 # --- encoding ----------------------------------------------------------------------------------
-def encode_varint(value: int) -> bytes:
-    if value < 0x80:
-        return bytes((value,))
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _str(text: str) -> bytes:
-    raw = text.encode("utf-8")
-    return len(raw).to_bytes(2, "big") + raw
-
-
-def _bin(raw: bytes) -> bytes:
-    return len(raw).to_bytes(2, "big") + raw
-
-
-def _encode_props(props: Properties) -> bytes:
-    if not props:
-        return b"\x00"
-    out = bytearray()
-    for pid, value in props.items():
-        ptype = _PROPS[pid][0]
-        values = value if pid in _LISTS else (value,)
-        for item in values:
-            out += encode_varint(pid)
-            if ptype == _BYTE:
-                out.append(item)
-            elif ptype == _TWO:
-                out += item.to_bytes(2, "big")
-            elif ptype == _FOUR:
-                out += item.to_bytes(4, "big")
-            elif ptype == _VARINT:
-                out += encode_varint(item)
-            elif ptype == _UTF8:
-                out += _str(item)
-            elif ptype == _BINARY:
-                out += _bin(item)
-            else:
-                out += _str(item[0]) + _str(item[1])
-    return encode_varint(len(out)) + out
-
-
 def _frame(first: int, body: bytes) -> bytes:
     return bytes((first,)) + encode_varint(len(body)) + body
 
@@ -787,7 +562,7 @@ def encode_publish(
         if props_block is not None:
             parts.append(props_block)
         else:
-            parts.append(_encode_props(props) if props else b"\x00")
+            parts.append(encode_props(props) if props else b"\x00")
     parts.append(payload)
     body = b"".join(parts)
     return bytes((first,)) + encode_varint(len(body)) + body
@@ -804,21 +579,21 @@ def _encode_connect(p: Connect) -> bytes:
         flags |= 0x40
     if p.username is not None:
         flags |= 0x80
-    body = bytearray(_str(p.protocol_name))
+    body = bytearray(encode_str(p.protocol_name))
     body.append(p.protocol_level)
     body.append(flags)
     body += p.keep_alive.to_bytes(2, "big")
     if v5:
-        body += _encode_props(p.properties)
-    body += _str(p.client_id)
+        body += encode_props(p.properties)
+    body += encode_str(p.client_id)
     if p.will is not None:
         if v5:
-            body += _encode_props(p.will.properties)
-        body += _str(p.will.topic) + _bin(p.will.payload)
+            body += encode_props(p.will.properties)
+        body += encode_str(p.will.topic) + encode_bin(p.will.payload)
     if p.username is not None:
-        body += _str(p.username)
+        body += encode_str(p.username)
     if p.password is not None:
-        body += _bin(p.password)
+        body += encode_bin(p.password)
     return _frame(0x10, bytes(body))
 
 
@@ -833,13 +608,13 @@ def _encode_ack(packet: Any, v5: bool) -> bytes:
         return bytes((first, 2)) + pid
     if not packet.properties:
         return bytes((first, 3)) + pid + bytes((packet.reason_code,))
-    return _frame(first, pid + bytes((packet.reason_code,)) + _encode_props(packet.properties))
+    return _frame(first, pid + bytes((packet.reason_code,)) + encode_props(packet.properties))
 
 
 def _encode_connack(packet: Any, v5: bool) -> bytes:
     body = bytes((1 if packet.session_present else 0, _connack_code(packet.reason_code, v5)))
     if v5:
-        body += _encode_props(packet.properties)
+        body += encode_props(packet.properties)
     return _frame(0x20, body)
 
 
@@ -849,14 +624,14 @@ def _encode_suback(packet: Any, v5: bool) -> bytes:
         codes = [c if c < 0x80 else 0x80 for c in codes]  # 3.1.1: 0x80 is the only failure
     body = packet.packet_id.to_bytes(2, "big")
     if v5:
-        body += _encode_props(packet.properties)
+        body += encode_props(packet.properties)
     return _frame(0x90, body + bytes(codes))
 
 
 def _encode_unsuback(packet: Any, v5: bool) -> bytes:
     body = packet.packet_id.to_bytes(2, "big")
     if v5:
-        body += _encode_props(packet.properties) + bytes(packet.reason_codes)
+        body += encode_props(packet.properties) + bytes(packet.reason_codes)
     return _frame(0xB0, body)
 
 
@@ -865,28 +640,28 @@ def _encode_goodbye(packet: Any, v5: bool) -> bytes:
     first = 0xE0 if isinstance(packet, Disconnect) else 0xF0
     if not v5 or (packet.reason_code == RC.SUCCESS and not packet.properties):
         return bytes((first, 0))
-    return _frame(first, bytes((packet.reason_code,)) + _encode_props(packet.properties))
+    return _frame(first, bytes((packet.reason_code,)) + encode_props(packet.properties))
 
 
 def _encode_subscribe(packet: Any, v5: bool) -> bytes:
     body = bytearray(packet.packet_id.to_bytes(2, "big"))
     if v5:
-        body += _encode_props(packet.properties)
+        body += encode_props(packet.properties)
     for sub in packet.subscriptions:
         opts = sub.qos
         if v5:
             opts |= ((0x04 if sub.no_local else 0) | (0x08 if sub.retain_as_published else 0)
                      | (sub.retain_handling << 4))
-        body += _str(sub.topic_filter) + bytes((opts,))
+        body += encode_str(sub.topic_filter) + bytes((opts,))
     return _frame(0x82, bytes(body))
 
 
 def _encode_unsubscribe(packet: Any, v5: bool) -> bytes:
     body = bytearray(packet.packet_id.to_bytes(2, "big"))
     if v5:
-        body += _encode_props(packet.properties)
+        body += encode_props(packet.properties)
     for topic_filter in packet.topic_filters:
-        body += _str(topic_filter)
+        body += encode_str(topic_filter)
     return _frame(0xA2, bytes(body))
 
 

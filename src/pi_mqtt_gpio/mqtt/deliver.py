@@ -46,10 +46,10 @@ def deliver(
     if qos == 0:
         _deliver_qos0(core, conn, msg, retain, sub_ids, cache, now)
         return
-    if not has_room(core, session, conn, msg.cost):
+    pid = reserve(core, session, conn, msg.cost)
+    if pid is None:
         enqueue(core, session, Pending(msg, qos, retain, sub_ids), now)  # MQTT-3.3.4-7/8
         return
-    pid = session.allocate_pid()
     data = publish_bytes(core, conn, msg, qos, retain, pid, False, sub_ids, now)
     if data is not None:
         fly(core, session, conn, pid, Inflight(msg, qos, retain, sub_ids), data, now)
@@ -85,13 +85,21 @@ def written(core: BrokerCore, conn: Connection, data: bytes) -> None:
     core.stats.messages_out += 1
 
 
-def has_room(core: BrokerCore, session: Session, conn: Connection, cost: int) -> bool:
-    """Whether a QoS 1/2 delivery may go out now: within the client's Receive Maximum
-    (MQTT-3.3.4-7/8), nothing queued before it, and within the byte budgets."""
+def reserve(core: BrokerCore, session: Session, conn: Connection, cost: int) -> int | None:
+    """A packet identifier for a QoS 1/2 delivery that may go out now, or None: it must
+    wait (queued) unless it is within the client's Receive Maximum (MQTT-3.3.4-7/8), with
+    nothing queued before it, and within the byte budgets."""
+    inflight = session.inflight
     limits = core.limits
-    return (len(session.inflight) < conn.receive_max_out and not session.queue
-            and session.queued_bytes + cost <= limits.max_queued_bytes_per_client
-            and core.queued_bytes + cost <= limits.max_queued_bytes)
+    if (len(inflight) >= conn.receive_max_out or session.queue
+            or session.queued_bytes + cost > limits.max_queued_bytes_per_client
+            or core.queued_bytes + cost > limits.max_queued_bytes):
+        return None
+    pid = session.next_pid
+    if pid in inflight:
+        return session.allocate_pid()
+    session.next_pid = pid % 65535 + 1  # as ``allocate_pid``, without its search
+    return pid
 
 
 def fly(core: BrokerCore, session: Session, conn: Connection, pid: int, item: Inflight,
@@ -112,12 +120,15 @@ def fly(core: BrokerCore, session: Session, conn: Connection, pid: int, item: In
 
 def land(core: BrokerCore, session: Session, conn: Connection, pid: int, item: Inflight,
          now: float) -> None:
-    """An in-flight delivery's flow ended (acknowledged): no longer held nor charged."""
+    """An in-flight delivery's flow ended (acknowledged, or refused by an error PUBREC):
+    no longer held nor charged; what was queued behind it may go out."""
     del session.inflight[pid]
     cost = item.message.cost
     session.queued_bytes -= cost
     core.queued_bytes -= cost
     conn.last_ack = now
+    if session.queue:
+        drain_queue(core, session, now)
 
 
 def charge(core: BrokerCore, session: Session, cost: int) -> None:

@@ -4,7 +4,7 @@ Two paths take an inbound PUBLISH. The general one (``on_publish``) decodes the 
 it, builds the message and routes it (``BrokerCore.publish``). The fast one (``fast_publish``)
 takes the common PUBLISH without building packet objects: cached topic names, decisions and
 receivers, and the publisher's own bytes forwarded. Both deliver and account through
-``deliver.py`` (``deliver``, ``has_room``, ``fly``; ``land`` for the acknowledgements), so
+``deliver.py`` (``deliver``, ``reserve``, ``fly``; ``land`` for the acknowledgements), so
 they send the same bytes and keep the same books: tests/mqtt/test_fast_path.py runs both.
 """
 
@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from pi_mqtt_gpio.mqtt.authorize import authorize_publish, may_retain, read_checked, topic_ok
+from pi_mqtt_gpio.mqtt.authorize import authorize_publish, may_retain, topic_ok
 from pi_mqtt_gpio.mqtt.codec import encode_publish, encode_varint, split_publish
 from pi_mqtt_gpio.mqtt.connection import Connection, ConnState
-from pi_mqtt_gpio.mqtt.deliver import deliver, drain_queue, fly, has_room, land
+from pi_mqtt_gpio.mqtt.deliver import deliver, fly, land, reserve
 from pi_mqtt_gpio.mqtt.errors import ProtocolError
 from pi_mqtt_gpio.mqtt.hooks import Decision
 from pi_mqtt_gpio.mqtt.limits import RC_FAILURE
@@ -224,7 +224,10 @@ def _forward(core: BrokerCore, conn: Connection, topic: str, tkey: bytes, body: 
     publisher's own for a QoS 0 PUBLISH); a QoS 1 delivery the publisher's bytes with our
     packet id (``_fly_fast``); any other receiver goes through ``deliver``."""
     sessions = core.sessions
-    protected = read_checked(core, topic)
+    # ``authorize.read_checked``, inline (once per message): receivers checked by the read
+    # rule go through ``deliver``.
+    protected = bool(core.protected) and (
+        topic.startswith(core.protected) or topic in core.protected_parents)
     version = conn.version
     connected = ConnState.CONNECTED
     dirty = core.dirty
@@ -242,22 +245,30 @@ def _forward(core: BrokerCore, conn: Connection, topic: str, tkey: bytes, body: 
         if (sub_ids or protected or out is None or out.state is not connected
                 or out.alias_out_max or out.max_packet_out
                 or session.internal_handler is not None):
-            msg = msg or _message(conn, topic, payload, qos, props, raw)
-            deliver(core, session, msg, qos if qos < sub_qos else sub_qos, False, sub_ids,
-                    now)
+            msg = _deliver(core, conn, session, msg, topic, payload, qos, props, raw, sub_qos,
+                           sub_ids, now)
         elif qos and sub_qos:
-            msg = msg or _message(conn, topic, payload, qos, props, raw)
-            _fly_fast(core, session, out, msg, tkey, body, version, sub_ids, now)
+            msg = _fly_fast(core, conn, session, out, msg, topic, tkey, body, payload, props,
+                            raw, sub_ids, now)
         elif out.congested:  # a stuck reader: ``deliver`` drops (and counts) a QoS 0 one
-            msg = msg or _message(conn, topic, payload, qos, props, raw)
-            deliver(core, session, msg, 0, False, sub_ids, now)
+            msg = _deliver(core, conn, session, msg, topic, payload, qos, props, raw, sub_qos,
+                           sub_ids, now)
         else:  # a plain QoS 0 delivery: written here, counted as ``written`` does
             if out.version == version:
-                data = same = same or _same_bytes(topic, payload, qos, props, raw, body,
-                                                  version)
+                if same is None:
+                    if qos:
+                        same = encode_publish(topic, payload, 0, False, False, None, props,
+                                              version, raw)
+                    else:  # the publisher's own bytes
+                        size = len(body)
+                        same = (bytes((0x30, size)) if size < 128
+                                else b"\x30" + encode_varint(size)) + body
+                data = same
             else:
-                data = other = other or encode_publish(topic, payload, 0, False, False,
-                                                       None, props, out.version, raw)
+                if other is None:
+                    other = encode_publish(topic, payload, 0, False, False, None, props,
+                                           out.version, raw)
+                data = other
             out.write(data)
             dirty.add(out)
             stats.messages_out += 1
@@ -266,39 +277,45 @@ def _forward(core: BrokerCore, conn: Connection, topic: str, tkey: bytes, body: 
 
 def _message(conn: Connection, topic: str, payload: bytes, qos: int, props: Properties,
              raw: bytes | None) -> Message:
+    """The message the fast path forwards, for a receiver that needs it built."""
     client = conn.client
     assert client is not None
     return Message(topic, payload, qos, False, props, None, conn.client_id,
                    client.username, client.role, raw)
 
 
-def _same_bytes(topic: str, payload: bytes, qos: int, props: Properties, raw: bytes | None,
-                body: bytes, version: int) -> bytes:
-    """The PUBLISH as a QoS 0 receiver of the publisher's version gets it."""
-    if qos:
-        return encode_publish(topic, payload, 0, False, False, None, props, version, raw)
-    size = len(body)  # the publisher's own bytes
-    return (bytes((0x30, size)) if size < 128 else b"\x30" + encode_varint(size)) + body
+def _deliver(core: BrokerCore, conn: Connection, session: Session, msg: Message | None,
+             topic: str, payload: bytes, qos: int, props: Properties, raw: bytes | None,
+             sub_qos: int, sub_ids: list[int], now: float) -> Message:
+    """A receiver the general delivery serves (``deliver``); returns the message, built
+    the first time one is needed."""
+    if msg is None:
+        msg = _message(conn, topic, payload, qos, props, raw)
+    deliver(core, session, msg, qos if qos < sub_qos else sub_qos, False, sub_ids, now)
+    return msg
 
 
-def _fly_fast(core: BrokerCore, session: Session, out: Connection, msg: Message,
-              tkey: bytes, body: bytes, version: int, sub_ids: list[int], now: float) -> None:
-    """A QoS 1 delivery to a plain receiver: sent now when ``deliver`` would send it (room
-    in flight and in the budgets), with the publisher's bytes and our packet id for a
-    receiver of its version, and accounted as ``deliver`` does (``fly``); else ``deliver``
-    queues it."""
-    if not has_room(core, session, out, msg.cost):
-        deliver(core, session, msg, 1, False, sub_ids, now)
-        return
-    pid = session.allocate_pid()
-    if out.version == version:  # the publisher's bytes with our packet id
+def _fly_fast(core: BrokerCore, conn: Connection, session: Session, out: Connection,
+              msg: Message | None, topic: str, tkey: bytes, body: bytes, payload: bytes,
+              props: Properties, raw: bytes | None, sub_ids: list[int], now: float) -> Message:
+    """A QoS 1 delivery to a plain receiver: sent now when ``deliver`` would send it (a
+    packet id ``reserve``d), with the publisher's bytes and our packet id for a receiver of
+    its version, and accounted as ``deliver`` does (``fly``); else ``deliver`` queues it.
+    Returns the message, built the first time one is needed."""
+    if msg is None:
+        msg = _message(conn, topic, payload, 1, props, raw)
+    pid = reserve(core, session, out, msg.cost)
+    if pid is None:
+        deliver(core, session, msg, 1, False, sub_ids, now)  # queued
+        return msg
+    if out.version == conn.version:  # the publisher's bytes with our packet id
         at = 2 + len(tkey)
         data = b"\x32" + encode_varint(len(body)) + body[:at] \
             + bytes((pid >> 8, pid & 0xFF)) + body[at + 2:]
     else:
-        data = encode_publish(msg.topic, msg.payload, 1, False, False, pid, msg.properties,
-                              out.version, msg.raw_props)
+        data = encode_publish(topic, payload, 1, False, False, pid, props, out.version, raw)
     fly(core, session, out, pid, Inflight(msg, 1, False, sub_ids), data, now)
+    return msg
 
 
 def _fast_admit(core: BrokerCore, conn: Connection, tkey: bytes, qos: int,
@@ -345,8 +362,6 @@ def on_puback(core: BrokerCore, conn: Connection, pid: int, qos: int, now: float
     if item is None or item.qos != qos or (qos == 2 and not item.released):
         return  # unknown or out of order: ignore (5.0 section 4.3)
     land(core, session, conn, pid, item, now)
-    if session.queue:
-        drain_queue(core, session, now)
 
 
 def on_pubrec(core: BrokerCore, conn: Connection, p: PubRec, now: float) -> None:
@@ -360,7 +375,6 @@ def on_pubrec(core: BrokerCore, conn: Connection, p: PubRec, now: float) -> None
     conn.last_ack = now
     if p.reason_code >= RC_FAILURE:
         land(core, session, conn, p.packet_id, item, now)  # MQTT-4.3.3-? the flow ends
-        drain_queue(core, session, now)
         return
     item.released = True
     conn.send(PubRel(p.packet_id))
