@@ -15,7 +15,8 @@ import pi_mqtt_gpio
 PACKAGE = Path(pi_mqtt_gpio.__file__).parent
 P = "pi_mqtt_gpio."
 
-# Lowest first. A module belongs to the layer of the longest prefix naming it.
+# Lowest first. A module belongs to the layer of the longest prefix naming it: the module or
+# package itself, or a name ending in "_" that its name starts with.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("pi_mqtt_gpio", P + "errors", P + "topics", P + "version", P + "terminal",
               P + "server", P + "server.jsonscan")),
@@ -34,7 +35,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                                 P + "server.broker_sys", P + "server.fdlimit")),
     # What the daemon is made of, and the config read with what they know.
     ("rpc/twin/bindings/homeassistant/compat", (
-        P + "server.rpc_handler", P + "server.bindings", P + "server.homeassistant",
+        P + "server.rpc_", P + "server.bindings", P + "server.homeassistant",
         P + "server.compat", P + "server.covers", P + "server.history",
         P + "server.aclprobe", P + "server.uplink", P + "server.asyncapi",
         P + "server.preflight", P + "server.config_loader")),
@@ -52,7 +53,8 @@ def _layer_of(module: str) -> int:
     best, found = -1, None
     for index, (_name, prefixes) in enumerate(LAYERS):
         for prefix in prefixes:
-            inside = module.startswith(prefix + ".") and prefix not in PACKAGES
+            inside = (module.startswith(prefix + ".") and prefix not in PACKAGES) or (
+                prefix.endswith("_") and module.startswith(prefix))  # rpc_: rpc_handler, ...
             if (module == prefix or inside) and len(prefix) > best:
                 best, found = len(prefix), index
     assert found is not None, f"{module} has no layer: give it one in LAYERS"

@@ -24,10 +24,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from pi_mqtt_gpio.server.pins.mcp23017 import Chip, ExpanderPinInfo
+from pi_mqtt_gpio.server.pins.expander import Chip, ChipPin, OnFailure
 from pi_mqtt_gpio.server.sections import DEFAULT_FREQUENCY
 
 __all__ = [
@@ -183,19 +183,11 @@ class PCA9685(Chip):
     """One chip: the channels' last counts, writes under one lock, a check once a second."""
 
     def __init__(self, name: str, config: Any, bus: Any, *,
-                 on_failure: Callable[[str, str | None], None] | None = None) -> None:
-        self.name = name
-        self.config = config
-        self.bus = bus  # read_byte_data, write_byte_data, write_i2c_block_data (smbus2.SMBus)
-        self.address: int = config.address
+                 on_failure: OnFailure | None = None) -> None:
+        # bus: read_byte_data, write_byte_data, write_i2c_block_data (smbus2.SMBus)
+        super().__init__(name, config, bus, on_failure=on_failure)
         self.frequency: float = config.frequency or DEFAULT_FREQUENCY
-        self.lock = threading.RLock()
-        self.pins: dict[int, PCA9685Pin] = {}
         self.counts: list[tuple[int, int]] = [counts_for(0.0)] * CHANNELS
-        self.failed: str | None = None
-        self.on_failure = on_failure
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.pin_class = PCA9685Pin
 
     @property
@@ -206,13 +198,6 @@ class PCA9685(Chip):
     @property
     def mode2(self) -> int:
         return (INVRT if self.config.invert else 0) | (0 if self.config.open_drain else OUTDRV)
-
-    def start(self) -> None:
-        with self.lock:
-            self.start_registers()
-        self._thread = threading.Thread(target=self._watch, name=f"expander-{self.name}",
-                                        daemon=True)
-        self._thread.start()
 
     def start_registers(self) -> None:
         """The datasheet's order: sleep (the prescaler is writable only then), prescale,
@@ -246,14 +231,6 @@ class PCA9685(Chip):
             self._fail(exc)
             raise
 
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(2)
-        close = getattr(self.bus, "close", None)
-        if close is not None:
-            close()
-
     def _watch(self) -> None:
         """Once a second: is the chip there and awake? Set it up again when it answers
         after a failure, or was found asleep (it lost power)."""
@@ -268,39 +245,21 @@ class PCA9685(Chip):
                 continue
             if asleep and not self.failed:
                 log.warning("expander %s was found asleep (reset?): set up again", self.name)
-            if self.failed:
-                log.warning("expander %s answers again", self.name)
-                self.failed = None
-                if self.on_failure is not None:
-                    self.on_failure(self.name, None)
+            self._answers_again()
 
 
-class PCA9685Pin:
+class PCA9685Pin(ChipPin):
     """A gpiozero pin on a PCA9685 channel: output only; ``frequency`` None is a plain
     output (full on or off), a number turns PWM on at the chip's frequency, where
     ``state`` is the duty cycle."""
 
     def __init__(self, factory: Any, chip: PCA9685, n: int) -> None:
-        self._factory = factory
+        super().__init__(factory, chip, n, PWM_INTERFACES)
         self.chip = chip
-        self.n = n
-        name = f"{chip.name}:{n}"
-        self._info = ExpanderPinInfo(name, frozenset({name}), interfaces=PWM_INTERFACES)
         self._function = "output"
         self._pwm = False
         self._state: float = 0.0
         chip.pins[n] = self
-
-    @property
-    def info(self) -> ExpanderPinInfo:
-        return self._info
-
-    @property
-    def factory(self) -> Any:
-        return self._factory
-
-    def __repr__(self) -> str:
-        return self._info.name
 
     def _output_only(self, what: str) -> Exception:
         from gpiozero.exc import PinInvalidFunction

@@ -1,5 +1,6 @@
 """PCF8574 (8 pins) and PCF8575 (16 pins) I²C expanders as gpiozero pins, like the MCP23017
-(``"io2:5"``): the same ``ExpanderPin`` and ``ExpanderFactory``, another chip underneath.
+(``"io2:5"``): the same ``DigitalExpander``, ``ExpanderPin`` and ``ExpanderFactory``
+(``expander.py``), another chip underneath.
 
 These chips have no registers: one write sets the port latch, one read returns the pins'
 levels (one byte, or two, low port first). Their pins are quasi-bidirectional: a latch bit
@@ -17,7 +18,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from pi_mqtt_gpio.server.pins.mcp23017 import MCP23017, ExpanderConfig
+from pi_mqtt_gpio.server.pins.expander import DigitalExpander, OnFailure
+from pi_mqtt_gpio.server.sections import ExpanderConfig
 
 __all__ = ["PCF857x", "SMBusPort", "SimulatedPCF857x", "pins_of"]
 
@@ -110,55 +112,29 @@ class SimulatedPCF857x:
         pass
 
 
-class PCF857x(MCP23017):
-    """One PCF8574/PCF8575: the MCP23017 driver's pin bookkeeping, polling, interrupt and
+class PCF857x(DigitalExpander):
+    """One PCF8574/PCF8575: the digital expander's pin bookkeeping, polling, interrupt and
     failure handling, with the port read and written instead of registers."""
 
     def __init__(self, name: str, config: ExpanderConfig, bus: Any, *,
-                 on_failure: Callable[[str, str | None], None] | None = None) -> None:
-        super().__init__(name, config, bus, on_failure=on_failure)
+                 on_failure: OnFailure | None = None) -> None:
+        super().__init__(name, config, bus, on_failure=on_failure, count=pins_of(config.type))
         self.port: Any = bus  # read_port / write_port (SMBusPort or SimulatedPCF857x)
-        self.count = pins_of(config.type)
-        self.iodir = (1 << self.count) - 1
         self.mask = self.iodir
 
     def _latch(self) -> int:
         """Outputs low where their latch says so; inputs (and outputs high) are 1."""
         return (self.olat | self.iodir) & self.mask
 
-    def _read16(self, register: int) -> int:
+    def _levels(self) -> int:
+        """The port (a read also releases INT)."""
         value = int(self.port.read_port(self.address)) & self.mask
         self.reads += 1
         return value
 
-    def _write16(self, register: int, value: int) -> None:
-        self.port.write_port(self.address, self._latch())
-
-    def start(self) -> None:
-        with self.lock:
-            self.start_registers()
-            self.last = self._read16(0)
-        self._thread = threading.Thread(target=self._watch, name=f"expander-{self.name}",
-                                        daemon=True)
-        self._thread.start()
-
     def start_registers(self) -> None:
         self.port.write_port(self.address, self._latch())
 
-    def set_bit(self, attr: str, register: int, n: int, on: bool) -> None:
-        with self.lock:
-            value = getattr(self, attr)
-            value = value | (1 << n) if on else value & ~(1 << n)
-            setattr(self, attr, value)
-            if attr in ("olat", "iodir"):  # pull-ups are always there; edges are ours
-                self.port.write_port(self.address, self._latch())
-
-    def interrupt(self) -> None:
-        """INT fell: read the port (which also releases INT)."""
-        try:
-            with self.lock:
-                value = self._read16(0)
-        except OSError as exc:
-            self._fail(exc)
-            return
-        self._changed(value)
+    def _write_bit(self, attr: str, n: int) -> None:
+        if attr in ("olat", "iodir"):  # pull-ups are always there; edges are ours
+            self.port.write_port(self.address, self._latch())
