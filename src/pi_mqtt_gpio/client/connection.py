@@ -249,47 +249,57 @@ class Gatekeeper:
                 return
             parsed = self.topics.parse_device(topic)
             if parsed is not None:
-                name, leaf = parsed
-                if leaf == "state":
-                    with self._lock:
-                        if not (self._state_listeners or self._waiters):
-                            # Nobody waits on it: keep the bytes, parse when the state is read.
-                            # The network thread then hands a reply's waiter the GIL sooner.
-                            self._raw[name] = bytes(m.payload)
-                            return
-                doc = json.loads(m.payload)
-                if not isinstance(doc, dict):
-                    return
-                if leaf == "state":
-                    self._set_state(name, doc)
-                elif leaf == "event":
-                    for listener in list(self._event_listeners):
-                        self._callbacks.put((listener, (name, doc)))
+                self._on_device(parsed[0], parsed[1], m.payload)
             elif topic == self.topics.devices:
-                doc = json.loads(m.payload)
-                if self._fleet_auto and not self.fleet and isinstance(doc, dict) \
-                        and doc.get("broker") == "external" and self.username:
-                    self._enter_fleet()
-                    client.subscribe(f"{self.reply_prefix}/#", 0)
-                with self._changed:
-                    self._catalogue_seen = True
-                    self.catalogue = {d["name"]: d for d in doc.get("devices", [])}
-                    self._changed.notify_all()
+                self._on_catalogue(client, json.loads(m.payload))
             elif topic == self.topics.lease:
                 doc = json.loads(m.payload)
                 with self._changed:
                     self._lease_doc = doc if isinstance(doc, dict) else {}
                     self._changed.notify_all()
             elif (node := self.topics.parse_status(topic)) is not None:
-                with self._changed:
-                    text = m.payload.decode("utf-8", "replace")
-                    if text:
-                        self.nodes[node] = text
-                    if node == self.topics.node_id:
-                        self.status = text or None
-                    self._changed.notify_all()
+                self._on_status(node, m.payload)
         except (ValueError, KeyError, TypeError, AttributeError):
             log.debug("ignored a malformed message on %s", topic)
+
+    def _on_device(self, name: str, leaf: str, payload: bytes | bytearray) -> None:
+        """A device's state or event."""
+        if leaf == "state":
+            with self._lock:
+                if not (self._state_listeners or self._waiters):
+                    # Nobody waits on it: keep the bytes, parse when the state is read.
+                    # The network thread then hands a reply's waiter the GIL sooner.
+                    self._raw[name] = bytes(payload)
+                    return
+        doc = json.loads(payload)
+        if not isinstance(doc, dict):
+            return
+        if leaf == "state":
+            self._set_state(name, doc)
+        elif leaf == "event":
+            for listener in list(self._event_listeners):
+                self._callbacks.put((listener, (name, doc)))
+
+    def _on_catalogue(self, client: Any, doc: Any) -> None:
+        """The node's catalogue (it says whether the node is in a fleet)."""
+        if self._fleet_auto and not self.fleet and isinstance(doc, dict) \
+                and doc.get("broker") == "external" and self.username:
+            self._enter_fleet()
+            client.subscribe(f"{self.reply_prefix}/#", 0)
+        with self._changed:
+            self._catalogue_seen = True
+            self.catalogue = {d["name"]: d for d in doc.get("devices", [])}
+            self._changed.notify_all()
+
+    def _on_status(self, node: str, payload: bytes | bytearray) -> None:
+        """A node's retained status (online, offline)."""
+        with self._changed:
+            text = payload.decode("utf-8", "replace")
+            if text:
+                self.nodes[node] = text
+            if node == self.topics.node_id:
+                self.status = text or None
+            self._changed.notify_all()
 
     def _on_reply(self, m: mqtt.MQTTMessage) -> None:
         try:
