@@ -136,54 +136,69 @@ def make_pin_factory(hardware: HardwareConfig, simulate: bool,
     base = _board_factory(hardware, simulate, labels)
     if not expanders:
         return base
-    from pi_mqtt_gpio.server.pins.mcp23017 import (
-        MCP23017,
-        ExpanderFactory,
-        SimulatedMCP23017,
-    )
-    from pi_mqtt_gpio.server.pins.pca9685 import PCA9685, SimulatedPCA9685
-    from pi_mqtt_gpio.server.pins.pcf857x import PCF857x, SimulatedPCF857x, SMBusPort
+    from pi_mqtt_gpio.server.pins.mcp23017 import ExpanderFactory
 
+    simulated = simulate or hardware.pin_factory == "mock"
     chips: dict[str, Any] = {}
     try:
         for name, cfg in expanders.items():
-            pwm = cfg.type == "PCA9685"
-            pcf = cfg.type in ("PCF8574", "PCF8575")
-            width = 1 if cfg.type == "PCF8574" else 2
-            if simulate or hardware.pin_factory == "mock":
-                bus: Any = SimulatedPCA9685() if pwm else SimulatedPCF857x(width) if pcf \
-                    else SimulatedMCP23017()
-            else:
-                from smbus2 import SMBus
-
-                try:
-                    bus = SMBus(cfg.bus)
-                except OSError as exc:
-                    raise HardwareError(f"expander {name}: cannot open /dev/i2c-{cfg.bus}: "
-                                        f"{exc.strerror} (is I2C enabled?)") from exc
-                if pcf:
-                    bus = SMBusPort(bus, width)
-            chip_class: Any = PCA9685 if pwm else PCF857x if pcf else MCP23017
-            chips[name] = chip_class(name, cfg, bus, on_failure=on_expander_failure)
+            chips[name] = _expander(name, cfg, simulated, on_expander_failure)
         factory = ExpanderFactory(base, chips)
         for name, chip in chips.items():
-            try:
-                chip.start()
-            except OSError as exc:
-                raise HardwareError(f"expander {name} (I2C bus {chip.config.bus}, address "
-                                    f"0x{chip.address:02x}) does not answer: {exc}") from exc
-            if isinstance(chip, PCA9685):
-                continue  # outputs only: no interrupt
-            if isinstance(chip.bus, SimulatedMCP23017 | SimulatedPCF857x):
-                chip.bus.on_interrupt = chip.interrupt
-            elif chip.config.interrupt is not None:
-                _interrupt_line(base, chip)
+            _start_expander(base, name, chip)
         return factory
     except BaseException:
         for chip in chips.values():
             chip.close()
         base.close()
         raise
+
+
+def _expander(name: str, cfg: Any, simulated: bool,
+              on_failure: Callable[[str, str | None], None] | None) -> Any:
+    """An expander chip on its I2C bus (a simulated register file under simulation)."""
+    from pi_mqtt_gpio.server.pins.mcp23017 import MCP23017, SimulatedMCP23017
+    from pi_mqtt_gpio.server.pins.pca9685 import PCA9685, SimulatedPCA9685
+    from pi_mqtt_gpio.server.pins.pcf857x import PCF857x, SimulatedPCF857x, SMBusPort
+
+    pwm = cfg.type == "PCA9685"
+    pcf = cfg.type in ("PCF8574", "PCF8575")
+    width = 1 if cfg.type == "PCF8574" else 2
+    if simulated:
+        bus: Any = SimulatedPCA9685() if pwm else SimulatedPCF857x(width) if pcf \
+            else SimulatedMCP23017()
+    else:
+        from smbus2 import SMBus
+
+        try:
+            bus = SMBus(cfg.bus)
+        except OSError as exc:
+            raise HardwareError(f"expander {name}: cannot open /dev/i2c-{cfg.bus}: "
+                                f"{exc.strerror} (is I2C enabled?)") from exc
+        if pcf:
+            bus = SMBusPort(bus, width)
+    chip_class: Any = PCA9685 if pwm else PCF857x if pcf else MCP23017
+    return chip_class(name, cfg, bus, on_failure=on_failure)
+
+
+def _start_expander(base: Any, name: str, chip: Any) -> None:
+    """Start talking to the chip; an I/O expander's changes are then signalled by its
+    interrupt line (or the simulated chip itself)."""
+    from pi_mqtt_gpio.server.pins.mcp23017 import SimulatedMCP23017
+    from pi_mqtt_gpio.server.pins.pca9685 import PCA9685
+    from pi_mqtt_gpio.server.pins.pcf857x import SimulatedPCF857x
+
+    try:
+        chip.start()
+    except OSError as exc:
+        raise HardwareError(f"expander {name} (I2C bus {chip.config.bus}, address "
+                            f"0x{chip.address:02x}) does not answer: {exc}") from exc
+    if isinstance(chip, PCA9685):
+        return  # outputs only: no interrupt
+    if isinstance(chip.bus, SimulatedMCP23017 | SimulatedPCF857x):
+        chip.bus.on_interrupt = chip.interrupt
+    elif chip.config.interrupt is not None:
+        _interrupt_line(base, chip)
 
 
 def _interrupt_line(base: Any, chip: Any) -> None:
