@@ -116,6 +116,24 @@ def reclaim_stale(chip: int, lines: list[int], tag: str, wait: float = 5.0) -> l
     instance are freed by stopping that process only (SIGTERM, then SIGKILL) — the one its
     own line records name. A foreign consumer is never touched: the error names it."""
     done: list[str] = []
+    for pid, held in _stale_holders(chip, lines, tag).items():
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            log.warning("GPIO%s held by a stale gatekeeper (pid %d): sending %s",
+                        ",".join(map(str, held)), pid, sig.name)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            if _released(chip, held, tag, time.monotonic() + wait):
+                done.append(f"stopped pid {pid} ({sig.name}) holding GPIO"
+                            f"{','.join(map(str, held))}")
+                break
+        else:
+            raise HardwareError(f"GPIO{held[0]} is still held after SIGKILL to pid {pid}")
+    return done
+
+
+def _stale_holders(chip: int, lines: list[int], tag: str) -> dict[int, list[int]]:
+    """The earlier instances (pid) holding some of ``lines`` (by their own records);
+    ``HardwareError`` when a line is held by anyone else."""
     owners = {o.line: o for o in line_owners(chip, tag)}
     stale: dict[int, list[int]] = {}
     for line in lines:
@@ -130,26 +148,17 @@ def reclaim_stale(chip: int, lines: list[int], tag: str, wait: float = 5.0) -> l
             raise HardwareError(f"GPIO{line} is held as {owner.consumer!r} but no earlier "
                                 f"gatekeeper recorded it; not touching it")
         stale.setdefault(pid, []).append(line)
-    for pid, held in stale.items():
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            log.warning("GPIO%s held by a stale gatekeeper (pid %d): sending %s",
-                        ",".join(map(str, held)), pid, sig.name)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-            end = time.monotonic() + wait
-            while time.monotonic() < end:
-                now = {o.line: o for o in line_owners(chip, tag)}
-                if not any(now[line].used for line in held if line in now):
-                    break
-                time.sleep(0.05)
-            else:
-                continue
-            done.append(f"stopped pid {pid} ({sig.name}) holding GPIO"
-                        f"{','.join(map(str, held))}")
-            break
-        else:
-            raise HardwareError(f"GPIO{held[0]} is still held after SIGKILL to pid {pid}")
-    return done
+    return stale
+
+
+def _released(chip: int, held: list[int], tag: str, end: float) -> bool:
+    """Wait until none of ``held`` is used any more (True), or ``end`` (False)."""
+    while time.monotonic() < end:
+        now = {o.line: o for o in line_owners(chip, tag)}
+        if not any(now[line].used for line in held if line in now):
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def line_consumer(factory: Any, line: int) -> str | None:
