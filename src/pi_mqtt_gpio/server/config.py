@@ -97,8 +97,6 @@ class ListenerConfig:
     dashboard_brokers: list[str] = field(default_factory=list)
 
     def check(self) -> list[str]:
-        from pi_mqtt_gpio.server.web import host_name, normalize_origin
-
         problems = []
         if self.type == "tls" and not (self.certfile and self.keyfile):
             problems.append("a tls listener needs certfile and keyfile")
@@ -110,6 +108,14 @@ class ListenerConfig:
                                          or self.allowed_hosts):
             problems.append("allowed_origins, allowed_hosts and dashboard_brokers are for "
                             "websocket listeners")
+        return problems + self._browser_problems()
+
+    def _browser_problems(self) -> list[str]:
+        """allowed_hosts are host names, allowed_origins origins, dashboard_brokers
+        WebSocket addresses."""
+        from pi_mqtt_gpio.server.web import host_name, normalize_origin  # websockets: lazily
+
+        problems = []
         for host in self.allowed_hosts:
             name = host_name(host)
             if name is None or name != host.strip().lower().rstrip(".") \
@@ -507,24 +513,31 @@ def _expander_problems(devices: dict[str, Any], expanders: dict[str, ExpanderCon
         for key, line, _shared in dev.lines():
             where = ("devices", name, *key.split("."))
             if isinstance(line, str):
-                expander, _, number = line.partition(":")
-                if expander in expanders and expanders[expander].type == "PCF8574" \
-                        and number.isdigit() and int(number) > 7:
-                    problems.append((where, f"a PCF8574 has pins 0 to 7 ({expander} is "
-                                     f"one), not {number}"))
-                if expander not in expanders:
-                    problems.append((where, f"no expander named {expander!r} (expanders: "
-                                     f"{', '.join(expanders) or 'none'})"))
-                elif expanders[expander].type == "PCA9685":
-                    problems.extend(_pca9685_problems(where, dev, expander,
-                                                      expanders[expander]))
-                elif dev.type not in EXPANDER_TYPES:
-                    problems.append((where, f"a {dev.type} cannot use an expander pin (no PWM "
-                                     f"or precise timing there): give it a GPIO number, or "
-                                     f"a PCA9685 channel for PWM"))
+                problems.extend(_expander_pin_problems(where, dev, line, expanders))
             elif line in interrupts:
                 problems.append((where, f"GPIO{line} is expander {interrupts[line]}'s "
                                  f"interrupt line"))
+    return problems
+
+
+def _expander_pin_problems(where: tuple[str, ...], dev: Any, line: str,
+                           expanders: dict[str, ExpanderConfig]) -> list[Problem | str]:
+    """A device's expander pin (``io1:3``): a pin of a configured expander its type can use."""
+    problems: list[Problem | str] = []
+    expander, _, number = line.partition(":")
+    exp = expanders.get(expander)
+    if exp is not None and exp.type == "PCF8574" and number.isdigit() and int(number) > 7:
+        problems.append((where, f"a PCF8574 has pins 0 to 7 ({expander} is one), not "
+                         f"{number}"))
+    if exp is None:
+        problems.append((where, f"no expander named {expander!r} (expanders: "
+                         f"{', '.join(expanders) or 'none'})"))
+    elif exp.type == "PCA9685":
+        problems.extend(_pca9685_problems(where, dev, expander, exp))
+    elif dev.type not in EXPANDER_TYPES:
+        problems.append((where, f"a {dev.type} cannot use an expander pin (no PWM or precise "
+                         f"timing there): give it a GPIO number, or a PCA9685 channel for "
+                         f"PWM"))
     return problems
 
 
@@ -761,9 +774,8 @@ def expanded_size(root: yaml.Node, limit: int) -> int | None:
     return sizes[id(root)]
 
 
-def parse_config(text: str, source: str = "<config>", *, known: Known) -> Config:
-    """Parse YAML text with the device types and checks of ``known``; raises
-    ``ConfigError`` listing every problem."""
+def _read_yaml(text: str, source: str) -> tuple[yaml.Node | None, dict[str, Any]]:
+    """The composed nodes (for line numbers) and the data of a config's YAML text."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         if node is not None and expanded_size(node, MAX_CONFIG_NODES) is None:
@@ -784,9 +796,13 @@ def parse_config(text: str, source: str = "<config>", *, known: Known) -> Config
             "(see deploy/demo.yaml)"])
     if not isinstance(data, dict):
         raise ConfigError(source, ["line 1: the config must be a mapping of keys"])
-    lines: dict[tuple[Any, ...], int] = {}
-    if node is not None:
-        _positions(node, (), lines)
+    return node, data
+
+
+def _refused_keys(data: dict[str, Any], lines: dict[tuple[Any, ...], int]
+                  ) -> tuple[dict[str, Any], list[str]]:
+    """The data without the sections not supported yet, and the problems of those and of
+    keys given twice."""
     problems: list[str] = []
     for section_key, why in NOT_SUPPORTED_YET.items():
         if section_key in data:
@@ -796,6 +812,17 @@ def parse_config(text: str, source: str = "<config>", *, known: Known) -> Config
     for key, line in lines.items():
         if key and key[0] == "__duplicate__":
             problems.append(f"line {line}: {_dotted(key[1:])}: key given twice")
+    return data, problems
+
+
+def parse_config(text: str, source: str = "<config>", *, known: Known) -> Config:
+    """Parse YAML text with the device types and checks of ``known``; raises
+    ``ConfigError`` listing every problem."""
+    node, data = _read_yaml(text, source)
+    lines: dict[tuple[Any, ...], int] = {}
+    if node is not None:
+        _positions(node, (), lines)
+    data, problems = _refused_keys(data, lines)
     found: list[Problem] = []
     with knowing(known):
         config = build(Config, data, (), found)

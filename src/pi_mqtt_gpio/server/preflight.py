@@ -19,6 +19,7 @@ from pathlib import Path
 from pi_mqtt_gpio.server.config import (
     BUILTIN_ROLES,
     Config,
+    ListenerConfig,
     pca9685_frequency_warnings,
     tls_context,
 )
@@ -110,26 +111,51 @@ def _check_persistence(config: Config, out: Findings) -> None:
 
 
 def _warnings(config: Config, simulate: bool, out: Findings) -> None:
-    auth = config.auth
     exposed = [lst for lst in config.broker.listeners if not _loopback(lst.host)] \
         if config.broker.mode == "embedded" else []
-    if auth.allow_anonymous and exposed:
-        roles = builtin_roles(config.homeassistant.prefix)
-        roles.update(auth.roles)
-        role = roles.get(auth.anonymous_role)
-        writes = role.publish if role is not None else []
-        if writes:
-            hosts = ", ".join(f"{lst.host}:{lst.port}" for lst in exposed)
-            out.warnings.append(
-                f"anonymous clients (role {auth.anonymous_role!r}) may publish "
-                f"{', '.join(writes)} and a listener is reachable from other machines "
-                f"({hosts}): anyone on the network can move hardware")
+    _warn_anonymous(config, exposed, out)
+    _warn_clear_passwords(config, exposed, out)
+    _warn_unguarded(config, out)
+    _warn_start_values(config, out)
+    if config.hardware.pin_factory == "mock" and not simulate:
+        out.warnings.append("hardware.pin_factory is 'mock': the pins are simulated, nothing "
+                            "on the header will move (use --simulate for a demo, 'lgpio' "
+                            "for real pins)")
+    out.warnings.extend(pca9685_frequency_warnings(config.devices, config.expanders))
+    if not simulate and config.hardware.pin_factory != "mock":
+        _check_header(config, out)
+
+
+def _warn_anonymous(config: Config, exposed: list[ListenerConfig], out: Findings) -> None:
+    """Anonymous clients that may move hardware, with a listener other machines reach."""
+    auth = config.auth
+    if not (auth.allow_anonymous and exposed):
+        return
+    roles = builtin_roles(config.homeassistant.prefix)
+    roles.update(auth.roles)
+    role = roles.get(auth.anonymous_role)
+    writes = role.publish if role is not None else []
+    if writes:
+        hosts = ", ".join(f"{lst.host}:{lst.port}" for lst in exposed)
+        out.warnings.append(
+            f"anonymous clients (role {auth.anonymous_role!r}) may publish "
+            f"{', '.join(writes)} and a listener is reachable from other machines "
+            f"({hosts}): anyone on the network can move hardware")
+
+
+def _warn_clear_passwords(config: Config, exposed: list[ListenerConfig], out: Findings
+                          ) -> None:
+    auth = config.auth
     has_passwords = bool(auth.users_file) or any(u.password_hash for u in auth.users.values())
     plain = [lst for lst in exposed if not lst.certfile]
     if has_passwords and plain:
         hosts = ", ".join(f"{lst.type} {lst.host}:{lst.port}" for lst in plain)
         out.warnings.append(f"passwords travel in clear text on {hosts}: add a TLS listener "
                             f"and keep plain ones on 127.0.0.1")
+
+
+def _warn_unguarded(config: Config, out: Findings) -> None:
+    """Relay-like outputs with every safety guard off."""
     owners: dict[str, bool] = {}  # device -> every guard of it (or of its lines) is off
     for name, guard in guards_for(config.safety, config.devices).items():
         owner = name.partition("/")[0]
@@ -138,6 +164,10 @@ def _warnings(config: Config, simulate: bool, out: Findings) -> None:
     for name in sorted(unguarded, key=list(config.devices).index):
         out.warnings.append(f"devices.{name}: a relay-like output with every safety guard "
                             f"off (spacing, rate limit, flap lockout, max on time)")
+
+
+def _warn_start_values(config: Config, out: Findings) -> None:
+    """Start values outputs do not take, and covers whose position a restart forgets."""
     for name, dev in config.devices.items():
         differs = start_differs(dev)
         if differs is not None:
@@ -153,13 +183,6 @@ def _warnings(config: Config, simulate: bool, out: Findings) -> None:
                     f"devices.{name}: a Cover without persistence (persistence.path): after a "
                     f"restart its position is initial_position ({dev.initial_position:g}) "
                     f"whatever it really is, until it next runs into an end")
-    if config.hardware.pin_factory == "mock" and not simulate:
-        out.warnings.append("hardware.pin_factory is 'mock': the pins are simulated, nothing "
-                            "on the header will move (use --simulate for a demo, 'lgpio' "
-                            "for real pins)")
-    out.warnings.extend(pca9685_frequency_warnings(config.devices, config.expanders))
-    if not simulate and config.hardware.pin_factory != "mock":
-        _check_header(config, out)
 
 
 def _check_header(config: Config, out: Findings) -> None:
