@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pi_mqtt_gpio.server.devices.sensors import SENSOR_TYPES, values_of
@@ -146,91 +147,144 @@ def discovery(topics: Topics, devices: dict[str, Any], *, prefix: str, version: 
     return out
 
 
+Entities = list[tuple[str, str | None, dict[str, Any]]]  # (component, id suffix, payload)
+
+
+@dataclass(frozen=True, slots=True)
+class _Entity:
+    """One device as its entities see it: its topics, label and the payload they share."""
+
+    topics: Topics
+    name: str
+    dev: Any
+    component: str
+    label: str
+    events: list[str]
+
+    @property
+    def kind(self) -> str:
+        return str(self.dev.type)
+
+    @property
+    def state(self) -> str:
+        return self.topics.device(self.name, "state")
+
+    @property
+    def command(self) -> str:
+        return self.topics.device(self.name, "set")
+
+    @property
+    def base(self) -> dict[str, Any]:
+        return {"name": self.label, "state_topic": self.state}
+
+
 def _entities(topics: Topics, name: str, dev: Any, own: EntityOverride | None,
-              events: list[str]) -> list[tuple[str, str | None, dict[str, Any]]]:
+              events: list[str]) -> Entities:
     """(component, object id suffix, payload) of each entity of one device."""
-    kind = dev.type
-    components = allowed_components(kind)
+    components = allowed_components(dev.type)
     if not components:
         return []
     component = own.component if own is not None and own.component else components[0]
-    state = topics.device(name, "state")
-    command = topics.device(name, "set")
     label = (own.name if own is not None and own.name else None) or dev.description \
         or name.replace("_", " ").capitalize()
-    base: dict[str, Any] = {"name": label, "state_topic": state}
-    if component in ("light", "switch") and kind not in DIMMABLE and kind != "RGBLED":
-        return [(component, None, {**base, "command_topic": command,
-                                   "payload_on": "ON", "payload_off": "OFF",
-                                   "state_value_template" if component == "light"
-                                   else "value_template": ON_OFF_STATE})]
-    if component == "light" and kind in DIMMABLE:
-        return [("light", None, {
-            **base, "command_topic": command, "payload_on": "ON", "payload_off": "OFF",
-            "state_value_template": ON_OFF_STATE,
-            "brightness_command_topic": command,
-            "brightness_command_template": "{{ (value / 255) | round(4) }}",
-            "brightness_state_topic": state,
-            "brightness_value_template": "{{ (value_json.value * 255) | round(0) | int }}",
-            "brightness_scale": 255, "on_command_type": "brightness",
-        })]
-    if component == "light" and kind == "RGBLED":
-        return [("light", None, {
-            **base, "command_topic": command, "payload_on": "ON", "payload_off": "OFF",
-            "state_value_template": ON_OFF_STATE,
-            "rgb_command_topic": command,
-            "rgb_state_topic": state,
-            "rgb_value_template": "{{ value_json.value | map('multiply', 255) | map('round') "
-                                  "| map('int') | join(',') }}",
-            "on_command_type": "first",  # ON (white) at once, then the colour
-        })]
-    if component == "cover":
-        payload = {
-            **base, "command_topic": command, "payload_open": "OPEN",
-            "payload_close": "CLOSE", "payload_stop": "STOP",
-            "value_template": "{{ value_json.state }}",
-            "state_open": "open", "state_opening": "opening", "state_closed": "closed",
-            "state_closing": "closing", "state_stopped": "stopped",
-            "position_topic": state, "position_template": "{{ value_json.position }}",
-            "set_position_topic": command, "position_open": 100, "position_closed": 0,
-        }
-        if getattr(dev, "device_class", None):
-            payload["device_class"] = dev.device_class
-        return [("cover", None, payload)]
-    if component == "number":
-        lo, hi, step, unit, key = _number_range(dev)
-        payload = {**base, "command_topic": command, "min": lo, "max": hi, "step": step,
-                   "mode": "slider", "value_template": f"{{{{ value_json.{key} }}}}"}
-        if unit:
-            payload["unit_of_measurement"] = unit
-        return [("number", None, payload)]
-    if component == "binary_sensor":
-        payload = {**base, "value_template": ON_OFF_STATE}
-        device_class = BINARY_CLASS.get(kind)
-        if device_class:
-            payload["device_class"] = device_class
-        out: list[tuple[str, str | None, dict[str, Any]]] = [("binary_sensor", None, payload)]
-        if kind == "Button":
-            out.append(("event", "event", {
-                "name": f"{label} press", "state_topic": topics.device(name, "event"),
-                "event_types": events,
-                "value_template": '{"event_type": "{{ value_json.event }}"}',
-                "device_class": "button",
-            }))
-        return out
-    if component == "sensor" and kind in SENSOR_TYPES:
-        return _sensor_entities(topics, name, dev, base, label)
-    if component == "sensor":
-        if kind == "DistanceSensor":
-            return [("sensor", None, {**base, "value_template": "{{ value_json.distance }}",
-                                      "unit_of_measurement": "m", "device_class": "distance",
-                                      "state_class": "measurement",
-                                      "suggested_display_precision": 3})]
-        return [("sensor", None, {**base, "value_template": "{{ value_json.voltage }}",
-                                  "unit_of_measurement": "V", "device_class": "voltage",
+    entity = _Entity(topics, name, dev, component, label, events)
+    build = _BUILDERS.get(component)
+    return build(entity) if build is not None else []
+
+
+def _light_or_switch(e: _Entity) -> Entities:
+    if e.kind in DIMMABLE or e.kind == "RGBLED":
+        if e.component != "light":
+            return []  # pragma: no cover - not an allowed component
+        return _dimmable(e) if e.kind in DIMMABLE else _rgb(e)
+    return [(e.component, None, {**e.base, "command_topic": e.command,
+                                 "payload_on": "ON", "payload_off": "OFF",
+                                 "state_value_template" if e.component == "light"
+                                 else "value_template": ON_OFF_STATE})]
+
+
+def _dimmable(e: _Entity) -> Entities:
+    return [("light", None, {
+        **e.base, "command_topic": e.command, "payload_on": "ON", "payload_off": "OFF",
+        "state_value_template": ON_OFF_STATE,
+        "brightness_command_topic": e.command,
+        "brightness_command_template": "{{ (value / 255) | round(4) }}",
+        "brightness_state_topic": e.state,
+        "brightness_value_template": "{{ (value_json.value * 255) | round(0) | int }}",
+        "brightness_scale": 255, "on_command_type": "brightness",
+    })]
+
+
+def _rgb(e: _Entity) -> Entities:
+    return [("light", None, {
+        **e.base, "command_topic": e.command, "payload_on": "ON", "payload_off": "OFF",
+        "state_value_template": ON_OFF_STATE,
+        "rgb_command_topic": e.command,
+        "rgb_state_topic": e.state,
+        "rgb_value_template": "{{ value_json.value | map('multiply', 255) | map('round') "
+                              "| map('int') | join(',') }}",
+        "on_command_type": "first",  # ON (white) at once, then the colour
+    })]
+
+
+def _cover(e: _Entity) -> Entities:
+    payload = {
+        **e.base, "command_topic": e.command, "payload_open": "OPEN",
+        "payload_close": "CLOSE", "payload_stop": "STOP",
+        "value_template": "{{ value_json.state }}",
+        "state_open": "open", "state_opening": "opening", "state_closed": "closed",
+        "state_closing": "closing", "state_stopped": "stopped",
+        "position_topic": e.state, "position_template": "{{ value_json.position }}",
+        "set_position_topic": e.command, "position_open": 100, "position_closed": 0,
+    }
+    if getattr(e.dev, "device_class", None):
+        payload["device_class"] = e.dev.device_class
+    return [("cover", None, payload)]
+
+
+def _number(e: _Entity) -> Entities:
+    lo, hi, step, unit, key = _number_range(e.dev)
+    payload = {**e.base, "command_topic": e.command, "min": lo, "max": hi, "step": step,
+               "mode": "slider", "value_template": f"{{{{ value_json.{key} }}}}"}
+    if unit:
+        payload["unit_of_measurement"] = unit
+    return [("number", None, payload)]
+
+
+def _binary_sensor(e: _Entity) -> Entities:
+    payload = {**e.base, "value_template": ON_OFF_STATE}
+    device_class = BINARY_CLASS.get(e.kind)
+    if device_class:
+        payload["device_class"] = device_class
+    out: Entities = [("binary_sensor", None, payload)]
+    if e.kind == "Button":
+        out.append(("event", "event", {
+            "name": f"{e.label} press", "state_topic": e.topics.device(e.name, "event"),
+            "event_types": e.events,
+            "value_template": '{"event_type": "{{ value_json.event }}"}',
+            "device_class": "button",
+        }))
+    return out
+
+
+def _sensor(e: _Entity) -> Entities:
+    if e.kind in SENSOR_TYPES:
+        return _sensor_entities(e.topics, e.name, e.dev, e.base, e.label)
+    if e.kind == "DistanceSensor":
+        return [("sensor", None, {**e.base, "value_template": "{{ value_json.distance }}",
+                                  "unit_of_measurement": "m", "device_class": "distance",
                                   "state_class": "measurement",
                                   "suggested_display_precision": 3})]
-    return []  # pragma: no cover - every allowed component is handled above
+    return [("sensor", None, {**e.base, "value_template": "{{ value_json.voltage }}",
+                              "unit_of_measurement": "V", "device_class": "voltage",
+                              "state_class": "measurement",
+                              "suggested_display_precision": 3})]
+
+
+_BUILDERS: dict[str, Callable[[_Entity], Entities]] = {
+    "light": _light_or_switch, "switch": _light_or_switch, "cover": _cover,
+    "number": _number, "binary_sensor": _binary_sensor, "sensor": _sensor,
+}
 
 
 def _sensor_entities(topics: Topics, name: str, dev: Any, base: dict[str, Any], label: str
