@@ -46,15 +46,18 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert res.returncode == 0, res.stderr[-3000:]
     arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
                           check=True).stdout.strip()
-    path = out / f"pi-mqtt-gatekeeper_{_version()}_{arch}.deb"
-    assert res.stdout.strip() == str(path) and path.exists()
-    return path
+    # built from a git checkout: <version>+git<commits>.<commit> (each commit's package newer)
+    debs = list(out.glob(f"pi-mqtt-gatekeeper_{_version()}*_{arch}.deb"))
+    assert len(debs) == 1 and res.stdout.strip() == str(debs[0]), (debs, res.stdout)
+    assert re.fullmatch(rf"pi-mqtt-gatekeeper_{re.escape(_version())}(\+git\d+\.[0-9a-f]+)?_{arch}\.deb",
+                        debs[0].name), debs[0].name
+    return debs[0]
 
 
 def test_metadata_and_contents(deb: Path) -> None:
     info = subprocess.run(["dpkg-deb", "--info", str(deb)], capture_output=True, text=True,
                           check=True).stdout
-    assert f"Version: {_version()}" in info
+    assert re.search(rf"Version: {re.escape(_version())}(\+git\d+\.[0-9a-f]+)?\n", info), info
     assert re.search(r"Depends: python3 \(>= 3\.\d+\), python3 \(<< 3\.\d+\), adduser", info)
     conffiles = subprocess.run(["dpkg-deb", "--field", str(deb)], capture_output=True,
                                text=True, check=True)

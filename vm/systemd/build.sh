@@ -10,7 +10,7 @@ CACHE=${GPIOSIM_CACHE:-/var/cache/pi-mqtt-gpio-vm}
 SD=$CACHE/systemd
 HERE=$(cd "$(dirname "$0")" && pwd)
 MIRROR=${GPIOSIM_MIRROR:-http://deb.debian.org/debian}
-PKGS=systemd-sysv,udev,dbus,python3,python3-venv,gpiod,kmod,procps,util-linux,adduser,ca-certificates
+PKGS=systemd-sysv,udev,dbus,python3,python3-venv,gpiod,kmod,procps,util-linux,adduser,ca-certificates,sudo,git
 log() { printf '[systemd-vm %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root"

@@ -5,7 +5,9 @@
 # (init=/lib/systemd/systemd), a gpio-sim chip made at boot by vm-gpiosim-chip.service. Once
 # multi-user.target is reached, vm-test.service runs GUEST_SCRIPT (bash) as root; its output
 # comes over the serial console, its exit status through the 9p share mounted at /mnt/ctl,
-# and the VM powers off. HOST_DIR (read-only) is mounted at /mnt/host.
+# and the VM powers off. The script may reboot the VM (touch /run/vm-test-reboot and exit): it
+# runs again on the next boot, on the same disk (QEMU's snapshot lasts until QEMU exits).
+# HOST_DIR (read-only) is mounted at /mnt/host.
 # Exit: the script's status; 124 timeout; 125 the VM ended without a result.
 # Env: GPIOSIM_CACHE, GPIOSIM_TIMEOUT (600 s), GPIOSIM_MEM (1024), GPIOSIM_SMP (2),
 #   GPIOSIM_ACCEL (auto|kvm|tcg), GPIOSIM_KEEP=1 (keep the run dir), SYSTEMD_VM_VERBOSE=1
@@ -49,7 +51,7 @@ set +e
 ( timeout -k 5 "${GPIOSIM_TIMEOUT:-600}" \
   qemu-system-x86_64 -name systemd-vm -pidfile "$RUNDIR/qemu.pid" -machine q35 "${ACCEL_ARGS[@]}" \
     -m "${GPIOSIM_MEM:-1024}" -smp "${GPIOSIM_SMP:-2}" \
-    -nodefaults -no-user-config -display none -no-reboot "${BIOS[@]}" \
+    -nodefaults -no-user-config -display none "${BIOS[@]}" \
     -kernel "$CACHE/vmlinux" -initrd "$SD/initramfs.cpio.gz" \
     -append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init init=/lib/systemd/systemd $STATUS systemd.log_target=console systemd.log_level=warning ${SYSTEMD_VM_APPEND:-}" \
     -drive "file=$SD/rootfs.img,if=virtio,format=raw,snapshot=on,cache=unsafe" \
