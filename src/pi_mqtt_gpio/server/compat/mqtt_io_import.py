@@ -120,7 +120,6 @@ class _Importer:
 
     # --- mqtt -----------------------------------------------------------------------------------
     def mqtt(self) -> None:
-        cfg = self.out.config
         mqtt = self.doc.get("mqtt")
         if not isinstance(mqtt, dict):
             mqtt = {}
@@ -131,79 +130,97 @@ class _Importer:
         port = _int(mqtt.get("port")) or 1883
         user = str(mqtt.get("user") or "")
         password = str(mqtt.get("password") or "")
-        tls: dict[str, Any] = mqtt["tls"] if isinstance(mqtt.get("tls"), dict) else {}
         # mqtt-io strips a trailing '/'; an empty prefix gives topics that start with '/'
         prefix = str(mqtt.get("topic_prefix") or "").rstrip("/")
         if "<ip>" in prefix:
             self.out.skip(line, "mqtt.topic_prefix '<ip>'", "the address placeholder is not "
                           "expanded; write the address into compat.mqtt_io.topic_prefix")
         if host.lower() in LOCAL_HOSTS:
-            listeners: list[dict[str, Any]] = [{"type": "tcp", "host": "0.0.0.0", "port": port}]
-            cfg["broker"] = {"mode": "embedded", "listeners": listeners}
-            self.out.notes.append(
-                f"mqtt-io used a broker on this machine ({host or 'localhost'}:{port}): the "
-                f"gatekeeper's embedded broker takes its place on port {port} (stop the old "
-                f"broker first, or change the port). Clients log in to the gatekeeper now.")
-            if tls.get("enabled"):
-                self.out.skip(tls.get("__line__"), "mqtt.tls", "these were client settings for "
-                              "the old broker; add a tls listener with the server's "
-                              "certificate and key (docs/security.md)")
-            if user:
-                cfg["auth"] = {"allow_anonymous": False, "users": {
-                    _name(user): {"password_hash": self.hash_password(password), "role":
-                                  "operator"}}}
-                self.out.notes.append(f"User {user!r} keeps its password (stored as an "
-                                      f"argon2id hash) with the operator role.")
-            else:
-                cfg["auth"] = {"allow_anonymous": True, "anonymous_role": "operator"}
-                self.out.warnings.append(
-                    "mqtt-io logged in without a user: anonymous clients get the operator "
-                    "role so that they keep working, as they did on the old broker. Add users "
-                    "and turn allow_anonymous off (docs/security.md).")
-            if "mqtt" in self.doc:
-                self.out.done(line, f"mqtt (host {host or 'localhost'})",
-                              f"embedded broker on port {port}")
+            self._embedded(mqtt, line, host, port, user, password)
         else:
-            ext: dict[str, Any] = {"host": host, "port": port}
-            if user:
-                ext["username"] = user
-                if password:
-                    ext["password_file"] = PASSWORD_FILE
-                    self.out.notes.append(f"Write the old mqtt.password into {PASSWORD_FILE} "
-                                          f"(one line, chmod 600): passwords are never kept "
-                                          f"in the config.")
-            if tls.get("enabled"):
-                ext["tls"] = True
-                if tls.get("ca_certs"):
-                    ext["ca_file"] = str(tls["ca_certs"])
-                for key in ("certfile", "keyfile", "ciphers", "tls_version"):
-                    if tls.get(key):
-                        self.out.skip(tls.get("__line__"), f"mqtt.tls.{key}",
-                                      "not supported for the external broker")
-                if tls.get("insecure") or tls.get("cert_reqs") in ("CERT_NONE",
-                                                                   "CERT_OPTIONAL"):
-                    self.out.skip(tls.get("__line__"), "mqtt.tls.insecure/cert_reqs",
-                                  "the gatekeeper always verifies the broker's certificate")
-            if mqtt.get("client_id"):
-                ext["client_id"] = str(mqtt["client_id"])
-            # Fail closed: until the broker user below exists and the broker's ACL holds,
-            # every command is refused and the health says why (never silently open).
-            ext["acl_probe"] = {"username": PROBE_USER, "password_file": PROBE_PASSWORD_FILE}
-            self.out.notes.append(
-                f"broker.external.acl_probe: create the broker user {PROBE_USER!r} with a "
-                f"password of its own, write that password into {PROBE_PASSWORD_FILE} "
-                f"(chmod 600), and give the broker the fleet ACL (docs/fleet.md): the "
-                f"gatekeeper checks with that user that nobody can command under another "
-                f"user's name, and refuses every command until the check passes. "
-                f"acl_probe: false skips the check (not recommended).")
-            cfg["broker"] = {"mode": "external", "external": ext}
-            cfg["auth"] = {"users": {"mqtt-io": {"role": "operator"}}}
-            self.out.notes.append(
-                f"mqtt-io used the broker {host}:{port}: the gatekeeper connects to it as a "
-                f"client (external broker mode). Commands on mqtt-io's topics carry no user "
-                f"name there; they run as the user 'mqtt-io' (operator); the broker's ACL "
-                f"decides who may publish them.")
-            self.out.done(line, f"mqtt (host {host})", "external broker mode")
+            self._external(mqtt, line, host, port, user, password)
+        self._compat_and_ha(mqtt, prefix)
+
+    def _embedded(self, mqtt: dict[str, Any], line: Any, host: str, port: int, user: str,
+                  password: str) -> None:
+        """mqtt-io's broker ran here: the embedded broker takes its place."""
+        cfg = self.out.config
+        tls: dict[str, Any] = mqtt["tls"] if isinstance(mqtt.get("tls"), dict) else {}
+        listeners: list[dict[str, Any]] = [{"type": "tcp", "host": "0.0.0.0", "port": port}]
+        cfg["broker"] = {"mode": "embedded", "listeners": listeners}
+        self.out.notes.append(
+            f"mqtt-io used a broker on this machine ({host or 'localhost'}:{port}): the "
+            f"gatekeeper's embedded broker takes its place on port {port} (stop the old "
+            f"broker first, or change the port). Clients log in to the gatekeeper now.")
+        if tls.get("enabled"):
+            self.out.skip(tls.get("__line__"), "mqtt.tls", "these were client settings for "
+                          "the old broker; add a tls listener with the server's "
+                          "certificate and key (docs/security.md)")
+        if user:
+            cfg["auth"] = {"allow_anonymous": False, "users": {
+                _name(user): {"password_hash": self.hash_password(password), "role":
+                              "operator"}}}
+            self.out.notes.append(f"User {user!r} keeps its password (stored as an "
+                                  f"argon2id hash) with the operator role.")
+        else:
+            cfg["auth"] = {"allow_anonymous": True, "anonymous_role": "operator"}
+            self.out.warnings.append(
+                "mqtt-io logged in without a user: anonymous clients get the operator "
+                "role so that they keep working, as they did on the old broker. Add users "
+                "and turn allow_anonymous off (docs/security.md).")
+        if "mqtt" in self.doc:
+            self.out.done(line, f"mqtt (host {host or 'localhost'})",
+                          f"embedded broker on port {port}")
+
+    def _external(self, mqtt: dict[str, Any], line: Any, host: str, port: int, user: str,
+                  password: str) -> None:
+        """mqtt-io's broker ran elsewhere: external broker mode, with the ACL probe."""
+        cfg = self.out.config
+        tls: dict[str, Any] = mqtt["tls"] if isinstance(mqtt.get("tls"), dict) else {}
+        ext: dict[str, Any] = {"host": host, "port": port}
+        if user:
+            ext["username"] = user
+            if password:
+                ext["password_file"] = PASSWORD_FILE
+                self.out.notes.append(f"Write the old mqtt.password into {PASSWORD_FILE} "
+                                      f"(one line, chmod 600): passwords are never kept "
+                                      f"in the config.")
+        if tls.get("enabled"):
+            ext["tls"] = True
+            if tls.get("ca_certs"):
+                ext["ca_file"] = str(tls["ca_certs"])
+            for key in ("certfile", "keyfile", "ciphers", "tls_version"):
+                if tls.get(key):
+                    self.out.skip(tls.get("__line__"), f"mqtt.tls.{key}",
+                                  "not supported for the external broker")
+            if tls.get("insecure") or tls.get("cert_reqs") in ("CERT_NONE",
+                                                               "CERT_OPTIONAL"):
+                self.out.skip(tls.get("__line__"), "mqtt.tls.insecure/cert_reqs",
+                              "the gatekeeper always verifies the broker's certificate")
+        if mqtt.get("client_id"):
+            ext["client_id"] = str(mqtt["client_id"])
+        # Fail closed: until the broker user below exists and the broker's ACL holds,
+        # every command is refused and the health says why (never silently open).
+        ext["acl_probe"] = {"username": PROBE_USER, "password_file": PROBE_PASSWORD_FILE}
+        self.out.notes.append(
+            f"broker.external.acl_probe: create the broker user {PROBE_USER!r} with a "
+            f"password of its own, write that password into {PROBE_PASSWORD_FILE} "
+            f"(chmod 600), and give the broker the fleet ACL (docs/fleet.md): the "
+            f"gatekeeper checks with that user that nobody can command under another "
+            f"user's name, and refuses every command until the check passes. "
+            f"acl_probe: false skips the check (not recommended).")
+        cfg["broker"] = {"mode": "external", "external": ext}
+        cfg["auth"] = {"users": {"mqtt-io": {"role": "operator"}}}
+        self.out.notes.append(
+            f"mqtt-io used the broker {host}:{port}: the gatekeeper connects to it as a "
+            f"client (external broker mode). Commands on mqtt-io's topics carry no user "
+            f"name there; they run as the user 'mqtt-io' (operator); the broker's ACL "
+            f"decides who may publish them.")
+        self.out.done(line, f"mqtt (host {host})", "external broker mode")
+
+    def _compat_and_ha(self, mqtt: dict[str, Any], prefix: str) -> None:
+        """The compat section (prefix, status topic and payloads) and Home Assistant's."""
+        cfg = self.out.config
         compat: dict[str, Any] = {"topic_prefix": prefix}
         for key in ("status_topic", "status_payload_running", "status_payload_stopped",
                     "status_payload_dead"):
@@ -382,7 +399,17 @@ class _Importer:
     # --- inputs ---------------------------------------------------------------------------------
     def inputs(self) -> None:
         entries = list(_items(self.doc.get("digital_inputs")))
-        # A Pi input that is the INT line of an expander's pins: the expander's interrupt.
+        self._interrupt_lines(entries)
+        for entry in entries:
+            mio = str(entry.get("name", ""))
+            what = f"digital input {mio!r}"
+            if mio in self.interrupt_for:
+                self._interrupt_input(entry, mio, what)
+            else:
+                self._input(entry, mio, what)
+
+    def _interrupt_lines(self, entries: list[dict[str, Any]]) -> None:
+        """A Pi input that is the INT line of an expander's pins: the expander's interrupt."""
         for entry in entries:
             targets = entry.get("interrupt_for")
             if not isinstance(targets, list):
@@ -396,67 +423,70 @@ class _Importer:
                 if module in self.expander_of:
                     self.expanders[self.expander_of[module]]["interrupt"] = pin
             self.interrupt_for[str(entry.get("name"))] = (str(entry.get("module")), pin)
-        for entry in entries:
-            mio = str(entry.get("name", ""))
-            what = f"digital input {mio!r}"
-            line = entry.get("__line__")
-            if mio in self.interrupt_for:
-                exps = sorted({e for e, x in self.expanders.items()
-                               if x.get("interrupt") == self.interrupt_for[mio][1]})
-                if exps:
-                    self.out.done(line, what, f"the interrupt line of expanders "
-                                  f"{', '.join(exps)}")
-                else:
-                    self.out.skip(line, f"{what} interrupt_for", "only an expander's INT line "
-                                  "can be an interrupt for other pins")
-                continue
-            pin = self.named_pin(entry, mio, what)
-            if pin is None:
-                continue
-            kind_of_module = self._kind(entry)
-            cls = str(entry.get("class", "")) if kind_of_module == "gpiozero" else ""
-            kind = cls if cls in GPIOZERO_INPUTS else "DigitalInputDevice"
-            dev: dict[str, Any] = {"type": kind, "pin": pin}
-            pullup, pulldown = bool(entry.get("pullup")), bool(entry.get("pulldown"))
-            if kind_of_module in ("pcf8574", "pcf8575"):
-                pullup = True
-                if pulldown:
-                    self.out.warnings.append(
-                        f"line {line}: {what}: a PCF857x has no pull-down (mqtt-io wrote 0, "
-                        f"which drives the pin low); converted as its weak pull-up")
-                    pulldown = False
-            elif kind_of_module == "mcp23017" and pulldown:
-                self.out.warnings.append(f"line {line}: {what}: an MCP23017 has no pull-down; "
-                                         f"converted as a floating input (add a resistor)")
+
+    def _interrupt_input(self, entry: dict[str, Any], mio: str, what: str) -> None:
+        exps = sorted({e for e, x in self.expanders.items()
+                       if x.get("interrupt") == self.interrupt_for[mio][1]})
+        if exps:
+            self.out.done(entry.get("__line__"), what, f"the interrupt line of expanders "
+                          f"{', '.join(exps)}")
+        else:
+            self.out.skip(entry.get("__line__"), f"{what} interrupt_for", "only an expander's "
+                          "INT line can be an interrupt for other pins")
+
+    def _input(self, entry: dict[str, Any], mio: str, what: str) -> None:
+        line = entry.get("__line__")
+        pin = self.named_pin(entry, mio, what)
+        if pin is None:
+            return
+        kind_of_module = self._kind(entry)
+        cls = str(entry.get("class", "")) if kind_of_module == "gpiozero" else ""
+        kind = cls if cls in GPIOZERO_INPUTS else "DigitalInputDevice"
+        dev: dict[str, Any] = {"type": kind, "pin": pin,
+                               **self._input_pull(entry, kind_of_module, what)}
+        interrupt = entry.get("interrupt")
+        if interrupt in ("rising", "falling", "both") or entry.get("bouncetime"):
+            ms = _int(entry.get("bouncetime")) or 100
+            dev["bounce_time"] = min(10.0, max(0.001, ms / 1000.0))
+        ha = self.ha(entry, ("binary_sensor",), what)
+        if (dev["pull_up"] is True) != bool(entry.get("inverted")):
+            # mqtt-io's "ON" is the pin high (unless inverted); this device is active
+            # while its pin is low (a pull-up) or high: Home Assistant shows it as before.
+            ha = {**(ha or {}), "inverted": True}
+        if ha is not None:
+            dev["homeassistant"] = ha
+        device = self._add(dev, mio)
+        compat = _compat_entry(entry, mio, device, payloads=True)
+        if entry.get("inverted"):
+            compat["inverted"] = True  # mqtt-io's meaning: by the pin's level
+        if entry.get("interrupt_payload") is not None and interrupt in ("rising",
+                                                                       "falling", "both"):
+            compat["interrupt"] = interrupt
+            compat["interrupt_payload"] = str(entry["interrupt_payload"])
+        self.compat_in[mio] = compat
+        self.out.done(line, what, f"devices.{device} ({kind})")
+
+    def _input_pull(self, entry: dict[str, Any], kind_of_module: str, what: str
+                    ) -> dict[str, Any]:
+        """An input's pull_up (and active_state when floating) on its chip."""
+        line = entry.get("__line__")
+        pullup, pulldown = bool(entry.get("pullup")), bool(entry.get("pulldown"))
+        if kind_of_module in ("pcf8574", "pcf8575"):
+            pullup = True
+            if pulldown:
+                self.out.warnings.append(
+                    f"line {line}: {what}: a PCF857x has no pull-down (mqtt-io wrote 0, "
+                    f"which drives the pin low); converted as its weak pull-up")
                 pulldown = False
-            if pullup:
-                dev["pull_up"] = True
-            elif pulldown:
-                dev["pull_up"] = False
-            else:
-                dev["pull_up"] = None
-                dev["active_state"] = True
-            interrupt = entry.get("interrupt")
-            if interrupt in ("rising", "falling", "both") or entry.get("bouncetime"):
-                ms = _int(entry.get("bouncetime")) or 100
-                dev["bounce_time"] = min(10.0, max(0.001, ms / 1000.0))
-            ha = self.ha(entry, ("binary_sensor",), what)
-            if (dev["pull_up"] is True) != bool(entry.get("inverted")):
-                # mqtt-io's "ON" is the pin high (unless inverted); this device is active
-                # while its pin is low (a pull-up) or high: Home Assistant shows it as before.
-                ha = {**(ha or {}), "inverted": True}
-            if ha is not None:
-                dev["homeassistant"] = ha
-            device = self._add(dev, mio)
-            compat = _compat_entry(entry, mio, device, payloads=True)
-            if entry.get("inverted"):
-                compat["inverted"] = True  # mqtt-io's meaning: by the pin's level
-            if entry.get("interrupt_payload") is not None and interrupt in ("rising",
-                                                                           "falling", "both"):
-                compat["interrupt"] = interrupt
-                compat["interrupt_payload"] = str(entry["interrupt_payload"])
-            self.compat_in[mio] = compat
-            self.out.done(line, what, f"devices.{device} ({kind})")
+        elif kind_of_module == "mcp23017" and pulldown:
+            self.out.warnings.append(f"line {line}: {what}: an MCP23017 has no pull-down; "
+                                     f"converted as a floating input (add a resistor)")
+            pulldown = False
+        if pullup:
+            return {"pull_up": True}
+        if pulldown:
+            return {"pull_up": False}
+        return {"pull_up": None, "active_state": True}
 
     # --- sensors, streams, the rest -------------------------------------------------------------
     def sensors(self) -> None:
@@ -471,75 +501,83 @@ class _Importer:
         for entry in _items(self.doc.get("sensor_inputs")):
             mio = str(entry.get("name", ""))
             what = f"sensor input {mio!r}"
-            line = entry.get("__line__")
             found = modules.get(str(entry.get("module", "")))
             if found is None:
-                self.out.skip(line, what, f"no sensor module named {entry.get('module')!r}")
+                self.out.skip(entry.get("__line__"), what,
+                              f"no sensor module named {entry.get('module')!r}")
                 continue
-            mod = found
-            kind = str(mod.get("module"))
-            interval = float(entry.get("interval") or 60)
-            dev: dict[str, Any]
-            if kind in CHIP_MODULES:
-                chip = self.chip_sensor(mod, entry, what, chips, interval)
-                if chip is None:
-                    continue
-                device, compat = chip
-                dev = self.devices[device]
-            elif kind in ("mcp3008", "mcp3xxx"):
-                chip_type = "MCP3008" if kind == "mcp3008" else str(mod.get("type", "")).upper()
-                if chip_type not in CHIPS:
-                    self.out.skip(line, what, f"{chip_type or 'this chip'} is not one of "
-                                  f"{', '.join(CHIPS)}")
-                    continue
-                dev = {"type": chip_type, "channel": _int(entry.get("channel")) or 0,
-                       "port": _int(mod.get("spi_port")) or 0,
-                       "device": _int(mod.get("spi_device")) or 0,
-                       "publish_interval": min(3600.0, max(0.05, interval))}
-                # mqtt-io's mcp3008 module published read_adc()'s raw count; mcp3xxx 0..1
-                compat = {"field": "raw_value"} if kind == "mcp3008" else {}
-                device = ""
-            elif kind == "hcsr04":
-                echo = _int(entry.get("pin_echo", mod.get("pin_echo")))
-                trigger = _int(entry.get("pin_trigger", mod.get("pin_trigger")))
-                if echo is None or trigger is None:
-                    self.out.skip(line, what, "needs pin_echo and pin_trigger")
-                    continue
-                # mqtt-io measured in centimetres, without a ceiling; the HC-SR04 reaches
-                # about 4 m
-                dev = {"type": "DistanceSensor", "echo": echo, "trigger": trigger,
-                       "max_distance": 4.0,
-                       "publish_interval": min(3600.0, max(0.05, interval))}
-                compat = {"field": "distance", "scale": 100}
-                device = ""
-            else:
-                self.out.skip(line, what, f"its module {mod.get('name')!r} ({kind}) is not "
-                              f"converted")
-                continue
-            sensor_ha = self.ha(entry, ("sensor",), what)
-            if sensor_ha is not None:
-                sensor_ha.pop("component", None)
-                if sensor_ha and kind not in CHIP_MODULES:
-                    dev["homeassistant"] = sensor_ha
-                elif sensor_ha:
-                    self.out.skip(line, f"{what} ha_discovery", "a sensor with several "
-                                  "values gets one entity per value, named after the device")
-            if not device:
-                device = self._add(dev, mio)
-            compat.update(_compat_entry(entry, mio, device, payloads=False))
-            digits = _int(entry.get("digits"))
-            if digits is not None and digits != 2:
-                compat["digits"] = min(10, max(0, digits))
-            if not _one_level(mio):
-                self.out.skip(line, f"{what} topic", "a name with '/', '+' or '#' is not one "
-                              "topic level: on the gatekeeper's own topics only")
-            else:
-                self.compat_sensors[mio] = compat
-            self.out.done(line, what, f"devices.{device} ({dev['type']})")
+            made = self._sensor_device(found, entry, what, chips)
+            if made is not None:
+                self._sensor(found, entry, mio, what, *made)
         for name, mod in modules.items():
             if str(mod.get("module")) in CHIP_MODULES and name not in chips:
                 self.out.skip(mod.get("__line__"), f"sensor module {name!r} "
                               f"({mod.get('module')})", "no sensor input reads it")
+
+    def _sensor_device(self, mod: dict[str, Any], entry: dict[str, Any], what: str,
+                       chips: dict[str, str]
+                       ) -> tuple[dict[str, Any], dict[str, Any], str] | None:
+        """(device config, compat settings, device name or "" for a new one) of a sensor
+        input, or None (skipped)."""
+        line = entry.get("__line__")
+        kind = str(mod.get("module"))
+        interval = float(entry.get("interval") or 60)
+        if kind in CHIP_MODULES:
+            chip = self.chip_sensor(mod, entry, what, chips, interval)
+            if chip is None:
+                return None
+            device, compat = chip
+            return self.devices[device], compat, device
+        if kind in ("mcp3008", "mcp3xxx"):
+            chip_type = "MCP3008" if kind == "mcp3008" else str(mod.get("type", "")).upper()
+            if chip_type not in CHIPS:
+                self.out.skip(line, what, f"{chip_type or 'this chip'} is not one of "
+                              f"{', '.join(CHIPS)}")
+                return None
+            dev = {"type": chip_type, "channel": _int(entry.get("channel")) or 0,
+                   "port": _int(mod.get("spi_port")) or 0,
+                   "device": _int(mod.get("spi_device")) or 0,
+                   "publish_interval": min(3600.0, max(0.05, interval))}
+            # mqtt-io's mcp3008 module published read_adc()'s raw count; mcp3xxx 0..1
+            return dev, ({"field": "raw_value"} if kind == "mcp3008" else {}), ""
+        if kind == "hcsr04":
+            echo = _int(entry.get("pin_echo", mod.get("pin_echo")))
+            trigger = _int(entry.get("pin_trigger", mod.get("pin_trigger")))
+            if echo is None or trigger is None:
+                self.out.skip(line, what, "needs pin_echo and pin_trigger")
+                return None
+            # mqtt-io measured in centimetres, without a ceiling; the HC-SR04 reaches
+            # about 4 m
+            dev = {"type": "DistanceSensor", "echo": echo, "trigger": trigger,
+                   "max_distance": 4.0, "publish_interval": min(3600.0, max(0.05, interval))}
+            return dev, {"field": "distance", "scale": 100}, ""
+        self.out.skip(line, what, f"its module {mod.get('name')!r} ({kind}) is not converted")
+        return None
+
+    def _sensor(self, mod: dict[str, Any], entry: dict[str, Any], mio: str, what: str,
+                dev: dict[str, Any], compat: dict[str, Any], device: str) -> None:
+        """A converted sensor input: its Home Assistant settings and compat entry."""
+        line = entry.get("__line__")
+        sensor_ha = self.ha(entry, ("sensor",), what)
+        if sensor_ha is not None:
+            sensor_ha.pop("component", None)
+            if sensor_ha and str(mod.get("module")) not in CHIP_MODULES:
+                dev["homeassistant"] = sensor_ha
+            elif sensor_ha:
+                self.out.skip(line, f"{what} ha_discovery", "a sensor with several "
+                              "values gets one entity per value, named after the device")
+        if not device:
+            device = self._add(dev, mio)
+        compat.update(_compat_entry(entry, mio, device, payloads=False))
+        digits = _int(entry.get("digits"))
+        if digits is not None and digits != 2:
+            compat["digits"] = min(10, max(0, digits))
+        if not _one_level(mio):
+            self.out.skip(line, f"{what} topic", "a name with '/', '+' or '#' is not one "
+                          "topic level: on the gatekeeper's own topics only")
+        else:
+            self.compat_sensors[mio] = compat
+        self.out.done(line, what, f"devices.{device} ({dev['type']})")
 
     def chip_sensor(self, mod: dict[str, Any], entry: dict[str, Any], what: str,
                     chips: dict[str, str], interval: float
@@ -585,52 +623,68 @@ class _Importer:
         return device, compat
 
     def chip_device(self, mod: dict[str, Any]) -> dict[str, Any] | None:
-        kind, line = str(mod.get("module")), mod.get("__line__")
+        kind = str(mod.get("module"))
         what = f"sensor module {mod.get('name')!r} ({kind})"
-        bus = _int(mod.get("i2c_bus_num"))
-        address = _int(mod.get("chip_addr"))
         dev: dict[str, Any] = {"type": CHIP_MODULES[kind]}
-        if kind == "ds18b":
-            if mod.get("address"):
-                dev["address"] = str(mod["address"]).lower()
-        elif kind == "dht22":
-            chip = str(mod.get("type", "dht22")).upper()
-            dev["type"] = chip if chip in ("DHT11", "DHT22", "AM2302") else "DHT22"
-            pin = _int(mod.get("pin"))
-            self.out.notes.append(f"line {line}: {what}: the kernel reads the DHT: add "
-                                  f"dtoverlay=dht11,gpiopin={pin if pin is not None else 'N'} "
-                                  f"to /boot/firmware/config.txt and reboot")
-        elif kind == "ads1x15":
-            dev["type"] = "ADS1015" if str(mod.get("type")).upper() == "ADS1015" else "ADS1115"
-            pins = sorted({p for p in (mod.get("pins") or []) if isinstance(p, int)
-                           and 0 <= p <= 3})
-            if pins:
-                dev["channels"] = pins
-            gain = mod.get("gain", 1)
-            full_scale = ADS_GAINS.get(float(gain)) if isinstance(gain, int | float) else None
-            if full_scale is None:
-                self.out.skip(line, f"{what} gain {gain}", "not one of 2/3, 1, 2, 4, 8, 16")
-                return None
-            dev["full_scale"] = full_scale
-        elif kind == "ina219":
-            shunt = float(mod.get("shunt_ohms") or 0.1)
-            dev["shunt_ohms"] = shunt
-            amps = mod.get("max_amps")
-            dev["max_current"] = float(amps) if isinstance(amps, int | float) and amps > 0 \
-                else round(min(3.2, 0.32 / shunt), 6)
-            if mod.get("voltage_range") in (16, 32):
-                dev["bus_range"] = mod["voltage_range"]
-            if str(mod.get("gain", "AUTO")).upper() != "AUTO":
-                self.out.skip(line, f"{what} gain {mod.get('gain')}", "the gain follows from "
-                              "max_current and shunt_ohms")
-            if mod.get("low_power"):
-                self.out.skip(line, f"{what} low_power", "the INA219 converts continuously")
+        settings = {"ds18b": self._ds18b, "dht22": self._dht, "ads1x15": self._ads1x15,
+                    "ina219": self._ina219}.get(kind)
+        if settings is not None and not settings(mod, dev, what):
+            return None
         if kind not in ("ds18b", "dht22"):  # the I²C chips
+            bus = _int(mod.get("i2c_bus_num"))
+            address = _int(mod.get("chip_addr"))
             if bus is not None and bus != 1:
                 dev["bus"] = bus
             if address is not None:
                 dev["address"] = address
         return dev
+
+    # Each chip module's own settings into ``dev``; False: skipped (said why).
+    def _ds18b(self, mod: dict[str, Any], dev: dict[str, Any], what: str) -> bool:
+        if mod.get("address"):
+            dev["address"] = str(mod["address"]).lower()
+        return True
+
+    def _dht(self, mod: dict[str, Any], dev: dict[str, Any], what: str) -> bool:
+        chip = str(mod.get("type", "dht22")).upper()
+        dev["type"] = chip if chip in ("DHT11", "DHT22", "AM2302") else "DHT22"
+        pin = _int(mod.get("pin"))
+        self.out.notes.append(f"line {mod.get('__line__')}: {what}: the kernel reads the DHT: "
+                              f"add dtoverlay=dht11,gpiopin={pin if pin is not None else 'N'} "
+                              f"to /boot/firmware/config.txt and reboot")
+        return True
+
+    def _ads1x15(self, mod: dict[str, Any], dev: dict[str, Any], what: str) -> bool:
+        dev["type"] = "ADS1015" if str(mod.get("type")).upper() == "ADS1015" else "ADS1115"
+        pins = sorted({p for p in (mod.get("pins") or []) if isinstance(p, int)
+                       and 0 <= p <= 3})
+        if pins:
+            dev["channels"] = pins
+        gain = mod.get("gain", 1)
+        full_scale = ADS_GAINS.get(float(gain)) if isinstance(gain, int | float) else None
+        if full_scale is None:
+            self.out.skip(mod.get("__line__"), f"{what} gain {gain}",
+                          "not one of 2/3, 1, 2, 4, 8, 16")
+            return False
+        dev["full_scale"] = full_scale
+        return True
+
+    def _ina219(self, mod: dict[str, Any], dev: dict[str, Any], what: str) -> bool:
+        line = mod.get("__line__")
+        shunt = float(mod.get("shunt_ohms") or 0.1)
+        dev["shunt_ohms"] = shunt
+        amps = mod.get("max_amps")
+        dev["max_current"] = float(amps) if isinstance(amps, int | float) and amps > 0 \
+            else round(min(3.2, 0.32 / shunt), 6)
+        if mod.get("voltage_range") in (16, 32):
+            dev["bus_range"] = mod["voltage_range"]
+        if str(mod.get("gain", "AUTO")).upper() != "AUTO":
+            self.out.skip(line, f"{what} gain {mod.get('gain')}", "the gain follows from "
+                          "max_current and shunt_ohms")
+        if mod.get("low_power"):
+            self.out.skip(line, f"{what} low_power", "the INA219 converts continuously")
+        return True
+
     def rest(self) -> None:
         for entry in _items(self.doc.get("stream_modules")):
             self.out.skip(entry.get("__line__"), f"stream module {entry.get('name')!r} "
