@@ -312,12 +312,23 @@ class PinRecorder:
         return out
 
 
+# The longest files, started first so that none of them is left running alone at the end
+# when scripts/test spreads the files over its workers (pytest-xdist, --dist loadfile).
+LONGEST_FIRST = ("tests/deploy/test_install.py", "tests/security/test_soak.py",
+                 "tests/server/test_persistence.py", "tests/deploy/test_wheel.py",
+                 "tests/web/test_dashboard_browser.py", "tests/deploy/test_deb.py")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The real Home Assistant stage (tests/ha) runs last: its Home Assistant is set up in
-    the background (scripts/ha-setup) while everything else runs."""
-    ha = [item for item in items if "/tests/ha/" in str(item.path)]
-    if ha:
-        items[:] = [item for item in items if item not in ha] + ha
+    """The longest files first; the real Home Assistant stage (tests/ha) last: its Home
+    Assistant is set up in the background (scripts/ha-setup) while everything else runs."""
+    def rank(item: pytest.Item) -> int:
+        path = item.path.relative_to(ROOT).as_posix()
+        if path.startswith("tests/ha/"):
+            return len(LONGEST_FIRST) + 1
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items[:] = sorted(items, key=rank)  # stable: the order inside each file is kept
 
 
 class GatekeeperThread:

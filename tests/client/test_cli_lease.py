@@ -116,7 +116,7 @@ def test_lease_acquire_for_holds_it_that_long(yard: Daemon) -> None:
     took = time.monotonic() - start
     assert res.returncode == 0, res.stderr
     assert "held by" in res.stdout and "for 1.5 s (ttl 3 s" in res.stdout
-    assert res.stdout.rstrip().endswith("released") and 1.5 <= took < 10
+    assert res.stdout.rstrip().endswith("released") and took >= 1.5
 
 
 class _Granting:

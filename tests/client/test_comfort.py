@@ -48,11 +48,8 @@ def _cli(port: int, *args: str, timeout: float = 30) -> subprocess.CompletedProc
 
 
 def test_unknown_node_fails_fast_naming_the_nodes(kitchen: Daemon) -> None:
-    start = time.monotonic()
-    with pytest.raises(UnknownNode) as info:
+    with pytest.raises(UnknownNode) as info:  # not RequestTimeout after the 10 s
         Gatekeeper("127.0.0.1", kitchen.port, node_id="typo", timeout=10)
-    took = time.monotonic() - start
-    assert took < 2.5
     assert str(info.value) == "no gatekeeper node 'typo' on this broker; nodes seen: kitchen"
     res = _cli(kitchen.port, "--node", "typo", "devices")
     assert res.returncode == 2 and "nodes seen: kitchen" in res.stderr

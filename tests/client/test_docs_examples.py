@@ -4,10 +4,12 @@ config; an example that ends in ``pause()`` keeps running, and its callbacks fir
 from __future__ import annotations
 
 import json
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,19 +62,49 @@ def test_example_runs(demo: Gatekeeper, source: str, code: str, tmp_path: Path) 
                              timeout=60, env=env)
         assert res.returncode == 0, res.stderr[-2000:]
         return
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    # SIGINT ends it as Ctrl-C would, also when the suite runs as a background job (which
+    # inherits SIGINT ignored: Python then installs no KeyboardInterrupt handler).
+    errors = tmp_path / "stderr"
+    with errors.open("w") as err_file:
+        proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                                stderr=err_file, text=True,
+                                env=dict(env, PYTHONUNBUFFERED="1"),
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    lines: queue.Queue[str] = queue.Queue()
+    out: list[str] = []
+
+    def reader() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.append(line)
+            lines.put(line)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
     try:
-        time.sleep(3)
-        assert proc.poll() is None, proc.communicate()[1][-2000:]  # still running: pause()
-        _ring(demo)
-        time.sleep(1)
-        assert proc.poll() is None
+        # Rung until its callback says so: the example subscribes some time after it started,
+        # and nothing but its output tells when.
+        deadline = time.monotonic() + 30
+        while "ding" not in "".join(out):
+            assert proc.poll() is None, errors.read_text()[-2000:]
+            assert time.monotonic() < deadline, "no ding within 30 s: " + errors.read_text()
+            _ring(demo)
+            try:
+                lines.get(timeout=1)
+            except queue.Empty:
+                pass
+        assert proc.poll() is None, errors.read_text()[-2000:]  # still running: pause()
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=10)
-    assert "ding" in out, err[-2000:]
-    assert "KeyboardInterrupt" in err or proc.returncode == 0
+        try:
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        thread.join(5)
+    err = errors.read_text()
+    assert "KeyboardInterrupt" in err or proc.returncode == 0, err[-2000:]
 
 
 def test_there_are_examples() -> None:

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pi_mqtt_gpio.server.security import hash_password
 from tests.conftest import Gatekeeper as Daemon
-from tests.conftest import broker_config, start_gatekeeper, wait_for
+from tests.conftest import broker_config, cheap_hash, start_gatekeeper, wait_for
 
 PASSWORD = "correct horse"
 CLI = [sys.executable, "-m", "pi_mqtt_gpio.client.cli"]
@@ -27,7 +26,7 @@ CLI = [sys.executable, "-m", "pi_mqtt_gpio.client.cli"]
 def gk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     cfg = broker_config(node_id="pw", devices={"porch_light": {"type": "LED", "pin": 17}},
                         auth={"allow_anonymous": False, "roles": {}, "users": {
-                            "alice": {"password_hash": hash_password(PASSWORD),
+                            "alice": {"password_hash": cheap_hash(PASSWORD),
                                       "role": "operator"}}})
     daemon = start_gatekeeper(tmp_path_factory.mktemp("pw"), cfg)
     yield daemon

@@ -18,11 +18,10 @@ from paho.mqtt.properties import Properties
 
 from pi_mqtt_gpio.mqtt.codec import decode, encode_publish
 from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, Publish
-from pi_mqtt_gpio.server.security import hash_password
-from tests.conftest import Client, Gatekeeper, broker_config, start_gatekeeper, wait_for
+from tests.conftest import Client, Gatekeeper, broker_config, cheap_hash, start_gatekeeper, wait_for
 
 PASSWORD = "s3cret"
-PASSWORD_HASH = hash_password(PASSWORD)
+PASSWORD_HASH = cheap_hash(PASSWORD)
 
 
 def persistent_config(tmp: Path, **overrides: Any) -> dict[str, Any]:

@@ -383,9 +383,7 @@ def test_sigterm_drives_outputs_safe_and_goes_offline(tmp_path: Path) -> None:
     try:
         assert r.call("lamp", "on")["ok"] and r.call("screen", "forward", 1.0)["ok"]
         w.wait(f"{g.root}/device/screen/state", lambda s: s["value"] == 1)
-        start = time.monotonic()
         assert g.stop(signal.SIGTERM) == 0
-        assert time.monotonic() - start < 2.0
         w.wait(f"{g.root}/device/screen/state", lambda s: s["value"] == 0)
         w.wait(f"{g.root}/device/lamp/state", lambda s: s["value"] == 0)
         w.wait(f"{g.root}/status", lambda p: p == b"offline")

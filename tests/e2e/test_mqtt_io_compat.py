@@ -16,8 +16,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from pi_mqtt_gpio.server.security import hash_password
-from tests.conftest import Client, Gatekeeper, start_gatekeeper, v5_props
+from tests.conftest import Client, Gatekeeper, cheap_hash, start_gatekeeper, v5_props
 
 pytestmark = pytest.mark.skipif(
     shutil.which("mosquitto_pub") is None and not __import__("os").environ.get("CI"),
@@ -30,7 +29,7 @@ VERSIONS = pytest.mark.parametrize("proto", ["mqttv311", "mqttv5"])
 
 
 def config() -> dict[str, Any]:
-    h = hash_password(PASSWORD)
+    h = cheap_hash(PASSWORD)
     return {
         "node_id": "kitchen",
         "broker": {"listeners": [{"type": "tcp", "host": "127.0.0.1", "port": 0}]},
@@ -276,7 +275,7 @@ def test_mqtt_ios_readme_example_imported_runs_with_its_own_topics(tmp_path: Pat
     cfg["node_id"] = "pi"
     for sensor in ("lm75_sensor", "ina219_sensor"):  # mqtt-io read them every 60 s
         cfg["devices"][sensor]["interval"] = 1
-    cfg["auth"]["users"] = {"admin": {"password_hash": hash_password(PASSWORD),
+    cfg["auth"]["users"] = {"admin": {"password_hash": cheap_hash(PASSWORD),
                                       "role": "admin"}}
     g = start_gatekeeper(tmp_path, cfg)
     try:

@@ -21,8 +21,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from pi_mqtt_gpio.server.security import hash_password
-from tests.conftest import NO_GUARDS, Client, Gatekeeper, start_gatekeeper, v5_props
+from tests.conftest import NO_GUARDS, Client, Gatekeeper, cheap_hash, start_gatekeeper, v5_props
 
 PASSWORD = "s3cret-read"
 PREFIX = "home/kitchen"
@@ -36,7 +35,7 @@ FOREIGN_SHORT = ["secret/admin/notes", "zigbee2mqtt/x"]
 
 
 def config(compat: bool = True) -> dict[str, Any]:
-    h = hash_password(PASSWORD)
+    h = cheap_hash(PASSWORD)
     cfg: dict[str, Any] = {
         "node_id": "kitchen",
         "broker": {"listeners": [{"type": "tcp", "host": "127.0.0.1", "port": 0}]},
@@ -251,7 +250,7 @@ def test_a_demoted_user_reads_nothing_more_through_its_old_subscriptions(
     persistent session, become viewers (users file + SIGHUP): the subscriptions a viewer
     would not be granted are gone, with what was queued on them; nothing the viewer may not
     read arrives, live or queued, before the sentinels it may read."""
-    h = hash_password(PASSWORD)
+    h = cheap_hash(PASSWORD)
     users = tmp_path / "users"
     users.write_text(f"live:{h}:admin\naway:{h}:admin\n")
     cfg = config()

@@ -20,8 +20,7 @@ from typing import Any
 
 import pytest
 
-from pi_mqtt_gpio.server.security.passwords import hash_password
-from tests.conftest import GatekeeperThread
+from tests.conftest import GatekeeperThread, cheap_hash
 from tests.ha.harness import HomeAssistant, ha_venv
 
 pytestmark = pytest.mark.skipif(os.environ.get("PI_MQTT_SKIP_HA") == "1",
@@ -105,8 +104,8 @@ node_id: {NODE}
 broker: {{listeners: [{{type: tcp, host: 127.0.0.1, port: 0}}]}}
 auth:
   users:
-    {HA_USER}: {{password_hash: '{hash_password(HA_PASSWORD)}', role: homeassistant}}
-    {ADMIN}: {{password_hash: '{hash_password(ADMIN_PASSWORD)}', role: admin}}
+    {HA_USER}: {{password_hash: '{cheap_hash(HA_PASSWORD)}', role: homeassistant}}
+    {ADMIN}: {{password_hash: '{cheap_hash(ADMIN_PASSWORD)}', role: admin}}
 persistence: {{path: {tmp / 'state.json'}, autosave_s: 0.5}}
 safety: {{min_relay_interval_s: 0, min_command_interval_s: 0, flap_lockout_s: 0}}
 devices:

@@ -8,6 +8,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -79,6 +80,9 @@ def test_ctrl_c_at_the_password_prompt(tmp_path: Path, argv: list[str]) -> None:
     pid, fd = pty.fork()
     if pid == 0:  # the child: the pty is its controlling terminal
         os.chdir(tmp_path)
+        # As in a terminal's shell: a suite started in the background (``./scripts/test &``)
+        # hands its children SIGINT ignored.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.execv(sys.executable, argv)
     out = b""
     end = time.monotonic() + 30

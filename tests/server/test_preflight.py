@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pi_mqtt_gpio.server.security import hash_password
+from tests.conftest import cheap_hash
 
-H = hash_password("pw")
+H = cheap_hash("pw")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -12,8 +12,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from pi_mqtt_gpio.server.security.passwords import hash_password
-from tests.conftest import Client, broker_config, start_gatekeeper, v5_props
+from tests.conftest import Client, broker_config, cheap_hash, start_gatekeeper, v5_props
 
 KEYS = ["temperature", "humidity", "pressure"]
 
@@ -38,7 +37,7 @@ def test_history_retained_for_a_viewer_and_fresh_from_the_method(tmp_path: Path)
         "porch_light": {"type": "LED", "pin": 17},
         "daylight": {"type": "LightSensor", "pin": 18},
     }, auth={"allow_anonymous": True, "anonymous_role": "viewer",
-             "users": {"ada": {"password_hash": hash_password("ada-pw"), "role": "admin"}}})
+             "users": {"ada": {"password_hash": cheap_hash("ada-pw"), "role": "admin"}}})
     gk = start_gatekeeper(tmp_path, cfg)
     viewer = Client(gk.port, mqtt.MQTTv5)
     admin = Client(gk.port, mqtt.MQTTv5)

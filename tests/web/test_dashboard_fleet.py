@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from pi_mqtt_gpio.server.security.passwords import hash_password
-from tests.conftest import GatekeeperThread, wait_for
+from tests.conftest import GatekeeperThread, cheap_hash, wait_for
 from tests.web.test_dashboard_browser import (  # noqa: F401
     Watched,
     browser,
@@ -27,7 +26,7 @@ PASSWORD = "fleet-test-pw"
 
 
 def hub_config(tcp: int, ws: int) -> str:
-    digest = hash_password(PASSWORD)
+    digest = cheap_hash(PASSWORD)
     return head("hub", tcp, ws) + f"""auth:
   allow_anonymous: false
   users:

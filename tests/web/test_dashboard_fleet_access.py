@@ -20,8 +20,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from pi_mqtt_gpio.server.security.passwords import hash_password
-from tests.conftest import Client, GatekeeperThread, v5_props, wait_for
+from tests.conftest import Client, GatekeeperThread, cheap_hash, v5_props, wait_for
 from tests.web.test_dashboard_browser import (  # noqa: F401
     Watched,
     browser,
@@ -40,7 +39,7 @@ READ = ('["gatekeeper/+/status", "gatekeeper/+/devices", "gatekeeper/+/device/+/
 
 
 def hub_config(tcp: int, ws: int) -> str:
-    digest = hash_password(PASSWORD)
+    digest = cheap_hash(PASSWORD)
     return head("hub", tcp, ws) + f"""auth:
   allow_anonymous: true
   anonymous_role: admin

@@ -13,8 +13,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from pi_mqtt_gpio.server.security.passwords import hash_password
-from tests.conftest import Client, GatekeeperThread
+from tests.conftest import Client, GatekeeperThread, cheap_hash
 from tests.web.test_dashboard_browser import (  # noqa: F401
     Watched,
     browser,
@@ -33,7 +32,7 @@ PASSWORDS = {"ada": "ada-admin-pw", "vera": "vera-viewer-pw"}
 @pytest.fixture(scope="module")
 def node() -> Iterator[tuple[GatekeeperThread, int, int]]:
     tcp, ws = free_port(), free_port()
-    users = "\n".join(f"    {name}: {{password_hash: '{hash_password(pw)}', role: {role}}}"
+    users = "\n".join(f"    {name}: {{password_hash: '{cheap_hash(pw)}', role: {role}}}"
                       for (name, pw), role in zip(PASSWORDS.items(), ("admin", "viewer"),
                                                   strict=True))
     gk = GatekeeperThread(head("sensors", tcp, ws) + f"""auth:
