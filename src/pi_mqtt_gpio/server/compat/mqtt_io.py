@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pi_mqtt_gpio.errors import BadArgument, GatekeeperError, NotAuthorized
 from pi_mqtt_gpio.mqtt.message import Message
@@ -75,6 +75,17 @@ def _active_low(dev: Any) -> bool:
     return pull_up is True or (pull_up is None and getattr(dev, "active_state", True) is False)
 
 
+_Entry = TypeVar("_Entry", _Output, _Input, _Sensor)
+
+
+def _by_device(entries: Iterable[_Entry]) -> dict[str, list[_Entry]]:
+    """The entries of each device (a device may stand under several names)."""
+    out: dict[str, list[_Entry]] = {}
+    for entry in entries:
+        out.setdefault(entry.device, []).append(entry)
+    return out
+
+
 class MqttIoTopics:
     """Names, topics and payloads: no I/O."""
 
@@ -91,28 +102,26 @@ class MqttIoTopics:
             device = in_cfg.device or name
             self.inputs[name] = _Input(name, device, in_cfg, _active_low(devices[device]))
         if not cfg.only_listed:
-            served_out = {o.device for o in self.outputs.values()}
-            served_in = {i.device for i in self.inputs.values()}
-            for name, dev in devices.items():
-                if "/" in name or "+" in name or "#" in name:
-                    continue
-                if dev.type in OUTPUT_TYPES and name not in served_out \
-                        and name not in self.outputs:
-                    self.outputs[name] = _Output(name, name, MqttIoOutput())
-                elif dev.type in INPUT_TYPES and name not in served_in \
-                        and name not in self.inputs:
-                    self.inputs[name] = _Input(name, name, MqttIoInput(), _active_low(dev))
+            self._serve_unlisted(devices)
         self.sensors = {name: _Sensor(name, sen.device or name, sen)
                         for name, sen in cfg.sensors.items()}
-        self.sensors_of: dict[str, list[_Sensor]] = {}
-        for sen in self.sensors.values():
-            self.sensors_of.setdefault(sen.device, []).append(sen)
-        self.outputs_of: dict[str, list[_Output]] = {}
-        for out in self.outputs.values():
-            self.outputs_of.setdefault(out.device, []).append(out)
-        self.inputs_of: dict[str, list[_Input]] = {}
-        for inp in self.inputs.values():
-            self.inputs_of.setdefault(inp.device, []).append(inp)
+        self.sensors_of = _by_device(self.sensors.values())
+        self.outputs_of = _by_device(self.outputs.values())
+        self.inputs_of = _by_device(self.inputs.values())
+
+    def _serve_unlisted(self, devices: dict[str, Any]) -> None:
+        """Every on/off output and two-state input not listed, under its own name."""
+        served_out = {o.device for o in self.outputs.values()}
+        served_in = {i.device for i in self.inputs.values()}
+        for name, dev in devices.items():
+            if "/" in name or "+" in name or "#" in name:
+                continue
+            if dev.type in OUTPUT_TYPES and name not in served_out \
+                    and name not in self.outputs:
+                self.outputs[name] = _Output(name, name, MqttIoOutput())
+            elif dev.type in INPUT_TYPES and name not in served_in \
+                    and name not in self.inputs:
+                self.inputs[name] = _Input(name, name, MqttIoInput(), _active_low(dev))
 
     # --- topics ---------------------------------------------------------------------------------
     def subscriptions(self) -> list[str]:
