@@ -69,33 +69,51 @@ class Param:
             if self.nullable:
                 return None
             raise BadArgument(f"{self.name} must not be null")
-        kind = self.kind
-        if kind in ("float", "int"):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise BadArgument(f"{self.name} must be a number, got {value!r}")
-            if kind == "int" and not float(value).is_integer():
-                raise BadArgument(f"{self.name} must be a whole number, got {value!r}")
-            if not math.isfinite(value):
-                raise BadArgument(f"{self.name} must be finite")
-            value = int(value) if kind == "int" else float(value)
-            if self.ge is not None and value < self.ge:
-                raise BadArgument(f"{self.name} must be >= {self.ge:g}, got {value:g}")
-            if self.le is not None and value > self.le:
-                raise BadArgument(f"{self.name} must be <= {self.le:g}, got {value:g}")
-        elif kind == "bool":
-            if not isinstance(value, bool):
-                raise BadArgument(f"{self.name} must be true or false, got {value!r}")
-        elif kind == "str":
-            if not isinstance(value, str):
-                raise BadArgument(f"{self.name} must be a string, got {value!r}")
-        elif kind == "color":
-            value = parse_color(value, self.name)
-        elif kind == "tone" and (isinstance(value, bool)
-                                 or not isinstance(value, str | int | float)):
-            raise BadArgument(f"{self.name} must be a note name or a frequency")
+        check = _KINDS.get(self.kind)
+        if check is not None:
+            value = check(self, value)
         if self.choices is not None and value not in self.choices:
             raise BadArgument(f"{self.name} must be one of {list(self.choices)}, got {value!r}")
         return value
+
+    def _number(self, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise BadArgument(f"{self.name} must be a number, got {value!r}")
+        if self.kind == "int" and not float(value).is_integer():
+            raise BadArgument(f"{self.name} must be a whole number, got {value!r}")
+        if not math.isfinite(value):
+            raise BadArgument(f"{self.name} must be finite")
+        value = int(value) if self.kind == "int" else float(value)
+        if self.ge is not None and value < self.ge:
+            raise BadArgument(f"{self.name} must be >= {self.ge:g}, got {value:g}")
+        if self.le is not None and value > self.le:
+            raise BadArgument(f"{self.name} must be <= {self.le:g}, got {value:g}")
+        return value
+
+    def _bool(self, value: Any) -> Any:
+        if not isinstance(value, bool):
+            raise BadArgument(f"{self.name} must be true or false, got {value!r}")
+        return value
+
+    def _str(self, value: Any) -> Any:
+        if not isinstance(value, str):
+            raise BadArgument(f"{self.name} must be a string, got {value!r}")
+        return value
+
+    def _color(self, value: Any) -> Any:
+        return parse_color(value, self.name)
+
+    def _tone(self, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise BadArgument(f"{self.name} must be a note name or a frequency")
+        return value
+
+
+# How each kind of argument is checked and converted (another kind: taken as it is).
+_KINDS: dict[str, Callable[[Param, Any], Any]] = {
+    "float": Param._number, "int": Param._number, "bool": Param._bool, "str": Param._str,
+    "color": Param._color, "tone": Param._tone,
+}
 
 
 def parse_color(value: Any, name: str = "color") -> tuple[float, float, float]:
