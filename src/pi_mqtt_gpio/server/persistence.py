@@ -113,32 +113,44 @@ def check_document(doc: Any) -> None:
     version = doc.get("version", 0)
     if isinstance(version, bool) or not isinstance(version, int):
         raise _Invalid("version: not an integer")
-    if "saved_at" in doc and not (_number(doc["saved_at"])
-                                  and 0 <= doc["saved_at"] < MAX_TIMESTAMP):
+    if "saved_at" in doc and not _time(doc["saved_at"]):
         raise _Invalid("saved_at: not a time")
     for name, value in _names(doc, "outputs").items():
-        if not (_scalar(value) or (isinstance(value, list) and len(value) <= 16
-                                   and all(_scalar(v) for v in value))):
+        if not _output_value(value):
             raise _Invalid(f"outputs.{name}: not a value")
     for name, end in _names(doc, "lockouts").items():
-        if not (_number(end) and 0 <= end < MAX_TIMESTAMP):
+        if not _time(end):
             raise _Invalid(f"lockouts.{name}: not a time")
     for name, cover in _names(doc, "covers").items():
-        if not isinstance(cover, dict):
-            raise _Invalid(f"covers.{name}: not an object")
-        position = cover.get("position")
-        if not (_number(position) and 0 <= position <= 100):
-            raise _Invalid(f"covers.{name}.position: not 0 to 100")
-        if not isinstance(cover.get("calibrated", False), bool):
-            raise _Invalid(f"covers.{name}.calibrated: not true or false")
-        for key in ("travel_time_up_s", "travel_time_down_s"):
-            travel = cover.get(key)
-            if travel is not None and not (_number(travel) and 0 < travel <= 86400):
-                raise _Invalid(f"covers.{name}.{key}: not a travel time")
+        _check_cover(name, cover)
     topics = doc.get("homeassistant", [])
     if not isinstance(topics, list) or not all(isinstance(t, str) and len(t) <= MAX_NAME
                                                 for t in topics):
         raise _Invalid("homeassistant: not a list of topics")
+
+
+def _output_value(value: Any) -> bool:
+    """A scalar, or a short list of them (an RGB LED's colour)."""
+    return _scalar(value) or (isinstance(value, list) and len(value) <= 16
+                              and all(_scalar(v) for v in value))
+
+
+def _time(value: Any) -> bool:
+    return _number(value) and 0 <= value < MAX_TIMESTAMP
+
+
+def _check_cover(name: str, cover: Any) -> None:
+    if not isinstance(cover, dict):
+        raise _Invalid(f"covers.{name}: not an object")
+    position = cover.get("position")
+    if not (_number(position) and 0 <= position <= 100):
+        raise _Invalid(f"covers.{name}.position: not 0 to 100")
+    if not isinstance(cover.get("calibrated", False), bool):
+        raise _Invalid(f"covers.{name}.calibrated: not true or false")
+    for key in ("travel_time_up_s", "travel_time_down_s"):
+        travel = cover.get(key)
+        if travel is not None and not (_number(travel) and 0 < travel <= 86400):
+            raise _Invalid(f"covers.{name}.{key}: not a travel time")
 
 
 def clamp_lockouts(lockouts: dict[str, Any], longest: dict[str, float],
