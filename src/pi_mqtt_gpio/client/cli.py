@@ -147,40 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
-    words = list(sys.argv[1:] if argv is None else argv)
-    inner: list[list[str]] = []
-    if "--" in words:  # lease run ... -- COMMAND [-- COMMAND]
-        cut = words.index("--")
-        outer = parser.parse_args(words[:cut])
-        if outer.command == "lease" and outer.action == "run":
-            args, rest = outer, words[cut + 1:]
-            while "--" in rest:
-                inner.append(rest[:rest.index("--")])
-                rest = rest[rest.index("--") + 1:]
-            inner.append(rest)
-        else:
-            args = parser.parse_args(words)
-    else:
-        args = parser.parse_args(words)
-    if args.command == "lease" and args.action == "run":
-        if not args.devices or not any(inner):
-            parser.error("lease run DEVICE... -- COMMAND: name the devices, and after -- "
-                         "the command to run holding their lease")
-        commands = [_inner_parser().parse_args(words) for words in inner if words]
-    given = [flag for flag, on in (("--password", args.password is not None),
-                                   ("--password-stdin", args.password_stdin),
-                                   ("--password-file", args.password_file is not None)) if on]
-    if len(given) > 1:
-        parser.error(f"give the password one way, not with {' and '.join(given)}")
-    if args.password is None:
-        try:
-            args.password = _password(args)
-        except (OSError, UnicodeDecodeError) as exc:
-            print(f"pi-mqtt-gpio: {exc}", file=sys.stderr)
-            return 2
-        except EOFError:
-            print("pi-mqtt-gpio: no password given", file=sys.stderr)
-            return 2
+    args, commands = _parse(parser, list(sys.argv[1:] if argv is None else argv))
+    problem = _read_password(parser, args)
+    if problem is not None:
+        print(f"pi-mqtt-gpio: {problem}", file=sys.stderr)
+        return 2
     if args.command == "nodes":
         return _nodes(args)
     if not args.node and not os.environ.get("PI_MQTT_NODE"):
@@ -204,6 +175,48 @@ def _main(argv: Sequence[str] | None) -> int:
         return 1
     finally:
         gk.close()
+
+
+def _parse(parser: argparse.ArgumentParser, words: list[str]
+           ) -> tuple[argparse.Namespace, list[argparse.Namespace]]:
+    """The arguments, and the commands after ``--`` of ``lease run ... -- COMMAND [-- ...]``."""
+    inner: list[list[str]] = []
+    args = None
+    if "--" in words:
+        cut = words.index("--")
+        outer = parser.parse_args(words[:cut])
+        if outer.command == "lease" and outer.action == "run":
+            args, rest = outer, words[cut + 1:]
+            while "--" in rest:
+                inner.append(rest[:rest.index("--")])
+                rest = rest[rest.index("--") + 1:]
+            inner.append(rest)
+    if args is None:
+        args = parser.parse_args(words)
+    commands: list[argparse.Namespace] = []
+    if args.command == "lease" and args.action == "run":
+        if not args.devices or not any(inner):
+            parser.error("lease run DEVICE... -- COMMAND: name the devices, and after -- "
+                         "the command to run holding their lease")
+        commands = [_inner_parser().parse_args(words) for words in inner if words]
+    return args, commands
+
+
+def _read_password(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+    """``args.password`` from the one way it was given; a problem, or None."""
+    given = [flag for flag, on in (("--password", args.password is not None),
+                                   ("--password-stdin", args.password_stdin),
+                                   ("--password-file", args.password_file is not None)) if on]
+    if len(given) > 1:
+        parser.error(f"give the password one way, not with {' and '.join(given)}")
+    if args.password is None:
+        try:
+            args.password = _password(args)
+        except (OSError, UnicodeDecodeError) as exc:
+            return str(exc)
+        except EOFError:
+            return "no password given"
+    return None
 
 
 def _command(gk: Gatekeeper, args: argparse.Namespace,
