@@ -24,6 +24,11 @@ class SyncWorker(HardwareManager):
         config = parse_config("node_id: n\ndevices:\n" + devices_yaml)
         return cls(dict(config.devices), **kwargs)
 
+    @property
+    def worker_alive(self) -> bool:
+        """"Alive" between start and stop (there is no thread)."""
+        return self.accepting
+
     async def start(self) -> dict[str, dict[str, Any]]:
         self._loop = asyncio.get_running_loop()
         states = self._open_all()
