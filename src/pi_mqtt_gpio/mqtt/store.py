@@ -559,7 +559,7 @@ def _restore_subscription(core: BrokerCore, session: Session, sub: Subscription,
 
 def _delivers(core: BrokerCore, session: Session, msg: Message) -> bool:
     """Whether a subscription ``session`` still holds matches ``msg`` and the read rule lets
-    its owner read it now (``_deliver``'s check, parent topics of protected prefixes too)."""
+    its owner read it now (``deliver``'s check, parent topics of protected prefixes too)."""
     return still_delivers(core, session, msg) is not None
 
 
