@@ -24,7 +24,9 @@ from tests.conftest import READY, Client
 
 ROOT = Path(__file__).resolve().parents[2]
 DEV_TOOLS = {"pytest", "mypy", "ruff", "hypothesis", "mqtt5", "pytest-timeout", "types-pyyaml",
-             "build"}
+             "build", "pytest-xdist"}
+# Installs with pip: about a minute each on a quiet machine, several on a loaded one.
+pytestmark = pytest.mark.timeout(900)
 
 
 def _install(stage: Path, *args: str, src: Path = ROOT) -> subprocess.CompletedProcess[str]:

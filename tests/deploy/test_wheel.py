@@ -9,7 +9,11 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+# Builds and installs with pip: half a minute on a quiet machine, several on a loaded one.
+pytestmark = pytest.mark.timeout(900)
 
 
 def test_wheel_installs_into_a_fresh_venv_with_the_client(tmp_path: Path) -> None:

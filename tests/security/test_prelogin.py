@@ -206,7 +206,9 @@ def test_upgraded_websockets_that_never_log_in_count_until_closed(gk: Gatekeeper
     peak = 0
     try:
         for _ in range(16):
-            batch = [socket.create_connection(("127.0.0.1", port), timeout=5,
+            # (a generous timeout: a socket whose answer a loaded machine delays must not be
+            # given up on and left in the listen backlog, where it counts as held)
+            batch = [socket.create_connection(("127.0.0.1", port), timeout=30,
                                               source_address=(source, 0)) for _ in range(20)]
             for s in batch:
                 s.sendall(_upgrade_request(port))

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pytest
 
 from pi_mqtt_gpio.client import Gatekeeper as Stub
 from pi_mqtt_gpio.client import RemoteLED
@@ -21,6 +22,7 @@ from tests.security.hostile import COMPAT_PREFIX
 
 ROOT = Path(__file__).resolve().parents[2]
 SOAK_S = float(os.environ.get("PI_MQTT_SOAK_S", "60"))
+pytestmark = pytest.mark.timeout(SOAK_S + 600)  # the soak, then its checks on a loaded machine
 
 
 def test_soak_under_hostile_traffic(tmp_path: Path) -> None:
