@@ -13,7 +13,7 @@ from pi_mqtt_gpio.mqtt.authorize import for_reader, read_checked
 from pi_mqtt_gpio.mqtt.codec import encode_publish
 from pi_mqtt_gpio.mqtt.connection import Connection, ConnState
 from pi_mqtt_gpio.mqtt.logguard import clip
-from pi_mqtt_gpio.mqtt.message import Message
+from pi_mqtt_gpio.mqtt.message import MESSAGE_OVERHEAD, Message
 from pi_mqtt_gpio.mqtt.packets import RC, Prop, Properties
 from pi_mqtt_gpio.mqtt.session import Inflight, Pending, Session
 
@@ -113,7 +113,8 @@ def fly(core: BrokerCore, session: Session, conn: Connection, pid: int, item: In
     if not inflight:
         watch_acks(core, conn, now)
     inflight[pid] = item
-    cost = item.message.cost
+    msg = item.message
+    cost = len(msg.payload) + len(msg.topic) + MESSAGE_OVERHEAD  # ``msg.cost``, inline
     session.queued_bytes += cost
     core.queued_bytes += cost
 
@@ -123,7 +124,8 @@ def land(core: BrokerCore, session: Session, conn: Connection, pid: int, item: I
     """An in-flight delivery's flow ended (acknowledged, or refused by an error PUBREC):
     no longer held nor charged; what was queued behind it may go out."""
     del session.inflight[pid]
-    cost = item.message.cost
+    msg = item.message
+    cost = len(msg.payload) + len(msg.topic) + MESSAGE_OVERHEAD  # ``msg.cost``, inline
     session.queued_bytes -= cost
     core.queued_bytes -= cost
     conn.last_ack = now
