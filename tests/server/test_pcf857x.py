@@ -51,9 +51,8 @@ def test_devices_on_the_port(kind: str, led_pin: int, button_pin: int) -> None:
         assert bus.latch == full & ~(1 << led_pin)
         pressed: list[float] = []
         button.when_pressed = lambda: pressed.append(time.monotonic())
-        t = time.monotonic()
         bus.drive(button_pin, False)  # pressed: INT falls, the port is read
-        assert pressed and pressed[0] - t < 0.01 and button.is_pressed
+        assert pressed and button.is_pressed  # at once, within the drive: no poll brought it
         assert not bus.int_low  # reading the port released INT
         assert bus.latch & (1 << button_pin)  # an input's latch bit stays 1
         with pytest.raises(Exception, match=f"an {kind} has pull-ups only"):
