@@ -39,41 +39,47 @@ version() { dpkg-query -W -f '${Version} ${Status}' $unit 2>/dev/null; }
 py() { "$opt/venv/bin/python" "$@"; }
 login() {  # login USER PASSWORD: MQTT CONNECT to 127.0.0.1:1883, exit 0 when accepted
   py - "$1" "$2" <<'PY'
-import sys, paho.mqtt.client as mqtt
+import sys, time, paho.mqtt.client as mqtt
 c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
 c.username_pw_set(sys.argv[1], sys.argv[2])
+res = {}
+c.on_connect = lambda cl, ud, fl, rc, pr: res.setdefault("rc", rc)
 try:
-    c.connect("127.0.0.1", 1883, 10)
+    c.connect("127.0.0.1", 1883, 60)
 except Exception as exc:
     print("connect:", exc); sys.exit(2)
-res = {}
-c.on_connect = lambda cl, ud, fl, rc, pr: (res.setdefault("rc", rc), cl.disconnect())
-c.loop_forever(timeout=10)
-print("CONNACK:", res.get("rc")); sys.exit(0 if res.get("rc") == 0 else 1)
+end = time.monotonic() + 60   # (no loop_forever: it would reconnect after a refusal)
+while "rc" not in res and time.monotonic() < end and c.loop(0.5) == mqtt.MQTT_ERR_SUCCESS:
+    pass
+print("CONNACK:", res.get("rc", "none")); sys.exit(0 if res.get("rc") == 0 else 1)
 PY
 }
 refused() { ! login "$@"; }
 retained() {  # retained TOPIC: the retained message on TOPIC (as alice)
   py - "$1" <<'PY'
-import sys, paho.mqtt.client as mqtt
+import sys, time, paho.mqtt.client as mqtt
 c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
 c.username_pw_set("alice", "s3cret-Pass")
+got = []
 c.on_connect = lambda cl, ud, fl, rc, pr: cl.subscribe(sys.argv[1], 1)
-c.on_message = lambda cl, ud, msg: (print(msg.payload.decode()), cl.disconnect())
-c.connect("127.0.0.1", 1883, 10)
-c.loop_forever(timeout=10)
+c.on_message = lambda cl, ud, msg: got.append(msg.payload.decode())
+c.connect("127.0.0.1", 1883, 60)
+end = time.monotonic() + 60
+while not got and time.monotonic() < end and c.loop(0.5) == mqtt.MQTT_ERR_SUCCESS:
+    pass
+print(got[0] if got else "none")
 PY
 }
-call() { PI_MQTT_PASSWORD=$DOC_PW pi-mqtt-gpio --timeout 30 --user alice --node living-room call "$@"; }
+call() { PI_MQTT_PASSWORD=$DOC_PW pi-mqtt-gpio --timeout 60 --user alice --node living-room call "$@"; }
 wait_up() {  # wait_up [OLD_PID]: until a main process other than OLD_PID has logged " up: "
   local p
-  for _ in $(seq 200); do
+  for _ in $(seq 100); do
     p=$(main_pid)
     if [ "$p" != 0 ] && [ "$p" != "${1:-}" ] &&
        journalctl -u $unit -o cat _PID="$p" 2>/dev/null | grep -q " up: "; then
       return 0
     fi
-    sleep 0.2
+    sleep 0.5
   done
   return 1
 }
@@ -197,6 +203,7 @@ after_doc() {
     check "still the same main process after reload" test "$(main_pid)" = "$pid" ;;
   package:'sudo apt install "$(./scripts/build-deb)"')
     check "dpkg: $unit $cur_version installed" test "$(version)" = "$cur_version install ok installed"
+    check "the files on disk are the new package's (dpkg --verify)" sh -c "! dpkg --verify $unit | grep -v ' c /etc/'"
     check "the config's change kept" grep -q "^  heater: .*restore: true" $etc/config.yaml
     check "no config file left aside (.dpkg-*)" sh -c "! ls $etc | grep -q dpkg"
     check "the users file kept" grep -q "^alice:" $etc/users
@@ -225,7 +232,13 @@ after_doc() {
     check "after purge the user gatekeeper is gone" sh -c "! getent passwd gatekeeper"
     check "after purge /etc/pi-mqtt-gatekeeper is gone" test ! -e $etc ;;
   installer:"sudo ./scripts/install")
-    check "$opt/venv links to venv-<hash>" test -L $opt/venv ;;
+    check "$opt/venv links to venv-<hash>" test -L $opt/venv
+    # (configured and started as the package was, by the same page's commands above)
+    /root/edit-config $etc/config.yaml
+    check "pi-mqtt-gatekeeper passwd" sh -c "echo \"\$DOC_PW\" | pi-mqtt-gatekeeper passwd $etc/users alice --role operator"
+    check "systemctl start" systemctl start $unit
+    check "up" wait_up
+    service_checks ;;
   installer:"cd ~/pi-mqtt-gatekeeper && git pull && sudo ./scripts/install")
     check "the venv link switched (venv-$DOC_PREV_VENV -> $(readlink $opt/venv)), the previous kept" \
       eval "test \"\$(readlink $opt/venv)\" != venv-$DOC_PREV_VENV && test -d $opt/venv-$DOC_PREV_VENV"
@@ -256,6 +269,7 @@ failed_deb_upgrade() {
   check "dpkg: still $cur_version, installed" test "$(version)" = "$cur_version install ok installed"
   check "the program's files are the installed version's (dpkg --verify)" sh -c "! dpkg --verify $unit | grep -v ' c /etc/'"
   check "the same main process still runs ($pid)" test "$(main_pid)" = "$pid"
+  check "alice logs in" login alice "$DOC_PW"
   check "pi-mqtt-gpio call porch_light on (after the failed upgrade)" call porch_light on
   check "gpio-sim line 17 is high ($(line 17))" test "$(line 17)" = 1
 }
