@@ -1,17 +1,24 @@
 """Broker benchmark: our embedded broker and, when installed, Debian's mosquitto, same run.
 
     .venv/bin/python benchmarks/broker.py [--quick] [--only ours|mosquitto] [--rounds N]
+                                          [--clients raw|paho|both] [--taskset CPU]
 
-Scenarios (loopback, clients are raw sockets in separate processes so that the broker, not a
-Python MQTT client library, is what is measured):
+Scenarios (loopback). Two kinds of client (``--clients``): "raw" are raw sockets in
+separate processes, so that the broker, not a Python MQTT client library, is what is
+measured; "paho" is paho-mqtt with both ends in one process (the publisher and the
+subscriber, or the requester and the responder), as a Python application would use it:
   qos0      1 publisher -> 1 subscriber, QoS 0, 64-byte payloads: delivered msg/s
   qos1      1 -> 1, QoS 1 both legs (publisher keeps a window of 20 unacked): msg/s
-  fanout    1 -> 50 subscribers, QoS 0: deliveries/s
+  fanout    1 -> 50 subscribers, QoS 0: deliveries/s (raw only)
   rr        MQTT 5 request/response through the broker (Response Topic + Correlation Data),
             sequential round trips: p50 / p99 in microseconds
+  rpc       ours only: a gatekeeper RPC (``led`` toggle) from a raw MQTT 5 socket, idle:
+            p50 / p99 in microseconds
   starve    8 publishers saturate the broker (QoS 0, one subscriber drains): PINGRESP,
-            SUBACK and a new client's CONNACK latency, p50 and max in milliseconds
+            SUBACK and a new client's CONNACK latency, p50 and max in milliseconds; for
+            ours also the gatekeeper RPC's (rpc_p50_ms, to compare with rpc's idle p50)
   idle      1,000 connected idle clients: time to connect them all, broker RSS added
+``--taskset CPU`` pins both brokers to that CPU (``taskset -c``), the clients run anywhere.
 Prints numbers; asserts nothing about speed.
 """
 
@@ -87,6 +94,9 @@ def wait_port(port: int, timeout: float = 15) -> None:
     raise RuntimeError(f"nothing listening on {port}")
 
 
+PIN: list[str] = []  # ``taskset -c CPU`` before each broker's command (``--taskset``)
+
+
 def start_ours(tmp: Path) -> Broker:
     port = free_port()
     cfg = tmp / "ours.yaml"
@@ -97,11 +107,12 @@ def start_ours(tmp: Path) -> Broker:
         "  limits: {max_connections: 5000}\n"
         "auth: {allow_anonymous: true, anonymous_role: all,\n"
         "       roles: {all: {subscribe: ['#'], publish: ['#']}}}\n"
+        "devices: {led: {type: LED, pin: 17}}\n"  # for the gatekeeper RPC probe
     )
     exe = ROOT / ".venv" / "bin" / "pi-mqtt-gatekeeper"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "pi_mqtt_gpio.server.main"]
-    proc = subprocess.Popen([*cmd, "--config", str(cfg), "--simulate", "--log-level", "warning"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([*PIN, *cmd, "--config", str(cfg), "--simulate", "--log-level",
+                             "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)
     return Broker("ours", proc, port)
 
@@ -114,7 +125,7 @@ def start_mosquitto(tmp: Path) -> Broker | None:
     cfg = tmp / "mosquitto.conf"
     cfg.write_text(f"listener {port} {HOST}\nallow_anonymous true\nmax_connections -1\n"
                    "persistence false\nlog_type none\n")
-    proc = subprocess.Popen([exe, "-c", str(cfg)], stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([*PIN, exe, "-c", str(cfg)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     wait_port(port)
     return Broker("mosquitto", proc, port)
@@ -335,10 +346,35 @@ def _round_trip(s: socket.socket, packet: bytes, kind: int) -> float:
                 return (time.perf_counter() - t0) * 1000
 
 
-def starvation(port: int, seconds: float = 3.0, publishers: int = 8) -> dict[str, float]:
+RPC_TOPIC = "gatekeeper/bench/device/led/call"
+RPC_BODY = b'{"method": "toggle"}'
+
+
+def rpc_client(port: int) -> tuple[socket.socket, str]:
+    """A raw MQTT 5 socket subscribed to its gatekeeper reply topic; returns it and the
+    Response Topic to use."""
+    cid = f"rpc-{os.getpid()}"
+    s = connect(port, cid, PROTOCOL_50)
+    reply = f"gatekeeper/bench/reply/{cid}"
+    subscribe(s, f"{reply}/#", 0, PROTOCOL_50)
+    return s, f"{reply}/r"
+
+
+def rpc_idle(port: int, n: int) -> dict[str, float]:
+    """Gatekeeper RPC round trips (ours only), nothing else going on."""
+    s, reply = rpc_client(port)
+    try:
+        round_trips(s, RPC_TOPIC, RPC_BODY, reply, 100)  # warm up
+        return round_trips(s, RPC_TOPIC, RPC_BODY, reply, n)
+    finally:
+        s.close()
+
+
+def starvation(port: int, seconds: float = 3.0, publishers: int = 8, rpc: bool = False
+               ) -> dict[str, float]:
     """Control packets while ``publishers`` saturate the broker (and one subscriber drains
     them): PINGREQ->PINGRESP and SUBSCRIBE->SUBACK on a connected probe, and a new
-    CONNECT->CONNACK, every 100 ms; milliseconds."""
+    CONNECT->CONNACK, every 100 ms; with ``rpc`` also a gatekeeper RPC; milliseconds."""
     parent, child = mp.Pipe()
     drain = mp.Process(target=_drain_proc, args=(port, child), daemon=True)
     drain.start()
@@ -350,9 +386,14 @@ def starvation(port: int, seconds: float = 3.0, publishers: int = 8) -> dict[str
         proc.start()
     time.sleep(0.5)  # let them saturate it
     samples: dict[str, list[float]] = {"ping": [], "suback": [], "connack": []}
+    if rpc:
+        samples["rpc"] = []
     probe: socket.socket | None = None
+    caller: socket.socket | None = None
     try:
         probe = connect(port, f"probe-{os.getpid()}")
+        if rpc:
+            caller, reply = rpc_client(port)
         end = time.monotonic() + seconds
         i = 0
         while time.monotonic() < end:
@@ -365,6 +406,9 @@ def starvation(port: int, seconds: float = 3.0, publishers: int = 8) -> dict[str
             fresh = connect(port, f"fresh{i}-{os.getpid()}")
             samples["connack"].append((time.perf_counter() - t0) * 1000)
             fresh.close()
+            if caller is not None:
+                samples["rpc"].append(
+                    round_trips(caller, RPC_TOPIC, RPC_BODY, reply, 1)["p50_us"] / 1000)
             time.sleep(0.1)
     except (OSError, RuntimeError) as exc:  # e.g. the broker's connect timeout ran out
         print(f"starvation probe failed: {exc!r} (counted as infinite)", file=sys.stderr)
@@ -376,14 +420,131 @@ def starvation(port: int, seconds: float = 3.0, publishers: int = 8) -> dict[str
         if proc.is_alive():
             proc.terminate()
     drain.terminate()
-    if probe is not None:
-        probe.close()
+    for sock in (probe, caller):
+        if sock is not None:
+            sock.close()
     out: dict[str, float] = {}
     for name, values in samples.items():
         values.sort()
         out[f"{name}_p50_ms"] = statistics.median(values)
         out[f"{name}_max_ms"] = values[-1]
     return out
+
+
+# --- paho clients (both ends in one process) --------------------------------------------------
+def _paho(port: int, cid: str, v5: bool = False, thread: bool = True) -> Any:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid,
+                    protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
+    c.max_inflight_messages_set(20)
+    c.max_queued_messages_set(0)
+    subscribed: list[bool] = []
+    c.on_subscribe = lambda *a: subscribed.append(True)
+    c.connect(HOST, port, keepalive=600)
+    c.subscribed = subscribed
+    if thread:
+        c.loop_start()
+    return c
+
+
+def _paho_wait(c: Any, thread: bool) -> None:
+    end = time.monotonic() + 10
+    while not c.subscribed and time.monotonic() < end:
+        if thread:
+            time.sleep(0.001)
+        else:
+            c.loop(0.1)
+
+
+def _paho_proc(port: int, scenario: str, n: int, conn: Any) -> None:
+    import threading
+
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    tag = os.getpid()
+    if scenario == "rr":
+        responder = _paho(port, f"paho-responder-{tag}", v5=True)
+
+        def answer(c: Any, u: Any, m: Any) -> None:
+            props = Properties(PacketTypes.PUBLISH)
+            props.CorrelationData = m.properties.CorrelationData
+            c.publish(m.properties.ResponseTopic, m.payload, 0, properties=props)
+
+        responder.on_message = answer
+        responder.subscribe("svc/req", 0)
+        _paho_wait(responder, True)
+        # The requester drives its network loop in the calling thread (``loop()``), as a
+        # script that makes calls would: no hand-off to paho's thread in the measurement.
+        requester = _paho(port, f"paho-requester-{tag}", v5=True, thread=False)
+        got: list[bool] = []
+        requester.on_message = lambda c, u, m: got.append(True)
+        requester.subscribe("svc/resp/me", 0)
+        _paho_wait(requester, False)
+        samples = []
+        for i in range(n + 100):
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = "svc/resp/me"
+            props.CorrelationData = i.to_bytes(4, "big")
+            got.clear()
+            t0 = time.perf_counter()
+            requester.publish("svc/req", b"ping", 0, properties=props)
+            while not got:
+                requester.loop(1.0)
+            if i >= 100:  # the first 100 warm up
+                samples.append((time.perf_counter() - t0) * 1e6)
+        samples.sort()
+        conn.send({"p50_us": statistics.median(samples),
+                   "p99_us": samples[int(len(samples) * 0.99) - 1], "n": n})
+        requester.disconnect()
+        responder.disconnect()
+        responder.loop_stop()
+        return
+    qos = 0 if scenario == "qos0" else 1
+    topic = f"paho/{qos}"
+    done = threading.Event()
+    state = {"count": 0, "last": 0.0}
+
+    def count(c: Any, u: Any, m: Any) -> None:
+        state["count"] += 1
+        state["last"] = time.monotonic()
+        if state["count"] >= n:
+            done.set()
+
+    sub = _paho(port, f"paho-sub-{tag}")
+    sub.on_message = count
+    sub.subscribe(topic, qos)
+    _paho_wait(sub, True)
+    pub = _paho(port, f"paho-pub-{tag}")
+    payload = b"x" * 64
+    start = time.monotonic()
+    for _ in range(n):
+        pub.publish(topic, payload, qos)
+    seen = -1
+    while not done.wait(2.0) and seen != state["count"]:  # until all came or none for 2 s
+        seen = state["count"]
+    elapsed = max(state["last"] - start, 1e-9)
+    conn.send({"delivered": state["count"], "offered": n, "rate": state["count"] / elapsed,
+               "seconds": elapsed})
+    for c in (pub, sub):
+        c.disconnect()
+        c.loop_stop()
+
+
+def paho_scenario(port: int, scenario: str, n: int) -> dict[str, float]:
+    parent, child = mp.Pipe()
+    proc = mp.Process(target=_paho_proc, args=(port, scenario, n, child), daemon=True)
+    proc.start()
+    if not parent.poll(120):
+        proc.terminate()
+        raise RuntimeError(f"paho {scenario}: no result")
+    result: dict[str, float] = parent.recv()
+    proc.join(5)
+    if proc.is_alive():
+        proc.terminate()
+    return result
 
 
 def idle_clients(broker: Broker, n: int) -> dict[str, float]:
@@ -406,16 +567,24 @@ def idle_clients(broker: Broker, n: int) -> dict[str, float]:
     return {"connect_s": elapsed, "rss_added_mib": added}
 
 
-def run_all(broker: Broker, quick: bool) -> dict[str, dict[str, float]]:
+def run_all(broker: Broker, quick: bool, clients: str) -> dict[str, dict[str, float]]:
     scale = 0.2 if quick else 1.0
+    ours = broker.name == "ours"
     results = {}
-    results["qos0"] = throughput(broker.port, 0, int(200_000 * scale) // 1000 * 1000)
-    results["qos1"] = throughput(broker.port, 1, int(40_000 * scale))
-    results["fanout"] = throughput(broker.port, 0, int(4000 * scale) // 1000 * 1000 or 1000, 50)
-    results["rr"] = request_response(broker.port, int(5000 * scale))
+    if clients in ("raw", "both"):
+        results["qos0"] = throughput(broker.port, 0, int(200_000 * scale) // 1000 * 1000)
+        results["qos1"] = throughput(broker.port, 1, int(40_000 * scale))
+        results["fanout"] = throughput(broker.port, 0,
+                                       int(4000 * scale) // 1000 * 1000 or 1000, 50)
+        results["rr"] = request_response(broker.port, int(5000 * scale))
+    if clients in ("paho", "both"):
+        results["paho qos0"] = paho_scenario(broker.port, "qos0", int(100_000 * scale))
+        results["paho qos1"] = paho_scenario(broker.port, "qos1", int(20_000 * scale))
+        results["paho rr"] = paho_scenario(broker.port, "rr", int(5000 * scale))
+    results["rpc"] = rpc_idle(broker.port, int(2000 * scale)) if ours else {}
     results["idle"] = idle_clients(broker, 1000)
     # last: the publishers leave megabytes in their sockets that the broker still reads
-    results["starve"] = starvation(broker.port, 3.0)
+    results["starve"] = starvation(broker.port, 3.0, rpc=ours)
     return results
 
 
@@ -425,7 +594,13 @@ def main() -> int:
     parser.add_argument("--only", choices=["ours", "mosquitto"])
     parser.add_argument("--rounds", type=int, default=1,
                         help="interleaved rounds (ours, mosquitto, ours, ...): medians")
+    parser.add_argument("--clients", choices=["raw", "paho", "both"], default="both",
+                        help="client kind: raw sockets, paho-mqtt, or both (default)")
+    parser.add_argument("--taskset", metavar="CPU",
+                        help="pin both brokers to this CPU list (taskset -c)")
     args = parser.parse_args()
+    if args.taskset:
+        PIN[:] = ["taskset", "-c", args.taskset]
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(soft, 8192), hard), hard))
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -441,7 +616,8 @@ def main() -> int:
                           "comparison skipped")
                     continue
                 try:
-                    rounds.setdefault(name, []).append(run_all(broker, args.quick))
+                    rounds.setdefault(name, []).append(run_all(broker, args.quick,
+                                                               args.clients))
                 finally:
                     broker.stop()
         runs = {name: {scenario: {metric: statistics.median(r[scenario][metric] for r in results)
@@ -450,18 +626,26 @@ def main() -> int:
                 for name, results in rounds.items()}
         if args.rounds > 1:
             print(f"medians of {args.rounds} interleaved rounds")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)"
+          + (f", brokers pinned to CPU {args.taskset}" if args.taskset else ""))
     print(f"\n{'scenario':<10} {'metric':<14} " + " ".join(f"{n:>12}" for n in runs) +
           ("   ratio" if len(runs) == 2 else ""))
     metrics = [("qos0", "rate"), ("qos0", "delivered"), ("qos1", "rate"), ("fanout", "rate"),
                ("fanout", "delivered"), ("rr", "p50_us"), ("rr", "p99_us"),
+               ("paho qos0", "rate"), ("paho qos0", "delivered"), ("paho qos1", "rate"),
+               ("paho rr", "p50_us"), ("paho rr", "p99_us"),
+               ("rpc", "p50_us"), ("rpc", "p99_us"),
                ("starve", "ping_p50_ms"), ("starve", "ping_max_ms"),
                ("starve", "suback_p50_ms"), ("starve", "suback_max_ms"),
                ("starve", "connack_p50_ms"), ("starve", "connack_max_ms"),
+               ("starve", "rpc_p50_ms"), ("starve", "rpc_max_ms"),
                ("idle", "connect_s"), ("idle", "rss_added_mib")]
     for scenario, metric in metrics:
-        values = [runs[n][scenario][metric] for n in runs]
+        values = [runs[n].get(scenario, {}).get(metric, float("nan")) for n in runs]
+        if all(v != v for v in values):
+            continue  # not run (client kind) or nobody has it
         line = f"{scenario:<10} {metric:<14} " + " ".join(f"{v:>12.1f}" for v in values)
-        if len(values) == 2 and values[1]:
+        if len(values) == 2 and values[1] and values[0] == values[0] and values[1] == values[1]:
             line += f"   {values[0] / values[1]:.2f}x"
         print(line)
     return 0

@@ -43,7 +43,13 @@ from pi_mqtt_gpio.mqtt.handle_subscribe import (
     remove_subscription,
 )
 from pi_mqtt_gpio.mqtt.hooks import AuthRequest, AuthResult, BrokerHooks, ClientInfo
-from pi_mqtt_gpio.mqtt.limits import KEEPALIVE_GRACE, PENDING_HARD_FACTOR, BrokerLimits, Stats
+from pi_mqtt_gpio.mqtt.limits import (
+    KEEPALIVE_GRACE,
+    MIN_TURN,
+    PENDING_HARD_FACTOR,
+    BrokerLimits,
+    Stats,
+)
 from pi_mqtt_gpio.mqtt.logguard import LOG_TOTAL, LogLimiter, clip
 from pi_mqtt_gpio.mqtt.message import Message
 from pi_mqtt_gpio.mqtt.packets import (
@@ -172,6 +178,7 @@ class BrokerCore:
         self.targets: dict[str, tuple[int, list[tuple[str, int, list[int]]] | None]] = {}
         self.targets_size = 0
         self._backlogged: list[Connection] = []
+        self.busy = 0  # connections with packets left for a later turn (``conn.backlog``)
         self.hooks: list[BrokerHooks] = list(hooks or [])
         self.sessions: dict[str, Session] = {}
         self.connections: dict[int, Connection] = {}
@@ -322,10 +329,27 @@ class BrokerCore:
 
     def process_backlog(self, conn: Connection, now: float) -> None:
         """Handle the next packets already received (see ``data_received``)."""
-        conn.backlog = False
+        self.drop_backlog(conn)
         if conn.state is ConnState.CLOSED or conn.closing:
             return
         self._guarded(conn, now, self.process_frames, None)
+
+    def drop_backlog(self, conn: Connection) -> None:
+        """``conn`` is no longer waiting for a turn (its turn came, or it is gone)."""
+        if conn.backlog:
+            conn.backlog = False
+            self.busy -= 1
+
+    def turn_budget(self) -> int:
+        """Packets one connection may have handled in this turn. ``frames_per_turn`` is the
+        work of one round of the loop, shared by the connections that have packets waiting
+        (each gets at least ``MIN_TURN``): the more clients send as fast as they can, the
+        smaller each one's turn, so that a round, and with it the wait of any other
+        client's packet, stays about the same."""
+        per_round = self.limits.frames_per_turn
+        if not self.busy:
+            return per_round
+        return max(min(per_round, MIN_TURN), per_round // (self.busy + 1))
 
     def _feed(self, conn: Connection, now: float, data: bytes) -> None:
         reader = conn.reader
@@ -360,7 +384,7 @@ class BrokerCore:
         """Handle the frames ``conn``'s reader holds, at most ``limits.frames_per_turn``
         (then ``conn`` is backlogged: see ``data_received``)."""
         reader = conn.reader
-        budget = self.limits.frames_per_turn
+        budget = self.turn_budget()
         connected = ConnState.CONNECTED
         while not conn.closing:
             state = conn.state
@@ -421,6 +445,7 @@ class BrokerCore:
 
     def _backlog(self, conn: Connection) -> None:
         conn.backlog = True
+        self.busy += 1
         self._backlogged.append(conn)
 
     def _dispatch(self, conn: Connection, first: int, body: bytes, now: float) -> None:
@@ -622,6 +647,7 @@ class BrokerCore:
         Will unless the client asked otherwise; the hooks told."""
         was_connected = conn.state is ConnState.CONNECTED
         conn.state = ConnState.CLOSED
+        self.drop_backlog(conn)
         self.connections.pop(conn.id, None)
         self.unpend(conn)
         if was_connected:

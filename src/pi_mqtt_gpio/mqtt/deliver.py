@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from typing import TYPE_CHECKING
 
 from pi_mqtt_gpio.mqtt.authorize import for_reader, read_checked
@@ -15,7 +16,7 @@ from pi_mqtt_gpio.mqtt.connection import Connection, ConnState
 from pi_mqtt_gpio.mqtt.logguard import clip
 from pi_mqtt_gpio.mqtt.message import MESSAGE_OVERHEAD, Message
 from pi_mqtt_gpio.mqtt.packets import RC, Prop, Properties
-from pi_mqtt_gpio.mqtt.session import Inflight, Pending, Session
+from pi_mqtt_gpio.mqtt.session import NO_QUEUE, Inflight, Pending, Session
 
 if TYPE_CHECKING:
     from pi_mqtt_gpio.mqtt.broker import BrokerCore
@@ -189,6 +190,8 @@ def enqueue(core: BrokerCore, session: Session, item: Pending, now: float) -> No
     if len(queue) >= limit or not affordable(core, session, cost):
         dropped += 1  # the new one does not fit even alone
     else:
+        if queue is NO_QUEUE:  # its own from now on
+            queue = session.queue = deque()
         queue.append(item)
         charge(core, session, cost)
     if dropped:
@@ -226,7 +229,7 @@ def release_queue(core: BrokerCore, session: Session) -> None:
     """Forget what was queued or in flight for ``session`` (it ended)."""
     core.queued_bytes -= session.queued_bytes
     session.queued_bytes = 0
-    session.queue.clear()
+    session.queue = NO_QUEUE
     session.inflight.clear()
 
 

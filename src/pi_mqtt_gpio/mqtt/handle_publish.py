@@ -78,7 +78,7 @@ def on_publish(core: BrokerCore, conn: Connection, p: Publish, now: float) -> No
         conn.send(PubAck(pid, code))  # type: ignore[arg-type]
     else:
         if code < RC_FAILURE:
-            session.awaiting_rel.add(pid)  # type: ignore[arg-type]
+            session.await_rel(pid)  # type: ignore[arg-type]
         conn.send(PubRec(pid, code))  # type: ignore[arg-type]
     core.dirty.add(conn)
 
@@ -166,7 +166,7 @@ def _refuse_publish(core: BrokerCore, conn: Connection, p: Publish, topic: str, 
     elif conn.v5:
         conn.send(PubRec(p.packet_id, ack_code))  # type: ignore[arg-type]
     else:
-        core.conn_sessions[conn.id].awaiting_rel.add(p.packet_id)  # type: ignore[arg-type]
+        core.conn_sessions[conn.id].await_rel(p.packet_id)  # type: ignore[arg-type]
         conn.send(PubRec(p.packet_id))  # type: ignore[arg-type]
     core.dirty.add(conn)
 

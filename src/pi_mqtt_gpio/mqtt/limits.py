@@ -9,6 +9,7 @@ from pi_mqtt_gpio.mqtt.session import NEVER_EXPIRES
 __all__ = ["BrokerLimits", "Stats"]
 
 PENDING_HARD_FACTOR = 2  # unauthenticated sockets past twice the pool: newcomers are closed
+MIN_TURN = 16  # packets a busy connection may have handled per turn, however many are busy
 KEEPALIVE_GRACE = 1.5  # MQTT-3.1.2-22: silence for 1.5 x Keep Alive closes the connection
 RECEIVE_MAXIMUM_DEFAULT = 65535  # a Receive Maximum that is absent means 65,535
 RC_FAILURE = 0x80  # reason codes from here on are failures (MQTT 5.0 section 2.4)
@@ -23,7 +24,7 @@ class BrokerLimits:
     max_queued_messages: int = 1000
     max_keepalive: int = 600
     receive_maximum: int = 1024  # inbound QoS 1/2 the client may have unacknowledged
-    frames_per_turn: int = 256  # packets of one connection handled before the others' turn
+    frames_per_turn: int = 256  # packets handled per round of the loop (``turn_budget``)
     max_inflight_out: int = 1024  # cap on the client's Receive Maximum for our deliveries
     topic_alias_maximum: int = 64  # inbound aliases a 5.0 client may use
     connect_timeout: float = 5.0  # seconds to complete CONNECT (and authentication)

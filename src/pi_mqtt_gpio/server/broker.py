@@ -20,7 +20,7 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 from websockets.asyncio.server import Server as WsServer
@@ -369,6 +369,33 @@ async def _start_tls(raw: Any, app: asyncio.BaseProtocol, ctx: ssl.SSLContext, t
     return await task
 
 
+class _Resume(Coroutine[Any, Any, None]):
+    """Go on with ``coro`` (a coroutine started outside a task, which yielded ``first``,
+    the future it waits for) inside a task: the task's first step gets ``first``; what it
+    sends or throws in later (a result, a cancellation, also one before that first step)
+    goes to ``coro``, as ``await`` would."""
+
+    __slots__ = ("coro", "first")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], first: Any) -> None:
+        self.coro = coro
+        self.first = first
+
+    def send(self, value: Any) -> Any:
+        first, self.first = self.first, None
+        return first if first is not None else self.coro.send(value)
+
+    def throw(self, *args: Any) -> Any:
+        self.first = None
+        return self.coro.throw(*args)
+
+    def close(self) -> None:
+        self.coro.close()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return (yield from self.coro.__await__())
+
+
 def _ws_class(server: BrokerServer, kind: str, tls: ssl.SSLContext | None
               ) -> type[_WsConnection]:
     return type("WsConnection", (_WsConnection,), {"broker": server, "kind": kind, "tls": tls})
@@ -620,7 +647,7 @@ class BrokerServer:
                     if link is not None:
                         link.later()
                     else:
-                        conn.backlog = False  # gone: nothing left to handle
+                        core.drop_backlog(conn)  # gone: nothing left to handle
                 if not internal and not dirty:
                     break
             self._arm_timer()
@@ -658,7 +685,15 @@ class BrokerServer:
             log.exception("in-process client %r failed on %r", client.client_id, msg.topic)
 
     def _start_auth(self, conn: Connection, req: AuthRequest) -> None:
-        task = asyncio.ensure_future(self._authenticate(conn, req))
+        """Run the authentication hook's first step now: a decision that needs no waiting
+        (anonymous, a certificate) is made in this turn of the loop, not the next; one that
+        waits (a password check in a thread) goes on as a task."""
+        coro = self._authenticate(conn, req)
+        try:
+            first = coro.send(None)
+        except StopIteration:
+            return  # decided (``auth_complete`` ran)
+        task = asyncio.ensure_future(_Resume(coro, first))
         self._auth_tasks[conn.id] = task
         conn_id = conn.id
 
