@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from pi_mqtt_gpio.payloads import ErrorBody
+
 __all__ = [
     "BadArgument",
     "BadRequest",
@@ -59,8 +61,8 @@ class GatekeeperError(Exception):
     def message(self) -> str:
         return str(self.args[0])
 
-    def to_json(self) -> dict[str, object]:
-        out: dict[str, object] = {"code": self.code.value, "message": self.message}
+    def to_json(self) -> ErrorBody:
+        out: ErrorBody = {"code": self.code.value, "message": self.message}
         if self.details:
             out["details"] = self.details
         if self.retry_after is not None:

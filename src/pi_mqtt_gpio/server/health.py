@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from pi_mqtt_gpio.payloads import HealthDoc, HealthStatus, State
 from pi_mqtt_gpio.server.devices.sensors import SensorAdapter
 from pi_mqtt_gpio.server.hardware import DeviceEvent, HardwareManager
 from pi_mqtt_gpio.server.twin import Twin, dumps, utc_ts
@@ -69,7 +70,7 @@ class Health:
             if status == "ok":
                 status = "degraded"
             problems.append(f"every command is refused: {acl[1]}")
-        doc = {"status": status, "problems": problems, "ts": utc_ts(), "gpio": gpio,
+        doc: HealthDoc = {"status": status, "problems": problems, "ts": utc_ts(), "gpio": gpio,
                "watchdog": self.watchdog.describe() if self.watchdog is not None else None,
                "simulated": self.simulate,
                "events_dropped": self.hw.events_dropped, "commands_queued": self.hw.pending}
@@ -77,7 +78,7 @@ class Health:
             doc["broker_acl"] = {"probe": acl[0], "reason": acl[1]}
         self.twin.publish(self.topics.health, dumps(doc), 1, True)
 
-    async def _gpio(self) -> tuple[str, list[str], dict[str, object]]:
+    async def _gpio(self) -> tuple[HealthStatus, list[str], dict[str, object]]:
         """The status the hardware worker allows, its problems, the line inventory."""
         if not self.hw.worker_alive:
             return "failed", ["hardware worker not running"], {}
@@ -96,7 +97,7 @@ class Health:
             problems.append(self.watchdog.problem() or "")
         return problems
 
-    def _load(self, problems: list[str]) -> tuple[str, list[str]]:
+    def _load(self, problems: list[str]) -> tuple[HealthStatus, list[str]]:
         """An otherwise healthy node that drops events or has a long hardware queue."""
         if self.hw.events_dropped:
             return "degraded", [*problems, f"{self.hw.events_dropped} input events dropped"]
@@ -159,7 +160,7 @@ class Health:
         self.now()
         return True
 
-    def sensor_state(self, device: str, doc: dict[str, Any], _again: bool) -> None:
+    def sensor_state(self, device: str, doc: State, _again: bool) -> None:
         """A sensor published ``available: false`` (its error is a problem of the node's
         health) or answers again."""
         if not isinstance(self.hw.adapters.get(device), SensorAdapter):

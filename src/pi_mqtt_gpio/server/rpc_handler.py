@@ -34,6 +34,7 @@ from pi_mqtt_gpio.errors import (
 from pi_mqtt_gpio.mqtt.hooks import BrokerHooks
 from pi_mqtt_gpio.mqtt.logguard import LogLimiter, clip
 from pi_mqtt_gpio.mqtt.message import Message
+from pi_mqtt_gpio.payloads import AuditRecord
 from pi_mqtt_gpio.server.covers import CoverController
 from pi_mqtt_gpio.server.devices.base import DeviceAdapter, Method, is_active
 from pi_mqtt_gpio.server.guards import Guards
@@ -469,7 +470,7 @@ class RpcHandler:
                kwargs: dict[str, Any] | None, source: str, error: GatekeeperError | None) -> None:
         if not self.listening(self.topics.audit):
             return  # not retained: nobody would ever read it
-        entry: dict[str, Any] = {
+        entry: AuditRecord = {
             "ts": utc_ts(), "client_id": msg.sender, "username": msg.username,
             "device": device, "method": method, "source": source, "ok": error is None,
         }

@@ -19,6 +19,7 @@ from pi_mqtt_gpio.errors import (
 )
 from pi_mqtt_gpio.mqtt.logguard import clip
 from pi_mqtt_gpio.mqtt.message import Message
+from pi_mqtt_gpio.payloads import AuditRecord, LeaseGranted, LeaseReleased, State
 from pi_mqtt_gpio.server.devices.base import DeviceAdapter
 from pi_mqtt_gpio.server.rpc_replies import Incoming
 from pi_mqtt_gpio.server.security.leases import ControlLeaseManager, Holder, Lease
@@ -92,7 +93,8 @@ class LeaseDesk:
             if device not in self.rpc.hw.adapters:
                 raise UnknownDevice(f"no device named {clip(device)!r}")
 
-    def _action(self, msg: Message, method: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def _action(self, msg: Message, method: str, kwargs: dict[str, Any]
+                ) -> LeaseGranted | LeaseReleased:
         """Carry out a checked lease call for its sender (the holder as the broker saw it)."""
         holder = (msg.username, msg.sender or "")
         devices, ttl = kwargs.get("devices"), kwargs.get("ttl")
@@ -149,7 +151,7 @@ class LeaseDesk:
                     continue
                 if adapter.config.lease_required or name in lease.written:
                     self._safe(name, adapter)
-            entry = {"ts": utc_ts(), "client_id": lease.holder[1], "username": lease.holder[0],
+            entry: AuditRecord = {"ts": utc_ts(), "client_id": lease.holder[1], "username": lease.holder[0],
                      "device": "lease", "method": "lost", "source": "lease", "ok": True,
                      "reason": reason, "lease": lease.describe()}
             if rpc.listening(rpc.topics.audit):
@@ -181,7 +183,7 @@ def _now() -> float:
     return asyncio.get_running_loop().time()
 
 
-def make_safe(adapter: DeviceAdapter) -> dict[str, Any]:
+def make_safe(adapter: DeviceAdapter) -> State:
     """Runs on the hardware worker: the device's safe state, then the state it left."""
     adapter.safe()
     return adapter.state()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from pi_mqtt_gpio.errors import BadRequest, GatekeeperError
 from pi_mqtt_gpio.mqtt.hooks import BrokerHooks, ClientInfo, Decision
@@ -16,6 +16,7 @@ from pi_mqtt_gpio.mqtt.logguard import LogLimiter, clip
 from pi_mqtt_gpio.mqtt.message import Message
 from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, Prop, Properties
 from pi_mqtt_gpio.mqtt.topic_tree import topic_matches
+from pi_mqtt_gpio.payloads import ReplyBody, Request
 from pi_mqtt_gpio.server.jsonscan import top_level_scalars
 from pi_mqtt_gpio.server.twin import dumps
 from pi_mqtt_gpio.topics import Topics
@@ -28,7 +29,7 @@ _REPLY_FIELDS = frozenset({"reply_to", "correlation_id"})
 
 
 class TooDeep(BadRequest):
-    def __init__(self, message: str, request: dict[str, Any]) -> None:
+    def __init__(self, message: str, request: Request) -> None:
         super().__init__(message)
         self.request = request  # what could be read of it (the reply fields)
 
@@ -45,7 +46,7 @@ class Reply:
         self.problem = problem  # the request's reply fields are unusable (answered without)
 
 
-def parse_request(payload: bytes) -> dict[str, Any]:
+def parse_request(payload: bytes) -> Request:
     """The request, a JSON object (``BadRequest`` when it is not one)."""
     if len(payload) > MAX_REQUEST_BYTES:
         raise BadRequest(f"request larger than {MAX_REQUEST_BYTES} bytes")
@@ -55,11 +56,11 @@ def parse_request(payload: bytes) -> dict[str, Any]:
         raise BadRequest(f"request is not valid JSON: {clip(exc, 200)}") from None
     except RecursionError:
         # Still answer a 3.1.1 caller: its reply fields are at the top level.
-        raise TooDeep("request is nested too deeply", top_level_scalars(
-            payload.decode("utf-8", "replace"), _REPLY_FIELDS)) from None
+        raise TooDeep("request is nested too deeply", cast(Request, top_level_scalars(
+            payload.decode("utf-8", "replace"), _REPLY_FIELDS))) from None
     if not isinstance(request, dict):
         raise BadRequest("request must be a JSON object")
-    return request
+    return cast(Request, request)  # its fields' types are checked where they are read
 
 
 def v5_reply(msg: Message) -> Reply | None:
@@ -69,7 +70,7 @@ def v5_reply(msg: Message) -> Reply | None:
     return Reply(topic, msg.properties.get(Prop.CORRELATION_DATA), True, min(msg.qos, 1))
 
 
-def v311_reply(msg: Message, request: dict[str, Any]) -> Reply | None:
+def v311_reply(msg: Message, request: Request) -> Reply | None:
     """The 3.1.1 reply destination. A ``correlation_id`` that is not a string or a
     number makes the request a ``BAD_REQUEST`` (answered without it)."""
     topic = request.get("reply_to")
@@ -91,7 +92,7 @@ class Incoming:
         self.reply = v5_reply(msg)
         self.method: str | None = None
 
-    def read(self) -> dict[str, Any]:
+    def read(self) -> Request:
         """The request; ``BadRequest`` when it cannot be read or its reply fields are
         unusable (``reply`` is then what can still be answered)."""
         request = parse_request(self.msg.payload)
@@ -120,7 +121,7 @@ def salvage(msg: Message, exc: GatekeeperError, reply: Reply | None) -> Reply | 
     return v311_reply(msg, exc.request)
 
 
-def method_of(request: dict[str, Any]) -> str | None:
+def method_of(request: Request) -> str | None:
     method = request.get("method")
     return method if isinstance(method, str) else None
 
@@ -163,7 +164,7 @@ class Replier:
                 return decision is Decision.ALLOW
         return False
 
-    def reply(self, msg: Message, reply: Reply, body: dict[str, Any]) -> None:
+    def reply(self, msg: Message, reply: Reply, body: ReplyBody) -> None:
         if not self.allowed(msg, reply.topic):
             self._log.log(logging.WARNING, msg.sender or "", self._now(),
                           "reply topic %r refused for %r", clip(reply.topic), clip(msg.sender))
@@ -177,5 +178,5 @@ class Replier:
         try:
             payload = dumps(body)
         except (TypeError, ValueError, RecursionError):
-            payload = dumps({"ok": body.get("ok", False), "result": None})
+            payload = dumps({"ok": body["ok"], "result": None})
         self.send(reply.topic, payload, reply.qos, props)

@@ -16,8 +16,9 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
+from pi_mqtt_gpio.payloads import Catalogue, CatalogueEntry, DeviceTopics, State
 from pi_mqtt_gpio.server.hardware import DeviceEvent, HardwareManager
 from pi_mqtt_gpio.topics import Topics
 from pi_mqtt_gpio.version import package_version
@@ -33,7 +34,7 @@ _ts_second = -1
 _ts_prefix = ""
 
 
-def _same_state(published: dict[str, Any], state: dict[str, Any]) -> bool:
+def _same_state(published: State, state: State) -> bool:
     """Whether ``state`` says what ``published`` said (``ts`` aside)."""
     keys = state.keys() - {"ts"}
     return keys == published.keys() - {"ts"} and all(published[k] == state[k] for k in keys)
@@ -61,13 +62,13 @@ class Twin:
         self.topics = topics
         self.hw = hw
         self.publish = publish
-        self.states: dict[str, dict[str, Any]] = {}
+        self.states: dict[str, State] = {}
         self.seq: dict[str, int] = dict.fromkeys(hw.adapters, 0)
         self._tasks: list[asyncio.Task[None]] = []
         self._refresh: dict[str, asyncio.TimerHandle] = {}
         self.on_change: Callable[[str], None] | None = None  # a device's state was published
         # Also told of every published state: (device, document, published again unchanged)
-        self.listeners: list[Callable[[str, dict[str, Any], bool], None]] = []
+        self.listeners: list[Callable[[str, State, bool], None]] = []
         # "external": callers append their user name to command topics (fleet mode)
         self.broker_mode = "embedded"
         # Device -> who looks at its events first (a cover's endstops, a button's gestures);
@@ -81,29 +82,34 @@ class Twin:
         self.publish(self.topics.status, b"online" if online else b"offline", 1, True)
 
     def catalogue(self) -> None:
-        devices = []
+        devices: list[CatalogueEntry] = []
         for name, adapter in self.hw.adapters.items():
-            entry = adapter.catalogue()
-            entry["topics"] = {leaf: self.topics.device(name, leaf)
-                               for leaf in ("state", "event", "set", "call")}
+            entry = cast(CatalogueEntry, adapter.catalogue())  # all but the topics
+            topics: DeviceTopics = {
+                "state": self.topics.device(name, "state"),
+                "event": self.topics.device(name, "event"),
+                "set": self.topics.device(name, "set"),
+                "call": self.topics.device(name, "call"),
+            }
             if "history" in entry["methods"]:  # a sensor's last hour (server/history.py)
-                entry["topics"]["history"] = self.topics.device(name, "history")
-            entry["state_topic"] = entry["topics"]["state"]
+                topics["history"] = self.topics.device(name, "history")
+            entry["topics"] = topics
+            entry["state_topic"] = topics["state"]
             devices.append(entry)
-        doc = {"node_id": self.topics.node_id, "root": self.topics.root,
+        doc: Catalogue = {"node_id": self.topics.node_id, "root": self.topics.root,
                "simulate": self.hw.simulate, "simulated": self.hw.simulate,
                "version": package_version(), "broker": self.broker_mode, "devices": devices}
         self.publish(self.topics.devices, dumps(doc), 1, True)
 
     @staticmethod
-    def stamp(state: dict[str, Any], ts: float | None = None) -> dict[str, Any]:
+    def stamp(state: State, ts: float | None = None) -> State:
         """``state`` with its time stamp, as it is published."""
         doc = dict(state)
         doc["ts"] = utc_ts(ts)
         return doc
 
-    def state(self, name: str, state: dict[str, Any], ts: float | None = None,
-              doc: dict[str, Any] | None = None, *, force: bool = False) -> dict[str, Any]:
+    def state(self, name: str, state: State, ts: float | None = None,
+              doc: State | None = None, *, force: bool = False) -> State:
         """Publish ``state`` (retained) and remember it; returns what was published. A state
         equal to the last one published (time stamp aside) is not published again unless
         ``force``: one change, one message, whichever paths report it (a call's reply and
@@ -124,7 +130,7 @@ class Twin:
                 log.exception("a listener of %s's state failed", name)
         return doc
 
-    def notice(self, device: str, event: str, extra: dict[str, Any]) -> None:
+    def notice(self, device: str, event: str, extra: State) -> None:
         """An event of the gatekeeper's own about a device (``lockout``, ``max_on``)."""
         self.seq[device] = seq = self.seq.get(device, 0) + 1
         doc = {"event": event, "seq": seq, "ts": utc_ts(), **extra}

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
 
 from pi_mqtt_gpio.errors import BadArgument, Busy, LeaseHeld, LeaseRequired
+from pi_mqtt_gpio.payloads import LeaseEntry, LeaseTable
 from pi_mqtt_gpio.server.twin import utc_ts
 
 __all__ = ["ControlLeaseManager", "Holder", "Lease"]
@@ -34,7 +34,7 @@ class Lease:
     def covers(self, device: str) -> bool:
         return self.devices is None or device in self.devices
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> LeaseEntry:
         return {"holder": self.holder[0] or self.holder[1], "username": self.holder[0],
                 "client_id": self.holder[1],
                 "devices": None if self.devices is None else sorted(self.devices),
@@ -89,7 +89,7 @@ class ControlLeaseManager:
     def next_deadline(self) -> float | None:
         return min((lease.expires for lease in self.leases.values()), default=None)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> LeaseTable:
         return {"scope": self.scope,
                 "leases": [lease.describe() for lease in
                            sorted(self.leases.values(), key=lambda item: item.expires)]}
