@@ -281,7 +281,7 @@ def _published_before_sentinel(port: int, watch: Watch) -> list[str]:
         seen.extend(m.topic for m in watch.drain())
         return "probe/sentinel" in seen
 
-    assert wait_for(sentinel, timeout=10), seen
+    assert wait_for(sentinel, timeout=60), seen
     return seen
 
 

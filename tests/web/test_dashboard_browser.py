@@ -259,7 +259,8 @@ def test_refusals_show_their_code_and_retry_after_and_leases_work(node: Node,
     expect(value(page, "heater")).to_have_text("off")
     page.click("#card-heater button.toggle")
     toast = page.locator(".toast.bad").last
-    expect(toast).to_contain_text("heater.on refused: RATE_LIMITED — retry in 29.")
+    # (retry in 29.x s, or less on a machine slow to show it: the 30 s spacing counts down)
+    expect(toast).to_contain_text(re.compile(r"heater\.on refused: RATE_LIMITED — retry in 2\d\."))
     assert node.pin("heater").state == 0  # still off
     expect(page.locator("#audit-list li").first).to_contain_text("heater.on() via call: "
                                                                  "RATE_LIMITED")
