@@ -31,6 +31,7 @@ from pi_mqtt_gpio.client import devices as _sync
 from pi_mqtt_gpio.client.connection import Gatekeeper as SyncGatekeeper
 from pi_mqtt_gpio.client.connection import check_reply
 from pi_mqtt_gpio.errors import RequestTimeout
+from pi_mqtt_gpio.payloads import CatalogueEntry, OkReply, State
 
 __all__ = ["Gatekeeper", *(name for name in _sync.__all__ if name.startswith("Remote")
                            and name != "RemoteDevice"), "RemoteDevice"]
@@ -73,7 +74,7 @@ class Gatekeeper:
         return self.sync
 
     async def call(self, device: str, method: str, *args: Any, timeout: float | None = None,
-                   **kwargs: Any) -> dict[str, Any]:
+                   **kwargs: Any) -> OkReply:
         gk = self._gk
         future = await asyncio.to_thread(gk.submit, device, method, args, kwargs) \
             if not gk.connected else gk.submit(device, method, args, kwargs)
@@ -84,7 +85,7 @@ class Gatekeeper:
             raise RequestTimeout(f"no reply to {device}.{method} within {wait:g} s") from None
         return check_reply(body)
 
-    async def devices(self) -> dict[str, dict[str, Any]]:
+    async def devices(self) -> dict[str, CatalogueEntry]:
         return await asyncio.to_thread(self._gk.devices)
 
     async def device(self, name: str) -> Any:
@@ -145,7 +146,7 @@ class _AsyncMixin:
 
         self._handlers[attr] = lambda: loop.call_soon_threadsafe(on_loop)  # type: ignore[attr-defined]
 
-    async def refresh(self) -> dict[str, Any]:
+    async def refresh(self) -> State:
         return dict(await self._call("state") or {})
 
 

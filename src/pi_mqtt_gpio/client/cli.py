@@ -34,6 +34,7 @@ from typing import Any
 from pi_mqtt_gpio.client.connection import Gatekeeper
 from pi_mqtt_gpio.client.lease import Lease
 from pi_mqtt_gpio.errors import GatekeeperError
+from pi_mqtt_gpio.payloads import State
 from pi_mqtt_gpio.version import package_version
 
 __all__ = ["main"]
@@ -356,7 +357,7 @@ def _lease_run(gk: Gatekeeper, args: argparse.Namespace,
 
 def _watch(gk: Gatekeeper, device: str | None, stop: threading.Event) -> int:
     def show(kind: str) -> Any:
-        def out(name: str, doc: dict[str, Any]) -> None:
+        def out(name: str, doc: State) -> None:
             if device is None or name == device:
                 print(f"{name} {kind} {json.dumps(doc)}", flush=True)
 

@@ -22,7 +22,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -33,14 +33,23 @@ from pi_mqtt_gpio.client.credentials import apply_credentials
 from pi_mqtt_gpio.client.lease import Lease
 from pi_mqtt_gpio.client.registry import remote_class
 from pi_mqtt_gpio.errors import RequestTimeout, UnknownDevice, error_for
+from pi_mqtt_gpio.payloads import (
+    CatalogueEntry,
+    ErrorReply,
+    LeaseTable,
+    OkReply,
+    ReplyBody,
+    Request,
+    State,
+)
 from pi_mqtt_gpio.topics import Topics
 
 __all__ = ["ConnectionLost", "Gatekeeper"]
 
 log = logging.getLogger("pi_mqtt_gpio.client")
 
-StateListener = Callable[[str, dict[str, Any]], None]
-EventListener = Callable[[str, dict[str, Any]], None]
+StateListener = Callable[[str, State], None]
+EventListener = Callable[[str, State], None]
 
 
 class ConnectionLost(RequestTimeout, ConnectionError):
@@ -120,16 +129,16 @@ class Gatekeeper:
             self._enter_fleet()
         self._fleet_auto = fleet is None
         self._catalogue_seen = False
-        self.states: dict[str, dict[str, Any]] = {}
+        self.states: dict[str, State] = {}
         self._raw: dict[str, bytes] = {}  # state payloads not parsed yet (see _on_message)
         self._waiters = 0
-        self.catalogue: dict[str, dict[str, Any]] = {}
+        self.catalogue: dict[str, CatalogueEntry] = {}
         self.status: str | None = None
         self.nodes: dict[str, str] = {}  # node id -> "online"/"offline", as the broker keeps
-        self._lease_doc: dict[str, Any] | None = None
+        self._lease_doc: LeaseTable | None = None
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
-        self._pending: dict[Any, concurrent.futures.Future[dict[str, Any]]] = {}
+        self._pending: dict[Any, concurrent.futures.Future[ReplyBody]] = {}
         self._ids = itertools.count(1)
         self._state_listeners: list[StateListener] = []
         self._event_listeners: list[EventListener] = []
@@ -255,7 +264,7 @@ class Gatekeeper:
             elif topic == self.topics.lease:
                 doc = json.loads(m.payload)
                 with self._changed:
-                    self._lease_doc = doc if isinstance(doc, dict) else {}
+                    self._lease_doc = cast(LeaseTable, doc if isinstance(doc, dict) else {})
                     self._changed.notify_all()
             elif (node := self.topics.parse_status(topic)) is not None:
                 self._on_status(node, m.payload)
@@ -309,6 +318,7 @@ class Gatekeeper:
             return
         if not isinstance(body, dict):
             return
+        body = cast(ReplyBody, body)  # the server's JSON: its fields are checked as read
         if self.v5:
             key = getattr(m.properties, "CorrelationData", None) if m.properties else None
         else:
@@ -338,7 +348,7 @@ class Gatekeeper:
                 if old is None or str(doc.get("ts", "")) >= str(old.get("ts", "")):
                     self.states[name] = doc
 
-    def _set_state(self, name: str, state: dict[str, Any]) -> None:
+    def _set_state(self, name: str, state: State) -> None:
         with self._changed:
             self._materialize()
             old = self.states.get(name)
@@ -375,7 +385,7 @@ class Gatekeeper:
     # --- calls ----------------------------------------------------------------------------------
     def submit(self, device: str, method: str, args: Sequence[Any] = (),
                kwargs: dict[str, Any] | None = None, *, topic: str | None = None
-               ) -> concurrent.futures.Future[dict[str, Any]]:
+               ) -> concurrent.futures.Future[ReplyBody]:
         """Send a call; the future resolves to the reply ``{"ok": ..., ...}``."""
         if self._closed:
             raise ConnectionLost("the Gatekeeper connection is closed")
@@ -387,8 +397,8 @@ class Gatekeeper:
             with self._changed:
                 self._changed.wait_for(lambda: self._catalogue_seen, self.timeout)
         n = next(self._ids)
-        request: dict[str, Any] = {"method": method, "args": list(args), "kwargs": kwargs or {}}
-        future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+        request: Request = {"method": method, "args": list(args), "kwargs": kwargs or {}}
+        future: concurrent.futures.Future[ReplyBody] = concurrent.futures.Future()
         future.device = device  # type: ignore[attr-defined]
         reply_topic = f"{self.reply_prefix}/rpc"  # under our own reply prefix
         props = None
@@ -419,14 +429,14 @@ class Gatekeeper:
             self._pending.pop(key, None)
 
     def call(self, device: str, method: str, *args: Any, timeout: float | None = None,
-             **kwargs: Any) -> dict[str, Any]:
+             **kwargs: Any) -> OkReply:
         """Call ``method`` on ``device`` and wait for the reply; raises the
         ``GatekeeperError`` subclass named after the error code when refused."""
         future = self.submit(device, method, args, kwargs)
         return self.result(future, timeout, device, method)
 
-    def result(self, future: concurrent.futures.Future[dict[str, Any]], timeout: float | None,
-               device: str, method: str) -> dict[str, Any]:
+    def result(self, future: concurrent.futures.Future[ReplyBody], timeout: float | None,
+               device: str, method: str) -> OkReply:
         wait = self.timeout if timeout is None else timeout
         try:
             body = future.result(wait)
@@ -436,7 +446,7 @@ class Gatekeeper:
         return check_reply(body)
 
     # --- the twin -------------------------------------------------------------------------------
-    def state(self, name: str, *, wait: float | None = None) -> dict[str, Any]:
+    def state(self, name: str, *, wait: float | None = None) -> State:
         """The cached retained state of ``name`` (waiting for it briefly after connecting)."""
         with self._changed:
             self._materialize()
@@ -462,7 +472,7 @@ class Gatekeeper:
             finally:
                 self._waiters -= 1
 
-    def devices(self) -> dict[str, dict[str, Any]]:
+    def devices(self) -> dict[str, CatalogueEntry]:
         """The gatekeeper's device catalogue: name -> {type, methods, capabilities, ...}."""
         with self._changed:
             self._changed.wait_for(lambda: bool(self.catalogue), self.timeout)
@@ -476,12 +486,12 @@ class Gatekeeper:
         return remote_class(entry["type"])(name, gatekeeper=self)
 
     # --- leases ---------------------------------------------------------------------------------
-    def leases(self) -> dict[str, Any]:
+    def leases(self) -> LeaseTable:
         """The node's retained lease table: ``{"scope": ..., "leases": [{holder, devices,
         expires, ttl}, ...]}``."""
         with self._changed:
             self._changed.wait_for(lambda: self._lease_doc is not None, self.timeout)
-            return dict(self._lease_doc or {})
+            return cast(LeaseTable, dict(self._lease_doc or {}))
 
     @contextmanager
     def lease(self, devices: Sequence[str] | None = None, *, ttl: float = 30) -> Iterator[Any]:
@@ -528,11 +538,12 @@ class Gatekeeper:
         return f"<Gatekeeper {self.topics.root} at {self.host}:{self.port}>"
 
 
-def check_reply(body: dict[str, Any]) -> dict[str, Any]:
-    """Return an ``ok`` reply; raise the error's exception otherwise."""
+def check_reply(body: ReplyBody) -> OkReply:
+    """Return an ``ok`` reply; raise the error's exception otherwise (the body is the
+    server's JSON: its fields are checked, not trusted)."""
     if body.get("ok"):
-        return body
-    error = body.get("error") or {}
+        return cast(OkReply, body)
+    error: Any = cast(ErrorReply, body).get("error") or {}
     if not isinstance(error, dict):
         error = {}
     retry = error.get("retry_after")

@@ -30,6 +30,7 @@ from pi_mqtt_gpio.client.connection import Gatekeeper
 from pi_mqtt_gpio.client.registry import register
 from pi_mqtt_gpio.client.registry import remote_class as _remote_class
 from pi_mqtt_gpio.errors import BadArgument, UnknownDevice
+from pi_mqtt_gpio.payloads import State
 
 __all__ = [
     "DeviceClosed",
@@ -144,7 +145,7 @@ class RemoteDevice:
     def _get(self, key: str, default: Any = None) -> Any:
         return self.gatekeeper.state(self.name).get(key, default)
 
-    def _on_event(self, device: str, event: dict[str, Any]) -> None:
+    def _on_event(self, device: str, event: State) -> None:
         if device != self.name:
             return
         attr = self._events.get(str(event.get("event")))
@@ -163,7 +164,7 @@ class RemoteDevice:
 
     # --- common API -----------------------------------------------------------------------------
     @property
-    def state(self) -> dict[str, Any]:
+    def state(self) -> State:
         """The device's latest retained state (a dict, as published by the gatekeeper)."""
         return dict(self.gatekeeper.state(self.name))
 
@@ -179,7 +180,7 @@ class RemoteDevice:
     def closed(self) -> bool:
         return self._closed
 
-    def refresh(self) -> dict[str, Any]:
+    def refresh(self) -> State:
         """Ask the gatekeeper for the device's state now (a round trip)."""
         return dict(self._call("state") or {})
 

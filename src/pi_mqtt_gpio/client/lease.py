@@ -11,9 +11,10 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from pi_mqtt_gpio.errors import GatekeeperError, LeaseHeld, LeaseRequired, NotAuthorized
+from pi_mqtt_gpio.payloads import LeaseGranted, OkReply, ReplyBody
 from pi_mqtt_gpio.topics import Topics
 
 __all__ = ["Lease"]
@@ -34,10 +35,10 @@ class Gatekeeper(Protocol):
 
     def submit(self, device: str, method: str, args: Sequence[Any] = (),
                kwargs: dict[str, Any] | None = None, *, topic: str | None = None
-               ) -> concurrent.futures.Future[dict[str, Any]]: ...
+               ) -> concurrent.futures.Future[ReplyBody]: ...
 
-    def result(self, future: concurrent.futures.Future[dict[str, Any]], timeout: float | None,
-               device: str, method: str) -> dict[str, Any]: ...
+    def result(self, future: concurrent.futures.Future[ReplyBody], timeout: float | None,
+               device: str, method: str) -> OkReply: ...
 
 
 class Lease:
@@ -67,14 +68,16 @@ class Lease:
             kwargs["lease_id"] = self.lease_id
         return kwargs
 
-    def _call(self, method: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def _call(self, method: str, kwargs: dict[str, Any]) -> LeaseGranted:
+        """The reply's ``result`` (acquire's and renew's; release's is not read). The
+        server's JSON: its fields are checked as they are read."""
         gk = self.gatekeeper
         future = gk.submit("", method, (), kwargs, topic=gk.topics.lease_call)
         reply = gk.result(future, None, "lease", method)
         result = reply.get("result")
-        return result if isinstance(result, dict) else {}
+        return cast(LeaseGranted, result if isinstance(result, dict) else {})
 
-    def _update(self, result: dict[str, Any]) -> None:
+    def _update(self, result: LeaseGranted) -> None:
         self.lease_id = result.get("lease_id", self.lease_id)
         self.holder = result.get("holder", self.holder)
         self.expires = result.get("expires", self.expires)
