@@ -10,8 +10,8 @@
 #     the outputs written to their safe state before the lines are released); systemctl
 #     reboot (the service back, the output restored); the rollback; remove and purge (the
 #     chips back to the gpio group without a reboot).
-#   scripts/install: install, start, a failed upgrade (no wheels: nothing changed, the
-#     service still serves), an upgrade to a newer commit, the rollback, --uninstall, --purge.
+#   scripts/install: install, start, an upgrade to a newer commit (config and users kept,
+#     restarted), the rollback to the previous venv, --uninstall, --purge.
 # The host's checkout is at /mnt/host (read-only) with, under dist/vm/ (scripts/systemd-stage),
 # this commit's package, the previous commit's (prev/), one that fails (broken/) and a
 # wheelhouse for scripts/install. One line per check: "PASS: ..." or "FAIL: ..."; the exit
@@ -154,21 +154,12 @@ before_doc() {
     step "removal"
     useradd -m -G gpio pi ;;
   installer:"cd ~/pi-mqtt-gatekeeper && git pull && sudo ./scripts/install")
-    step "a failed upgrade: newer sources, no wheels for the build (as without network)"
+    # (a failed build changing nothing is tests/deploy/test_install.py's, on the host: a
+    # third venv build here would cost a minute or more of every run)
     echo "# a newer commit" >> /root/newer/src/pi_mqtt_gpio/__init__.py
     git -C /root/newer -c user.name=t -c user.email=t@localhost commit -qam "a newer commit"
     git -C /root/newer push -q origin HEAD:main
     old_pid=$(main_pid); DOC_PREV_VENV=$(readlink $opt/venv | sed 's/^venv-//')
-    mkdir -p /root/no-wheels
-    (cd /root/newer && PIP_FIND_LINKS=/root/no-wheels ./scripts/install) > /root/failed.log 2>&1; rc=$?
-    grep -E "ERROR|install:" /root/failed.log | tail -3
-    check "scripts/install fails (exit $rc)" test $rc != 0
-    check "it says so: building ... failed (see above); nothing was changed" grep -q "failed (see above); nothing was changed" /root/failed.log
-    check "the venv link unchanged (venv-$DOC_PREV_VENV), no half-built venv left" \
-      eval "test \"\$(readlink $opt/venv)\" = venv-$DOC_PREV_VENV && test \$(ls -d $opt/venv-* | wc -l) = 1"
-    check "the same main process still runs" test "$(main_pid)" = "$old_pid"
-    check "pi-mqtt-gpio call porch_light on" call porch_light on
-    check "line 17 high ($(line 17))" test "$(line 17)" = 1
     step "the upgrade to the newer commit" ;;
   installer:"sudo apt-get update"*)
     step "scripts/install, the commands of docs/install.md"
@@ -283,13 +274,19 @@ safe_stop() {
   [ -d $tr/events/gpio ] || mount -t tracefs tracefs $tr
   [ -e /sys/kernel/debug/gpio ] || mount -t debugfs debugfs /sys/kernel/debug
   base=$(sed -n "s/^$chip: GPIOs \([0-9]*\)-.*/\1/p" /sys/kernel/debug/gpio)
-  echo 0 > $tr/tracing_on; : > $tr/trace; echo 1 > $tr/events/gpio/gpio_value/enable
-  echo 1 > $tr/tracing_on
+  echo 0 > $tr/tracing_on; : > $tr/trace; echo 1 > $tr/events/gpio/enable; echo 1 > $tr/tracing_on
   check "systemctl stop" systemctl stop $unit
   echo 0 > $tr/tracing_on
-  grep "gpio_value: .* set" $tr/trace | tail -4
-  check "trace: line 17 (GPIO $((base + 17))) written 0 during the stop" grep -qE "gpio_value: $((base + 17)) set 0" $tr/trace
-  check "trace: line 22 (the heater) written 0 during the stop" grep -qE "gpio_value: $((base + 22)) set 0" $tr/trace
+  grep -E "gpio_value: .* set|gpio_direction: ($((base + 17))|$((base + 22))) " $tr/trace | tail -6
+  # written 0, and before the line was made an input (gpiozero's close) and released; with
+  # safe_state: "on" the same trace shows "set 1" then "in", and after kill -9 nothing at all
+  written_0_first() {  # written_0_first GPIO
+    awk -v g="$1" '$0 ~ "gpio_value: " g " set 0" && !s {s = NR}
+                   $0 ~ "gpio_direction: " g " +in" && !i {i = NR}
+                   END {exit !(s && (!i || s < i))}' $tr/trace
+  }
+  check "trace: line 17 (GPIO $((base + 17))) written 0 during the stop, before it was made an input" written_0_first $((base + 17))
+  check "trace: line 22 (the heater) written 0 during the stop, before it was made an input" written_0_first $((base + 22))
   check "after stop lines 17 and 22 are low ($(line 17) $(line 22))" test "$(line 17)$(line 22)" = 00
   check "after stop the lines are free" sh -c "! gpioinfo $chip | grep -q gatekeeper:"
   check "the state file still has the heater on" grep -q '"heater"' /var/lib/$unit/state.json
