@@ -18,7 +18,8 @@ P = "pi_mqtt_gpio."
 # Lowest first. A module belongs to the layer of the longest prefix naming it: the module or
 # package itself, or a name ending in "_" that its name starts with.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("pi_mqtt_gpio", P + "errors", P + "topics", P + "version", P + "terminal",
+    ("base", ("pi_mqtt_gpio", P + "errors", P + "payloads", P + "topics", P + "version",
+              P + "terminal",
               P + "server", P + "server.jsonscan")),
     # The MQTT protocol and broker core, and the HTTP/WebSocket helpers of the listeners.
     ("mqtt", (P + "mqtt", P + "server.web")),
