@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Topics"]
+__all__ = ["HomeAssistantTopics", "MqttIoTopicNames", "Topics"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +46,17 @@ class Topics:
     @property
     def everything(self) -> str:
         """The filter of the node's whole tree."""
-        return f"{self.root}/#"
+        return self.below(self.root)
+
+    def in_tree(self, topic: str) -> bool:
+        """Whether ``topic`` is ``{root}`` or under it (what ``everything`` matches)."""
+        return self.within(topic, self.root)
+
+    @staticmethod
+    def within(topic: str, prefix: str) -> bool:
+        """Whether ``topic`` is ``prefix`` or under it (what ``below(prefix)`` matches)."""
+        return topic.startswith(prefix) and (len(topic) == len(prefix)
+                                             or topic[len(prefix)] == "/")
 
     @property
     def replies(self) -> str:
@@ -64,10 +74,15 @@ class Topics:
 
     def parse_status(self, topic: str) -> str | None:
         """The node id of ``{base_topic}/<node>/status``, else None."""
-        prefix = f"{self.base_topic}/"
-        if not topic.startswith(prefix) or not topic.endswith("/status"):
+        return self.parse_node(topic, "status")
+
+    def parse_node(self, topic: str, leaf: str) -> str | None:
+        """The node id of ``{base_topic}/<node>/<leaf>`` (a match of ``any_node(leaf)``),
+        else None."""
+        prefix, suffix = f"{self.base_topic}/", f"/{leaf}"
+        if not topic.startswith(prefix) or not topic.endswith(suffix):
             return None
-        node = topic[len(prefix):-len("/status")]
+        node = topic[len(prefix):-len(suffix)]
         return node if node and "/" not in node else None
 
     def device(self, name: str, leaf: str) -> str:
@@ -89,8 +104,27 @@ class Topics:
     @staticmethod
     def sent_by(topic: str, user: str) -> str:
         """A command topic with the sender's user name as its last level (external broker
-        mode, where the broker's ACL pins that level to the user)."""
+        mode, where the broker's ACL pins that level to the user). ``user`` ``+``: the
+        filter of that command sent by anyone."""
         return f"{topic}/{user}"
+
+    @staticmethod
+    def sender(topic: str) -> tuple[str, str]:
+        """(command topic, user name) of a topic made by ``sent_by``."""
+        base, _, user = topic.rpartition("/")
+        return base, user
+
+    @staticmethod
+    def below(topic: str) -> str:
+        """The filter of ``topic``'s subtree (``<topic>/#``): a reply prefix, the node's
+        tree, Home Assistant's discovery prefix."""
+        return f"{topic}/#"
+
+    @staticmethod
+    def reply_to(prefix: str) -> str:
+        """The reply topic the client stub asks for, under its reply prefix (its own, the
+        Response Information of its CONNACK, or its fleet prefix)."""
+        return f"{prefix}/rpc"
 
     @classmethod
     def grammar(cls) -> dict[str, str]:
@@ -125,3 +159,50 @@ class Topics:
         if not sep or not name or "/" in leaf:
             return None
         return name, leaf
+
+
+@dataclass(frozen=True, slots=True)
+class HomeAssistantTopics:
+    """Home Assistant's MQTT discovery topics under its ``prefix`` (``homeassistant``)."""
+
+    prefix: str
+
+    @property
+    def status(self) -> str:
+        """HA's birth and last-will topic."""
+        return f"{self.prefix}/status"
+
+    def config(self, component: str, node_id: str, object_id: str) -> str:
+        """Where one entity's discovery config is retained."""
+        return f"{self.prefix}/{component}/{node_id}/{object_id}/config"
+
+
+@dataclass(frozen=True, slots=True)
+class MqttIoTopicNames:
+    """mqtt-io's topics under its ``topic_prefix`` (the compatibility layer speaks them):
+    ``<prefix>/output/<name>[/<command>]``, ``<prefix>/input/<name>``,
+    ``<prefix>/sensor/<name>`` and the status topic."""
+
+    prefix: str
+
+    def status(self, leaf: str) -> str:
+        return f"{self.prefix}/{leaf}"
+
+    def output(self, name: str, command: str | None = None) -> str:
+        """An output's state, or with ``command`` (``set``, ``set_on_ms``, ...) its command."""
+        return f"{self.prefix}/output/{name}" + (f"/{command}" if command else "")
+
+    def input(self, name: str) -> str:
+        return f"{self.prefix}/input/{name}"
+
+    def sensor(self, name: str) -> str:
+        return f"{self.prefix}/sensor/{name}"
+
+    def parse(self, topic: str) -> tuple[str, str, str] | None:
+        """(kind, name, rest) of ``<prefix>/<kind>/<name>[/<rest>]``, else None."""
+        head = f"{self.prefix}/"
+        if not topic.startswith(head):
+            return None
+        kind, _, rest = topic[len(head):].partition("/")
+        name, _, leaf = rest.partition("/")
+        return kind, name, leaf

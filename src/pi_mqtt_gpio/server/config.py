@@ -1,4 +1,4 @@
-"""YAML config -> typed, frozen models (DESIGN section 4).
+"""YAML config -> typed, frozen models.
 
 Every problem is reported at once, each with its key path and line number, before anything
 is started or any pin claimed. Unknown keys are errors.
@@ -39,6 +39,7 @@ from pi_mqtt_gpio.server.sections import (
     WatchdogConfig,
     frequency_matches,
 )
+from pi_mqtt_gpio.topics import Topics
 
 __all__ = [
     "BUILTIN_ROLES",
@@ -425,8 +426,12 @@ class Config:
         return problems
 
     @property
+    def topics(self) -> Topics:
+        return Topics(self.base_topic, self.node_id)
+
+    @property
     def root(self) -> str:
-        return f"{self.base_topic}/{self.node_id}"
+        return self.topics.root
 
 
 def _role_problems(auth: AuthConfig) -> list[Problem | str]:

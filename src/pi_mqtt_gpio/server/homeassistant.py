@@ -20,7 +20,7 @@ from typing import Any
 
 from pi_mqtt_gpio.server.devices.sensors import SENSOR_TYPES, values_of
 from pi_mqtt_gpio.server.sections import COMPONENTS, EntityOverride
-from pi_mqtt_gpio.topics import Topics
+from pi_mqtt_gpio.topics import HomeAssistantTopics, Topics
 
 __all__ = ["COMPONENTS", "EntityOverride", "allowed_components", "discovery", "health_topic_id"]
 
@@ -89,7 +89,7 @@ def discovery(topics: Topics, devices: dict[str, Any], *, prefix: str, version: 
     out: dict[str, dict[str, Any]] = {}
 
     def add(component: str, object_id: str, payload: dict[str, Any]) -> None:
-        topic = f"{prefix}/{component}/{node}/{object_id}/config"
+        topic = HomeAssistantTopics(prefix).config(component, node, object_id)
         entity_id = f"{node}_{object_id}"
         shared = dict(common)
         if "availability" in payload:  # its own availability besides the node's
@@ -342,7 +342,7 @@ class Discovery:
 
     @property
     def birth_topic(self) -> str:
-        return f"{self.prefix}/status"
+        return HomeAssistantTopics(self.prefix).status
 
     def start(self, previous: Any) -> None:
         """Publish every config; clear the ones published last time that are gone

@@ -37,7 +37,7 @@ from pi_mqtt_gpio.server.compat.config import (
     MqttIoSensor,
 )
 from pi_mqtt_gpio.server.devices.base import is_active
-from pi_mqtt_gpio.topics import Topics
+from pi_mqtt_gpio.topics import MqttIoTopicNames, Topics
 
 __all__ = ["MqttIoBridge", "MqttIoTopics"]
 
@@ -93,7 +93,8 @@ class MqttIoTopics:
         self.cfg = cfg
         self.topics = topics
         self.prefix = cfg.topic_prefix
-        self.status_topic = f"{self.prefix}/{cfg.status_topic}"
+        self.names = MqttIoTopicNames(cfg.topic_prefix)
+        self.status_topic = self.names.status(cfg.status_topic)
         self.outputs: dict[str, _Output] = {}
         self.inputs: dict[str, _Input] = {}
         for name, out_cfg in cfg.outputs.items():
@@ -125,14 +126,14 @@ class MqttIoTopics:
 
     # --- topics ---------------------------------------------------------------------------------
     def subscriptions(self) -> list[str]:
-        return [f"{self.prefix}/output/+/{leaf}" for leaf in COMMANDS]
+        return [self.names.output("+", leaf) for leaf in COMMANDS]
 
     def command(self, topic: str) -> tuple[_Output, str] | None:
         """(output, ``set`` | ``set_on_ms`` | ``set_off_ms``) of a command topic, else None."""
-        if not topic.startswith(self.prefix + "/output/"):
+        parsed = self.names.parse(topic)
+        if parsed is None or parsed[0] != "output":
             return None
-        rest = topic[len(self.prefix) + 8:]
-        name, _, leaf = rest.partition("/")
+        _kind, name, leaf = parsed
         out = self.outputs.get(name)
         if out is None or leaf not in COMMANDS:
             return None
@@ -142,13 +143,12 @@ class MqttIoTopics:
         """The gatekeeper topic a compat topic stands for when the ACL decides: a command is
         the device's ``set``, a state is the device's ``state``, the status is the node's
         status. None for any other topic (the ACL then decides on the topic itself)."""
-        if not topic.startswith(self.prefix + "/"):
+        parsed = self.names.parse(topic)
+        if parsed is None:
             return None
         if topic == self.status_topic:
             return self.topics.status
-        rest = topic[len(self.prefix) + 1:]
-        kind, _, rest = rest.partition("/")
-        name, _, leaf = rest.partition("/")
+        kind, name, leaf = parsed
         if kind == "output" and name in self.outputs:
             device = self.outputs[name].device
             if not leaf:
@@ -165,10 +165,10 @@ class MqttIoTopics:
         """Every topic of ours under the prefix (for the ACL)."""
         out = [self.status_topic]
         for name in self.outputs:
-            out.append(f"{self.prefix}/output/{name}")
-            out.extend(f"{self.prefix}/output/{name}/{leaf}" for leaf in COMMANDS)
-        out.extend(f"{self.prefix}/input/{name}" for name in self.inputs)
-        out.extend(f"{self.prefix}/sensor/{name}" for name in self.sensors)
+            out.append(self.names.output(name))
+            out.extend(self.names.output(name, leaf) for leaf in COMMANDS)
+        out.extend(self.names.input(name) for name in self.inputs)
+        out.extend(self.names.sensor(name) for name in self.sensors)
         return out
 
     # --- payloads -------------------------------------------------------------------------------
@@ -225,7 +225,7 @@ class MqttIoTopics:
 
     def input_messages(self, inp: _Input, old: dict[str, Any] | None, new: dict[str, Any]
                        ) -> list[tuple[str, bytes, bool]]:
-        topic = f"{self.prefix}/input/{inp.name}"
+        topic = self.names.input(inp.name)
         cfg = inp.cfg
         if cfg.interrupt_payload is not None and cfg.interrupt is not None:
             if old is None:
@@ -253,13 +253,13 @@ class MqttIoTopics:
             payload = self.output_payload(o, new)
             if old is not None and "value" in old and self.output_payload(o, old) == payload:
                 continue
-            out.append((f"{self.prefix}/output/{o.name}", payload, o.cfg.retain))
+            out.append((self.names.output(o.name), payload, o.cfg.retain))
         for i in self.inputs_of.get(device, ()):
             out.extend(self.input_messages(i, old, new))
         for sen in self.sensors_of.get(device, ()):
             text = self.sensor_payload(sen, new)
             if text is not None and (old is None or self.sensor_payload(sen, old) != text):
-                out.append((f"{self.prefix}/sensor/{sen.name}", text, sen.cfg.retain))
+                out.append((self.names.sensor(sen.name), text, sen.cfg.retain))
         return out
 
     @staticmethod
