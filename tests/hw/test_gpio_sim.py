@@ -63,7 +63,8 @@ class Daemon:
         self.port = port
         self.output: list[str] = []
         assert self.proc.stdout is not None
-        deadline = time.monotonic() + 60
+        # (a hang's limit: a start takes seconds, minutes on a loaded host under TCG)
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
             if not line:
