@@ -1,7 +1,10 @@
 """Gatekeeper benchmark: RPC round trip, edge -> subscriber latency, event loss at
 100 Hz, idle CPU with 26 inputs, RSS with the demo config.
 
-    .venv/bin/python benchmarks/rpc.py [--quick]
+    .venv/bin/python benchmarks/rpc.py [--quick] [--taskset CPU]
+
+``--taskset CPU`` pins our daemon (and the baseline's broker and daemon) to that CPU list
+(``taskset -c``), as ``CPUAffinity=`` in its systemd unit would; the clients run anywhere.
 
 "rpc lean client" calls from a raw MQTT 5 socket and "echo same daemon" is a plain
 request/response between two raw clients through the same daemon (the broker hop alone).
@@ -48,6 +51,7 @@ from broker import (  # noqa: E402
 )
 
 NODE = "bench"
+PIN: list[str] = []  # ``taskset -c CPU`` before the daemons' commands (``--taskset``)
 TOPIC_ROOT = f"gatekeeper/{NODE}"
 
 
@@ -61,7 +65,7 @@ def start_daemon(tmp: Path, devices: dict[str, Any]) -> tuple[subprocess.Popen[b
     path = tmp / f"gk-{port}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     exe = ROOT / ".venv" / "bin" / "pi-mqtt-gatekeeper"
-    proc = subprocess.Popen([str(exe), "--config", str(path), "--simulate", "--log-level",
+    proc = subprocess.Popen([*PIN, str(exe), "--config", str(path), "--simulate", "--log-level",
                              "error"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)
     time.sleep(0.5)
@@ -257,12 +261,12 @@ def baseline_round_trips(tmp: Path, n: int) -> dict[str, float] | None:
     port = free_port()
     conf = tmp / "mosq.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nlog_type none\n")
-    broker = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
+    broker = subprocess.Popen([*PIN, exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     daemon = None
     try:
         wait_port(port)
-        daemon = subprocess.Popen([sys.executable, "-c", BASELINE, str(port), TOPIC_ROOT],
+        daemon = subprocess.Popen([*PIN, sys.executable, "-c", BASELINE, str(port), TOPIC_ROOT],
                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert daemon.stdout is not None
         assert daemon.stdout.readline().strip() == "ready"
@@ -338,7 +342,11 @@ def rss_mib(pid: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--taskset", metavar="CPU", help="pin the daemons to this CPU list")
     args = parser.parse_args()
+    if args.taskset:
+        PIN[:] = ["taskset", "-c", args.taskset]
+        print(f"daemons pinned to CPU {args.taskset}")
     n = 1000 if args.quick else 5000
     edge_seconds = 10 if args.quick else 60
     results: dict[str, Any] = {}
@@ -372,7 +380,7 @@ def main() -> int:
             proc.send_signal(signal.SIGTERM)
             proc.wait(10)
 
-        demo = subprocess.Popen([str(ROOT / ".venv/bin/pi-mqtt-gatekeeper"), "--config",
+        demo = subprocess.Popen([*PIN, str(ROOT / ".venv/bin/pi-mqtt-gatekeeper"), "--config",
                                  str(ROOT / "deploy/demo.yaml"), "--simulate",
                                  "--log-level", "error"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -394,6 +402,7 @@ def main() -> int:
             continue
         print(f"{name:<28} " + "  ".join(
             f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()))
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)")
     ours, stub = results["rpc ours"], results["stub RemoteLED"]
     threaded = results["rpc ours, paho thread"]
     print(f"{'ratio stub/raw paho':<28} p50={stub['p50_us'] / ours['p50_us']:.2f}x  "

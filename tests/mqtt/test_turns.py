@@ -151,3 +151,25 @@ def test_a_login_that_waits_goes_on_as_a_task_and_can_be_cancelled() -> None:
         assert link2.out == []
 
     asyncio.run(main())
+
+
+def test_a_scheduled_pump_goes_before_the_next_busy_turn() -> None:
+    """What the gatekeeper publishes outside I/O (an RPC's reply) is written when the next
+    busy connection's turn starts (``pump_scheduled``), not after the whole round."""
+    async def allow(req: AuthRequest) -> AuthResult:
+        return AuthResult(Decision.ALLOW, None, "all")
+
+    async def main() -> None:
+        server, conn, link = _server(allow)
+        server.pump()
+        conn.write(b"\xd0\x00")  # as a publish from the gatekeeper would queue bytes
+        server.core.dirty.add(conn)
+        server.schedule_pump()
+        assert link.out == [b"\x20\x02\x00\x00"]
+        server.pump_scheduled()  # what a busy connection's turn does first
+        assert link.out == [b"\x20\x02\x00\x00", b"\xd0\x00"]
+        server.pump_scheduled()  # nothing scheduled any more: nothing happens
+        await asyncio.sleep(0)  # the scheduled callback itself now finds nothing to do
+        assert link.out == [b"\x20\x02\x00\x00", b"\xd0\x00"]
+
+    asyncio.run(main())

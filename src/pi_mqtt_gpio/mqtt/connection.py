@@ -5,6 +5,8 @@ core and takes ``data_to_send()``; ``closing`` tells it to close once the outbox
 from __future__ import annotations
 
 from enum import Enum
+from types import MappingProxyType
+from typing import Any, cast
 
 from pi_mqtt_gpio.mqtt.codec import FrameReader, encode
 from pi_mqtt_gpio.mqtt.hooks import ClientInfo
@@ -12,7 +14,11 @@ from pi_mqtt_gpio.mqtt.logguard import clip
 from pi_mqtt_gpio.mqtt.message import Message
 from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, PROTOCOL_311, Connect, Packet, Prop, Properties
 
-__all__ = ["ConnState", "Connection", "peer_address"]
+__all__ = ["NONE_YET", "ConnState", "Connection", "peer_address"]
+
+# The topic alias and fast-path caches of a connection until it needs one (most never use
+# aliases): shared and read-only, whoever adds gives the connection its own dict.
+NONE_YET = cast("dict[Any, Any]", MappingProxyType({}))
 
 
 class ConnState(Enum):
@@ -79,12 +85,12 @@ class Connection:
         self.receive_max_out = 65535  # the client's Receive Maximum
         self.max_packet_out = 0  # the client's Maximum Packet Size (0: no limit)
         self.alias_out_max = 0  # the client's Topic Alias Maximum
-        self.alias_out: dict[str, int] = {}
+        self.alias_out: dict[str, int] = NONE_YET
         # Topics this client published that were valid and allowed: raw bytes -> (topic,
         # authorisation epoch, bit mask of the QoS levels allowed). A few, short ones only.
-        self.fast_topics: dict[bytes, tuple[str, int, int]] = {}
+        self.fast_topics: dict[bytes, tuple[str, int, int]] = NONE_YET
         self.backlog = False  # packets received but not handled yet (the others' turn first)
-        self.alias_in: dict[int, str] = {}
+        self.alias_in: dict[int, str] = NONE_YET
         self.problem_info = True
         self.closing = False
         self.hard_close = False  # close without a goodbye (RST): it never spoke MQTT

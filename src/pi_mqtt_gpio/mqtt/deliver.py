@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from pi_mqtt_gpio.mqtt.authorize import for_reader, read_checked
 from pi_mqtt_gpio.mqtt.codec import encode_publish
-from pi_mqtt_gpio.mqtt.connection import Connection, ConnState
+from pi_mqtt_gpio.mqtt.connection import NONE_YET, Connection, ConnState
 from pi_mqtt_gpio.mqtt.logguard import clip
 from pi_mqtt_gpio.mqtt.message import MESSAGE_OVERHEAD, Message
 from pi_mqtt_gpio.mqtt.packets import RC, Prop, Properties
@@ -298,6 +298,8 @@ def _alias_out(conn: Connection, topic: str, props: Properties) -> tuple[str, st
         props[Prop.TOPIC_ALIAS] = alias
         return "", None
     if len(conn.alias_out) < conn.alias_out_max:
+        if conn.alias_out is NONE_YET:
+            conn.alias_out = {}
         conn.alias_out[topic] = props[Prop.TOPIC_ALIAS] = len(conn.alias_out) + 1
         return topic, topic
     return topic, None

@@ -183,6 +183,7 @@ def _establish(core: BrokerCore, conn: Connection, now: float) -> None:
     if conn.keep_alive:
         core.timers.push(now + conn.keep_alive * KEEPALIVE_GRACE, "keepalive", conn)
     _resume(core, conn, session, now)
+    conn.connect = None  # done with it (and with its password)
     for hook in core.hooks:
         try:
             hook.on_connected(conn.client)

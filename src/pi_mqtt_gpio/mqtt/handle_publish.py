@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from pi_mqtt_gpio.mqtt.authorize import authorize_publish, may_retain, topic_ok
 from pi_mqtt_gpio.mqtt.codec import encode_publish, encode_varint, split_publish
-from pi_mqtt_gpio.mqtt.connection import Connection, ConnState
+from pi_mqtt_gpio.mqtt.connection import NONE_YET, Connection, ConnState
 from pi_mqtt_gpio.mqtt.deliver import deliver, fly, land, reserve
 from pi_mqtt_gpio.mqtt.errors import ProtocolError
 from pi_mqtt_gpio.mqtt.hooks import Decision
@@ -92,6 +92,8 @@ def _resolve_alias(core: BrokerCore, conn: Connection, p: Publish) -> str:
     if alias > core.limits.topic_alias_maximum:
         raise ProtocolError("topic alias out of range", RC.TOPIC_ALIAS_INVALID)
     if topic:
+        if conn.alias_in is NONE_YET:
+            conn.alias_in = {}
         conn.alias_in[alias] = topic
         return topic
     known = conn.alias_in.get(alias)
@@ -335,6 +337,8 @@ def _fast_admit(core: BrokerCore, conn: Connection, tkey: bytes, qos: int,
     if len(tkey) <= _FAST_TOPIC_MAX:
         mask = known[2] if known is not None and known[1] == core.auth_epoch else 0
         cached = conn.fast_topics
+        if cached is NONE_YET:
+            cached = conn.fast_topics = {}
         if len(cached) >= _FAST_TOPICS and tkey not in cached:
             cached.clear()
         cached[tkey] = (topic, core.auth_epoch, mask | (1 << qos))

@@ -149,6 +149,7 @@ class _TcpLink(_Link, asyncio.Protocol):
 
     def _backlog(self) -> None:
         server = self.server
+        server.pump_scheduled()
         server.core.process_backlog(self.conn, server.now())
         server.pump()  # lists this connection again (``later``) while packets are left
         transport = self.transport
@@ -232,6 +233,7 @@ class _WsLink(_Link):
 
     def _backlog(self) -> None:
         server = self.server
+        server.pump_scheduled()
         server.core.process_backlog(self.conn, server.now())
         server.pump()
 
@@ -622,8 +624,16 @@ class BrokerServer:
             loop.call_soon(self._scheduled_pump)
 
     def _scheduled_pump(self) -> None:
-        self._pump_scheduled = False
-        self.pump()
+        if self._pump_scheduled:
+            self._pump_scheduled = False
+            self.pump()
+
+    def pump_scheduled(self) -> None:
+        """Pump now if a pump is scheduled: a busy connection's turn lets what the
+        gatekeeper published meanwhile (an RPC's reply) go first, rather than after every
+        other busy connection's turn of this round."""
+        if self._pump_scheduled:
+            self._scheduled_pump()
 
     def pump(self) -> None:
         """Write what the core queued, start authentications, deliver to in-process clients,
