@@ -135,8 +135,11 @@ doc_run() {  # doc_run PASS N ORIGINAL COMMAND TYPED (from doc_commands.py)
 }
 cat > /root/edit-config <<'EOF'
 #!/bin/sh
-# sudoedit's editor here: one more output, with restore: true (state.json keeps its value)
-sed -i '/^  porch_light:/a\  heater:      {type: OutputDevice, pin: 22, restore: true}' "$1"
+# sudoedit's editor here: one more output, with restore: true (state.json keeps its value);
+# and a longer login time limit than 5 s: under emulation on a loaded machine the password
+# hash of one login alone can take longer (the broker then closes the socket before CONNACK)
+sed -i -e '/^  porch_light:/a\  heater:      {type: OutputDevice, pin: 22, restore: true}' \
+  -e '/^broker:/a\  limits: {connect_timeout_s: 60}' "$1"
 EOF
 chmod 755 /root/edit-config
 
