@@ -6,8 +6,8 @@ they travel on are ``topics.py``'s. A device's state and event documents vary wi
 device type and stay plain dicts (``State``).
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: the TypedDicts' required and optional keys
+# are then right at run time too (tests check documents against them).
 from typing import Any, Literal, NotRequired, TypeAlias, TypedDict
 
 __all__ = [

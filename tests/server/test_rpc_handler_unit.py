@@ -18,10 +18,19 @@ import pytest
 from pi_mqtt_gpio.mqtt.hooks import BrokerHooks, ClientInfo, Decision
 from pi_mqtt_gpio.mqtt.message import Message
 from pi_mqtt_gpio.mqtt.packets import Prop, Properties
+from pi_mqtt_gpio.payloads import (
+    AuditRecord,
+    ErrorReply,
+    LeaseGranted,
+    LeaseReleased,
+    LeaseTable,
+    OkReply,
+)
 from pi_mqtt_gpio.server.rpc_handler import MAX_REQUEST_BYTES, RpcHandler
 from pi_mqtt_gpio.server.security.leases import ControlLeaseManager
 from pi_mqtt_gpio.server.twin import Twin
 from pi_mqtt_gpio.topics import Topics
+from tests.payload_shape import conforms
 from tests.server.sync_worker import SyncWorker, settle
 
 DEVICES = """\
@@ -414,5 +423,48 @@ def test_a_call_that_does_not_complete_in_time_is_answered_timeout() -> None:
         await settle()
         assert rig.twin.states["led"]["value"] == 1
         assert rig.on(TOPICS.audit)[-1].body["source"] == "call:late"
+
+    run(test)
+
+
+def test_every_envelope_has_the_shape_of_the_payload_types() -> None:
+    """Replies (ok, refused, MQTT 3.1.1 with its correlation id), lease results, the lease
+    table and audit records, as payloads.py types them."""
+
+    async def test(rig: Rig) -> None:
+        seen: list[Sent] = []
+
+        async def request(topic: str, payload: bytes, **kwargs: Any) -> None:
+            await rig.request(topic, payload, **kwargs)
+            seen.extend(rig.sent)
+
+        bob = {"user": "bob", "client": "c2", "props": v5(topic="gk/n/reply/c2")}
+        await request(TOPICS.lease_call, j({"method": "acquire",
+                                            "kwargs": {"devices": ["lamp"]}}), **bob)
+        conforms(rig.replies()[0].body, OkReply)
+        conforms(rig.replies()[0].body["result"], LeaseGranted)
+        await request(call("lamp"), j({"method": "on"}), **bob)
+        assert rig.replies()[0].body["ok"] is True and "state" in rig.replies()[0].body
+        await request(call("lamp"), j({"method": "on", "reply_to": REPLY,
+                                       "correlation_id": "x1"}))
+        refused = rig.replies()[0].body
+        assert refused["ok"] is False and refused["correlation_id"] == "x1"
+        await request(TOPICS.lease_call, j({"method": "release", "kwargs": {
+            "devices": ["lamp"], "force": True}}), props=v5(topic="gk/n/reply/c9"),
+            user="root", client="c9")
+        conforms(rig.replies()[0].body["result"], LeaseReleased)
+        kinds = {"reply": 0, "audit": 0, "lease": 0}
+        for sent in seen:
+            if sent.topic == TOPICS.audit:
+                conforms(sent.body, AuditRecord)
+                kinds["audit"] += 1
+            elif sent.topic == TOPICS.lease:
+                conforms(sent.body, LeaseTable)
+                kinds["lease"] += 1
+            elif sent.topic.startswith(TOPICS.replies):
+                conforms(sent.body, OkReply if sent.body["ok"] else ErrorReply)
+                kinds["reply"] += 1
+        assert kinds == {"reply": 4, "audit": 5, "lease": 2}
+        assert any(s.body.get("method") == "lost" for s in seen if s.topic == TOPICS.audit)
 
     run(test)

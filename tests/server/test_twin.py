@@ -9,9 +9,13 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
+
+from pi_mqtt_gpio.payloads import Catalogue
 from pi_mqtt_gpio.server.hardware import DeviceEvent
 from pi_mqtt_gpio.server.twin import Twin, utc_ts
 from pi_mqtt_gpio.topics import Topics
+from tests.payload_shape import conforms
 from tests.server.sync_worker import SyncWorker, settle
 
 DEVICES = """\
@@ -243,5 +247,19 @@ def test_refresh_later_reads_the_state_again_once() -> None:
         await asyncio.sleep(0)
         await settle()
         assert len(out) == 2
+
+    run(test)
+
+
+def test_the_catalogue_has_the_shape_of_the_payload_types() -> None:
+    async def test(twin: Twin, hw: SyncWorker, out: Published) -> None:
+        twin.catalogue()
+        (topic, doc, _qos, _retain), = out
+        assert topic == TOPICS.devices
+        conforms(doc, Catalogue)
+        assert [d["name"] for d in doc["devices"]] == ["led", "button"]
+        wrong = {**doc, "devices": [{**doc["devices"][0], "kind": 1}]}
+        with pytest.raises(AssertionError, match="kind"):
+            conforms(wrong, Catalogue)
 
     run(test)

@@ -203,7 +203,7 @@ class Gatekeeper:
     def command_topic(self, topic: str) -> str:
         """A command topic as this connection must publish it (``/<username>`` appended
         for a node on an external broker)."""
-        return f"{topic}/{self.username}" if self.fleet else topic
+        return Topics.sent_by(topic, self.username or "") if self.fleet else topic
 
     def _check_node(self, wait: float) -> None:
         """Fail fast on a node id that is not on this broker, naming the ones that are."""
@@ -234,7 +234,7 @@ class Gatekeeper:
             if info:
                 self.reply_prefix = info
         topics = self.topics
-        client.subscribe([(f"{self.reply_prefix}/#", 0), (topics.any_device("state"), 0),
+        client.subscribe([(Topics.below(self.reply_prefix), 0), (topics.any_device("state"), 0),
                           (topics.any_device("event"), 1), (topics.devices, 1),
                           (topics.status, 1), (topics.any_status, 1),
                           (self.topics.lease, 1)])
@@ -294,7 +294,7 @@ class Gatekeeper:
         if self._fleet_auto and not self.fleet and isinstance(doc, dict) \
                 and doc.get("broker") == "external" and self.username:
             self._enter_fleet()
-            client.subscribe(f"{self.reply_prefix}/#", 0)
+            client.subscribe(Topics.below(self.reply_prefix), 0)
         with self._changed:
             self._catalogue_seen = True
             self.catalogue = {d["name"]: d for d in doc.get("devices", [])}
@@ -400,7 +400,7 @@ class Gatekeeper:
         request: Request = {"method": method, "args": list(args), "kwargs": kwargs or {}}
         future: concurrent.futures.Future[ReplyBody] = concurrent.futures.Future()
         future.device = device  # type: ignore[attr-defined]
-        reply_topic = f"{self.reply_prefix}/rpc"  # under our own reply prefix
+        reply_topic = Topics.reply_to(self.reply_prefix)  # under our own reply prefix
         props = None
         if self.v5:
             key: Any = n.to_bytes(8, "big")

@@ -89,10 +89,10 @@ class _Probe:
             if m.payload:
                 self.statuses[node] = m.payload.decode("utf-8", "replace")
             return
-        parts = m.topic.split("/")
-        if len(parts) >= 2 and parts[-1] == "devices":
+        node = self.topics.parse_node(m.topic, "devices")
+        if node is not None:
             try:
-                self.catalogues[parts[-2]] = json.loads(m.payload)
+                self.catalogues[node] = json.loads(m.payload)
             except ValueError:
                 pass
 

@@ -39,13 +39,14 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from pi_mqtt_gpio.topics import Topics
+
 __all__ = ["METHOD", "AclProbe", "Verdict"]
 
 log = logging.getLogger("pi_mqtt_gpio.aclprobe")
 
 METHOD = "acl-probe"
 DEVICE = "acl-probe"  # the device its device calls and sets name (they are never commands)
-KINDS = ("lease/call", f"device/{DEVICE}/call", f"device/{DEVICE}/set")
 GRACE_S = 0.5  # after its own command arrived, how long the forged one may still come
 KEEP_NONCES = 16  # nonces of earlier probes still recognised (a forged one arriving late)
 
@@ -58,11 +59,14 @@ class Verdict:
 
 
 class AclProbe:
-    def __init__(self, config: Any, external: Any, *, root: str, client_id: str) -> None:
+    def __init__(self, config: Any, external: Any, *, topics: Topics, client_id: str) -> None:
         self.config = config  # AclProbeConfig
         self.external = external  # ExternalBrokerConfig (TLS settings)
         self.username: str = config.username
-        self.root = root
+        # Each kind of command topic (before the user name level): a lease call, a device
+        # call, a device set.
+        self.kinds = (topics.lease_call, topics.device(DEVICE, "call"),
+                      topics.device(DEVICE, "set"))
         self.client_id = client_id
         self._lock = threading.Lock()
         self._running = threading.Lock()  # one probe at a time (a cancelled one may still run)
@@ -84,9 +88,8 @@ class AclProbe:
     def claim(self, topic: str, payload: bytes) -> bool:
         """True for the probe's own messages and for anything sent as the probe user: they
         are never commands. Records what arrived for the running probe."""
-        base, _, user = topic.rpartition("/")
-        kind = base.removeprefix(f"{self.root}/")
-        if kind == base or kind not in KINDS:
+        kind, user = Topics.sender(topic)
+        if kind not in self.kinds:
             return False
         nonce = _probe_nonce(payload)
         if nonce is None:
@@ -96,7 +99,7 @@ class AclProbe:
             current = nonce == self._current
             if current and known and user == self.username:
                 self._own_kinds.add(kind)
-                if len(self._own_kinds) == len(KINDS):
+                if len(self._own_kinds) == len(self.kinds):
                     self._own.set()
         if known and user != self.username:
             if current:
@@ -130,9 +133,9 @@ class AclProbe:
 
     def _run(self, host: str, port: int, v5: bool, nonce: str, start: float) -> Verdict:
         cfg = self.config
-        forged_topics = [f"{self.root}/{kind}/{self.username}-forged-{nonce[:8]}"
-                         for kind in KINDS]
-        own_topics = [f"{self.root}/{kind}/{self.username}" for kind in KINDS]
+        forged_topics = [Topics.sent_by(kind, f"{self.username}-forged-{nonce[:8]}")
+                         for kind in self.kinds]
+        own_topics = [Topics.sent_by(kind, self.username) for kind in self.kinds]
         forged_topic = ", ".join(forged_topics)
 
         def verdict(passed: bool, reason: str) -> Verdict:
@@ -181,7 +184,7 @@ class AclProbe:
                 if self._forged.is_set():
                     return self._forged_verdict(forged_topic, start)
                 with self._lock:
-                    missing = [t for kind, t in zip(KINDS, own_topics, strict=True)
+                    missing = [t for kind, t in zip(self.kinds, own_topics, strict=True)
                                if kind not in self._own_kinds]
                 return verdict(False, f"the ACL probe's commands under its own name "
                                       f"({', '.join(missing)}) did not arrive within "

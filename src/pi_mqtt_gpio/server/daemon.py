@@ -257,11 +257,11 @@ class Daemon:
         path = self.config.persistence.path
         if not path or self.client is None:
             return
-        own, root = self.client.client_id, self.topics.root + "/"
+        own, topics = self.client.client_id, self.topics
         self.broker_store = BrokerStore(
             Path(path).parent, self.core, self.config.persistence.autosave_s,
-            lambda msg: msg.sender != own and msg.topic != root[:-1]
-            and not msg.topic.startswith((root, "$SYS/")),
+            lambda msg: msg.sender != own and not topics.in_tree(msg.topic)
+            and not msg.topic.startswith("$SYS/"),
             self.server.now)
         await self.broker_store.load()
 
@@ -648,10 +648,9 @@ def _hint(daemon: Daemon) -> None:
     if tcp:
         host, port = tcp[0]
         host = local.get(host, host)
-        root = daemon.topics.root
         first = next(iter(daemon.hw.adapters), "DEVICE")
         login = "" if daemon.config.auth.allow_anonymous else " -u <user> -P <password>"
-        _say(f"try: mosquitto_sub -h {host} -p {port}{login} -t '{root}/#' -v   |   "
+        _say(f"try: mosquitto_sub -h {host} -p {port}{login} -t '{daemon.topics.everything}' -v   |   "
              f"mosquitto_rr -h {host} -p {port}{login} -i me "
              f"-t {daemon.topics.device(first, 'call')} "
              f"-e {daemon.topics.reply_prefix('me')} -m '{{\"method\": \"state\"}}'")

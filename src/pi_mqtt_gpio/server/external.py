@@ -18,6 +18,7 @@ from pi_mqtt_gpio.mqtt.message import Message
 from pi_mqtt_gpio.server.aclprobe import AclProbe, Verdict, forged_reason
 from pi_mqtt_gpio.server.config import ExternalBrokerConfig
 from pi_mqtt_gpio.server.uplink import Uplink
+from pi_mqtt_gpio.topics import HomeAssistantTopics, Topics
 
 if TYPE_CHECKING:
     from pi_mqtt_gpio.server.daemon import Daemon
@@ -46,7 +47,7 @@ class ExternalMode:
         self._retained_log = LogLimiter(log, total=LOG_TOTAL)
         client_id = ext.client_id or f"gatekeeper-{config.node_id}"
         if ext.acl_probe:
-            self.acl_probe = AclProbe(ext.acl_probe, ext, root=topics.root, client_id=client_id)
+            self.acl_probe = AclProbe(ext.acl_probe, ext, topics=topics, client_id=client_id)
             self.acl_state = "pending"
         self.status_link = self._status_link(ext)  # holds mqtt-io's status Will
         self.uplink = Uplink(ext, client_id=client_id, will_topic=topics.status,
@@ -57,10 +58,10 @@ class ExternalMode:
 
     def _subscriptions(self) -> list[str]:
         topics, daemon = self.daemon.topics, self.daemon
-        subscriptions = [f"{topics.any_device(leaf)}/+" for leaf in ("set", "call")]
-        subscriptions.append(f"{topics.lease_call}/+")
+        subscriptions = [Topics.sent_by(topics.any_device(leaf), "+") for leaf in ("set", "call")]
+        subscriptions.append(Topics.sent_by(topics.lease_call, "+"))
         if daemon.config.homeassistant.discovery:
-            subscriptions.append(f"{daemon.config.homeassistant.prefix}/status")
+            subscriptions.append(HomeAssistantTopics(daemon.config.homeassistant.prefix).status)
         if daemon.mqtt_io is not None:
             subscriptions.extend(daemon.mqtt_io.subscriptions())
         return subscriptions
@@ -117,7 +118,7 @@ class ExternalMode:
                 and daemon.mqtt_io.command(msg.topic) is not None:
             self._mqtt_io_command(msg)
             return
-        base, _, user = msg.topic.rpartition("/")  # only command topics are subscribed
+        base, user = Topics.sender(msg.topic)  # only command topics are subscribed
         if not user or (self.acl_probe is not None and user == self.acl_probe.username):
             return  # the ACL probe's user never commands
         role = daemon.authenticator.role_of(user)

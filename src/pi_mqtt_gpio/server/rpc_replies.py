@@ -15,7 +15,6 @@ from pi_mqtt_gpio.mqtt.hooks import BrokerHooks, ClientInfo, Decision
 from pi_mqtt_gpio.mqtt.logguard import LogLimiter, clip
 from pi_mqtt_gpio.mqtt.message import Message
 from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, Prop, Properties
-from pi_mqtt_gpio.mqtt.topic_tree import topic_matches
 from pi_mqtt_gpio.payloads import ReplyBody, Request
 from pi_mqtt_gpio.server.jsonscan import top_level_scalars
 from pi_mqtt_gpio.server.twin import dumps
@@ -153,9 +152,9 @@ class Replier:
         if msg.sender is None:
             return True
         prefix = self.topics.reply_prefix(msg.sender)
-        if topic == prefix or topic.startswith(prefix + "/"):
+        if Topics.within(topic, prefix):
             return True
-        if topic_matches(self.topics.everything, topic):
+        if self.topics.in_tree(topic):
             return False  # never into the gatekeeper's own tree, except the reply prefix
         client = ClientInfo(msg.sender, msg.username, msg.role, PROTOCOL_50, "", "")
         for hook in self.acl:

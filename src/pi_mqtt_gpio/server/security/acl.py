@@ -27,7 +27,7 @@ from typing import Protocol
 from pi_mqtt_gpio.mqtt.hooks import BrokerHooks, ClientInfo, Decision
 from pi_mqtt_gpio.mqtt.topic_tree import filter_covers, parse_shared, topic_matches
 from pi_mqtt_gpio.server.config import RIGHTS, AuthConfig, RoleConfig
-from pi_mqtt_gpio.topics import Topics
+from pi_mqtt_gpio.topics import HomeAssistantTopics, Topics
 
 __all__ = ["AccessControl", "builtin_roles"]
 
@@ -51,8 +51,8 @@ def builtin_roles(ha_prefix: str = "homeassistant") -> dict[str, RoleConfig]:
         ),
         "viewer": RoleConfig(subscribe=["{root}/#"], publish=[]),
         "homeassistant": RoleConfig(
-            subscribe=["{root}/#", f"{ha_prefix}/#"],
-            publish=["{root}/device/+/set", f"{ha_prefix}/status"],
+            subscribe=["{root}/#", Topics.below(ha_prefix)],
+            publish=["{root}/device/+/set", HomeAssistantTopics(ha_prefix).status],
         ),
     }
 
