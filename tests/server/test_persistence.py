@@ -235,6 +235,13 @@ def test_unwritable_directory_refuses_start(tmp_path: Path) -> None:
         start_gatekeeper(tmp_path, config)
 
 
+def _applied(c: Client, set_at: dict[float, float]) -> None:
+    """The values the daemon has set (its state messages), stamped when it said so."""
+    while not c.messages.empty():
+        doc = json.loads(c.messages.get().payload)
+        set_at.setdefault(round(doc["value"], 4), time.time())
+
+
 def _kill_loop(tmp_path: Path, seed: int, kills: int, autosave: float) -> float:
     """``kills`` times: start, set a dimmer to a new value every 10 ms, kill -9 at a random
     moment over the write cycle; the file must parse every time. Returns the worst
@@ -243,7 +250,6 @@ def _kill_loop(tmp_path: Path, seed: int, kills: int, autosave: float) -> float:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(_config(tmp_path, autosave)))
     rng = random.Random(seed)
-    set_at: dict[float, float] = {}  # value -> when it was set (acknowledged)
     n = 0
     worst = 0.0
     for _ in range(kills):
@@ -261,13 +267,19 @@ def _kill_loop(tmp_path: Path, seed: int, kills: int, autosave: float) -> float:
         assert port, "the daemon did not start"
         c = Client(port, mqtt.MQTTv5)
         c.connect()
+        c.subscribe("gatekeeper/p/device/dim/state", 0)
+        # value -> when this daemon said it set it (its state): what a run before it set and
+        # did not save was current only until that run was killed
+        set_at: dict[float, float] = {}
+
+        # (stamped by the daemon's state, not when sent: a loaded machine queues the sets,
+        # and a value the daemon has not set yet is not one its file could hold)
         end = time.monotonic() + rng.uniform(autosave, 4 * autosave)
         while time.monotonic() < end:
             n += 1
-            value = round(n / 10_000, 4)
-            c.publish("gatekeeper/p/device/dim/set", str(value), 1)
-            set_at[value] = time.time()
+            c.publish("gatekeeper/p/device/dim/set", str(round(n / 10_000, 4)), 1)
             time.sleep(0.01)
+            _applied(c, set_at)
         killed_at = time.time()
         proc.send_signal(signal.SIGKILL)
         proc.wait(5)
@@ -284,10 +296,12 @@ def _kill_loop(tmp_path: Path, seed: int, kills: int, autosave: float) -> float:
 def test_kill_9_at_random_moments_leaves_a_good_recent_file(tmp_path: Path) -> None:
     """50 kill -9s in all, from two daemons killed side by side (25 each, their own state
     files): the file always parses, and the value it holds was still current no longer
-    than autosave_s + 1 s before the kill."""
+    than autosave_s + 0.7 s before the kill (current: set by that daemon, as its state says)."""
     autosave = 0.3
     with ThreadPoolExecutor(2) as pool:
         worst = max(pool.map(lambda i: _kill_loop(tmp_path / f"d{i}", 7 + i, 25, autosave),
                              range(2)))
     print(f"50 kills: worst staleness {worst:.2f} s (autosave {autosave} s)")
-    assert worst <= autosave + 1.0
+    # (a daemon that never saved shows a run's length: up to 4 autosaves, over 1 s in about
+    # one run of five)
+    assert worst <= autosave + 0.7
