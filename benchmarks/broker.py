@@ -517,11 +517,18 @@ def _paho_proc(port: int, scenario: str, n: int, conn: Any) -> None:
     sub.on_message = count
     sub.subscribe(topic, qos)
     _paho_wait(sub, True)
-    pub = _paho(port, f"paho-pub-{tag}")
+    # QoS 0: the publisher writes from the calling thread (no network thread: ``publish``
+    # sends at once), QoS 1: paho's network thread handles its window of 20 and the PUBACKs.
+    pub = _paho(port, f"paho-pub-{tag}", thread=bool(qos))
+    if not qos:
+        while not pub.is_connected():
+            pub.loop(0.1)
     payload = b"x" * 64
     start = time.monotonic()
     for _ in range(n):
         pub.publish(topic, payload, qos)
+    while not qos and pub.want_write():  # what a full socket buffer left queued
+        pub.loop(0.01)
     seen = -1
     while not done.wait(2.0) and seen != state["count"]:  # until all came or none for 2 s
         seen = state["count"]
@@ -530,7 +537,8 @@ def _paho_proc(port: int, scenario: str, n: int, conn: Any) -> None:
                "seconds": elapsed})
     for c in (pub, sub):
         c.disconnect()
-        c.loop_stop()
+        if c is sub or qos:
+            c.loop_stop()
 
 
 def paho_scenario(port: int, scenario: str, n: int) -> dict[str, float]:
