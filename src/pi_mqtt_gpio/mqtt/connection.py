@@ -5,20 +5,14 @@ core and takes ``data_to_send()``; ``closing`` tells it to close once the outbox
 from __future__ import annotations
 
 from enum import Enum
-from types import MappingProxyType
-from typing import Any, cast
 
 from pi_mqtt_gpio.mqtt.codec import FrameReader, encode
 from pi_mqtt_gpio.mqtt.hooks import ClientInfo
 from pi_mqtt_gpio.mqtt.logguard import clip
-from pi_mqtt_gpio.mqtt.message import Message
+from pi_mqtt_gpio.mqtt.message import NONE_YET, Message
 from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, PROTOCOL_311, Connect, Packet, Prop, Properties
 
-__all__ = ["NONE_YET", "ConnState", "Connection", "peer_address"]
-
-# The topic alias and fast-path caches of a connection until it needs one (most never use
-# aliases): shared and read-only, whoever adds gives the connection its own dict.
-NONE_YET = cast("dict[Any, Any]", MappingProxyType({}))
+__all__ = ["ConnState", "Connection", "peer_address"]
 
 
 class ConnState(Enum):

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 
 from pi_mqtt_gpio.mqtt.authorize import for_reader, read_checked
 from pi_mqtt_gpio.mqtt.codec import encode_publish
-from pi_mqtt_gpio.mqtt.connection import NONE_YET, Connection, ConnState
+from pi_mqtt_gpio.mqtt.connection import Connection, ConnState
 from pi_mqtt_gpio.mqtt.logguard import clip
-from pi_mqtt_gpio.mqtt.message import MESSAGE_OVERHEAD, Message
+from pi_mqtt_gpio.mqtt.message import MESSAGE_OVERHEAD, NONE_YET, Message
 from pi_mqtt_gpio.mqtt.packets import RC, Prop, Properties
 from pi_mqtt_gpio.mqtt.session import NO_QUEUE, Inflight, Pending, Session
 
@@ -113,6 +113,8 @@ def fly(core: BrokerCore, session: Session, conn: Connection, pid: int, item: In
     inflight = session.inflight
     if not inflight:
         watch_acks(core, conn, now)
+        if inflight is NONE_YET:
+            inflight = session.inflight = {}
     inflight[pid] = item
     msg = item.message
     cost = len(msg.payload) + len(msg.topic) + MESSAGE_OVERHEAD  # ``msg.cost``, inline
@@ -230,7 +232,7 @@ def release_queue(core: BrokerCore, session: Session) -> None:
     core.queued_bytes -= session.queued_bytes
     session.queued_bytes = 0
     session.queue = NO_QUEUE
-    session.inflight.clear()
+    session.inflight = NONE_YET
 
 
 # ------------------------------------------------------------------ encoding for one receiver

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 
 from pi_mqtt_gpio.mqtt.authorize import authorize_publish, may_retain, topic_ok
 from pi_mqtt_gpio.mqtt.codec import encode_publish, encode_varint, split_publish
-from pi_mqtt_gpio.mqtt.connection import NONE_YET, Connection, ConnState
+from pi_mqtt_gpio.mqtt.connection import Connection, ConnState
 from pi_mqtt_gpio.mqtt.deliver import deliver, fly, land, reserve
 from pi_mqtt_gpio.mqtt.errors import ProtocolError
 from pi_mqtt_gpio.mqtt.hooks import Decision
 from pi_mqtt_gpio.mqtt.limits import RC_FAILURE
 from pi_mqtt_gpio.mqtt.logguard import clip
-from pi_mqtt_gpio.mqtt.message import Message
+from pi_mqtt_gpio.mqtt.message import NONE_YET, Message
 from pi_mqtt_gpio.mqtt.packets import (
     PROTOCOL_50,
     RC,

@@ -18,7 +18,7 @@ from pi_mqtt_gpio.mqtt.deliver import charge, deliver
 from pi_mqtt_gpio.mqtt.errors import ProtocolError
 from pi_mqtt_gpio.mqtt.hooks import ClientInfo, Decision
 from pi_mqtt_gpio.mqtt.logguard import clip
-from pi_mqtt_gpio.mqtt.message import Message
+from pi_mqtt_gpio.mqtt.message import NONE_YET, Message
 from pi_mqtt_gpio.mqtt.packets import (
     RC,
     Prop,
@@ -111,6 +111,8 @@ def add_subscription(
 ) -> bool:
     entry = SubEntry(session.client_id, plain, sub, sub_id, group)
     existed = sub.topic_filter in session.subscriptions
+    if session.subscriptions is NONE_YET:
+        session.subscriptions = {}
     session.subscriptions[sub.topic_filter] = entry  # MQTT-3.8.4-3: replaces
     if not existed:
         session.sub_bytes += len(plain)
@@ -120,7 +122,8 @@ def add_subscription(
 
 
 def remove_subscription(core: BrokerCore, session: Session, topic_filter: str) -> bool:
-    entry = session.subscriptions.pop(topic_filter, None)
+    subs = session.subscriptions
+    entry = subs.pop(topic_filter, None) if subs else None
     if entry is None:
         return False
     session.sub_bytes -= len(entry.topic_filter)

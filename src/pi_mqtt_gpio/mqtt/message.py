@@ -4,12 +4,20 @@ gatekeeper's in-process client)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, cast
 
 from pi_mqtt_gpio.mqtt.packets import Properties
 
-__all__ = ["MESSAGE_OVERHEAD", "Message"]
+__all__ = ["MESSAGE_OVERHEAD", "NONE_YET", "Message"]
 
 MESSAGE_OVERHEAD = 64  # bytes charged per queued message beyond its topic and payload
+
+# What a connection or session holds in a dict it has not needed yet (topic aliases, the
+# fast path's topics, subscriptions, messages in flight): an empty dict costs 64 bytes, and
+# most clients never use most of them. Shared and read-only: whoever adds gives the owner a
+# dict of its own first (``if x is NONE_YET: x = owner.x = {}``).
+NONE_YET = cast("dict[Any, Any]", MappingProxyType({}))
 
 
 @dataclass(slots=True, eq=False)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
-from pi_mqtt_gpio.mqtt.message import Message
+from pi_mqtt_gpio.mqtt.message import NONE_YET, Message
 from pi_mqtt_gpio.mqtt.packets import Subscription
 
 if TYPE_CHECKING:
@@ -84,8 +84,8 @@ class Session:
 
     def __init__(self, client_id: str) -> None:
         self.client_id = client_id
-        self.subscriptions: dict[str, SubEntry] = {}  # key: filter as subscribed
-        self.inflight: dict[int, Inflight] = {}
+        self.subscriptions: dict[str, SubEntry] = NONE_YET  # key: filter as subscribed
+        self.inflight: dict[int, Inflight] = NONE_YET
         self.queue: deque[Pending] = NO_QUEUE
         self.awaiting_rel: set[int] = _NO_REL
         self.next_pid = 1

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from pi_mqtt_gpio.mqtt.connection import Connection
 from pi_mqtt_gpio.mqtt.deliver import release_queue
-from pi_mqtt_gpio.mqtt.message import Message
+from pi_mqtt_gpio.mqtt.message import NONE_YET, Message
 from pi_mqtt_gpio.mqtt.session import NEVER_EXPIRES, Session
 from pi_mqtt_gpio.mqtt.will import publish_will, will_after_close
 
@@ -46,7 +46,7 @@ def end_session(core: BrokerCore, session: Session, now: float,
         del core.sessions[session.client_id]
     for entry in list(session.subscriptions.values()):
         core.subscriptions.remove(entry.topic_filter, session.client_id, entry.group)
-    session.subscriptions.clear()
+    session.subscriptions = NONE_YET
     session.sub_bytes = session.sub_levels = 0
     release_queue(core, session)
     pending = will or session.will

@@ -44,7 +44,7 @@ from pi_mqtt_gpio.mqtt.handle_subscribe import (
     subscription_budget,
 )
 from pi_mqtt_gpio.mqtt.hooks import ClientInfo, Decision
-from pi_mqtt_gpio.mqtt.message import Message
+from pi_mqtt_gpio.mqtt.message import NONE_YET, Message
 from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, PROTOCOL_311, Publish, Subscription
 from pi_mqtt_gpio.mqtt.session import NEVER_EXPIRES, Inflight, Pending, Session
 from pi_mqtt_gpio.mqtt.topic_tree import parse_shared
@@ -574,6 +574,8 @@ def _restore_held(core: BrokerCore, session: Session, h: _Held, inflight: bool, 
             and len(session.inflight) < core.limits.max_inflight_out \
             and affordable(core, session, cost):
         # Sent before and not acknowledged: sent again with DUP at reconnect (MQTT-4.4.0-1).
+        if session.inflight is NONE_YET:
+            session.inflight = {}
         session.inflight[h.pid] = Inflight(msg, h.qos, h.retain, h.sub_ids, h.released)
         charge(core, session, cost)
         out.messages += 1
