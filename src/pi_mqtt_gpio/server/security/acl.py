@@ -211,7 +211,7 @@ class AccessControl(BrokerHooks):
         if any(filter_covers(d, plain) for d in role.deny):
             return False  # nothing in it could be delivered
         if filter_covers(self._reply_root + "#", plain):
-            return role.reply is not None and filter_covers(role.reply + "/#", plain)
+            return role.reply is not None and filter_covers(Topics.below(role.reply), plain)
         if any(filter_covers(s, plain) for s in role.subscribe):
             return True
         aliases = self.aliases
@@ -230,7 +230,7 @@ class AccessControl(BrokerHooks):
             return False
         if topic.startswith(self._reply_root):
             own = role.reply
-            return own is not None and (topic == own or topic.startswith(own + "/"))
+            return own is not None and Topics.within(topic, own)
         if self._alias_root is not None and topic.startswith(self._alias_root):
             assert self.aliases is not None
             mapped = self.aliases.acl_topic(topic)
