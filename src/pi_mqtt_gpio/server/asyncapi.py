@@ -114,7 +114,9 @@ REPLY = {"type": "object", "properties": {
 def asyncapi(config: Any, *, simulate: bool = False) -> dict[str, Any]:
     topics = Topics(config.base_topic, config.node_id)
     external = config.broker.mode == "external"
-    suffix = "/{username}" if external else ""
+    def sent(topic: str) -> str:  # commands through an external broker carry the user name
+        return Topics.sent_by(topic, "{username}") if external else topic
+
     user_param = {"username": {"description": "the caller's own user name (the broker's "
                                               "ACL makes sure of it)"}} if external else {}
     channels: dict[str, Any] = {}
@@ -166,7 +168,7 @@ def asyncapi(config: Any, *, simulate: bool = False) -> dict[str, Any]:
             "devices": {"type": "array", "items": {"type": "string"}},
             "ttl": {"type": "number"}, "lease_id": {"type": "string"},
             "force": {"type": "boolean"}}}}, "required": ["method"]}
-    channel("lease_call", f"{topics.lease_call}{suffix}", "lease_call", lease_call, "send",
+    channel("lease_call", sent(topics.lease_call), "lease_call", lease_call, "send",
             "Acquire, renew or release a control lease.", user_param or None, reply=True)
     for name, dev in config.devices.items():
         adapter = registry[dev.type]
@@ -180,10 +182,10 @@ def asyncapi(config: Any, *, simulate: bool = False) -> dict[str, Any]:
         if "history" in adapter.methods:  # a polled sensor's kept readings
             channel(f"{key}_history", topics.device(name, "history"), f"{key}_history", "History",
                     "receive", f"{name}: its readings of the last hour.")
-        channel(f"{key}_set", topics.device(name, "set") + suffix, f"{key}_set", {"type": "string"},
+        channel(f"{key}_set", sent(topics.device(name, "set")), f"{key}_set", {"type": "string"},
                 "send", f"{name}: a plain command (ON, OFF, TOGGLE, a number, ...).",
                 user_param or None)
-        channel(f"{key}_call", topics.device(name, "call") + suffix, f"{key}_call", call_schema, "send",
+        channel(f"{key}_call", sent(topics.device(name, "call")), f"{key}_call", call_schema, "send",
                 f"{name}: call a method; the reply goes to the Response Topic.",
                 user_param or None, reply=True)
     servers: dict[str, Any] = {}

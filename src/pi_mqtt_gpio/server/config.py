@@ -417,7 +417,7 @@ class Config:
         problems.extend(_device_problems(self.devices))
         problems.extend(_interlock_problems(self.interlocks, self.devices))
         problems.extend(_restore_problems(self.devices))
-        problems.extend(_binding_problems(self.devices, self.root))
+        problems.extend(_binding_problems(self.devices, self.topics))
         problems.extend(_homeassistant_problems(self.devices, self.homeassistant))
         problems.extend(_watchdog_problems(self.devices, self.watchdog))
         problems.extend(_expander_problems(self.devices, self.expanders))
@@ -624,7 +624,7 @@ def _homeassistant_problems(devices: dict[str, Any], ha: HomeAssistantConfig
     return problems
 
 
-def _binding_problems(devices: dict[str, Any], root: str) -> list[Problem | str]:
+def _binding_problems(devices: dict[str, Any], topics: Topics) -> list[Problem | str]:
     """A device binding names a device and one of its methods with arguments it accepts; a
     publish binding stays out of this node's own tree except its ``set``/``call`` topics
     (which then run as local calls)."""
@@ -635,10 +635,9 @@ def _binding_problems(devices: dict[str, Any], root: str) -> list[Problem | str]
             where = ("devices", button, "bindings", trigger)
             if action.publish is not None:
                 topic = action.publish.topic
-                if topic == root or topic.startswith(root + "/"):
-                    parts = topic[len(root) + 1:].split("/")
-                    if not (len(parts) == 3 and parts[0] == "device"
-                            and parts[2] in ("set", "call")):
+                if topics.in_tree(topic):
+                    parsed = topics.parse_device(topic)
+                    if parsed is None or parsed[1] not in ("set", "call"):
                         problems.append(((*where, "publish", "topic"),
                                          "inside this node's tree only device set/call "
                                          "topics may be published"))

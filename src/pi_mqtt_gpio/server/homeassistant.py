@@ -115,7 +115,7 @@ def discovery(topics: Topics, devices: dict[str, Any], *, prefix: str, version: 
                 for key in ("command_topic", "brightness_command_topic", "rgb_command_topic",
                             "set_position_topic"):
                     if key in payload:
-                        payload[key] = f"{payload[key]}/{command_suffix}"
+                        payload[key] = Topics.sent_by(payload[key], command_suffix)
             if own is not None:
                 for key in ("icon", "device_class", "entity_category"):
                     value = getattr(own, key)
@@ -349,7 +349,8 @@ class Discovery:
         (``previous``: the config topics saved by the last run)."""
         if isinstance(previous, list):
             self.stale = {t for t in previous if isinstance(t, str)
-                          and t.startswith(self.prefix + "/") and t not in self.configs}
+                          and Topics.within(t, self.prefix) and t != self.prefix
+                          and t not in self.configs}
         self._publish_all()
 
     def saved(self) -> list[str]:

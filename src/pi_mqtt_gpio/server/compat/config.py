@@ -15,6 +15,7 @@ from pi_mqtt_gpio.server.sections import (
     MqttIoOutput,
     MqttIoSensor,
 )
+from pi_mqtt_gpio.topics import Topics
 
 __all__ = [
     "INPUT_TYPES",
@@ -74,8 +75,7 @@ def _topic_problems(cfg: MqttIoCompatConfig, root: str, ha_prefix: str
                          "without a trailing '/'"))
     for other, what in ((root, "the gatekeeper's own topics"),
                         (ha_prefix, "Home Assistant's discovery prefix")):
-        if prefix == other or prefix.startswith(other + "/") or (
-                prefix and other.startswith(prefix + "/")):
+        if Topics.within(prefix, other) or (prefix and Topics.within(other, prefix)):
             problems.append(((*WHERE, "topic_prefix"), f"{prefix!r} overlaps {what} "
                              f"({other!r}); give it a prefix of its own"))
     if _bad_level(cfg.status_topic):
