@@ -17,7 +17,8 @@ subscriber, or the requester and the responder), as a Python application would u
   starve    8 publishers saturate the broker (QoS 0, one subscriber drains): PINGRESP,
             SUBACK and a new client's CONNACK latency, p50 and max in milliseconds; for
             ours also the gatekeeper RPC's (rpc_p50_ms, to compare with rpc's idle p50)
-  idle      1,000 connected idle clients: time to connect them all, broker RSS added
+  idle      1,000 connected idle clients: time to connect them all, broker RSS added; then
+            1,000 others once those left (rss_again_mib)
 ``--taskset CPU`` pins both brokers to that CPU (``taskset -c``), the clients run anywhere.
 Prints numbers; asserts nothing about speed.
 """
@@ -556,12 +557,21 @@ def paho_scenario(port: int, scenario: str, n: int) -> dict[str, float]:
 
 
 def idle_clients(broker: Broker, n: int) -> dict[str, float]:
+    """``n`` idle clients connected: the time it took and the broker's RSS added; then they
+    leave and ``n`` others connect: the RSS added again (the first batch also pays for heap
+    growth that stays, in steps of the allocator's arenas)."""
+    first = _idle_batch(broker, n, "idle")
+    again = _idle_batch(broker, n, "again")
+    return {**first, "rss_again_mib": again["rss_added_mib"]}
+
+
+def _idle_batch(broker: Broker, n: int, tag: str) -> dict[str, float]:
     before = broker.rss_kib()
     socks = []
     start = time.monotonic()
     for i in range(n):
         s = socket.create_connection((HOST, broker.port))
-        s.sendall(encode(Connect(f"idle{i}", PROTOCOL_311, keep_alive=600), PROTOCOL_311))
+        s.sendall(encode(Connect(f"{tag}{i}", PROTOCOL_311, keep_alive=600), PROTOCOL_311))
         socks.append(s)
     for s in socks:
         s.settimeout(10)
@@ -572,6 +582,7 @@ def idle_clients(broker: Broker, n: int) -> dict[str, float]:
     added = (broker.rss_kib() - before) / 1024
     for s in socks:
         s.close()
+    time.sleep(0.5)  # the broker notices they left
     return {"connect_s": elapsed, "rss_added_mib": added}
 
 
@@ -647,7 +658,7 @@ def main() -> int:
                ("starve", "suback_p50_ms"), ("starve", "suback_max_ms"),
                ("starve", "connack_p50_ms"), ("starve", "connack_max_ms"),
                ("starve", "rpc_p50_ms"), ("starve", "rpc_max_ms"),
-               ("idle", "connect_s"), ("idle", "rss_added_mib")]
+               ("idle", "connect_s"), ("idle", "rss_added_mib"), ("idle", "rss_again_mib")]
     for scenario, metric in metrics:
         values = [runs[n].get(scenario, {}).get(metric, float("nan")) for n in runs]
         if all(v != v for v in values):

@@ -146,9 +146,7 @@ def _keepalive_due(core: BrokerCore, ref: object, now: float) -> None:
 
 
 def _connect_due(core: BrokerCore, ref: object, now: float) -> None:
-    assert isinstance(ref, Connection)
-    if ref.state in (ConnState.NEW, ConnState.AUTHENTICATING):
-        core.close(ref, now, None, "CONNECT not completed in time")
+    core.login_timeouts(now)
 
 
 # What each kind of timer does when due (``Timers`` entries: kind, and what it is for).
@@ -200,6 +198,7 @@ class BrokerCore:
         self._pending: dict[int, Connection] = {}
         self.conn_sessions: dict[int, Session] = {}  # connection id -> its session
         self._pending_by_address: dict[str, int] = {}
+        self._login_timer = False  # a "connect" timer is set for the oldest pending socket
         self.log_limiter = LogLimiter(log, total=LOG_TOTAL)  # across all addresses too
         # Topic prefixes whose deliveries a hook must approve per receiver (reply prefixes).
         self.protected: tuple[str, ...] = tuple(
@@ -217,7 +216,9 @@ class BrokerCore:
             next(self._conn_ids), transport, peer, self.limits.max_packet_size, now, cert_cn
         )
         self.connections[conn.id] = conn
-        self.timers.push(now + self.limits.connect_timeout, "connect", conn)
+        if not self._login_timer:  # one timer for the pool (``login_timeouts``)
+            self._login_timer = True
+            self.timers.push(now + self.limits.connect_timeout, "connect", None)
         if not self.accepting:
             # Answered once the CONNECT arrives (we need its version for the CONNACK format).
             conn.disconnect_reason = "server busy"
@@ -268,6 +269,27 @@ class BrokerCore:
             self._pending_by_address[conn.address] = left
         else:
             self._pending_by_address.pop(conn.address, None)
+
+    def login_timeouts(self, now: float) -> None:
+        """Close the sockets whose login time (``limits.connect_timeout`` from accept) ran
+        out, and set the timer for the next one. The pool is in accept order, so these are
+        at its front: one timer for all of them, not one per socket."""
+        timeout = self.limits.connect_timeout
+        due = []
+        next_at = None
+        for conn in self._pending.values():
+            if conn.opened + timeout > now:
+                next_at = conn.opened + timeout
+                break
+            due.append(conn)
+        for conn in due:
+            if conn.state in (ConnState.NEW, ConnState.AUTHENTICATING):
+                self.close(conn, now, None, "CONNECT not completed in time")
+            else:  # pragma: no cover - the pool holds only sockets not logged in
+                self.unpend(conn)
+        self._login_timer = next_at is not None
+        if next_at is not None:
+            self.timers.push(next_at, "connect", None)
 
     def pending_count(self) -> int:
         """Sockets that have not completed CONNECT and authentication."""

@@ -46,6 +46,7 @@ class Connection:
         "last_ack",
         "last_rx",
         "max_packet_out",
+        "opened",
         "peer",
         "problem_info",
         "reader",
@@ -74,6 +75,7 @@ class Connection:
         self.connect: Connect | None = None
         self.keep_alive = 0
         self.last_rx = now
+        self.opened = now  # its login time runs from here
         self.will: Message | None = None
         self.will_delay = 0
         self.receive_max_out = 65535  # the client's Receive Maximum
