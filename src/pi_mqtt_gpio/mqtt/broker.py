@@ -84,6 +84,7 @@ __all__ = ["PENDING_HARD_FACTOR", "BrokerCore", "BrokerLimits", "InternalClient"
 log = logging.getLogger("pi_mqtt_gpio.broker")
 _T = TypeVar("_T")
 
+_NOTHING: list[Connection] = []  # ``take_dirty`` when nothing is dirty (never changed)
 _RETAINED_NODE_COST = 300  # bytes a level of the retained tree costs (measured: ~290)
 
 
@@ -525,25 +526,34 @@ class BrokerCore:
     def next_deadline(self) -> float | None:
         return self.timers.next_deadline()
 
+    # The ``take_*`` methods are called after every read (``server/broker.py``'s pump):
+    # when there is nothing to take they allocate nothing. What they return is the caller's
+    # to read, not to change.
     def take_dirty(self) -> list[Connection]:
-        dirty = list(self.dirty)
-        self.dirty.clear()
-        return dirty
+        dirty = self.dirty
+        if not dirty:
+            return _NOTHING
+        out = list(dirty)
+        dirty.clear()
+        return out
 
     def take_backlogged(self) -> list[Connection]:
         """Connections with packets left for a later turn (``process_backlog``)."""
         out = self._backlogged
-        self._backlogged = []
+        if out:
+            self._backlogged = []
         return out
 
     def take_internal(self) -> list[tuple[InternalClient, Message, list[int]]]:
         out = self._internal_out
-        self._internal_out = []
+        if out:
+            self._internal_out = []
         return out
 
     def take_auth_requests(self) -> list[tuple[Connection, AuthRequest]]:
         out = self.auth_requests
-        self.auth_requests = []
+        if out:
+            self.auth_requests = []
         return out
 
     def abort(self, conn: Connection, now: float, reason: str) -> None:
