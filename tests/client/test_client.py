@@ -154,9 +154,9 @@ def test_inputs_callbacks_and_waits(gk: Gatekeeper) -> None:
     assert pir.wait_for_no_motion(30)
     line = RemoteLineSensor("line", gatekeeper=gk)
     line.sim_press()
-    assert line.wait_for_no_line(30)
+    assert line.wait_for_no_line(30), line.state
     line.sim_release()
-    assert line.wait_for_line(30) and line.line_detected
+    assert line.wait_for_line(30) and line.line_detected, line.state
     light = RemoteLightSensor("light", gatekeeper=gk)
     light.sim_set(0.9)
     assert light.wait_for_light(30)
@@ -175,6 +175,27 @@ def test_inputs_callbacks_and_waits(gk: Gatekeeper) -> None:
     adc12 = RemoteMCP3202("adc12", gatekeeper=gk)
     assert adc12.value is not None
     assert not bell.wait_for_press(timeout=0.1)  # a timeout returns False, like gpiozero
+
+
+def test_a_state_message_after_a_reply_wins_over_its_stamp(gk: Gatekeeper) -> None:
+    """A reply's state is read when the call ran but stamped when it is answered: a smoothed
+    input's edge, sampled a few ms after ``sim_release``, can carry an earlier stamp than
+    that stale reading (on a loaded machine the answer waits longer than the sample). The
+    state message, published after the reply, must still replace it; an older state message
+    after a newer one is still ignored."""
+    name = "probe-order"
+    with gk._changed:
+        gk._waiters += 1  # parsed at once (nobody waiting keeps the bytes raw)
+    try:
+        gk._set_state(name, {"line_detected": False, "ts": "2026-01-01T00:00:00.030Z"},
+                      reply=True)
+        gk._on_device(name, "state", b'{"line_detected":true,"ts":"2026-01-01T00:00:00.010Z"}')
+        assert gk.states[name]["line_detected"] is True
+        gk._on_device(name, "state", b'{"line_detected":false,"ts":"2026-01-01T00:00:00.005Z"}')
+        assert gk.states[name]["line_detected"] is True
+    finally:
+        with gk._changed:
+            gk._waiters -= 1
 
 
 def test_device_factory_and_catalogue(gk: Gatekeeper) -> None:

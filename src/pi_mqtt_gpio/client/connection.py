@@ -131,6 +131,9 @@ class Gatekeeper:
         self._catalogue_seen = False
         self.states: dict[str, State] = {}
         self._raw: dict[str, bytes] = {}  # state payloads not parsed yet (see _on_message)
+        # Devices whose state is a reply's: the next state message replaces it, whatever its
+        # time stamp (see _newer).
+        self._from_reply: set[str] = set()
         self._waiters = 0
         self.catalogue: dict[str, CatalogueEntry] = {}
         self.status: str | None = None
@@ -284,7 +287,7 @@ class Gatekeeper:
         if not isinstance(doc, dict):
             return
         if leaf == "state":
-            self._set_state(name, doc)
+            self._set_state(name, doc, reply=False)
         elif leaf == "event":
             for listener in list(self._event_listeners):
                 self._callbacks.put((listener, (name, doc)))
@@ -330,7 +333,7 @@ class Gatekeeper:
         state = body.get("state")
         if isinstance(state, dict) and body.get("ok"):
             name = future.device  # type: ignore[attr-defined]
-            self._set_state(name, state)
+            self._set_state(name, state, reply=True)
         future.set_result(body)
 
     def _materialize(self) -> None:
@@ -343,17 +346,32 @@ class Gatekeeper:
                 doc = json.loads(payload)
             except ValueError:
                 continue
-            if isinstance(doc, dict):
-                old = self.states.get(name)
-                if old is None or str(doc.get("ts", "")) >= str(old.get("ts", "")):
-                    self.states[name] = doc
+            if isinstance(doc, dict) and self._newer(name, doc, reply=False):
+                self.states[name] = doc
 
-    def _set_state(self, name: str, state: State) -> None:
+    def _newer(self, name: str, state: State, *, reply: bool) -> bool:
+        """Whether ``state`` (a reply's, or a state message's) replaces the one held, and
+        note where the held one came from (call with the lock held). State messages come in
+        the order the gatekeeper published them, so one replaces a reply's state whatever
+        its time stamp: a reply's state is read when the call ran but stamped when it is
+        answered, and an input's own edge (a smoothed input samples it a few ms after a
+        ``sim_release``) may carry an earlier stamp than that stale reading. Otherwise the
+        newer time stamp wins (an older retained copy arriving late is ignored)."""
+        old = self.states.get(name)
+        newer = old is None or "ts" not in state or (not reply and name in self._from_reply) \
+            or str(state.get("ts", "")) >= str(old.get("ts", ""))
+        if newer:
+            if reply:
+                self._from_reply.add(name)
+            else:
+                self._from_reply.discard(name)
+        return newer
+
+    def _set_state(self, name: str, state: State, *, reply: bool) -> None:
         with self._changed:
             self._materialize()
-            old = self.states.get(name)
-            if old is not None and old.get("ts", "") > state.get("ts", "") and "ts" in state:
-                return  # an older retained copy arriving late
+            if not self._newer(name, state, reply=reply):
+                return
             self.states[name] = state
             self._changed.notify_all()
         for listener in list(self._state_listeners):
