@@ -102,13 +102,15 @@ def test_two_second_travel_on_times_and_never_both_relays(version: int) -> None:
             opened = call(c, "screen", {"method": "open"})
             # it answers once the relay is on, not at the end of the travel ("open")
             assert opened["ok"] and opened["state"]["state"] == "opening"
-            time.sleep(2.6)
+            screen = "gatekeeper/g/device/screen/state"
+            seen = until(w, lambda t, p: t == screen and p.get("state") == "open", 60)
             half = call(c, "screen", {"method": "set_position", "kwargs": {"position": 50}})
             reversal_start = time.monotonic()
             back = call(c, "screen", {"method": "set_position", "kwargs": {"position": 90}})
             took = time.monotonic() - reversal_start
-            time.sleep(0.2)
-            return {"pins": pins, "seen": drain(w), "half": half, "back": back, "took": took}
+            seen += until(w, lambda t, p: t == screen and p.get("position") == 90
+                          and p.get("state") == "stopped", 60)
+            return {"pins": pins, "seen": seen, "half": half, "back": back, "took": took}
         finally:
             c.close()
             w.close()
@@ -119,11 +121,12 @@ def test_two_second_travel_on_times_and_never_both_relays(version: int) -> None:
     up, down = pins.on_times(UP), pins.on_times(DOWN)
     # open from 0: delay + travel + overrun; 100 -> 50: delay + half; 50 -> 90: delay + 40 %
     expected_up, expected_down = [0.1 + 2.0 + 0.2, 0.1 + 0.8], [0.1 + 1.0]
-    errors = [abs(a - b) for a, b in zip(up + down, expected_up + expected_down, strict=True)]
-    print(f"on-times up {up}, down {down}; worst error {max(errors) * 1000:.1f} ms")
-    # timers late by a loaded machine's scheduling; a missing 0.1 s delay or 0.2 s overrun
-    # is still caught
-    assert max(errors) < 0.080
+    errors = [a - b for a, b in zip(up + down, expected_up + expected_down, strict=True)]
+    print(f"on-times up {up}, down {down}; errors {[round(e * 1000, 1) for e in errors]} ms")
+    # Never shorter than the travel asks (a missing 0.1 s delay or 0.2 s overrun fails); a
+    # loaded machine's timers only make a run late, and the cover counts the time it really ran.
+    assert min(errors) > -0.030
+    assert max(errors) < 0.5
     assert got["half"]["ok"] and got["half"]["result"] == {"position": 50}
     assert got["back"]["ok"] and got["back"]["state"]["position"] == 90
     seen = states(got["seen"])
