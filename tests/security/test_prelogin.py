@@ -20,11 +20,12 @@ import pytest
 from pi_mqtt_gpio.mqtt.codec import encode
 from pi_mqtt_gpio.mqtt.logguard import LOG_TOTAL
 from pi_mqtt_gpio.mqtt.packets import PROTOCOL_50, Connect, Publish
-from tests.conftest import Client, Gatekeeper, start_gatekeeper, wait_for
+from tests.conftest import Client, Gatekeeper, cheap_hash, start_gatekeeper, wait_for
 from tests.security.conftest import PW, Watch, secure_config
 
 PER_ADDRESS = 20  # max_pending_per_address in these tests: twice that is held at most
 TIMEOUT_S = 3.0  # connect_timeout_s: TLS handshake, upgrade and CONNECT together
+PROBE = "probe"  # an admin whose password check is cheap (see _start)
 LOG_WINDOW_S = 10.0  # the web log limiter's window (LogLimiter's default)
 
 
@@ -41,6 +42,10 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _start(tmp: Path, certs: Path, **limits: Any) -> Gatekeeper:
     config = secure_config(tmp, **limits)
+    # The upgrades of the Origin tests log in as PROBE (a cheap hash: these tests are not
+    # about hashing, and on a loaded machine a real hash's check can outlast the login time
+    # of TIMEOUT_S, which closes the socket before its PUBLISH is read).
+    config["auth"]["users"][PROBE] = {"password_hash": cheap_hash(PW), "role": "admin"}
     config["broker"]["listeners"] = [
         {"type": "tcp", "host": "127.0.0.1", "port": 0},
         {"type": "tls", "host": "127.0.0.1", "port": 0, "certfile": str(certs / "cert.pem"),
@@ -125,7 +130,7 @@ def _login(gk: Gatekeeper, kind: str, certs: Path) -> int:
     c = Client(gk.ports[kind], mqtt.MQTTv5, transport=transport)
     if kind == "tls":
         c.c.tls_set(ca_certs=str(certs / "cert.pem"))
-    c.c.username_pw_set("root", PW)
+    c.c.username_pw_set(PROBE, PW)
     try:
         rc, _ = c.connect()
         return int(getattr(rc, "value", rc))
@@ -206,6 +211,16 @@ def test_upgraded_websockets_that_never_log_in_count_until_closed(gk: Gatekeeper
     source = "127.0.8.2"
     socks: list[socket.socket] = []
     peak = 0
+    before = len(gk.log)
+    start = time.monotonic()
+    samples: list[tuple[float, int]] = []  # (s since the first batch, sockets held)
+    unanswered = 0
+
+    def held() -> int:
+        n = _server_sockets(port, source)
+        samples.append((round(time.monotonic() - start, 2), n))
+        return n
+
     try:
         for _ in range(16):
             # (a generous timeout: a socket whose answer a loaded machine delays must not be
@@ -217,14 +232,19 @@ def test_upgraded_websockets_that_never_log_in_count_until_closed(gk: Gatekeeper
             for s in batch:  # each is answered (101) or closed before the next batch
                 try:
                     s.recv(4096)
+                except TimeoutError:
+                    unanswered += 1  # maybe still in the listen backlog: counted as held
                 except OSError:
                     pass
             socks += batch
-            peak = max(peak, _server_sockets(port, source))
+            peak = max(peak, held())
             time.sleep(0.5)  # pacing: the batches span 2.7 login timeouts
-            peak = max(peak, _server_sockets(port, source))
+            peak = max(peak, held())
         print(f"{len(socks)} upgraded sockets opened; at most {peak} held by the daemon")
-        assert 0 < peak <= 2 * PER_ADDRESS
+        assert 0 < peak <= 2 * PER_ADDRESS, (
+            f"held per sample (s, sockets): {samples}; {unanswered} sockets got no answer in "
+            f"30 s; the daemon's lines about {source}: "
+            f"{[line for line in gk.log[before:] if source in line][-20:]}")
         assert wait_for(lambda: _server_sockets(port, source) == 0, timeout=TIMEOUT_S + 5)
     finally:
         for s in socks:
@@ -253,7 +273,7 @@ def _upgrade_and_publish(port: int, origin: str | None, topic: str, host: str = 
         lines.append(f"Origin: {origin}")
     request = ("\r\n".join(lines) + "\r\n\r\n").encode()
     connect = encode(Connect(f"o{os.getpid()}{time.monotonic_ns()}", PROTOCOL_50,
-                             username="root", password=PW.encode()), PROTOCOL_50)
+                             username=PROBE, password=PW.encode()), PROTOCOL_50)
     publish = encode(Publish(topic, b"x", 0, False, False, None, {}), PROTOCOL_50)
     # (waits that return on the answer: a loaded machine's password check, which the
     # CONNACK waits for, can take longer than 5 s, and a socket closed before it never
@@ -293,10 +313,10 @@ def _log_sentinel(gk: Gatekeeper, source: str, before: int) -> None:
     """A line of our own (a failed login from ``source``) after what was sent before: all
     that it logged is in the log once this appears."""
     raw = socket.create_connection(("127.0.0.1", gk.port), source_address=(source, 0))
-    raw.sendall(encode(Connect("sentinel", PROTOCOL_50, username="root", password=b"no"),
+    raw.sendall(encode(Connect("sentinel", PROTOCOL_50, username=PROBE, password=b"no"),
                        PROTOCOL_50))
     try:
-        assert wait_for(lambda: any(source in line for line in gk.log[before:]), timeout=15)
+        assert wait_for(lambda: any(source in line for line in gk.log[before:]), timeout=60)
     finally:
         raw.close()
 
