@@ -254,7 +254,8 @@ def test_upgraded_websockets_that_never_log_in_count_until_closed(gk: Gatekeeper
             f"held per sample (s, sockets): {samples}; {unanswered} sockets got no answer in "
             f"30 s; the daemon's lines about {source}: "
             f"{[line for line in gk.log[before:] if source in line][-20:]}")
-        assert wait_for(lambda: _server_sockets(port, source) == 0, timeout=TIMEOUT_S + 5)
+        assert wait_for(lambda: _server_sockets(port, source) == 0, timeout=TIMEOUT_S + 5), \
+            f"{_server_sockets(port, source)} still open {TIMEOUT_S + 5:g} s after the last batch"
     finally:
         for s in socks:
             s.close()
