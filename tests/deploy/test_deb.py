@@ -41,8 +41,10 @@ def _version() -> str:
 @pytest.fixture(scope="module")
 def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("deb")
+    # built as a root login might: umask 000 (build-deb sets its own)
     res = subprocess.run(["bash", str(ROOT / "scripts/build-deb"), "--out", str(out)],
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=600,
+                         preexec_fn=lambda: os.umask(0))
     assert res.returncode == 0, res.stderr[-3000:]
     arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
                           check=True).stdout.strip()
@@ -80,6 +82,10 @@ def test_metadata_and_contents(deb: Path) -> None:
         assert path in listing, path
     assert "root/root" in listing and "/site-packages/pip/" not in listing
     assert "__pycache__" not in listing
+    # nothing a local user could change (code that runs as the service, and as root in postinst)
+    loose = [line for line in listing.splitlines()
+             if not line.startswith("l") and (line[5] == "w" or line[8] == "w")]
+    assert loose == []
 
 
 def test_program_runs_from_the_extracted_tree(deb: Path, tmp_path: Path) -> None:

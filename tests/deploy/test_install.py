@@ -45,11 +45,12 @@ def _source_copy(dest: Path) -> Path:
     return dest
 
 
-def _run_install(src: Path, stage: Path, *args: str,
-                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _run_install(src: Path, stage: Path, *args: str, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The installer as a root login might run it: umask 000 (it must set its own)."""
     return subprocess.run(["bash", str(src / "scripts/install"), "--root", str(stage), *args],
-                          capture_output=True, text=True, timeout=600,
-                          env={**os.environ, **(env or {})})
+                          capture_output=True, text=True, timeout=600, cwd=cwd,
+                          env={**os.environ, **(env or {})}, preexec_fn=lambda: os.umask(0))
 
 
 def _snapshot(stage: Path) -> list[tuple[str, int, int, float, str]]:
@@ -67,10 +68,21 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _source_copy(tmp_path_factory.mktemp("src"))
 
 
+def _planted(where: Path, marker: Path) -> Path:
+    """A directory whose modules, if Python imported them, would write ``marker``."""
+    for name in ("venv/__init__.py", "venv/__main__.py", "pip/__init__.py", "pip/__main__.py",
+                 "gpiozero.py"):
+        (where / name).parent.mkdir(parents=True, exist_ok=True)
+        (where / name).write_text(f"open({str(marker)!r}, 'w').write({name!r})\n")
+    return where
+
+
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory: pytest.TempPathFactory, source: Path) -> Iterator[Path]:
     stage = tmp_path_factory.mktemp("stage")
-    _install(stage, src=source)
+    cwd = _planted(tmp_path_factory.mktemp("cwd"), stage.parent / "imported")
+    res = _run_install(source, stage, cwd=cwd)
+    assert res.returncode == 0, res.stderr[-3000:]
     yield stage
 
 
@@ -100,6 +112,30 @@ def test_layout_and_runtime_dependencies_only(stage: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_nothing_installed_is_writable_by_group_or_others(stage: Path) -> None:
+    """Installed under umask 000 (see _run_install): the installer sets its own."""
+    loose = [str(p.relative_to(stage)) for p in stage.rglob("*")
+             if not p.is_symlink() and p.lstat().st_mode & 0o022]
+    assert loose == []
+
+
+def test_a_symlink_in_the_checkout_is_refused(tmp_path: Path) -> None:
+    """A link could make a root-only file part of the install (docs/x.md -> /etc/shadow)."""
+    src = _source_copy(tmp_path / "src")
+    (src / "docs" / "x.md").symlink_to("/etc/hostname")
+    res = _run_install(src, tmp_path / "stage")
+    assert res.returncode == 1
+    assert "refusing to install from a checkout with symbolic links: docs/x.md" in res.stderr
+    assert not (tmp_path / "stage" / "opt").exists()
+
+
+def test_python_runs_isolated_from_the_callers_directory(stage: Path) -> None:
+    """The stage was installed from a directory holding modules named venv, pip, gpiozero
+    (``_planted``): none of them was imported (as root, they would run as root)."""
+    marker = stage.parent / "imported"
+    assert not marker.exists(), marker.read_text()
+
+
 def test_unit_verifies(stage: Path) -> None:
     res = subprocess.run(["systemd-analyze", "verify",
                           str(stage / "etc/systemd/system/pi-mqtt-gatekeeper.service")],
