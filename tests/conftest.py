@@ -218,12 +218,31 @@ class Client:
     def get(self, timeout: float = 5.0) -> mqtt.MQTTMessage:
         return self.messages.get(timeout=timeout)
 
-    def nothing(self, timeout: float = 0.3) -> bool:
-        try:
-            m = self.messages.get(timeout=timeout)
-        except queue.Empty:
-            return True
-        raise AssertionError(f"unexpected message on {m.topic}: {m.payload!r}")
+    def until(self, sentinel: str | Callable[[mqtt.MQTTMessage], bool],
+              timeout: float = 10.0) -> list[mqtt.MQTTMessage]:
+        """Every message received before the sentinel (the first message on that topic, or the
+        first for which the predicate holds), which is read and dropped. "Nothing arrives" is
+        ``until(...) == []`` with a sentinel ordered after anything that could have arrived: a
+        publish by the same session after it, or a state the daemon's one hardware worker
+        publishes for a later command."""
+        done = (lambda m: m.topic == sentinel) if isinstance(sentinel, str) else sentinel
+        got: list[mqtt.MQTTMessage] = []
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                m = self.messages.get(timeout=max(0.0, end - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no sentinel within {timeout} s; got "
+                                     f"{[(x.topic, x.payload) for x in got]}") from None
+            if done(m):
+                return got
+            got.append(m)
+
+    def nothing_until(self, sentinel: str | Callable[[mqtt.MQTTMessage], bool],
+                      timeout: float = 10.0) -> None:
+        """No message before the sentinel (see ``until``)."""
+        got = self.until(sentinel, timeout)
+        assert not got, f"unexpected before the sentinel: {[(m.topic, m.payload) for m in got]}"
 
     def close(self) -> None:
         try:

@@ -32,10 +32,10 @@ def test_publish_subscribe(broker: Gatekeeper, clients: list[Client], version: i
     pub.connect()
     for i in range(20):
         pub.publish(topic, f"m{i}", qos)
-    got = [sub.get() for _ in range(20)]
+    pub.publish(f"{topic}/end", "sentinel", qos)  # same session: delivered after the 20
+    got = sub.until(f"{topic}/end")
     assert [m.payload for m in got] == [f"m{i}".encode() for i in range(20)]
     assert {m.qos for m in got} == {qos}
-    sub.nothing()
 
 
 def test_retained(broker: Gatekeeper, clients: list[Client], version: int) -> None:
@@ -52,8 +52,9 @@ def test_retained(broker: Gatekeeper, clients: list[Client], version: int) -> No
     sub.get()  # the live empty message
     late = make(clients, broker, version)
     late.connect()
-    late.subscribe(f"retain/{version}/+", 1)
-    late.nothing()
+    late.subscribe(f"retain/{version}/+", 1)  # a retained message is sent with the SUBACK
+    pub.publish(f"retain/{version}/end", "sentinel", 1)
+    late.nothing_until(f"retain/{version}/end")
 
 
 def test_will_on_abrupt_close(broker: Gatekeeper, clients: list[Client], version: int) -> None:
@@ -80,7 +81,12 @@ def test_clean_disconnect_no_will(broker: Gatekeeper, clients: list[Client],
     polite.c.will_set(topic, "died", 1)
     polite.connect()
     polite.close()
-    sub.nothing(0.5)
+    # the Will would be published when the broker handles the DISCONNECT; a sentinel from a
+    # session that connects only once the broker let the client id go is ordered after it
+    again = make(clients, broker, version, client_id=polite.client_id)
+    again.connect()
+    again.publish(topic, "sentinel", 1)
+    sub.nothing_until(lambda m: m.payload == b"sentinel")
 
 
 def test_persistent_session_queue(broker: Gatekeeper, clients: list[Client],
@@ -161,12 +167,13 @@ def test_shared_subscription(broker: Gatekeeper, clients: list[Client], version:
     for m in members:
         m.connect()
         m.subscribe(f"$share/workers/jobs/{version}", 1)
+        m.subscribe(f"jobs/{version}/end", 1)  # the sentinel, to every member
     pub = make(clients, broker, version)
     pub.connect()
     for i in range(10):
         pub.publish(f"jobs/{version}", str(i), 1)
-    time.sleep(0.3)
-    counts = [m.messages.qsize() for m in members]
+    pub.publish(f"jobs/{version}/end", "sentinel", 1)  # same session: after the 10
+    counts = [len(m.until(f"jobs/{version}/end")) for m in members]
     assert counts == [5, 5]
 
 
