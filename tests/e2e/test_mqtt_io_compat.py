@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,14 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.conftest import Client, Gatekeeper, cheap_hash, start_gatekeeper, v5_props
+from tests.conftest import (
+    Client,
+    Gatekeeper,
+    cheap_hash,
+    start_gatekeeper,
+    v5_props,
+    wait_for,
+)
 
 pytestmark = pytest.mark.skipif(
     shutil.which("mosquitto_pub") is None and not __import__("os").environ.get("CI"),
@@ -83,24 +91,38 @@ def pub(gk: Gatekeeper, proto: str, user: str, topic: str, payload: str) -> None
 
 
 class Sub:
-    """``mosquitto_sub -v`` as ``user`` on ``topics``, read line by line."""
+    """``mosquitto_sub -v`` as ``user`` (anonymous: None) on ``topics``, read line by line;
+    subscribed once the retained message of ``probe`` (subscribed last; the node's status by
+    default) is printed: the broker sends a filter's retained messages with its SUBACK, and
+    handles one client's SUBSCRIBEs in order. The probe's line is not kept."""
 
-    def __init__(self, gk: Gatekeeper, proto: str, user: str, *topics: str) -> None:
-        args = [a for t in topics for a in ("-t", t)]
+    def __init__(self, gk: Gatekeeper, proto: str, user: str | None, *topics: str,
+                 probe: str = "") -> None:
+        probe = probe or f"{gk.root}/status"
+        args = [a for t in (*topics, probe) for a in ("-t", t)]
+        login = ["-u", user, "-P", PASSWORD] if user else []
         self.proc = subprocess.Popen(
-            ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(gk.port), "-V", proto, "-u", user,
-             "-P", PASSWORD, "-v", "-q", "1", *args],
+            ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(gk.port), "-V", proto, *login,
+             "-v", "-q", "1", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
-        import threading
+        subscribed = threading.Event()
 
         def read() -> None:
             assert self.proc.stdout is not None
             for line in self.proc.stdout:
+                if not subscribed.is_set() and line.startswith(probe + " "):
+                    subscribed.set()
+                    continue
                 self.lines.append(line.rstrip("\n"))
 
         threading.Thread(target=read, daemon=True).start()
-        time.sleep(0.4)  # subscribed
+        assert subscribed.wait(10), f"mosquitto_sub not subscribed: {self.lines}"
+
+    def until(self, line: str, start: int, timeout: float = 10.0) -> list[str]:
+        """The lines printed before ``line`` (the sentinel), looked for from line ``start``."""
+        assert wait_for(lambda: line in self.lines[start:], timeout), f"no {line!r}: {self.lines}"
+        return self.lines[:self.lines.index(line, start)]
 
     def wait(self, line: str, timeout: float = 5.0) -> bool:
         end = time.monotonic() + timeout
@@ -199,23 +221,27 @@ def test_a_viewer_and_bad_payloads_move_nothing_seen_from_another_client(
     watch = Sub(gk, "mqttv5", "admin", f"{PREFIX}/output/#", "gatekeeper/kitchen/audit",
                 "gatekeeper/kitchen/device/porch_light/state")
     subs.append(watch)
-    time.sleep(0.3)
-    watch.lines.clear()
+    watch.lines.clear()  # the retained ones
     pub(gk, proto, "view", f"{PREFIX}/output/porch_light/set", "lamp on")  # not its right
     pub(gk, proto, "op", f"{PREFIX}/output/porch_light/set", "ON")  # not this output's payload
     pub(gk, proto, "op", f"{PREFIX}/output/porch_light/set_on_ms", "soon")
     pub(gk, proto, "view", f"{PREFIX}/output/porch_light", "lamp on")  # a forged state
     pub(gk, proto, "op", f"{PREFIX}/output/porch_light", "lamp on")  # ... by an operator
-    end = time.monotonic() + 3
-    while time.monotonic() < end and sum("audit" in ln for ln in watch.lines) < 3:
-        time.sleep(0.05)
+    wait_for(lambda: sum("audit" in ln for ln in watch.lines) >= 3, 10)
     audits = [json.loads(ln.split(" ", 1)[1]) for ln in watch.lines if "audit" in ln]
     codes = sorted((a["username"], (a.get("error") or {}).get("code")) for a in audits)
     assert codes == [("op", "BAD_ARGUMENT"), ("op", "BAD_ARGUMENT"),
                      ("view", "NOT_AUTHORIZED")], audits
     assert all(a["source"] == "mqtt_io" and a["device"] == "porch_light" for a in audits)
-    time.sleep(0.3)
-    assert f"{PREFIX}/output/porch_light lamp on" not in watch.lines, watch.lines
+    # the sentinel: the fan's mirror after a later command on the same hardware worker (and
+    # the forged states were handled before their mosquitto_pub got its PUBACK)
+    assert call(gk, "fan", "off")["ok"]
+    start = len(watch.lines)
+    assert call(gk, "fan", "on")["ok"]
+    before = watch.until(f"{PREFIX}/output/fan ON", start)
+    assert call(gk, "fan", "off")["ok"]
+    assert f"{PREFIX}/output/porch_light lamp on" not in before, before
+    assert not any('"value":1' in ln for ln in before if "porch_light/state" in ln), before
     assert state(gk, "porch_light") == 0
 
 
@@ -234,8 +260,13 @@ def test_inputs_with_inverted_payloads_and_an_interrupt_payload(
     assert call(gk, "door", "sim_press")["ok"]  # falling edge: the interrupt payload
     assert watch.wait(f"{PREFIX}/input/door INT")
     assert call(gk, "door", "sim_release")["ok"]  # rising: not this interrupt's edge
-    time.sleep(0.4)
-    assert watch.lines.count(f"{PREFIX}/input/door INT") == 1, watch.lines
+    # the sentinel: the doorbell's input, changed by a later command on the same worker
+    start = len(watch.lines)
+    assert call(gk, "doorbell", "sim_press")["ok"]
+    before = watch.until(f"{PREFIX}/input/doorbell PRESSED", start)
+    assert before.count(f"{PREFIX}/input/door INT") == 1, before
+    assert call(gk, "doorbell", "sim_release")["ok"]
+    assert watch.wait(f"{PREFIX}/input/doorbell IDLE")
 
 
 def test_status_running_then_stopped(tmp_path: Path) -> None:
@@ -255,8 +286,7 @@ def test_the_gatekeepers_own_topics_keep_working_side_by_side(gk: Gatekeeper,
                                                                subs: list[Sub]) -> None:
     watch = Sub(gk, "mqttv5", "view", f"{PREFIX}/output/porch_light")
     subs.append(watch)
-    time.sleep(0.3)
-    watch.lines.clear()
+    watch.lines.clear()  # the retained one
     pub(gk, "mqttv5", "op", "gatekeeper/kitchen/device/porch_light/set", "ON")
     assert watch.wait(f"{PREFIX}/output/porch_light lamp on")
     pub(gk, "mqttv5", "op", "gatekeeper/kitchen/device/porch_light/set", "OFF")
@@ -285,21 +315,20 @@ def test_mqtt_ios_readme_example_imported_runs_with_its_own_topics(tmp_path: Pat
 
         assert mosq("mosquitto_sub", "-t", "home/status", "-C", "1", "-W", "5"
                     ).stdout.strip() == "running"
-        watch = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(g.port), "-v",
-                                  "-t", "home/output/porch_light", "-t", "home/input/doorbell",
-                                  "-C", "3", "-W", "6"], stdout=subprocess.PIPE, text=True)
-        time.sleep(0.4)
-        mosq("mosquitto_pub", "-t", "home/output/porch_light/set", "-m", "ON")
-        c = Client(g.port, mqtt.MQTTv5, client_id="admin-readme")
-        c.c.username_pw_set("admin", PASSWORD)
-        c.connect()
-        c.publish("gatekeeper/pi/device/doorbell/call", json.dumps({"method": "sim_set",
-                                                                     "args": [1]}), 1)
-        out, _ = watch.communicate(timeout=15)
-        c.close()
-        lines = out.splitlines()
-        assert "home/output/porch_light ON" in lines, lines
-        assert "home/input/doorbell ON" in lines, lines  # pin high, not inverted
+        watch = Sub(g, "mqttv311", None, "home/output/porch_light", "home/input/doorbell",
+                    probe="home/status")
+        try:
+            mosq("mosquitto_pub", "-t", "home/output/porch_light/set", "-m", "ON")
+            c = Client(g.port, mqtt.MQTTv5, client_id="admin-readme")
+            c.c.username_pw_set("admin", PASSWORD)
+            c.connect()
+            c.publish("gatekeeper/pi/device/doorbell/call", json.dumps({"method": "sim_set",
+                                                                         "args": [1]}), 1)
+            c.close()
+            assert watch.wait("home/output/porch_light ON", 10), watch.lines
+            assert watch.wait("home/input/doorbell ON", 10), watch.lines  # high, not inverted
+        finally:
+            watch.close()
         # its LM75 and INA219 (simulated here) on mqtt-io's sensor topics, with 2 decimals
         got = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(g.port), "-v",
                               "-t", "home/sensor/porch_temperature", "-t", "home/sensor/current",
@@ -324,30 +353,30 @@ def test_wildcard_readers_get_only_the_mirrors_of_what_they_may_read(
         c.connect()
         return c
 
-    limited, nobody = login("limited"), login("nobody")
+    limited, nobody, watcher = login("limited"), login("nobody"), admin(gk)
     try:
         limited.subscribe(f"{PREFIX}/#", 1)
         codes = nobody.subscribe(f"{PREFIX}/#", 1)
         assert all(getattr(rc, "value", rc) >= 0x80 for rc in codes), codes
+        nobody.subscribe("elsewhere/#", 1)  # for the sentinel
         pub(gk, "mqttv5", "op", f"{PREFIX}/output/porch_light/set", "lamp on")
         pub(gk, "mqttv5", "op", f"{PREFIX}/output/fan/set", "ON")
         pub(gk, "mqttv5", "op", f"{PREFIX}/output/porch_light/set", "lamp off")
         pub(gk, "mqttv5", "op", f"{PREFIX}/output/fan/set", "OFF")
-        got = []
-        end = time.monotonic() + 2
-        while time.monotonic() < end:
-            try:
-                m = limited.get(max(0.01, end - time.monotonic()))
-            except Exception:
-                break
-            got.append((m.topic, m.payload))
+        # the fan's last mirror is the sentinel: the worker ran the commands in order
+        got = [(m.topic, m.payload) for m in limited.until(
+            lambda m: m.topic == f"{PREFIX}/output/fan" and m.payload == b"OFF")]
         topics = {t for t, _ in got}
-        assert f"{PREFIX}/output/fan" in topics and f"{PREFIX}/input/doorbell" in topics, got
+        assert f"{PREFIX}/input/doorbell" in topics, got  # retained
         assert not any("porch_light" in t for t in topics), got
-        assert nobody.nothing(0.3)
+        # every mirror was routed when limited got the last; published after that, this
+        # sentinel comes after anything nobody could have got
+        watcher.publish("elsewhere/sentinel", b"s", 1)
+        nobody.nothing_until("elsewhere/sentinel")
     finally:
         limited.close()
         nobody.close()
+        watcher.close()
 
 
 @VERSIONS
