@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 
 import pytest
 
@@ -18,28 +17,42 @@ pytestmark = pytest.mark.skipif(
 VERSIONS = pytest.mark.parametrize("proto", ["mqttv311", "mqttv5"])
 
 
+def _subscribed(broker: Gatekeeper, proc: subprocess.Popen[str]) -> list[str]:
+    """Waits until ``mosquitto_sub -v`` that subscribed last to the node's status printed its
+    retained message: the broker sends a filter's retained messages with its SUBACK and
+    handles one client's SUBSCRIBEs in order, so every filter before it is active. The
+    lines it printed before."""
+    assert proc.stdout is not None
+    before = []
+    while (line := proc.stdout.readline()) != f"{broker.root}/status online\n":
+        assert line, f"mosquitto_sub ended before it subscribed: {before}"
+        before.append(line.rstrip("\n"))
+    return before
+
+
 def _sub(broker: Gatekeeper, proto: str, topic: str, count: int, *extra: str
-         ) -> subprocess.Popen[str]:
+         ) -> tuple[subprocess.Popen[str], list[str]]:
+    """``mosquitto_sub -v`` on ``topic`` for ``count`` messages once subscribed, and the lines
+    it printed until then."""
     proc = subprocess.Popen(
         ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-V", proto, "-t", topic,
-         "-C", str(count), "-W", "10", "-v", *extra],
+         "-t", f"{broker.root}/status", "-C", str(count + 1), "-W", "10", "-v", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    time.sleep(0.4)  # let it subscribe
-    return proc
+    return proc, _subscribed(broker, proc)
 
 
 @VERSIONS
 @pytest.mark.parametrize("qos", ["0", "1", "2"])
 def test_mosquitto_pub_sub(broker: Gatekeeper, proto: str, qos: str) -> None:
     topic = f"mosq/{proto}/{qos}"
-    sub = _sub(broker, proto, topic, 3, "-q", qos)
+    sub, before = _sub(broker, proto, topic, 3, "-q", qos)
     for i in range(3):
         subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-V", proto,
                         "-q", qos, "-t", topic, "-m", f"hello {i}"], check=True, timeout=10)
     out, err = sub.communicate(timeout=15)
     assert sub.returncode == 0, err
-    assert out.splitlines() == [f"{topic} hello {i}" for i in range(3)]
+    assert before + out.splitlines() == [f"{topic} hello {i}" for i in range(3)]
 
 
 @VERSIONS
@@ -82,11 +95,13 @@ def test_mosquitto_rr_request_response(broker: Gatekeeper, clients: list[Client]
 @VERSIONS
 def test_mosquitto_will_and_websocket_free(broker: Gatekeeper, proto: str) -> None:
     topic = f"mosq-will/{proto}"
-    sub = _sub(broker, proto, topic, 1)
+    sub, before = _sub(broker, proto, topic, 1)
     pub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-V",
-                            proto, "-t", "nothing", "--will-topic", topic, "--will-payload",
-                            "bye", "-k", "5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(0.4)
+                            proto, "-t", f"{broker.root}/status", "-v", "--will-topic", topic,
+                            "--will-payload", "bye", "-k", "5"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _subscribed(broker, pub)  # connected, its Will with the broker
     pub.kill()  # no DISCONNECT: the will goes out
+    pub.wait()
     out, _ = sub.communicate(timeout=15)
-    assert out.strip() == f"{topic} bye"
+    assert before + out.splitlines() == [f"{topic} bye"]

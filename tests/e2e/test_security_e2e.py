@@ -195,12 +195,11 @@ def test_replies_stay_private(secure: Daemon) -> None:
     assert int(refused[0].value) == 0x87
     try:
         with connect(secure, "alice") as a:
-            RemoteLED("porch", gatekeeper=a).toggle()
-        time.sleep(0.3)
-        topics = []
-        while not spy.messages.empty():
-            topics.append(spy.messages.get().topic)
-        assert topics and not any("/reply/" in t for t in topics)
+            RemoteLED("porch", gatekeeper=a).toggle()  # its reply was routed before it returned
+        with connect(secure, "root") as r:  # so a later publish is the sentinel
+            r._mqtt.publish("gatekeeper/sec/sentinel", b"s", 1).wait_for_publish(5)
+        topics = [m.topic for m in spy.until("gatekeeper/sec/sentinel")]
+        assert not any("/reply/" in t for t in topics), topics
     finally:
         spy.close()
 
@@ -229,8 +228,9 @@ def test_users_file_reload_on_sighup(secure: Daemon) -> None:
     with pytest.raises(Exception):  # noqa: B017 - not known yet: refused
         Gatekeeper("127.0.0.1", secure.port, username="dave", password="davepw",
                    node_id="sec", timeout=2)
+    mark = len(secure.log)
     secure.proc.send_signal(signal.SIGHUP)
-    time.sleep(0.5)
+    secure.wait_log("users reloaded", 10, mark)
     with Gatekeeper("127.0.0.1", secure.port, username="dave", password="davepw",
                     node_id="sec") as g:
         RemoteLED("porch", gatekeeper=g).toggle()
