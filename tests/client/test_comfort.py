@@ -9,7 +9,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,16 +101,18 @@ def test_watch_shows_every_change_once(kitchen: Daemon, tmp_path: Path) -> None:
             for _ in range(10):
                 led.toggle()  # as fast as the replies come
             final = led.value
-        expected_last = json.dumps(final)
-        assert wait_for(lambda: lines and f'"value": {expected_last}' in lines[-1], 5)
-        time.sleep(0.3)  # nothing more may follow
+            assert wait_for(lambda: lines and f'"value": {json.dumps(final)}' in lines[-1], 10)
+            mark = len(lines)
+            led.toggle()  # the sentinel: its state follows anything the 10 could still print
+            assert wait_for(lambda: any(f'"value": {json.dumps(led.value)}' in line
+                                        for line in lines[mark:]), 10)
     finally:
         watch.terminate()
         watch.wait(5)
         reader.join(2)
     values = [json.loads(line.split(" ", 2)[2])["value"] for line in lines if " state " in line]
-    # the retained state, maybe the off(), then exactly 10 alternating changes
-    assert values[-10:] == [1, 0] * 5, values
+    # the retained state, maybe the off(), then exactly 10 alternating changes, the sentinel
+    assert values[-11:] == [1, 0] * 5 + [1], values
     assert all(a != b for a, b in itertools.pairwise(values)), values
 
 
@@ -119,16 +120,18 @@ def test_each_state_change_is_published_once(kitchen: Daemon) -> None:
     c = Client(kitchen.port, mqtt.MQTTv5, client_id="counter")
     c.connect()
     try:
-        c.subscribe(f"{kitchen.root}/device/doorbell/state", 1)
-        c.get(5)  # the retained one
+        for device in ("porch_light", "doorbell"):
+            c.subscribe(f"{kitchen.root}/device/{device}/state", 1)
+            assert c.get(5).retain  # the retained one
         with Gatekeeper("127.0.0.1", kitchen.port, node_id="kitchen") as g:
             bell = RemoteButton("doorbell", gatekeeper=g)
             bell.sim_press()
-            bell.sim_release()
-        time.sleep(0.5)
-        got = []
-        while not c.messages.empty():
-            got.append(json.loads(c.messages.get().payload)["value"])
+            bell.sim_release()  # replied to after its events were published
+            # the sentinel: the worker runs commands in order; the events of a command are
+            # published before its reply, the state of a later one after it
+            RemoteLED("porch_light", gatekeeper=g).toggle()
+        got = [json.loads(m.payload)["value"]
+               for m in c.until(f"{kitchen.root}/device/porch_light/state")]
         assert got == [1, 0]
     finally:
         c.close()
