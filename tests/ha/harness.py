@@ -42,9 +42,10 @@ logger:
 
 
 def ha_venv() -> Path:
-    """The cached HA venv (set up, or waited for while a background setup runs)."""
+    """The cached HA venv (set up, or waited for while a background setup runs: the first
+    install downloads about 630 MB and may take many minutes on a busy machine)."""
     out = subprocess.run(["bash", str(ROOT / "scripts" / "ha-setup")], capture_output=True,
-                         text=True, timeout=900)
+                         text=True, timeout=2300)
     if out.returncode != 0:
         raise RuntimeError(f"scripts/ha-setup failed:\n{out.stderr[-3000:]}")
     return Path(out.stdout.strip().splitlines()[-1])
