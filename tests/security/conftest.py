@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import queue
-import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from pi_mqtt_gpio.server.security import hash_password
-from tests.conftest import Client, Gatekeeper, start_gatekeeper
+from tests.conftest import Client, Gatekeeper, start_gatekeeper, v5_props
 
 PW = "pw-" + "x" * 8
 HASH = hash_password(PW)
@@ -81,26 +81,36 @@ class Watch:
         self.c = login(gk, "root", version)
         self.c.subscribe("#", 1)
         self.root = gk.root
-        time.sleep(0.2)
-        self.drain()
+        self.sentinel()  # the retained messages are dropped
+
+    def sentinel(self) -> list[mqtt.MQTTMessage]:
+        """Every message seen before a sentinel the watch publishes now: it comes after
+        everything the broker routed before (what a refused PUBLISH or CONNECT would have
+        published is routed by the time its refusal is acknowledged)."""
+        topic = f"probe/watch/{uuid.uuid4().hex[:8]}"
+        self.c.publish(topic, b"sentinel", 1)
+        return self.c.until(topic)
+
+    def settle(self, device: str = "led") -> list[mqtt.MQTTMessage]:
+        """Every message seen before a sentinel that also comes after what the commands
+        sent before published: an admin's call on ``device`` runs on the one hardware worker
+        after them and is answered after their states, events and replies."""
+        c = login_any(self.c.port, "root")
+        try:
+            reply = f"{self.root}/reply/{c.client_id}/settle"
+            c.subscribe(reply, 1)
+            c.publish(f"{self.root}/device/{device}/call", b'{"method": "state"}', 1,
+                      properties=v5_props(ResponseTopic=reply, CorrelationData=b"s"))
+            assert json.loads(c.get(10).payload)["ok"]
+        finally:
+            c.close()
+        return self.sentinel()
 
     def drain(self) -> list[mqtt.MQTTMessage]:
         out = []
         while True:
             try:
                 out.append(self.c.messages.get_nowait())
-            except queue.Empty:
-                return out
-
-    def collect(self, seconds: float) -> list[mqtt.MQTTMessage]:
-        end = time.monotonic() + seconds
-        out = []
-        while True:
-            left = end - time.monotonic()
-            if left <= 0:
-                return out
-            try:
-                out.append(self.c.messages.get(timeout=left))
             except queue.Empty:
                 return out
 
@@ -115,6 +125,16 @@ class Watch:
 
     def close(self) -> None:
         self.c.close()
+
+
+def until_own_reply(c: Client, gk: Gatekeeper, device: str = "led") -> list[mqtt.MQTTMessage]:
+    """Every message ``c`` (MQTT 5, subscribed to its reply prefix) gets before the reply to
+    a call of its own on ``device``: the call runs on the one hardware worker after every
+    command sent before, and is answered after them."""
+    reply = f"{gk.root}/reply/{c.client_id}/sentinel-{uuid.uuid4().hex[:8]}"
+    c.publish(f"{gk.root}/device/{device}/call", b'{"method": "state"}', 1,
+              properties=v5_props(ResponseTopic=reply, CorrelationData=b"s"))
+    return c.until(reply)
 
 
 def login_any(port: int, user: str) -> Client:
