@@ -6,6 +6,7 @@ gatekeeper whose password the broker refuses."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -18,7 +19,14 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
-from tests.conftest import READY, Gatekeeper, GatekeeperThread, start_gatekeeper
+from tests.conftest import (
+    READY,
+    Gatekeeper,
+    GatekeeperThread,
+    start_gatekeeper,
+    v5_props,
+    wait_for,
+)
 from tests.fleet.mosquitto import (
     NODES,
     PASSWORD,
@@ -72,19 +80,25 @@ def test_a_spoofed_suffix_is_dropped_by_mosquitto_and_moves_nothing(fleet: Any) 
     broker, _nodes = fleet
     watcher = client(broker.port, "watcher")
     watcher.subscribe("gatekeeper/n1/#", 1)
-    time.sleep(0.3)
-    while not watcher.messages.empty():
-        watcher.messages.get()
     alice = client(broker.port, "alice")
     try:
+        reply_to = f"gatekeeper/n1/reply/alice/{alice.client_id}"
+        alice.subscribe(f"{reply_to}/#", 1)
         # alice publishes as if she were bob: Mosquitto's ACL drops it (she gets no reply)
-        assert call(alice, "alice", "n1", "on", topic="gatekeeper/n1/device/lamp/call/bob") \
-            is None
-        time.sleep(0.5)
-        moved = [(t, p) for t, p in (watcher.messages.get() for _ in
-                                     range(watcher.messages.qsize()))
-                 if t.endswith("/lamp/state") or t.endswith("/audit")
-                 or t.endswith("/call/bob")]
+        alice.publish("gatekeeper/n1/device/lamp/call/bob", json.dumps({"method": "on"}), 1,
+                      properties=v5_props(ResponseTopic=f"{reply_to}/spoofed",
+                                          CorrelationData=b"1"))
+        # the sentinel: her own call after it; Mosquitto passes her messages on in order,
+        # and the gatekeeper runs and answers calls in order
+        alice.publish("gatekeeper/n1/device/lamp/call/alice", json.dumps({"method": "state"}),
+                      1, properties=v5_props(ResponseTopic=f"{reply_to}/sentinel",
+                                             CorrelationData=b"2"))
+        got = alice.until(f"{reply_to}/sentinel")
+        assert got == [], [(m.topic, m.payload) for m in got]  # no reply to the spoofed one
+        moved = [(m.topic, m.payload) for m in watcher.until(f"{reply_to}/sentinel")
+                 if not m.retain and (m.topic.endswith("/lamp/state")
+                                      or m.topic.endswith("/audit")
+                                      or m.topic.endswith("/call/bob"))]
         assert moved == []
         reply = call(alice, "alice", "n1", "state")
         assert reply is not None and reply["state"]["value"] == 0
@@ -219,10 +233,8 @@ def test_publish_bindings_wait_for_the_broker_and_device_bindings_do_not(tmp_pat
         broker.stop()
         pin = gk.pin("wall").pin
         gk.run(lambda: gk.daemon.hw.submit(pin.drive_low, force=True))  # type: ignore[union-attr]
-        time.sleep(0.3)
+        assert wait_for(lambda: gk.pin("lamp", "value") == 1, 10)  # the binding needed no broker
         gk.run(lambda: gk.daemon.hw.submit(pin.drive_high, force=True))  # type: ignore[union-attr]
-        time.sleep(0.3)
-        assert gk.pin("lamp", "value") == 1  # the device binding needed no broker
         broker.start()
         watcher = client(broker.port, "watcher")
         watcher.subscribe("doorbell/n1/rang", 1)

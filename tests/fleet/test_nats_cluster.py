@@ -299,10 +299,14 @@ def test_a_spoofed_suffix_moves_nothing(cluster: Any) -> None:
     try:
         assert call(alice, "alice", "n1", "off") is not None
         # NATS acknowledges the denied publish and drops it: no reply, nothing moves
-        assert call(alice, "alice", "n1", "on", topic="gatekeeper/n1/device/lamp/call/bob") \
-            is None
-        reply = call(alice, "alice", "n1", "state")
-        assert reply is not None and reply["state"]["value"] == 0
+        reply_to = f"gatekeeper/n1/reply/alice/{alice.client_id}"
+        alice.publish("gatekeeper/n1/device/lamp/call/bob", json.dumps(
+            {"method": "on", "reply_to": reply_to, "correlation_id": "spoofed"}), 1)
+        # the sentinel: her own call after it (her messages reach the gatekeeper in order,
+        # and it runs and answers calls in order)
+        reply = call(alice, "alice", "n1", "state", timeout=10)
+        assert reply is not None and reply["correlation_id"] != "spoofed", reply
+        assert reply["state"]["value"] == 0
     finally:
         alice.close()
 
@@ -313,7 +317,18 @@ def test_kill_9_of_a_cluster_node_every_gatekeeper_comes_back(cluster: Any) -> N
     alive = [p for i, p in enumerate(c.mqtt_ports) if i != leader]
     watcher = client(alive[1], "watcher")
     watcher.subscribe("gatekeeper/+/audit", 0)
-    time.sleep(0.5)
+    watcher.subscribe("probe/audit-watcher", 0)
+    prober = client(alive[0], "watcher")
+    # subscribed across the cluster once a probe from another node arrives (interest reaches
+    # the other nodes after the SUBACK; a node passes one client's subscriptions on in order)
+    while True:
+        prober.publish("probe/audit-watcher", b"probe", 0)
+        try:
+            if watcher.get(0.2).topic == "probe/audit-watcher":
+                break
+        except Exception:
+            pass
+    prober.close()
     c.kill(leader)  # the node leading the MQTT streams: the hardest case
     killed = time.monotonic()
     times = {}
@@ -330,11 +345,27 @@ def test_kill_9_of_a_cluster_node_every_gatekeeper_comes_back(cluster: Any) -> N
         for node in NODES:  # one toggle each
             reply = call(bob, "bob", node, "toggle", timeout=5)
             assert reply is not None and reply["ok"], reply
+        # the sentinels: a state call on each node after its toggle, audited after it
+        for node in NODES:
+            reply = call(bob, "bob", node, "state", timeout=5)
+            assert reply is not None and reply["ok"], reply
     finally:
         bob.close()
-    # no command ran twice: exactly one audit entry per toggle
-    time.sleep(1.0)
-    audits = [json.loads(m.payload) for m in list(watcher.messages.queue)]
+    # no command ran twice: exactly one audit entry per toggle before the sentinels
+    audits: list[dict[str, Any]] = []
+    sentinels: set[str] = set()
+    while sentinels != set(NODES):
+        m = watcher.get(10)
+        if m.topic.startswith("probe/"):
+            continue
+        doc = json.loads(m.payload)
+        node = m.topic.split("/")[1]
+        if node in sentinels:
+            continue
+        if doc.get("method") == "state" and doc.get("username") == "bob" \
+                and any(a.get("method") == "toggle" and a["_node"] == node for a in audits):
+            sentinels.add(node)
+        audits.append({**doc, "_node": node})
     toggles = [a for a in audits if a.get("method") == "toggle"]
     assert len(toggles) == len(NODES), toggles
     watcher.close()
