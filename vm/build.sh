@@ -47,6 +47,11 @@ for t in apt-get dpkg-deb debootstrap busybox cpio gzip mkfs.ext4 make gcc-12 py
   command -v "$t" >/dev/null || die "missing host tool: $t"
 done
 
+mkdir -p "$CACHE"
+# One build at a time (the hw stage and the systemd stage may both ask for it at once): a
+# second waits for the first, then finds its steps done.
+exec 8>"$CACHE/.build.lock"
+flock 8
 case "${GPIOSIM_REBUILD:-}" in
   all) log "GPIOSIM_REBUILD=all: wiping $CACHE/build and images"
        rm -rf "$CACHE/build" "$CACHE/vmlinuz" "$CACHE/vmlinux" "$CACHE"/config-* "$CACHE/initramfs.cpio.gz" "$CACHE/rootfs.img" "$CACHE/KVER" ;;

@@ -12,11 +12,15 @@
 #     chips back to the gpio group without a reboot).
 #   scripts/install: install, start, an upgrade to a newer commit (config and users kept,
 #     restarted), the rollback to the previous venv, --uninstall, --purge.
+# VM_PART (package | installer | all, default all) picks the ways this VM runs: the stage boots
+# two VMs side by side, one per way, each from the same fresh image.
 # The host's checkout is at /mnt/host (read-only) with, under dist/vm/ (scripts/systemd-stage),
 # this commit's package, the previous commit's (prev/), one that fails (broken/) and a
 # wheelhouse for scripts/install. One line per check: "PASS: ..." or "FAIL: ..."; the exit
 # status is the number of failures.
 set -u
+part=${VM_PART:-all}
+case "$part" in package|installer|all) ;; *) echo "FAIL: VM_PART=$part"; exit 1 ;; esac
 stage=/var/lib/vm-stage   # on the VM's disk: kept across its reboot
 mkdir -p $stage
 fails=$(cat $stage/fails 2>/dev/null || echo 0)
@@ -99,6 +103,7 @@ service_checks() {  # the running service: its user, its chip, its lines, its lo
     eval "held 17 porch_light && held 22 heater && held 27 doorbell"
 }
 chips_back() {  # after a removal: the chip is the gpio group's again, no reboot
+  getent passwd pi >/dev/null || useradd -m -G gpio pi   # (a member of gpio)
   ls -l /dev/$chip
   check "after $1 /dev/$chip is root:gpio 0660" chip_is root:gpio:660
   check "a member of gpio drives line 17 (gpioset as pi)" runuser -u pi -- gpioset $chip 17=1
@@ -154,8 +159,7 @@ before_doc() {
     git -C $DOC_REPO update-ref refs/heads/main "$head_commit"
     old_pid=$(main_pid) ;;
   package:"sudo apt remove"*)
-    step "removal"
-    useradd -m -G gpio pi ;;
+    step "removal" ;;
   installer:"cd ~/pi-mqtt-gatekeeper && git pull && sudo ./scripts/install")
     # (a failed build changing nothing is tests/deploy/test_install.py's, on the host: a
     # third venv build here would cost a minute or more of every run)
@@ -309,7 +313,7 @@ if [ "$boot" = 1 ]; then
   failed=$(systemctl --failed --no-legend --plain | awk '{print $1}' | xargs)
   check "no failed units${failed:+ ($failed)}" test -z "$failed"
   check "gpio-sim chip made at boot: ${chip:-none}" test -n "$chip"
-  if [ -z "$prev_commit" ]; then
+  if [ -z "$prev_commit" ] && [ "$part" != installer ]; then
     echo "FAIL: no previous commit's package under $dist/prev (a checkout with one commit?)"
     exit $((fails + 1))
   fi
@@ -320,7 +324,7 @@ if [ "$boot" = 1 ]; then
   git clone -q --bare /mnt/host $DOC_REPO
   git -C $DOC_REPO update-ref refs/heads/main "$prev_commit"
   git -C $DOC_REPO symbolic-ref HEAD refs/heads/main
-  step "the Debian package, the commands of docs/install.md (previous commit ${prev_commit:0:9}, $prev_version)"
+  [ "$part" != installer ] && step "the Debian package, the commands of docs/install.md (previous commit ${prev_commit:0:9}, $prev_version)"
 else
   step "after the reboot"
   check "the service is active after the boot" wait_up
@@ -334,11 +338,16 @@ else
   cd "$(cat $stage/pwd_package)" || exit 1
 fi
 
-python3 /mnt/host/tests/systemd/doc_commands.py /mnt/host/docs/install.md package > /root/doc-package.sh \
-  || { echo "FAIL: doc_commands.py"; exit $((fails + 1)); }
-cd ~ 2>/dev/null; [ "$boot" = 2 ] && cd "$(cat $stage/pwd_package)"
-# shellcheck disable=SC1091
-source /root/doc-package.sh
+if [ "$part" != installer ]; then
+  python3 /mnt/host/tests/systemd/doc_commands.py /mnt/host/docs/install.md package > /root/doc-package.sh \
+    || { echo "FAIL: doc_commands.py"; exit $((fails + 1)); }
+  cd ~ 2>/dev/null; [ "$boot" = 2 ] && cd "$(cat $stage/pwd_package)"
+  # shellcheck disable=SC1091
+  source /root/doc-package.sh
+fi
+if [ "$part" = package ]; then
+  echo; echo "FINAL: $fails failures"; exit "$fails"
+fi
 
 # pip without network (sudo keeps no PIP_* variable): the stage's wheelhouse
 printf '[global]\nno-index = true\nfind-links = %s\n' $dist/wheelhouse > /etc/pip.conf

@@ -14,6 +14,9 @@ PKGS=systemd-sysv,udev,dbus,python3,python3-venv,gpiod,kmod,procps,util-linux,ad
 log() { printf '[systemd-vm %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root"
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.systemd-build.lock"   # one build at a time
+flock 9
 
 KVER=$(cat "$CACHE/KVER" 2>/dev/null || true)
 MODTREE=$CACHE/build/modtree/lib/modules/$KVER
