@@ -6,7 +6,6 @@ start, and a refused ``set`` republishes the state so that HA's switch snaps bac
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from pi_mqtt_gpio.server.config_loader import ConfigError, parse_config
 from pi_mqtt_gpio.server.devices import registry
 from pi_mqtt_gpio.server.homeassistant import allowed_components, discovery
 from pi_mqtt_gpio.topics import Topics
-from tests.conftest import Client, broker_config, start_gatekeeper
+from tests.conftest import Client, broker_config, start_gatekeeper, wait_for
 
 DEVICES = """
 node_id: pi
@@ -165,15 +164,34 @@ def ha_config(tmp: Path, devices: dict[str, Any]) -> dict[str, Any]:
                          persistence={"path": str(tmp / "state.json"), "autosave_s": 0.2})
 
 
-def collect(c: Client, seconds: float) -> list[mqtt.MQTTMessage]:
-    out = []
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        try:
-            out.append(c.get(max(0.01, end - time.monotonic())))
-        except Exception:
-            break
-    return out
+SENTINEL = "homeassistant/test/sentinel"
+
+
+def settled(c: Client) -> list[mqtt.MQTTMessage]:
+    """What ``c`` (subscribed to homeassistant/#) got before a sentinel it publishes now: the
+    retained messages of its subscriptions, and everything the gatekeeper published before."""
+    c.publish(SENTINEL, b"sentinel", 1)
+    return c.until(SENTINEL)
+
+
+def until_seen(c: Client, topics: set[str]) -> list[mqtt.MQTTMessage]:
+    """Every message until each of ``topics`` arrived (a republish published at once: its
+    last one)."""
+    got: list[mqtt.MQTTMessage] = []
+    missing = set(topics)
+    while missing:
+        m = c.get(10)
+        got.append(m)
+        missing.discard(m.topic)
+    return got
+
+
+def saved_configs(tmp: Path) -> list[str]:
+    """The discovery topics the state file holds (none while it is not written yet)."""
+    try:
+        return list(json.loads((tmp / "state.json").read_text())["homeassistant"])
+    except (OSError, ValueError, KeyError):
+        return []
 
 
 @pytest.mark.parametrize("version", [mqtt.MQTTv311, mqtt.MQTTv5], ids=["v311", "v5"])
@@ -186,15 +204,17 @@ def test_birth_message_republishes_every_config_and_state_within_a_second(
         ha.connect()
         ha.subscribe("homeassistant/#", 1)
         ha.subscribe("gatekeeper/pi/device/+/state", 1)
-        retained = collect(ha, 0.5)
+        retained = settled(ha)
         configs = {m.topic for m in retained if m.topic.endswith("/config")}
         assert len(configs) == 4  # light, binary_sensor + event, health
+        states = {"gatekeeper/pi/device/porch/state", "gatekeeper/pi/device/bell/state"}
         ha.publish("homeassistant/status", "online", 1)
-        again = collect(ha, 1.0)
+        # the republish goes out at once, configs first, states last; then a sentinel
+        again = until_seen(ha, configs | states)
+        again += settled(ha)
         fresh = [m for m in again if not m.retain or m.topic.endswith("/config")]
         assert {m.topic for m in again if m.topic.endswith("/config")} == configs
-        assert {m.topic for m in again if m.topic.endswith("/state")} == {
-            "gatekeeper/pi/device/porch/state", "gatekeeper/pi/device/bell/state"}
+        assert {m.topic for m in again if m.topic.endswith("/state")} == states
         assert fresh
         ha.close()
     finally:
@@ -204,28 +224,32 @@ def test_birth_message_republishes_every_config_and_state_within_a_second(
 def test_a_removed_device_is_cleared_at_the_next_start(tmp_path: Path) -> None:
     devices = {"porch": {"type": "LED", "pin": 17}, "old": {"type": "LED", "pin": 18}}
     gk = start_gatekeeper(tmp_path, ha_config(tmp_path, devices))
-    time.sleep(0.5)  # saved within autosave_s
+    # saved within autosave_s
+    assert wait_for(lambda: "homeassistant/light/pi/old/config" in saved_configs(tmp_path), 10)
     assert gk.stop() == 0
-    saved = json.loads((tmp_path / "state.json").read_text())["homeassistant"]
-    assert "homeassistant/light/pi/old/config" in saved
+    assert "homeassistant/light/pi/old/config" in saved_configs(tmp_path)
     del devices["old"]
     gk = start_gatekeeper(tmp_path, ha_config(tmp_path, devices))
     try:
         ha = Client(gk.port, mqtt.MQTTv311, client_id="ha")
         ha.connect()
         ha.subscribe("homeassistant/#", 1)
-        before = {m.topic for m in collect(ha, 0.4)}
+        before = {m.topic for m in settled(ha)}
         assert "homeassistant/light/pi/old/config" not in before  # nothing retained for it
         ha.publish("homeassistant/status", "online", 1)  # HA (re)started: it hears the clear
-        after = collect(ha, 1.0)
+        # the republish (the clear with it) goes out at once; then a sentinel
+        after = until_seen(ha, before | {"homeassistant/light/pi/old/config"})
+        after += settled(ha)
         cleared = [m for m in after if m.topic == "homeassistant/light/pi/old/config"]
         assert len(cleared) == 1 and cleared[0].payload == b""
         ha.close()
-        time.sleep(0.4)
+        # cleared: forgotten (autosaved)
+        assert wait_for(lambda: "homeassistant/light/pi/old/config"
+                        not in saved_configs(tmp_path), 10)
     finally:
         assert gk.stop() == 0
-    saved = json.loads((tmp_path / "state.json").read_text())["homeassistant"]
-    assert "homeassistant/light/pi/old/config" not in saved  # cleared: forgotten
+    saved = saved_configs(tmp_path)
+    assert saved and "homeassistant/light/pi/old/config" not in saved  # cleared: forgotten
 
 
 def test_a_refused_set_republishes_the_state_unchanged(tmp_path: Path) -> None:
