@@ -45,7 +45,14 @@ from pi_mqtt_gpio.client import (
     aio,
 )
 from pi_mqtt_gpio.errors import BadArgument, RequestTimeout, UnknownDevice, UnknownMethod
-from tests.conftest import NO_GUARDS, Client, broker_config, start_gatekeeper, v5_props
+from tests.conftest import (
+    NO_GUARDS,
+    Client,
+    broker_config,
+    start_gatekeeper,
+    v5_props,
+    wait_for,
+)
 from tests.conftest import Gatekeeper as Daemon
 from tests.e2e.test_gatekeeper import DEVICES
 
@@ -323,7 +330,7 @@ def test_lease_context_acquires_renews_releases(daemon: Daemon) -> None:
         with Gatekeeper("127.0.0.1", daemon.port, node_id="leasing") as g, \
                 g.lease(["screen"], ttl=0.6) as lease:
             assert lease.lease_id == "L1" and lease.holder == "tester"
-            time.sleep(0.5)
+            assert wait_for(lambda: any(m == "renew" for m, _ in seen), 10)  # renewed in time
         methods = [m for m, _ in seen]
         assert methods[0] == "acquire" and methods[-1] == "release"
         assert "renew" in methods
@@ -394,9 +401,10 @@ def test_cli(daemon: Daemon) -> None:
     watch = subprocess.Popen([sys.executable, "-m", "pi_mqtt_gpio.client.cli", "watch", "lamp"],
                              stdout=subprocess.PIPE, text=True, env=env)
     try:
-        time.sleep(1.0)
-        assert _cli(daemon, "call", "lamp", "toggle").returncode == 0
         assert watch.stdout is not None
+        first = watch.stdout.readline()  # the retained state: watch has subscribed
+        assert first.startswith("lamp state"), first
+        assert _cli(daemon, "call", "lamp", "toggle").returncode == 0
         deadline = time.monotonic() + 5
         lines: list[str] = []
         while time.monotonic() < deadline:
