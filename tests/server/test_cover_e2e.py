@@ -75,6 +75,17 @@ def until(w: Client, done: Any, timeout: float = 6.0) -> list[tuple[str, Any]]:
     raise AssertionError(f"not seen within {timeout} s: {out[-5:]}")
 
 
+def settled(w: Client, c: Client, device: str) -> list[tuple[str, Any]]:
+    """What the watcher sees up to a sentinel after everything the daemon did before: a call
+    from ``c`` on ``device`` is read by the event loop before the timers already due then run,
+    runs on the hardware worker after the jobs queued before it, and is answered after; the
+    watcher's own sentinel follows."""
+    assert call(c, device, {"method": "state"})["ok"]
+    sentinel = "gatekeeper/g/probe/sentinel"
+    w.publish(sentinel, json.dumps({"sentinel": True}), 1)
+    return until(w, lambda t, p: t == sentinel)[:-1]
+
+
 def states(seen: list[tuple[str, Any]], device: str = "screen") -> list[dict[str, Any]]:
     return [p for t, p in seen if t == f"gatekeeper/g/device/{device}/state"]
 
@@ -265,7 +276,7 @@ def test_double_click_moves_the_cover_to_the_bound_position() -> None:
             seen = until(w, lambda t, p: t.endswith("/screen/state") and p["position"] == 80
                          and p["state"] == "stopped")
             time.sleep(0.4)  # past the double-click window: no single may follow
-            return {"seen": seen + drain(w)}
+            return {"seen": seen + settled(w, presser, "wall")}
         finally:
             presser.close()
             w.close()
@@ -326,11 +337,14 @@ def test_bouncy_click_and_hold_give_one_gesture_each() -> None:
 def test_a_refused_binding_is_audited_with_its_code() -> None:
     def body(daemon: Daemon, port: int) -> dict[str, Any]:
         w = watcher(port)
+        c = Client(port, mqtt.MQTTv5, client_id="caller")
+        c.connect()
         try:
             press(daemon, "locked_button")
-            time.sleep(0.3)
-            return {"seen": drain(w), "gate": daemon.hw.adapters["gate"].device.value}
+            return {"seen": settled(w, c, "locked_button"),
+                    "gate": daemon.hw.adapters["gate"].device.value}
         finally:
+            c.close()
             w.close()
 
     got = run(GESTURES, body)
