@@ -15,7 +15,7 @@ import pytest
 from pi_mqtt_gpio.server.config_loader import ConfigError, parse_config
 from pi_mqtt_gpio.server.daemon import Daemon
 from pi_mqtt_gpio.server.watchdog import LoopbackWatch
-from tests.conftest import Client
+from tests.conftest import Client, wait_for
 from tests.server.test_guards_e2e import run
 
 
@@ -63,8 +63,8 @@ def test_a_cut_wire_degrades_the_health_and_mending_it_recovers() -> None:
             first, _ = health(w, lambda d: d["watchdog"] is not None)
             assert first["status"] == "ok" and first["watchdog"]["status"] == "ok"
             assert daemon.watchdog is not None
-            time.sleep(0.5)
-            assert daemon.watchdog.watch.edges >= 3  # the edges come back through the wire
+            # the edges come back through the wire
+            assert wait_for(lambda: daemon.watchdog.watch.edges >= 3, 10)
             out_pin = daemon.watchdog._out.pin
             in_pin = out_pin.input_pin
             cut = time.monotonic()
