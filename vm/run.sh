@@ -105,7 +105,7 @@ set +e
     -m "${GPIOSIM_MEM:-1024}" -smp "${GPIOSIM_SMP:-2}" \
     -nodefaults -no-user-config -display none -no-reboot "${BIOS[@]}" \
     -kernel "$CACHE/$KERNEL" -initrd "$CACHE/initramfs.cpio.gz" \
-    -append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init ${GPIOSIM_APPEND:-}" \
+    -append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init mitigations=off ${GPIOSIM_APPEND:-}" \
     -drive "file=$CACHE/rootfs.img,if=virtio,format=raw,snapshot=on,cache=unsafe" \
     "${SHARES[@]}" \
     -serial stdio < /dev/null
