@@ -99,11 +99,15 @@ def test_layout_and_runtime_dependencies_only(stage: Path) -> None:
     assert (stage / "etc/pi-mqtt-gatekeeper/config.yaml").read_text() == \
         (ROOT / "deploy/gatekeeper.yaml").read_text()
     venv = stage / "opt/pi-mqtt-gatekeeper/venv"
-    listed = subprocess.run([str(venv / "bin/python"), "-m", "pip", "list", "--format=freeze"],
-                            capture_output=True, text=True, check=True).stdout
-    names = {line.split("==")[0].lower() for line in listed.splitlines()}
+    listed = subprocess.run(
+        [str(venv / "bin/python"), "-I", "-c",
+         "import importlib.metadata as m; print(*(d.name for d in m.distributions()))"],
+        capture_output=True, text=True, check=True).stdout
+    names = {name.lower().replace("_", "-") for name in listed.split()}
     assert not names & DEV_TOOLS, names & DEV_TOOLS
     assert {"gpiozero", "paho-mqtt", "argon2-cffi", "pi-mqtt-gatekeeper"} <= names
+    # pip ran from Python's own wheel of it, and setuptools was removed: neither is installed
+    assert not names & {"pip", "setuptools"}, names
     size = subprocess.run(["du", "-sm", str(venv)], capture_output=True, text=True).stdout
     print(f"installed venv: {size.split()[0]} MiB")
     version = subprocess.run([str(stage / "usr/local/bin/pi-mqtt-gatekeeper"), "--version"],
