@@ -107,3 +107,29 @@ def test_ctrl_c_at_the_password_prompt(tmp_path: Path, argv: list[str]) -> None:
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 130, out
     assert b"Traceback" not in out and b"KeyboardInterrupt" not in out, out
     assert not (tmp_path / "USERS").exists()
+
+
+def test_the_daemon_runs_with_a_short_switch_interval(config: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hardware worker thread gets the interpreter lock within 0.5 ms of asking while
+    the event loop is busy (Python's default would make a command wait up to 5 ms); a
+    config check leaves the interval alone."""
+    from pi_mqtt_gpio.server import main as cli
+
+    seen: list[float] = []
+
+    def fake_run_loop(coro: object) -> int:
+        seen.append(sys.getswitchinterval())
+        coro.close()  # type: ignore[attr-defined]
+        return 0
+
+    monkeypatch.setattr(cli, "_run_loop", fake_run_loop)
+    before = sys.getswitchinterval()
+    try:
+        assert cli._check_and_run(str(config), checking=True, simulate=True) == 0
+        assert seen == [] and sys.getswitchinterval() == before
+        assert cli._check_and_run(str(config), checking=False, simulate=True) == 0
+        assert seen == [pytest.approx(cli.SWITCH_INTERVAL_S)]
+        assert cli.SWITCH_INTERVAL_S <= 0.001
+    finally:
+        sys.setswitchinterval(before)

