@@ -231,6 +231,8 @@ after_doc() {
     check "after purge /etc/pi-mqtt-gatekeeper is gone" test ! -e $etc ;;
   installer:"sudo ./scripts/install")
     check "$opt/venv links to venv-<hash>" test -L $opt/venv
+    check "the venv was built with Debian's pip wheel, not a pip of its own" \
+      eval "test ! -e $opt/venv/bin/pip && ! ls -d $opt/venv/lib/python3*/site-packages/setuptools 2>/dev/null"
     # (configured and started as the package was, by the same page's commands above)
     /root/edit-config $etc/config.yaml
     check "pi-mqtt-gatekeeper passwd" sh -c "echo \"\$DOC_PW\" | pi-mqtt-gatekeeper passwd $etc/users alice --role operator"
