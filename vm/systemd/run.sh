@@ -10,7 +10,7 @@
 # HOST_DIR (read-only) is mounted at /mnt/host.
 # Exit: the script's status; 124 timeout; 125 the VM ended without a result.
 # Env: GPIOSIM_CACHE, GPIOSIM_TIMEOUT (600 s), GPIOSIM_MEM (1024), GPIOSIM_SMP (2),
-#   GPIOSIM_ACCEL (auto|kvm|tcg), GPIOSIM_KEEP=1 (keep the run dir), SYSTEMD_VM_VERBOSE=1
+#   GPIOSIM_ACCEL (auto|kvm|tcg), GPIOSIM_CPU (QEMU -cpu), GPIOSIM_KEEP=1 (keep the run dir), SYSTEMD_VM_VERBOSE=1
 #   (systemd's boot status on the console).
 set -euo pipefail
 CACHE=${GPIOSIM_CACHE:-/var/cache/pi-mqtt-gpio-vm}
@@ -26,8 +26,8 @@ if [ "$ACCEL" = auto ]; then
   if [ -w /dev/kvm ] && grep -qwE 'vmx|svm' /proc/cpuinfo && [ ! -d /sys/module/kvm_pvm ]; then ACCEL=kvm; else ACCEL=tcg; fi
 fi
 case "$ACCEL" in
-  kvm) ACCEL_ARGS=(-accel kvm -cpu host) ;;
-  *)   ACCEL_ARGS=(-accel tcg,thread=multi -cpu max) ;;
+  kvm) ACCEL_ARGS=(-accel kvm -cpu "${GPIOSIM_CPU:-host}") ;;
+  *)   ACCEL_ARGS=(-accel tcg,thread=multi -cpu "${GPIOSIM_CPU:-max}") ;;
 esac
 RUNDIR=$(mktemp -d /tmp/systemd-vm.XXXXXX)
 CTL=$RUNDIR/ctl; mkdir "$CTL"; chmod 0777 "$CTL"
