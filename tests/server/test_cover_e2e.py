@@ -211,7 +211,9 @@ def test_lease_expiry_while_moving_stops_the_cover() -> None:
     # the lease ended at 1 s (the reply says safe_state): no full 2.3 s travel
     assert got["after"] < 2.3 and got["pins"].on_times(UP)[0] < 2.3
     last = states(got["seen"])[-1]
-    assert last["up"] == 0 and last["down"] == 0 and 30 <= last["position"] <= 60
+    # moved, and stopped by 1 s of 2.3 s of travel (43 %, with some slack); how far it got
+    # depends on how soon after the lease the call arrived (once 21 % on a busy machine)
+    assert last["up"] == 0 and last["down"] == 0 and 0 < last["position"] <= 60
     audit = [p for t, p in got["seen"] if t.endswith("/audit")]
     assert any(a["method"] == "lost" and a["reason"] == "expired" for a in audit)
 
