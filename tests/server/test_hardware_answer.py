@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -23,19 +22,6 @@ def manager() -> HardwareManager:
     cfg = parse_config("devices: {}\n")
     factory = MockFactory(pin_class=MockPWMPin)
     return HardwareManager(dict(cfg.devices), lambda: factory, simulate=True)
-
-
-def with_worker(test: Callable[[HardwareManager], Awaitable[None]]) -> None:
-    """Run ``test`` on a started worker, stopped afterwards."""
-    async def main() -> None:
-        hw = manager()
-        await hw.start()
-        try:
-            await test(hw)
-        finally:
-            await hw.stop()
-
-    asyncio.run(main())
 
 
 def _track_resolve(hw: HardwareManager) -> list[bool]:
@@ -55,7 +41,9 @@ def _track_resolve(hw: HardwareManager) -> list[bool]:
 
 
 def test_callbacks_run_when_the_answer_is_handed_over_in_order() -> None:
-    async def main(hw: HardwareManager) -> None:
+    async def main() -> None:
+        hw = manager()
+        await hw.start()
         inside = _track_resolve(hw)
         seen: list[tuple[str, bool, Any]] = []
         future = hw.submit(lambda: 42)
@@ -71,12 +59,15 @@ def test_callbacks_run_when_the_answer_is_handed_over_in_order() -> None:
         assert late == []
         await asyncio.sleep(0)
         assert late == [False]
+        await hw.stop()
 
-    with_worker(main)
+    asyncio.run(main())
 
 
 def test_an_error_reaches_the_callbacks_and_a_failing_callback_stops_no_other() -> None:
-    async def main(hw: HardwareManager) -> None:
+    async def main() -> None:
+        hw = manager()
+        await hw.start()
         reported: list[dict[str, Any]] = []
         asyncio.get_running_loop().set_exception_handler(lambda _l, ctx: reported.append(ctx))
         errors: list[BaseException | None] = []
@@ -94,12 +85,15 @@ def test_an_error_reaches_the_callbacks_and_a_failing_callback_stops_no_other() 
             await future
         assert len(errors) == 1 and isinstance(errors[0], HardwareError)
         assert [type(ctx["exception"]) for ctx in reported] == [ValueError]
+        await hw.stop()
 
-    with_worker(main)
+    asyncio.run(main())
 
 
 def test_cancelled_removed_and_set_elsewhere_behave_as_asyncio() -> None:
-    async def main(hw: HardwareManager) -> None:
+    async def main() -> None:
+        hw = manager()
+        await hw.start()
         gate = threading.Event()
         blocker = hw.submit(gate.wait, 5)
         seen: list[str] = []
@@ -126,12 +120,15 @@ def test_cancelled_removed_and_set_elsewhere_behave_as_asyncio() -> None:
         assert await blocker is True
         assert await removed == "ran"
         assert "removed callback ran" not in seen
+        await hw.stop()
 
-    with_worker(main)
+    asyncio.run(main())
 
 
 def test_awaiting_tasks_wait_for_and_gather_work() -> None:
-    async def main(hw: HardwareManager) -> None:
+    async def main() -> None:
+        hw = manager()
+        await hw.start()
         gate = threading.Event()
         slow = hw.submit(gate.wait, 5)
         with pytest.raises(TimeoutError):
@@ -145,14 +142,17 @@ def test_awaiting_tasks_wait_for_and_gather_work() -> None:
         assert await asyncio.gather(*(waiter(i) for i in range(50))) == [i * 2 for i in range(50)]
         done, _ = await asyncio.wait([hw.submit(lambda: 1), hw.submit(lambda: 2)])
         assert sorted(f.result() for f in done) == [1, 2]
+        await hw.stop()
 
-    with_worker(main)
+    asyncio.run(main())
 
 
 def test_an_event_the_command_raised_goes_before_its_answer() -> None:
     """A command that raised a device event (here posted to the airlock as a simulated press
     would be) is answered after the event is handled: the reply does not overtake it."""
-    async def main(hw: HardwareManager) -> None:
+    async def main() -> None:
+        hw = manager()
+        await hw.start()
         order: list[str] = []
 
         async def drain() -> None:
@@ -178,8 +178,9 @@ def test_an_event_the_command_raised_goes_before_its_answer() -> None:
         quiet.add_done_callback(lambda f: seen.append(inside[0]))
         await quiet
         assert seen == [True]
+        await hw.stop()
 
-    with_worker(main)
+    asyncio.run(main())
 
 
 def test_system_exit_in_a_callback_leaves_the_others_scheduled() -> None:
