@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import queue
 import threading
@@ -65,87 +64,6 @@ class DeviceEvent:
     ts: float  # wall clock (time.time()) when the edge was seen
     mono: float = 0.0  # time.monotonic() when the edge was seen (gestures, endstops)
 
-
-
-class Answer(asyncio.Future[Any]):
-    """The future of a hardware command, whose done-callbacks run in the loop callback that
-    hands the worker's answer over (``HardwareManager._resolve``), in the order they were
-    added, instead of one loop iteration later as asyncio schedules them. Under load every
-    iteration is a round of the busy clients' turns, so a call's reply goes out a round
-    sooner. A callback added when the answer is already there, every callback of an answer
-    that did not come from the worker (cancelled), and those of an answer whose command left
-    an event waiting in the airlock (the event goes first), are scheduled as asyncio does."""
-
-    _held: list[tuple[Callable[[Answer], object], Any]] | None = None
-
-    def add_done_callback(self, fn: Callable[[Answer], object], *,
-                          context: Any = None) -> None:
-        if self.done():
-            super().add_done_callback(fn, context=context)
-            return
-        if self._held is None:
-            self._held = []
-        self._held.append((fn, context if context is not None else contextvars.copy_context()))
-
-    def remove_done_callback(self, fn: Callable[[Answer], object]) -> int:
-        held = self._held or []
-        kept = [(f, c) for f, c in held if f != fn]
-        self._held = kept
-        return len(held) - len(kept) + super().remove_done_callback(fn)
-
-    def cancel(self, msg: Any = None) -> bool:
-        if not super().cancel(msg):
-            return False
-        self._schedule_held()
-        return True
-
-    def set_result(self, result: Any) -> None:
-        super().set_result(result)
-        self._schedule_held()
-
-    def set_exception(self, exception: type | BaseException) -> None:
-        super().set_exception(exception)
-        self._schedule_held()
-
-    def answer(self, result: Any, error: BaseException | None, *, eager: bool = True) -> None:
-        """Set the worker's answer and run the callbacks now, in order (from a plain loop
-        callback; inside a running task, or not ``eager``, they are scheduled as asyncio
-        does)."""
-        if error is not None:
-            super().set_exception(error)
-        else:
-            super().set_result(result)
-        self.run_held(eager=eager)
-
-    def run_held(self, *, eager: bool = True) -> None:
-        """Run the held callbacks now, in order (``eager``, from a plain loop callback), or
-        schedule them as asyncio does (inside a running task, or not ``eager``)."""
-        held, self._held = self._held, None
-        if not held:
-            return
-        loop = self.get_loop()
-        if not eager or asyncio.current_task(loop) is not None:
-            self._held = held
-            self._schedule_held()
-            return
-        for i, (fn, context) in enumerate(held):
-            try:
-                context.run(fn, self)
-            except (SystemExit, KeyboardInterrupt):
-                # the rest still run, later, as they would have with asyncio's scheduling
-                for rest, rest_context in held[i + 1:]:
-                    loop.call_soon(rest, self, context=rest_context)
-                raise
-            except BaseException as exc:
-                loop.call_exception_handler({
-                    "message": f"Exception in a hardware answer's callback {fn!r}",
-                    "exception": exc, "future": self, "callback": fn})
-
-    def _schedule_held(self) -> None:
-        held, self._held = self._held, None
-        loop = self.get_loop()
-        for fn, context in held or []:
-            loop.call_soon(fn, self, context=context)
 
 
 class HardwareManager:
@@ -326,12 +244,7 @@ class HardwareManager:
         self._pending -= 1
         if future.done():
             return  # timed out or cancelled meanwhile
-        if isinstance(future, Answer):
-            # An event the command itself raised (a simulated press, a cover's endstop) is
-            # already waiting in the airlock: the reply must not overtake it, so the
-            # callbacks are scheduled behind it, as asyncio does.
-            future.answer(result, error, eager=self.events.empty())
-        elif error is not None:
+        if error is not None:
             future.set_exception(error)
         else:
             future.set_result(result)
@@ -343,7 +256,7 @@ class HardwareManager:
         assert self._loop is not None, "HardwareManager not started"
         if not force:
             self.admit()
-        future: asyncio.Future[Any] = Answer(loop=self._loop)
+        future: asyncio.Future[Any] = self._loop.create_future()
         self._pending += 1
         self._commands.put((fn, args, future))
         return future
